@@ -1,0 +1,47 @@
+# The two setup commands (README): `make run` and `make test`. Both work as root on a fresh Debian 12 machine
+# with only Python and git: they install what they need (Debian packages, then a venv from constraints.txt).
+
+SHELL := /bin/bash
+# Debian's interpreter, the one the packages are built against; any python3 >= 3.11 works for development.
+PYTHON ?= $(shell command -v /usr/bin/python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test check clean venv deps-run deps-test lint typecheck unit
+
+# --- setup --------------------------------------------------------------------------------------------------
+deps-run:
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || bash packaging/install-build-deps.sh --venv-only
+
+deps-test:
+	@bash packaging/install-build-deps.sh
+
+$(STAMP): pyproject.toml constraints.txt | deps-run
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -U 'pip>=24'
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP)
+
+# --- the two setup commands ---------------------------------------------------------------------------------
+run: venv
+	$(BIN)/p0-ssh-agent dev-backend --demo
+
+test: deps-test venv
+	$(BIN)/pytest -q tests
+
+# --- developer checks ---------------------------------------------------------------------------------------
+lint: venv
+	$(BIN)/ruff check agent tests
+	$(BIN)/ruff format --check agent tests
+
+typecheck: venv
+	$(BIN)/mypy
+
+check: lint typecheck
+
+clean:
+	rm -rf $(VENV) build dist .mypy_cache .pytest_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -prune -exec rm -rf {} +
