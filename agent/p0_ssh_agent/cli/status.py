@@ -1,0 +1,173 @@
+"""`p0-ssh-agent status`: is this host set up correctly? Computes a list of checks, then renders text or JSON.
+
+Read-only: it creates nothing (not even the state directory) and never prints key material, only the key's
+RFC 7638 thumbprint. Exit 0 when every check passes (warnings allowed), 78 when the configuration itself is
+unusable, 1 when any other check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import stat
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from p0_ssh_agent.errors import AgentError, ExitCode
+
+Level = Literal["ok", "warn", "fail"]
+SYSTEMCTL_CANDIDATES = ("/usr/bin/systemctl", "/bin/systemctl")
+UNIT = "p0-ssh-agent.service"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    level: Level
+    detail: str
+    fix: str = ""
+
+
+def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "status",
+        parents=parents,
+        help="check configuration, keys, directories and the systemd unit",
+        description="Check that this host is set up to run the agent, and say how to fix what is not.",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _mode_check(name: str, path: Path, *, max_mode: int, want_uid: int) -> Check:
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return Check(name, "fail", f"{path} does not exist", f"create it: install -d -m {max_mode:o} {path}")
+    except OSError as exc:
+        return Check(name, "fail", f"{path}: {exc.strerror}", "")
+    if stat.S_ISLNK(info.st_mode):
+        return Check(name, "fail", f"{path} is a symlink", f"replace it with a real directory ({max_mode:o})")
+    if not stat.S_ISDIR(info.st_mode):
+        return Check(name, "fail", f"{path} is not a directory", f"remove it and run: install -d -m {max_mode:o}")
+    mode = stat.S_IMODE(info.st_mode)
+    if info.st_uid != want_uid:
+        return Check(name, "fail", f"{path} is owned by uid {info.st_uid}", f"chown {want_uid} {path}")
+    if mode & ~max_mode:
+        return Check(name, "fail", f"{path} has mode {mode:o}, looser than {max_mode:o}", f"chmod {max_mode:o} {path}")
+    return Check(name, "ok", f"{path} ({mode:o}, uid {info.st_uid})")
+
+
+def gather(
+    config_path: str | None,
+    env: Mapping[str, str],
+    *,
+    run: Callable[[list[str]], tuple[int, str]] | None = None,
+) -> list[Check]:
+    from p0_ssh_agent.config import load_config, require_connection_settings
+    from p0_ssh_agent.identity.keys import load_private_key, load_public_jwk
+    from p0_ssh_agent.runtime.statedir import resolve_state_dir
+
+    checks: list[Check] = []
+    try:
+        config = load_config(config_path, env=env)
+        require_connection_settings(config)
+    except AgentError as exc:
+        checks.append(Check("config", "fail", str(exc), "fix the file, or run 'p0-ssh-agent register'"))
+        return checks
+    source = str(config.source) if config.source else "defaults, environment and flags (no file)"
+    checks.append(Check("config", "ok", f"{source}: client id {config.client_id}, tunnel {config.tunnel_host}"))
+    if config.dry_run:
+        checks.append(Check("dry-run", "warn", "dryRun is on: requests are planned, nothing changes on the host"))
+
+    uid = os.geteuid()
+    if config.source is not None:
+        checks.append(_mode_check("config directory", config.source.parent, max_mode=0o755, want_uid=uid))
+    checks.append(_mode_check("key directory", config.key_path, max_mode=0o700, want_uid=uid))
+    try:
+        key = load_private_key(config.key_path)
+        public = load_public_jwk(config.key_path)
+    except AgentError as exc:
+        checks.append(Check("keys", "fail", str(exc), f"p0-ssh-agent keygen --key-path {config.key_path}"))
+    else:
+        if {k: public.get(k) for k in ("x", "y")} != {k: key.public_jwk.get(k) for k in ("x", "y")}:
+            checks.append(
+                Check(
+                    "keys",
+                    "fail",
+                    "jwk.public.json does not belong to jwk.private.json",
+                    "re-run 'p0-ssh-agent keygen --force' and register again",
+                )
+            )
+        else:
+            checks.append(Check("keys", "ok", f"ES384 P-384 key, thumbprint {key.thumbprint}"))
+
+    state_dir = resolve_state_dir(config.state_dir, env)
+    if state_dir.exists():
+        checks.append(_mode_check("state directory", state_dir, max_mode=0o700, want_uid=uid))
+    else:
+        checks.append(Check("state directory", "warn", f"{state_dir} does not exist yet; the agent creates it"))
+    checks.extend(_systemd_checks(run or _run))
+    return checks
+
+
+def _run(argv: list[str]) -> tuple[int, str]:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return 127, str(exc)
+    return done.returncode, done.stdout.strip()
+
+
+def _systemd_checks(run: Callable[[list[str]], tuple[int, str]]) -> list[Check]:
+    if not Path("/run/systemd/system").is_dir():
+        return [Check("systemd", "warn", "systemd is not running here; unit checks skipped")]
+    systemctl = next((p for p in SYSTEMCTL_CANDIDATES if Path(p).exists()), None)
+    if systemctl is None:
+        return [Check("systemd", "warn", "systemctl not found; unit checks skipped")]
+    checks: list[Check] = []
+    code, enabled = run([systemctl, "is-enabled", UNIT])
+    if code == 0:
+        checks.append(Check("unit enabled", "ok", enabled))
+    else:
+        checks.append(Check("unit enabled", "fail", enabled or "not enabled", f"systemctl enable --now {UNIT}"))
+    code, active = run([systemctl, "is-active", UNIT])
+    _, status_text = run([systemctl, "show", "--property=StatusText", "--value", UNIT])
+    detail = f"{active}: {status_text}" if status_text else active
+    if code == 0:
+        checks.append(Check("unit active", "ok", detail))
+    else:
+        checks.append(Check("unit active", "fail", detail, f"journalctl -u {UNIT} -e  (then systemctl start)"))
+    return checks
+
+
+def exit_code(checks: list[Check]) -> int:
+    if any(c.name == "config" and c.level == "fail" for c in checks):
+        return int(ExitCode.CONFIG)
+    return int(ExitCode.FAILURE) if any(c.level == "fail" for c in checks) else int(ExitCode.OK)
+
+
+def render_text(checks: list[Check]) -> str:
+    marks = {"ok": "ok  ", "warn": "warn", "fail": "FAIL"}
+    width = max(len(c.name) for c in checks)
+    lines = []
+    for c in checks:
+        lines.append(f"[{marks[c.level]}] {c.name.ljust(width)}  {c.detail}")
+        if c.fix and c.level != "ok":
+            lines.append(f"       {' ' * width}  fix: {c.fix}")
+    failed = sum(c.level == "fail" for c in checks)
+    lines.append("all checks passed" if not failed else f"{failed} check(s) failed")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    checks = gather(args.config, os.environ)
+    if args.json:
+        print(json.dumps({"ok": exit_code(checks) == 0, "checks": [asdict(c) for c in checks]}, indent=2))
+    else:
+        print(render_text(checks))
+    return exit_code(checks)

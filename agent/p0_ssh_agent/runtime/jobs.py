@@ -1,0 +1,68 @@
+"""What the runtime needs to know about a `call` before executing it (pure).
+
+The reader must never block, and requests for one user must run one at a time, so the runtime reads a few
+fields of the forwarded request *before* the full validation that the executor does. These fields are used for
+locking, de-duplication and the canonical log line only; nothing here decides what happens on the host, so a
+hostile value can at worst pick a lock name. Values that are not short printable strings become "-".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from p0_ssh_agent.protocol.forwarded import ForwardedRequest, command_name
+
+_SAFE_TOKEN = re.compile(r"[A-Za-z0-9_.@:-]{1,128}")
+ABSENT = "-"
+
+
+def _field(data: Mapping[str, object], name: str) -> str:
+    # Go's encoding/json matches keys case-insensitively (upstream-protocol.md §5.3); do the same here so the lock
+    # key agrees with what the executor will act on.
+    lowered = name.lower()
+    for key, value in data.items():
+        if isinstance(key, str) and key.lower() == lowered:
+            if isinstance(value, str) and _SAFE_TOKEN.fullmatch(value):
+                return value
+            return ABSENT
+    return ABSENT
+
+
+@dataclass(frozen=True, slots=True)
+class JobKey:
+    """The identity of a request for serialisation, de-duplication and logging."""
+
+    command: str
+    user: str
+    action: str
+    request_id: str
+
+    @property
+    def dedupe_key(self) -> tuple[str, str, str, str] | None:
+        """Deliveries with the same key while the first is in flight get the first's result.
+
+        Only requests that carry a request id are de-duplicated: read-only commands without one are cheap and a
+        second delivery may legitimately want fresh data.
+        """
+        if self.request_id == ABSENT or not self.command:
+            return None
+        return (self.command, self.request_id, self.action, self.user)
+
+    @property
+    def lock_name(self) -> str:
+        """Requests for the same target user are serialised; requests without a user share no lock."""
+        return self.user
+
+
+def job_key(request: ForwardedRequest) -> JobKey:
+    command = command_name(request)
+    data = request.data if isinstance(request.data, Mapping) else {}
+    safe_command = command if _SAFE_TOKEN.fullmatch(command or "") else (ABSENT if command else "")
+    return JobKey(
+        command=safe_command,
+        user=_field(data, "userName"),
+        action=_field(data, "action"),
+        request_id=_field(data, "requestId"),
+    )

@@ -1,0 +1,178 @@
+"""The supervisor: one trio nursery owning the worker, the tunnel, the watchdog and signal handling.
+
+Start-up order matters to systemd: configuration, key and state directory are checked first (a failure there
+exits 78 and systemd does not restart); READY=1 follows as soon as the local start-up is done, not when the
+backend answers, so a host whose network is down still boots without waiting on us. From then on only SIGTERM
+or SIGINT end the process; SIGHUP reloads the configuration in place.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from p0_ssh_agent.adapters.logging import get_logger
+from p0_ssh_agent.adapters.sdnotify import Notifier
+from p0_ssh_agent.config import AgentConfig, require_connection_settings
+from p0_ssh_agent.errors import AgentError
+from p0_ssh_agent.identity.keys import load_private_key
+from p0_ssh_agent.runtime import status
+from p0_ssh_agent.runtime.proxy import proxy_for
+from p0_ssh_agent.runtime.session import SessionSettings
+from p0_ssh_agent.runtime.statedir import ensure_state_dir, resolve_state_dir
+from p0_ssh_agent.runtime.tunnel import Tunnel, TunnelSettings
+from p0_ssh_agent.runtime.worker import Executor, Worker
+
+log = get_logger(__name__)
+
+# In-flight host edits get this long to finish after SIGTERM; below systemd's TimeoutStopSec and the 10 s an
+# operator waits for `systemctl stop`.
+DRAIN_SECONDS = 8.0
+CLOSE_SECONDS = 1.5
+
+ExecutorFactory = Callable[[AgentConfig, Path], Executor]
+
+
+@dataclass
+class Prepared:
+    """Everything checked before READY=1."""
+
+    config: AgentConfig
+    tunnel: TunnelSettings
+    state_dir: Path
+
+
+def prepare(config: AgentConfig, env: Mapping[str, str], previous: Prepared | None = None) -> Prepared:
+    """Validate a configuration and load what it points at. Raises AgentError; changes nothing."""
+    require_connection_settings(config)
+    key = load_private_key(config.key_path)
+    state_dir = ensure_state_dir(resolve_state_dir(config.state_dir, env))
+    tunnel = TunnelSettings(
+        url=config.tunnel_host,
+        client_id=config.client_id,
+        key=key,
+        ca_file=str(config.tunnel_ca_file) if config.tunnel_ca_file else None,
+        proxy=proxy_for(config.tunnel_host, config_proxy=config.proxy, env=env),
+    )
+    return Prepared(config, tunnel, state_dir)
+
+
+def tunnel_changed(old: TunnelSettings, new: TunnelSettings) -> bool:
+    return (old.url, old.client_id, old.key.thumbprint, old.ca_file, old.proxy) != (
+        new.url,
+        new.client_id,
+        new.key.thumbprint,
+        new.ca_file,
+        new.proxy,
+    )
+
+
+class Supervisor:
+    def __init__(
+        self,
+        prepared: Prepared,
+        *,
+        reload_config: Callable[[], AgentConfig],
+        executor_factory: ExecutorFactory,
+        notifier: Notifier,
+        env: Mapping[str, str],
+    ) -> None:
+        self.prepared = prepared
+        self._reload_config = reload_config
+        self._executor_factory = executor_factory
+        self._notifier = notifier
+        self._env = env
+        self._status = ""
+        self.session_settings = SessionSettings(
+            client_id=prepared.tunnel.client_id,
+            heartbeat_interval=float(prepared.config.heartbeat_interval_seconds),
+        )
+        self.worker = Worker(executor_factory(prepared.config, prepared.state_dir))
+        self.tunnel = Tunnel(prepared.tunnel, self.session_settings, self.worker, self.report)
+
+    @property
+    def status_text(self) -> str:
+        return self._status
+
+    def report(self, text: str) -> None:
+        if text == self._status:
+            return
+        self._status = text
+        self._notifier.status(text)
+        log.info("status", text=text)
+
+    async def run(self) -> int:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.worker.run)
+                await nursery.start(self._watchdog)
+                self.report(status.starting())
+                await nursery.start(self.tunnel.run)
+                self._notifier.ready()
+                log.info(
+                    "ready",
+                    client_id=self.prepared.tunnel.client_id,
+                    state_dir=str(self.prepared.state_dir),
+                    dry_run=self.prepared.config.dry_run,
+                )
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        await self.reload()
+                        continue
+                    log.info("signal", signal=signal.Signals(signum).name)
+                    await self.shutdown()
+                    nursery.cancel_scope.cancel()
+                    break
+        return 0
+
+    async def reload(self) -> None:
+        self._notifier.reloading()
+        log.info("reloading")
+        try:
+            new = prepare(self._reload_config(), self._env)
+            executor = self._executor_factory(new.config, new.state_dir)
+        except AgentError as exc:
+            log.error("reload_failed", error=str(exc))
+            self.report(status.reload_failed(str(exc)))
+            self._notifier.ready()
+            return
+        old = self.prepared
+        self.prepared = new
+        self.worker.set_executor(executor)
+        self.session_settings.heartbeat_interval = float(new.config.heartbeat_interval_seconds)
+        self.session_settings.client_id = new.tunnel.client_id
+        if tunnel_changed(old.tunnel, new.tunnel):
+            log.info("tunnel_settings_changed", url=status.display_url(new.tunnel.url))
+            self.tunnel.reconnect(new.tunnel)
+        self._notifier.ready()
+        log.info("reloaded", reconnect=tunnel_changed(old.tunnel, new.tunnel))
+
+    async def shutdown(self) -> None:
+        self._notifier.stopping()
+        self.report(status.stopping())
+        session = self.tunnel.session
+        if session is not None:
+            session.stop_reading()
+        self.worker.stop_accepting()
+        with trio.move_on_after(DRAIN_SECONDS) as drain:
+            await self.worker.drain()
+        if drain.cancelled_caught:
+            log.error("shutdown_drain_timeout", pending=self.worker.pending, seconds=DRAIN_SECONDS)
+        self.tunnel.shutdown()
+        with trio.move_on_after(CLOSE_SECONDS):
+            await self.tunnel.stopped.wait()
+        log.info("stopped")
+
+    async def _watchdog(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """WATCHDOG=1 from the event loop itself: if the loop hangs, the pings stop and systemd restarts us."""
+        task_status.started()
+        interval = self._notifier.watchdog_interval
+        if interval is None:
+            return
+        while True:
+            self._notifier.watchdog()
+            await trio.sleep(interval)

@@ -1,0 +1,230 @@
+"""The provisioning worker: runs `call` requests off the WebSocket reader.
+
+Guarantees (issue 3, upstream-protocol.md §12 item 17):
+- `submit` never blocks: the reader hands a job over and goes back to reading. When too many jobs are pending
+  the caller is answered "busy" at once instead of queueing without bound.
+- Requests for different users run in parallel; requests for the same target user run one at a time.
+- A second delivery of the same (command, requestId, action, user) while the first is still running waits for
+  the first and gets its result, so backend retries after a timeout never apply a change twice concurrently.
+- Each job is answered before the backend gives up (`options.timeoutMillis`, minus a margin). The change itself
+  keeps running to completion: a host edit is never abandoned half-way; a retry then picks up its result.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from p0_ssh_agent.adapters.logging import get_logger, log_request_line
+from p0_ssh_agent.protocol.forwarded import CommandResult, ForwardedRequest
+from p0_ssh_agent.runtime.jobs import JobKey, job_key
+
+log = get_logger(__name__)
+
+Reply = Callable[[CommandResult], Awaitable[None]]
+
+# Without a hint from the backend we do not know its timeout (the P0 backend's callOptions are UNKNOWN,
+# upstream-protocol.md §13), so we do not invent a short one; this cap only bounds a stuck command.
+DEFAULT_ANSWER_SECONDS = 120.0
+# Answer this much before the backend's own deadline so the reply is still in flight in time.
+REPLY_MARGIN_SECONDS = 0.25
+MIN_ANSWER_SECONDS = 0.1
+
+
+class Executor(Protocol):
+    """Runs one validated request against the host (or plans it in dry-run)."""
+
+    async def execute(self, request: ForwardedRequest, key: JobKey) -> CommandResult: ...
+
+
+@dataclass
+class _InFlight:
+    done: trio.Event = field(default_factory=trio.Event)
+    result: CommandResult | None = None
+
+
+@dataclass
+class _UserLock:
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    users: int = 0
+
+
+def answer_deadline_seconds(request: ForwardedRequest) -> float:
+    if request.timeout_millis is None:
+        return DEFAULT_ANSWER_SECONDS
+    return max(MIN_ANSWER_SECONDS, request.timeout_millis / 1000 - REPLY_MARGIN_SECONDS)
+
+
+def busy_result() -> CommandResult:
+    return CommandResult(
+        success=False,
+        error="agent busy: too many requests in progress; retry shortly",
+        http_status=503,
+    )
+
+
+def stopping_result() -> CommandResult:
+    return CommandResult(success=False, error="agent is shutting down; retry shortly", http_status=503)
+
+
+def timeout_result(seconds: float) -> CommandResult:
+    return CommandResult(
+        success=False,
+        error=(
+            f"request still in progress after {seconds:.1f}s; it will finish on the host, "
+            "retry the same request to get its result"
+        ),
+        http_status=504,
+    )
+
+
+class Worker:
+    def __init__(self, executor: Executor, *, max_pending: int = 1024, max_parallel: int = 64) -> None:
+        self._executor = executor
+        self._max_pending = max_pending
+        self._limiter = trio.CapacityLimiter(max_parallel)
+        self._pending = 0
+        self._inflight: dict[tuple[str, str, str, str], _InFlight] = {}
+        self._user_locks: dict[str, _UserLock] = {}
+        self._accepting = True
+        self._idle = trio.Event()
+        self._idle.set()
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def set_executor(self, executor: Executor) -> None:
+        """Swap the executor (SIGHUP reload); jobs already running keep the one they started with."""
+        self._executor = executor
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def stop_accepting(self) -> None:
+        self._accepting = False
+
+    async def drain(self) -> None:
+        """Wait until every accepted job has been answered and every change has finished."""
+        await self._idle.wait()
+
+    def submit(self, request: ForwardedRequest, reply: Reply) -> None:
+        """Hand a job to the worker without blocking. Answers busy/stopping at once when it cannot be taken."""
+        assert self._nursery is not None, "Worker.run must be started first"
+        key = job_key(request)
+        if not self._accepting:
+            self._nursery.start_soon(self._answer_now, key, reply, stopping_result(), "stopping")
+            return
+        if self._pending >= self._max_pending:
+            self._nursery.start_soon(self._answer_now, key, reply, busy_result(), "busy")
+            return
+        self._job_started()
+        self._nursery.start_soon(self._run_job, request, key, reply)
+
+    async def _answer_now(self, key: JobKey, reply: Reply, result: CommandResult, outcome: str) -> None:
+        await reply(result)
+        _log_line(key, outcome, 0.0)
+
+    def _job_started(self) -> None:
+        self._pending += 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
+
+    def _job_finished(self) -> None:
+        self._pending -= 1
+        if self._pending == 0:
+            self._idle.set()
+
+    async def _run_job(self, request: ForwardedRequest, key: JobKey, reply: Reply) -> None:
+        started = time.monotonic()
+        assert self._nursery is not None
+        try:
+            dedupe = key.dedupe_key
+            inflight = self._inflight.get(dedupe) if dedupe else None
+            duplicate = inflight is not None
+            if inflight is None:
+                inflight = _InFlight()
+                if dedupe:
+                    self._inflight[dedupe] = inflight
+                self._job_started()  # the execution is its own unit of work: drain waits for it too
+                self._nursery.start_soon(self._execute, request, key, inflight)
+            deadline = answer_deadline_seconds(request)
+            with trio.move_on_after(deadline):
+                await inflight.done.wait()
+            result = inflight.result if inflight.result is not None else timeout_result(deadline)
+            outcome = _outcome(result, inflight.result is None, duplicate)
+            await reply(result)
+            _log_line(key, outcome, (time.monotonic() - started) * 1000)
+        finally:
+            self._job_finished()
+
+    async def _execute(self, request: ForwardedRequest, key: JobKey, inflight: _InFlight) -> None:
+        try:
+            async with self._user_lock(key.lock_name), self._limiter:
+                inflight.result = await self._executor.execute(request, key)
+        except Exception as exc:  # one broken request must never take the worker down
+            log.exception("request_crashed", request_id=key.request_id, command=key.command)
+            inflight.result = CommandResult(success=False, error=f"internal error: {type(exc).__name__}")
+        finally:
+            dedupe = key.dedupe_key
+            if dedupe and self._inflight.get(dedupe) is inflight:
+                del self._inflight[dedupe]
+            inflight.done.set()
+            self._job_finished()
+
+    def _user_lock(self, user: str) -> _LockLease:
+        return _LockLease(self._user_locks, user)
+
+
+class _LockLease:
+    """A per-user lock that is dropped from the table when nobody holds or waits for it (no unbounded growth)."""
+
+    def __init__(self, table: dict[str, _UserLock], user: str) -> None:
+        self._table = table
+        self._user = user
+
+    async def __aenter__(self) -> None:
+        entry = self._table.setdefault(self._user, _UserLock())
+        entry.users += 1
+        try:
+            await entry.lock.acquire()
+        except BaseException:
+            self._release_ref(entry)
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        entry = self._table[self._user]
+        entry.lock.release()
+        self._release_ref(entry)
+
+    def _release_ref(self, entry: _UserLock) -> None:
+        entry.users -= 1
+        if entry.users == 0:
+            del self._table[self._user]
+
+
+def _outcome(result: CommandResult, timed_out: bool, duplicate: bool) -> str:
+    if timed_out:
+        return "timeout"
+    base = "ok" if result.success else "failed"
+    return f"{base}-duplicate" if duplicate else base
+
+
+def _log_line(key: JobKey, outcome: str, duration_ms: float) -> None:
+    log_request_line(
+        request_id=key.request_id,
+        command=key.command or "-",
+        user=key.user,
+        action=key.action,
+        outcome=outcome,
+        duration_ms=round(duration_ms, 1) if math.isfinite(duration_ms) else 0.0,
+    )
