@@ -1,1 +1,1 @@
-
+"""Adapters between the agent and its host environment: systemd notification and logging setup."""
