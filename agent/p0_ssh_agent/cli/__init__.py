@@ -69,12 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _UsageExit(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -90,6 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return int(ExitCode.USAGE)
     args.parser = parser
+    # Every subcommand logs through the same redacting configuration, not just the daemon.
+    from p0_ssh_agent.adapters.logging import configure_logging  # noqa: PLC0415 (keeps --help light)
+
+    configure_logging(verbose=args.verbose)
     try:
         return int(_module(args._module_name).run(args))
     except AgentError as exc:

@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     if args.topic is None:
         parser.print_help()
         return 0
-    for action in parser._subparsers._group_actions if parser._subparsers else ():  # noqa: SLF001
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
         choices = getattr(action, "choices", None)
         if isinstance(choices, dict) and args.topic in choices:
             choices[args.topic].print_help()

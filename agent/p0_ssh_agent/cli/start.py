@@ -58,13 +58,11 @@ def overrides_from(args: argparse.Namespace) -> dict[str, object]:
 def run(args: argparse.Namespace) -> int:
     import trio
 
-    from p0_ssh_agent.adapters.logging import configure_logging
     from p0_ssh_agent.adapters.sdnotify import Notifier
     from p0_ssh_agent.config import AgentConfig, load_config
     from p0_ssh_agent.executor import build_executor
     from p0_ssh_agent.runtime.supervisor import Supervisor, prepare
 
-    configure_logging(verbose=args.verbose)
     env = dict(os.environ)
     overrides = overrides_from(args)
 

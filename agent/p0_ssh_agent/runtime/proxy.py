@@ -18,7 +18,7 @@ import functools
 import ipaddress
 import re
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import unquote, urlsplit
@@ -328,13 +328,15 @@ async def connect_websocket(
     connect_timeout: float,
     max_message_size: int,
     nursery: trio.Nursery,
+    stream_wrapper: Callable[[trio.abc.Stream], trio.abc.Stream] | None = None,
 ) -> trio_websocket.WebSocketConnection:
     """Open a WebSocket to `url` (through `proxy` when given) whose background task lives in `nursery`.
 
     TCP, CONNECT, TLS (with `ssl_context`, or the system defaults for wss://) and the handshake must all
     finish within `connect_timeout` (trio.TooSlowError otherwise). A refused handshake raises
     trio_websocket.ConnectionRejected (read .status_code) itself, not wrapped in an exception group, and
-    leaves `nursery` running.
+    leaves `nursery` running. `stream_wrapper`, when given, wraps the finished TCP/TLS stream before the
+    WebSocket layer sees it (the tunnel uses it to notice every byte that arrives, pings included).
     """
     endpoint = _parse_ws_url(url)
     run = functools.partial(
@@ -345,6 +347,7 @@ async def connect_websocket(
         proxy=proxy,
         connect_timeout=connect_timeout,
         max_message_size=max_message_size,
+        stream_wrapper=stream_wrapper,
     )
     with trio.fail_after(connect_timeout):
         # nursery.start: everything before task_status.started() runs under this call, so a failure (the
@@ -364,9 +367,11 @@ async def _run_client(
     proxy: ProxySettings | None,
     connect_timeout: float,
     max_message_size: int,
+    stream_wrapper: Callable[[trio.abc.Stream], trio.abc.Stream] | None,
     task_status: trio.TaskStatus[trio_websocket.WebSocketConnection],
 ) -> None:
-    stream = await _open_stream(endpoint, ssl_context, proxy, connect_timeout)
+    opened = await _open_stream(endpoint, ssl_context, proxy, connect_timeout)
+    stream: trio.abc.Stream = stream_wrapper(opened) if stream_wrapper is not None else opened
     connected = False
     try:
         # trio-websocket raises ConnectionRejected from its reader task, i.e. into the nursery it is given;

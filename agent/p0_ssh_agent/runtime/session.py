@@ -36,7 +36,7 @@ CALL_TIMEOUT_SECONDS = 10.0
 LIVENESS_TIMEOUT_SECONDS = 30.0  # braekhus pings every 5 s; its own client gives up after 30 s (§3.4)
 
 
-class RpcCallFailed(Exception):
+class RpcCallError(Exception):
     """A call the agent made (setClientId) got an error, no answer in time, or the socket went away."""
 
 
@@ -94,7 +94,7 @@ class Session:
             nursery.start_soon(self._liveness_loop)
             try:
                 await self.call("setClientId", {"clientId": self.settings.client_id})
-            except RpcCallFailed as exc:
+            except RpcCallError as exc:
                 self._end(f"setClientId failed: {exc}")
             else:
                 on_registered()
@@ -138,16 +138,16 @@ class Session:
         self._pending[request_id] = pending
         try:
             if not await self.send(jsonrpc.encode_request(request_id, method, params)):
-                raise RpcCallFailed("connection closed")
+                raise RpcCallError("connection closed")
             with trio.move_on_after(self.settings.call_timeout):
                 await pending.done.wait()
             response = pending.response
             if response is None:
                 if self._closed:
-                    raise RpcCallFailed("connection closed")
-                raise RpcCallFailed(f"no answer within {self.settings.call_timeout:.0f}s")
+                    raise RpcCallError("connection closed")
+                raise RpcCallError(f"no answer within {self.settings.call_timeout:.0f}s")
             if response.error is not None:
-                raise RpcCallFailed(f"error {response.error.code}: {response.error.message}")
+                raise RpcCallError(f"error {response.error.code}: {response.error.message}")
             return response.result
         finally:
             del self._pending[request_id]
@@ -223,7 +223,7 @@ class Session:
             await trio.sleep(self.settings.heartbeat_interval)
             try:
                 await self.call("setClientId", {"clientId": self.settings.client_id})
-            except RpcCallFailed as exc:
+            except RpcCallError as exc:
                 self._end(f"heartbeat failed: {exc}")
                 return
 

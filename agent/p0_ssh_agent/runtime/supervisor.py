@@ -9,6 +9,7 @@ or SIGINT end the process; SIGHUP reloads the configuration in place.
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,9 @@ log = get_logger(__name__)
 # operator waits for `systemctl stop`.
 DRAIN_SECONDS = 8.0
 CLOSE_SECONDS = 1.5
+# Test hook for the booted-systemd test: with this variable set to 1, SIGUSR2 freezes the event loop so the test
+# can watch systemd's watchdog restart a hung agent. Without it SIGUSR2 is not even handled.
+TEST_HOOKS_ENV = "P0_SSH_AGENT_TEST_HOOKS"
 
 ExecutorFactory = Callable[[AgentConfig, Path], Executor]
 
@@ -106,7 +110,11 @@ class Supervisor:
         log.info("status", text=text)
 
     async def run(self) -> int:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        wanted = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
+        hooks = self._env.get(TEST_HOOKS_ENV) == "1"
+        if hooks:
+            wanted.append(signal.SIGUSR2)
+        with trio.open_signal_receiver(*wanted) as signals:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.worker.run)
                 await nursery.start(self._watchdog)
@@ -123,6 +131,10 @@ class Supervisor:
                     if signum == signal.SIGHUP:
                         await self.reload()
                         continue
+                    if hooks and signum == signal.SIGUSR2:
+                        log.warning("test_hook_hang", note="blocking the event loop on purpose")
+                        while True:  # a deliberate hang: no await, so the watchdog pings stop
+                            time.sleep(3600)  # noqa: ASYNC251
                     log.info("signal", signal=signal.Signals(signum).name)
                     await self.shutdown()
                     nursery.cancel_scope.cancel()

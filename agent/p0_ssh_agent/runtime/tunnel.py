@@ -14,10 +14,9 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
 
 import trio
-from trio_websocket import ConnectionRejected, HandshakeError, WebSocketConnection, wrap_client_stream
+from trio_websocket import ConnectionRejected, HandshakeError, WebSocketConnection
 
 from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.errors import AgentError
@@ -26,7 +25,7 @@ from p0_ssh_agent.identity.token import make_token
 from p0_ssh_agent.protocol.jsonrpc import MAX_FRAME_BYTES
 from p0_ssh_agent.runtime import status
 from p0_ssh_agent.runtime.backoff import AUTH_BACKOFF_CAP, Backoff
-from p0_ssh_agent.runtime.proxy import ProxySettings, open_tunnel_stream
+from p0_ssh_agent.runtime.proxy import ProxySettings, connect_websocket
 from p0_ssh_agent.runtime.session import Activity, Session, SessionSettings
 from p0_ssh_agent.runtime.worker import Worker
 
@@ -37,9 +36,6 @@ CLOSE_TIMEOUT_SECONDS = 2.0
 # Frames up to MAX_FRAME_BYTES are parsed and refused politely; only far larger ones make the library drop the
 # connection (it must buffer a whole message before we can look at it).
 LIBRARY_MAX_MESSAGE_BYTES = 16 * MAX_FRAME_BYTES
-# The library's reader blocks when its queue is full, and while blocked it answers no pings. Our reader never
-# waits on the network except to send a short error reply, so a modest queue is enough.
-MESSAGE_QUEUE_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -53,36 +49,9 @@ class TunnelSettings:
     proxy: ProxySettings | None
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    secure: bool
-    host: str
-    port: int
-    resource: str
-
-    @property
-    def host_header(self) -> str:
-        default = 443 if self.secure else 80
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port == default else f"{host}:{self.port}"
-
-
-def parse_endpoint(url: str) -> Endpoint:
-    parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise AgentError(f"tunnelHost {status.display_url(url)!r} is not a ws:// or wss:// URL")
-    secure = parts.scheme == "wss"
-    resource = parts.path or "/"
-    if parts.query:
-        resource = f"{resource}?{parts.query}"
-    return Endpoint(secure, parts.hostname, parts.port or (443 if secure else 80), resource)
-
-
-def tls_context(ca_file: str | None) -> ssl.SSLContext:
-    """The system trust store, or only `tunnelCaFile` when set (a private CA pins the backend)."""
-    if ca_file:
-        return ssl.create_default_context(cafile=ca_file)
-    return ssl.create_default_context()
+def tls_context(ca_file: str | None) -> ssl.SSLContext | None:
+    """None means the system trust store; a `tunnelCaFile` replaces it (a private CA pins the backend)."""
+    return ssl.create_default_context(cafile=ca_file) if ca_file else None
 
 
 class ActivityStream(trio.abc.Stream):
@@ -110,29 +79,6 @@ class ActivityStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
-
-
-class Rejected(Exception):
-    def __init__(self, status_code: int) -> None:
-        super().__init__(status_code)
-        self.status_code = status_code
-
-
-async def open_stream(endpoint: Endpoint, settings: TunnelSettings) -> trio.abc.Stream:
-    stream: trio.abc.Stream
-    if settings.proxy is not None:
-        stream = await open_tunnel_stream(
-            endpoint.host, endpoint.port, settings.proxy, timeout=CONNECT_TIMEOUT_SECONDS
-        )
-    else:
-        stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
-    if endpoint.secure:
-        tls = trio.SSLStream(
-            stream, tls_context(settings.ca_file), server_hostname=endpoint.host, https_compatible=True
-        )
-        await tls.do_handshake()
-        stream = tls
-    return stream
 
 
 class Tunnel:
@@ -183,7 +129,7 @@ class Tunnel:
         self._report(status.connecting(url))
         try:
             reason = await self._connect_and_serve()
-        except Rejected as exc:
+        except ConnectionRejected as exc:
             reason = status.rejected(exc.status_code, url)
             if exc.status_code in (401, 403):
                 delay = self._auth_backoff.next_delay()
@@ -198,25 +144,19 @@ class Tunnel:
 
     async def _connect_and_serve(self) -> str:
         settings = self.settings
-        endpoint = parse_endpoint(settings.url)
         activity = Activity()
         token = make_token(settings.key, settings.client_id)
         async with trio.open_nursery() as nursery:
-            with trio.fail_after(CONNECT_TIMEOUT_SECONDS):
-                raw = await open_stream(endpoint, settings)
-                try:
-                    ws = await wrap_client_stream(
-                        nursery,
-                        ActivityStream(raw, activity),
-                        endpoint.host_header,
-                        endpoint.resource,
-                        extra_headers=[(b"authorization", f"Bearer {token}".encode())],
-                        message_queue_size=MESSAGE_QUEUE_SIZE,
-                        max_message_size=LIBRARY_MAX_MESSAGE_BYTES,
-                    )
-                except ConnectionRejected as exc:
-                    await raw.aclose()
-                    raise Rejected(exc.status_code) from None
+            ws = await connect_websocket(
+                settings.url,
+                headers=[(b"authorization", f"Bearer {token}".encode())],
+                ssl_context=tls_context(settings.ca_file),
+                proxy=settings.proxy,
+                connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                max_message_size=LIBRARY_MAX_MESSAGE_BYTES,
+                nursery=nursery,
+                stream_wrapper=lambda stream: ActivityStream(stream, activity),
+            )
             reason = await self._serve(ws, activity)
             nursery.cancel_scope.cancel()
         return reason
@@ -257,8 +197,12 @@ class Tunnel:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, trio.TooSlowError):
         return f"no connection within {CONNECT_TIMEOUT_SECONDS:.0f}s"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS certificate not trusted: {exc.verify_message}"
+    # trio reports TLS failures as BrokenResourceError caused by the ssl error
+    cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted: {cause.verify_message}"
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS failed: {cause.reason or cause}"
     if isinstance(exc, OSError):
         return exc.strerror or type(exc).__name__
     text = str(exc) or type(exc).__name__

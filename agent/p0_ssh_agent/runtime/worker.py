@@ -119,16 +119,21 @@ class Worker:
 
     def submit(self, request: ForwardedRequest, reply: Reply) -> None:
         """Hand a job to the worker without blocking. Answers busy/stopping at once when it cannot be taken."""
-        assert self._nursery is not None, "Worker.run must be started first"
+        nursery = self._started_nursery()
         key = job_key(request)
         if not self._accepting:
-            self._nursery.start_soon(self._answer_now, key, reply, stopping_result(), "stopping")
+            nursery.start_soon(self._answer_now, key, reply, stopping_result(), "stopping")
             return
         if self._pending >= self._max_pending:
-            self._nursery.start_soon(self._answer_now, key, reply, busy_result(), "busy")
+            nursery.start_soon(self._answer_now, key, reply, busy_result(), "busy")
             return
         self._job_started()
-        self._nursery.start_soon(self._run_job, request, key, reply)
+        nursery.start_soon(self._run_job, request, key, reply)
+
+    def _started_nursery(self) -> trio.Nursery:
+        if self._nursery is None:
+            raise RuntimeError("Worker.run must be started before jobs are submitted")
+        return self._nursery
 
     async def _answer_now(self, key: JobKey, reply: Reply, result: CommandResult, outcome: str) -> None:
         await reply(result)
@@ -146,7 +151,7 @@ class Worker:
 
     async def _run_job(self, request: ForwardedRequest, key: JobKey, reply: Reply) -> None:
         started = time.monotonic()
-        assert self._nursery is not None
+        nursery = self._started_nursery()
         try:
             dedupe = key.dedupe_key
             inflight = self._inflight.get(dedupe) if dedupe else None
@@ -156,7 +161,7 @@ class Worker:
                 if dedupe:
                     self._inflight[dedupe] = inflight
                 self._job_started()  # the execution is its own unit of work: drain waits for it too
-                self._nursery.start_soon(self._execute, request, key, inflight)
+                nursery.start_soon(self._execute, request, key, inflight)
             deadline = answer_deadline_seconds(request)
             with trio.move_on_after(deadline):
                 await inflight.done.wait()
