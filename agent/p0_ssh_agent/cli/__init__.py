@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.USAGE)
     args.parser = parser
     # Every subcommand logs through the same redacting configuration, not just the daemon.
-    from p0_ssh_agent.adapters.logging import configure_logging  # noqa: PLC0415 (keeps --help light)
+    from p0_ssh_agent.adapters.logging import configure_logging
 
     configure_logging(verbose=args.verbose)
     try:
