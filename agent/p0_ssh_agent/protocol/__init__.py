@@ -1,1 +1,1 @@
-
+"""Wire formats (pure): JSON-RPC 2.0 framing and braekhus's ForwardedRequest/ForwardedResponse."""

@@ -1,0 +1,157 @@
+"""The `call` payload: braekhus's ForwardedRequest in, the agent's ForwardedResponse out (pure).
+
+Shapes are upstream-protocol.md §4 and §5. Parsing is tolerant where upstream versions differed (header values
+may be strings or lists; the command may sit at the top level in one old version) and strict about types that
+would otherwise be guessed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+NO_COMMAND_MESSAGE = "Request logged - no command specified"
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    403: "Forbidden",
+    409: "Conflict",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+_SENSITIVE_HEADER = re.compile(r"authorization|cookie|x-api-key|token|secret", re.IGNORECASE)
+REDACTED = "[REDACTED]"
+
+
+class InvalidParams(ValueError):
+    """The `call` params are not a ForwardedRequest."""
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardedRequest:
+    headers: Mapping[str, str | list[str]]
+    method: str
+    path: str
+    params: Mapping[str, object]
+    data: object
+    timeout_millis: int | None
+    # Only one intermediate Go version put the command at the top level (§5.1); kept to be tolerant.
+    top_level_command: str | None = None
+
+
+def _string(params: Mapping[str, object], name: str) -> str:
+    value = params.get(name, "")
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidParams(f"{name} must be a string")
+    return value
+
+
+def _headers(value: object) -> dict[str, str | list[str]]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidParams("headers must be an object")
+    headers: dict[str, str | list[str]] = {}
+    for name, item in value.items():
+        if isinstance(item, str):
+            headers[name.lower()] = item
+        elif isinstance(item, list) and all(isinstance(v, str) for v in item):
+            headers[name.lower()] = list(item)
+        elif isinstance(item, int | float) and not isinstance(item, bool):
+            headers[name.lower()] = str(item)
+        else:
+            raise InvalidParams(f"header {name!r} must be a string or a list of strings")
+    return headers
+
+
+def _timeout(options: object) -> int | None:
+    if options is None:
+        return None
+    if not isinstance(options, dict):
+        raise InvalidParams("options must be an object")
+    value = options.get("timeoutMillis")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidParams("options.timeoutMillis must be a positive integer")
+    return value
+
+
+def parse_forwarded_request(params: object) -> ForwardedRequest:
+    if not isinstance(params, dict):
+        raise InvalidParams("params must be an object (a ForwardedRequest)")
+    query = params.get("params")
+    if query is None:
+        query = {}
+    if not isinstance(query, dict):
+        raise InvalidParams("params.params must be an object")
+    top_level = params.get("command")
+    return ForwardedRequest(
+        headers=_headers(params.get("headers")),
+        method=_string(params, "method"),
+        path=_string(params, "path"),
+        params=query,
+        data=params.get("data"),
+        timeout_millis=_timeout(params.get("options")),
+        top_level_command=top_level if isinstance(top_level, str) else None,
+    )
+
+
+def command_name(request: ForwardedRequest) -> str:
+    """data.command when data is an object and command a string (§5.2); else the old top-level field; else ""."""
+    data = request.data
+    if isinstance(data, dict):
+        command = data.get("command")
+        if isinstance(command, str):
+            return command
+    return request.top_level_command or ""
+
+
+def redact_headers(headers: Mapping[str, str | list[str]]) -> dict[str, str | list[str]]:
+    """braekhus forwards the caller's authorization header (§12 item 13): never log it."""
+    return {name: (REDACTED if _SENSITIVE_HEADER.search(name) else value) for name, value in headers.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    success: bool
+    message: str = ""
+    error: str = ""
+    output: str | None = None
+    http_status: int | None = None  # overrides 200/500, e.g. 403 for a policy denial, 503 when busy
+
+
+def timestamp(now: datetime) -> str:
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def forwarded_response(
+    result: CommandResult, *, client_id: str, command: str, now: datetime
+) -> dict[str, object]:
+    """The exact upstream shape (§5.4): success carries message (+ output when non-empty), failure carries error."""
+    status = result.http_status or (200 if result.success else 500)
+    data: dict[str, object] = {"success": result.success}
+    if result.success:
+        data["message"] = result.message
+    else:
+        data["error"] = result.error
+    data.update(
+        client_id=client_id,
+        command=command,
+        timestamp=timestamp(now),
+        status="completed" if result.success else "failed",
+    )
+    if result.success and result.output:
+        data["output"] = result.output
+    return {
+        "headers": {"content-type": "application/json"},
+        "status": status,
+        "statusText": _REASONS.get(status, "Unknown"),
+        "data": data,
+    }

@@ -1,0 +1,196 @@
+"""JSON-RPC 2.0 framing for the tunnel (pure: no I/O).
+
+One JSON object per WebSocket text frame, no batches (upstream-protocol.md §3.1). `parse_frame` never raises:
+anything it cannot accept becomes `Invalid`, carrying the error frame to send back (or None when the JSON-RPC
+spec says not to answer). The reader can therefore feed it hostile bytes without a try block, and a bad frame
+never closes the connection.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+MAX_FRAME_BYTES = 1_048_576
+MAX_NESTING = 64
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+
+JsonId = int | str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    id: JsonId
+    method: str
+    params: object
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    method: str
+    params: object
+
+
+@dataclass(frozen=True, slots=True)
+class RpcError:
+    code: int
+    message: str
+    data: object = None
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    id: JsonId
+    result: object
+    error: RpcError | None
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    reply: str | None
+    reason: str
+
+
+Incoming = Request | Notification | Response | Invalid
+
+
+class _DuplicateKeyError(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Two values for one key would let a proxy and the agent read different requests from the same bytes.
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKeyError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _nesting_depth(text: str) -> int:
+    """Deepest bracket nesting outside strings; checked before json.loads so deep input cannot recurse."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def _valid_id(value: object) -> bool:
+    # bool is an int subclass in Python but not a JSON-RPC id; floats are discouraged by the spec and braekhus
+    # (json-rpc-2.0) only issues integers.
+    return value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def loads_strict(text: str) -> object:
+    """json.loads that refuses duplicate keys, NaN/Infinity and nesting deeper than MAX_NESTING."""
+    if _nesting_depth(text) > MAX_NESTING:
+        raise ValueError(f"nesting deeper than {MAX_NESTING}")
+    return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+
+
+def parse_frame(frame: str | bytes) -> Incoming:
+    if isinstance(frame, bytes | bytearray):
+        # braekhus ignores binary frames ("Message in binary format is not supported"); so do we, silently.
+        return Invalid(None, "binary frame ignored")
+    if len(frame) > MAX_FRAME_BYTES or len(frame.encode("utf-8", "surrogatepass")) > MAX_FRAME_BYTES:
+        return Invalid(
+            encode_error(None, INVALID_REQUEST, f"frame larger than {MAX_FRAME_BYTES} bytes"), "oversized frame"
+        )
+    try:
+        message = loads_strict(frame)
+    except (ValueError, RecursionError) as exc:
+        return Invalid(encode_error(None, PARSE_ERROR, "parse error"), f"parse error: {exc}")
+    if isinstance(message, list):
+        return Invalid(encode_error(None, INVALID_REQUEST, "batches are not supported"), "batch")
+    if not isinstance(message, dict):
+        return Invalid(encode_error(None, INVALID_REQUEST, "invalid request"), "not an object")
+    return _classify(message)
+
+
+def _classify(message: dict[str, Any]) -> Incoming:
+    has_id = "id" in message
+    raw_id = message.get("id")
+    reply_id = raw_id if _valid_id(raw_id) else None
+    if message.get("jsonrpc") != "2.0":
+        return _invalid(reply_id, 'missing or wrong "jsonrpc" member (must be "2.0")')
+    if has_id and not _valid_id(raw_id):
+        return _invalid(None, "id must be a string, an integer or null")
+    if "method" in message:
+        method = message["method"]
+        if not isinstance(method, str) or not method:
+            return _invalid(reply_id, "method must be a non-empty string")
+        if "result" in message or "error" in message:
+            return _invalid(reply_id, "a request carries no result or error")
+        params = message.get("params")
+        if params is not None and not isinstance(params, dict | list):
+            return _invalid(reply_id, "params must be an object or an array")
+        if not has_id:
+            return Notification(method, params)
+        return Request(raw_id, method, params)
+    return _classify_response(message, has_id, reply_id)
+
+
+def _classify_response(message: dict[str, Any], has_id: bool, reply_id: JsonId) -> Incoming:
+    has_result, has_error = "result" in message, "error" in message
+    if not has_id or has_result == has_error:
+        # A malformed response must not be answered (that could ping-pong forever); just drop it.
+        return Invalid(None, "response without id, or with both/neither result and error")
+    if has_result:
+        return Response(reply_id, message["result"], None)
+    error = message["error"]
+    if (
+        not isinstance(error, dict)
+        or not isinstance(error.get("code"), int)
+        or isinstance(error.get("code"), bool)
+        or not isinstance(error.get("message"), str)
+    ):
+        return Invalid(None, "malformed error object in response")
+    return Response(reply_id, None, RpcError(error["code"], error["message"], error.get("data")))
+
+
+def _invalid(reply_id: JsonId, reason: str) -> Invalid:
+    return Invalid(encode_error(reply_id, INVALID_REQUEST, f"invalid request: {reason}"), reason)
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def encode_request(id: int | str, method: str, params: object) -> str:
+    return _dumps({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+
+
+def encode_result(id: JsonId, result: object) -> str:
+    return _dumps({"jsonrpc": "2.0", "id": id, "result": result})
+
+
+def encode_error(id: JsonId, code: int, message: str, data: object = None) -> str:
+    error: dict[str, object] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return _dumps({"jsonrpc": "2.0", "id": id, "error": error})
