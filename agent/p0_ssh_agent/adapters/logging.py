@@ -319,9 +319,7 @@ def redact(value: object) -> object:
     if isinstance(value, dict):
         is_jwk = "kty" in value
         return {
-            key: REDACTED
-            if is_sensitive_key(key) or (is_jwk and key in _JWK_PRIVATE_MEMBERS)
-            else redact(item)
+            key: REDACTED if is_sensitive_key(key) or (is_jwk and key in _JWK_PRIVATE_MEMBERS) else redact(item)
             for key, item in value.items()
         }
     if isinstance(value, list | tuple):

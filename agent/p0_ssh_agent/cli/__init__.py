@@ -47,9 +47,7 @@ def _global_options() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="configuration file (default: /etc/p0-ssh-agent/config.yaml)",
     )
-    parent.add_argument(
-        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
-    )
+    parent.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
     return parent
 
 

@@ -131,9 +131,7 @@ def timestamp(now: datetime) -> str:
     return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def forwarded_response(
-    result: CommandResult, *, client_id: str, command: str, now: datetime
-) -> dict[str, object]:
+def forwarded_response(result: CommandResult, *, client_id: str, command: str, now: datetime) -> dict[str, object]:
     """The exact upstream shape (§5.4): success carries message (+ output when non-empty), failure carries error."""
     status = result.http_status or (200 if result.success else 500)
     data: dict[str, object] = {"success": result.success}

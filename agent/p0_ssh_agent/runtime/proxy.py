@@ -244,9 +244,7 @@ async def open_tunnel_stream(
                 await trio.aclose_forcefully(stream)
                 raise
     except trio.TooSlowError:
-        raise ProxyError(
-            f"the proxy {proxy.url} did not open a tunnel to {target} within {timeout:g}s"
-        ) from None
+        raise ProxyError(f"the proxy {proxy.url} did not open a tunnel to {target} within {timeout:g}s") from None
     except trio.BrokenResourceError:
         raise ProxyError(f"the proxy {proxy.url} dropped the connection during CONNECT {target}") from None
     return stream
@@ -259,9 +257,7 @@ async def _read_response_head(stream: trio.SocketStream, proxy: ProxySettings) -
         if end is not None and end.start() <= MAX_RESPONSE_HEAD_BYTES:
             return bytes(buffer[: end.start()]), bytes(buffer[end.end() :])
         if end is not None or len(buffer) > MAX_RESPONSE_HEAD_BYTES:
-            raise ProxyError(
-                f"the proxy {proxy.url} sent a CONNECT response head over {MAX_RESPONSE_HEAD_BYTES} bytes"
-            )
+            raise ProxyError(f"the proxy {proxy.url} sent a CONNECT response head over {MAX_RESPONSE_HEAD_BYTES} bytes")
         chunk = await stream.receive_some(4096)
         if not chunk:
             raise ProxyError(f"the proxy {proxy.url} closed the connection without answering CONNECT")
@@ -273,8 +269,7 @@ def _check_response(head: bytes, extra: bytes, proxy: ProxySettings, target: str
     match = _STATUS_LINE.fullmatch(status_line)
     if match is None:
         raise ProxyError(
-            f"the proxy {proxy.url} answered CONNECT with something that is not HTTP: "
-            f"{_scrub(status_line, proxy)!r}"
+            f"the proxy {proxy.url} answered CONNECT with something that is not HTTP: {_scrub(status_line, proxy)!r}"
         )
     code = int(match.group(1))
     if 200 <= code < 300:
@@ -379,7 +374,7 @@ async def _run_client(
         async with trio.open_nursery() as inner:
             connection = await trio_websocket.wrap_client_stream(
                 inner,
-                stream,
+                cast(trio.SocketStream, stream),  # annotated narrowly upstream; any trio Stream works
                 endpoint.host_header,
                 endpoint.resource,
                 extra_headers=extra_headers,

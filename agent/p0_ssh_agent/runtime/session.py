@@ -187,9 +187,7 @@ class Session:
     async def _on_request(self, request: jsonrpc.Request) -> None:
         if request.method != "call":
             await self.send(
-                jsonrpc.encode_error(
-                    request.id, jsonrpc.METHOD_NOT_FOUND, f'method "{request.method}" not found'
-                )
+                jsonrpc.encode_error(request.id, jsonrpc.METHOD_NOT_FOUND, f'method "{request.method}" not found')
             )
             return
         try:
@@ -210,9 +208,7 @@ class Session:
         rpc_id = request.id
 
         async def reply(result: CommandResult) -> None:
-            body = forwarded_response(
-                result, client_id=self.settings.client_id, command=command, now=datetime.now(UTC)
-            )
+            body = forwarded_response(result, client_id=self.settings.client_id, command=command, now=datetime.now(UTC))
             if not await self.send(jsonrpc.encode_result(rpc_id, body)):
                 log.warning("reply_dropped", id=rpc_id, reason="connection closed before the answer was ready")
 
