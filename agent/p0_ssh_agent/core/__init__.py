@@ -1,1 +1,1 @@
-
+"""The pure provisioning core: request validation, OpenSSH keys, authorized_keys and sudoers text."""

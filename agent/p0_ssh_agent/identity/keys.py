@@ -111,7 +111,10 @@ def _read_json(path: Path) -> dict[str, object]:
 
 
 def load_public_jwk(key_dir: Path) -> dict[str, str]:
-    path = Path(key_dir) / PUBLIC_KEY_FILE
+    return load_public_jwk_file(Path(key_dir) / PUBLIC_KEY_FILE)
+
+
+def load_public_jwk_file(path: Path) -> dict[str, str]:
     jwk = _read_json(path)
     public_key_from_jwk(jwk, where=str(path))
     # Registration forwards every string member (upstream-protocol.md §9.2).
