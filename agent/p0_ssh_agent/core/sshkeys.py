@@ -1,8 +1,15 @@
 """OpenSSH public keys: parse exactly one `type base64 [comment]` line, nothing else (pure).
 
-A key from the network is written into a file sshd trusts, so anything that could change its meaning is refused:
-options (`command=`, `from=`), more than one line, control characters, a type the blob does not carry, and
-certificates (which are not keys). upstream-protocol.md §12 item 11.
+A key from the network ends up in a file that sshd trusts, so anything that could change what the line means is
+refused (upstream-protocol.md §12 item 11, where the Go agent wrote the value verbatim):
+
+* more than one line, NUL or any other control character, and anything over 16 KiB;
+* key options (`command="..."`, `from=`, `restrict`, ...): the agent decides the options, never the caller;
+* a type we do not know, DSA, and certificates (`*-cert-v01@openssh.com` are not keys sshd can trust by value);
+* base64 that is not strict and canonical, and a blob whose own type or structure does not match the line.
+
+`SshPublicKey.line()` renders the key back in one canonical form, and `fingerprint()` gives what
+`ssh-keygen -l -E sha256` prints, which is what we log in place of key material.
 """
 
 from __future__ import annotations
@@ -11,12 +18,14 @@ import base64
 import binascii
 import hashlib
 import re
-import struct
+import unicodedata
 from dataclasses import dataclass
 
 from p0_ssh_agent.core.errors import RequestInvalid
+from p0_ssh_agent.core.messages import shown
 
-# ssh-dss is refused: OpenSSH disabled DSA by default in 7.0 and removed it in 9.8.
+# ssh-dss is refused on purpose: OpenSSH disabled DSA by default in 7.0 and removed it in 9.8, so a DSA line would
+# be dead weight on new hosts and a 1024-bit key on old ones.
 KNOWN_KEY_TYPES = frozenset(
     {
         "ssh-ed25519",
@@ -28,87 +37,208 @@ KNOWN_KEY_TYPES = frozenset(
         "sk-ecdsa-sha2-nistp256@openssh.com",
     }
 )
-MAX_KEY_LINE = 16384
-_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
-_COMMENT_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f]")
-_OPTION_LIKE = re.compile(r"^[a-zA-Z-]+(=|,|$)")
+MAX_KEY_TEXT = 16 * 1024
+CERTIFICATE_SUFFIX = "-cert-v01@openssh.com"
+
+# The authorized_keys options of sshd(8), so that a bare option word such as `restrict` is reported as an
+# option rather than as an unknown key type.
+_OPTION_WORDS = frozenset(
+    {
+        "agent-forwarding",
+        "cert-authority",
+        "command",
+        "environment",
+        "expiry-time",
+        "from",
+        "no-agent-forwarding",
+        "no-port-forwarding",
+        "no-pty",
+        "no-touch-required",
+        "no-user-rc",
+        "no-x11-forwarding",
+        "permitlisten",
+        "permitopen",
+        "port-forwarding",
+        "principals",
+        "pty",
+        "restrict",
+        "tunnel",
+        "user-rc",
+        "verify-required",
+        "x11-forwarding",
+    }
+)
+_SEPARATOR = re.compile(r"[ \t]+")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}", re.ASCII)
+_ED25519_KEY_BYTES = 32
+_ECDSA_COORDINATE_BYTES = {"nistp256": 32, "nistp384": 48, "nistp521": 66}
+_RSA_MIN_BITS = 1024  # OpenSSH's SSH_RSA_MINIMUM_MODULUS_SIZE: sshd refuses smaller keys
+_RSA_MAX_BITS = 16384  # OpenSSL's OPENSSL_RSA_MAX_MODULUS_BITS
 
 
 @dataclass(frozen=True, slots=True)
 class SshPublicKey:
+    """A checked public key. Build it with parse_public_key(); the constructor re-checks the invariants."""
+
     key_type: str
     blob: bytes
     comment: str
 
+    def __post_init__(self) -> None:
+        # A key built by hand must not be able to smuggle options or a second line into line().
+        if self.key_type not in KNOWN_KEY_TYPES:
+            raise ValueError(f"unknown key type {shown(self.key_type)}")
+        check_blob(self.key_type, self.blob)
+        if self.comment != _normalise_comment(self.comment) or _bad_comment_character(self.comment) is not None:
+            raise ValueError("the comment must be printable text with single spaces")
+
     def line(self) -> str:
+        """`type base64 [comment]`, single spaces, never any options."""
         encoded = base64.b64encode(self.blob).decode("ascii")
         return f"{self.key_type} {encoded} {self.comment}" if self.comment else f"{self.key_type} {encoded}"
 
     def fingerprint(self) -> str:
-        """The form `ssh-keygen -l -E sha256` prints: SHA256: + unpadded base64 of the blob's digest."""
-        return "SHA256:" + base64.b64encode(hashlib.sha256(self.blob).digest()).decode("ascii").rstrip("=")
+        """What `ssh-keygen -l -E sha256` prints: "SHA256:" + unpadded base64 of the blob's SHA-256."""
+        digest = hashlib.sha256(self.blob).digest()
+        return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
 
 
-def _ssh_string(blob: bytes, offset: int) -> tuple[bytes, int]:
-    if offset + 4 > len(blob):
-        raise ValueError("truncated")
-    (length,) = struct.unpack(">I", blob[offset : offset + 4])
-    end = offset + 4 + length
-    if end > len(blob):
-        raise ValueError("truncated")
-    return blob[offset + 4 : end], end
+class _BlobReader:
+    """Reads the SSH wire encoding (RFC 4251 §5): uint32 big-endian length, then that many bytes."""
+
+    def __init__(self, blob: bytes) -> None:
+        self._blob = blob
+        self._offset = 0
+
+    def string(self, what: str) -> bytes:
+        start = self._offset + 4
+        if start > len(self._blob):
+            raise ValueError(f"the key data ends before the {what}")
+        length = int.from_bytes(self._blob[self._offset : start], "big")
+        end = start + length
+        if end > len(self._blob):
+            raise ValueError(f"the key data ends inside the {what}")
+        self._offset = end
+        return self._blob[start:end]
+
+    def positive_mpint(self, what: str) -> int:
+        raw = self.string(what)
+        if raw and raw[0] & 0x80:
+            raise ValueError(f"the {what} is negative")
+        return int.from_bytes(raw, "big")
+
+    def finish(self) -> None:
+        if self._offset != len(self._blob):
+            raise ValueError(f"{len(self._blob) - self._offset} unexpected bytes after the key")
 
 
-def _check_blob(key_type: str, blob: bytes) -> None:
-    embedded, offset = _ssh_string(blob, 0)
-    if embedded != key_type.encode():
-        raise ValueError(f"the key data says {embedded[:40]!r}, the line says {key_type}")
+def check_blob(key_type: str, blob: bytes) -> None:
+    """Raise ValueError unless `blob` is a structurally sound public key of `key_type`."""
+    reader = _BlobReader(blob)
+    embedded = reader.string("key type")
+    if embedded != key_type.encode("ascii"):
+        raise ValueError(f"the key data is a {shown(embedded.decode('latin-1'), limit=40)} key, not {key_type}")
     if key_type in ("ssh-ed25519", "sk-ssh-ed25519@openssh.com"):
-        point, offset = _ssh_string(blob, offset)
-        if len(point) != 32:
-            raise ValueError("an ed25519 key must carry 32 bytes")
+        if len(reader.string("ed25519 key")) != _ED25519_KEY_BYTES:
+            raise ValueError("an ed25519 key must be 32 bytes")
     elif key_type == "ssh-rsa":
-        exponent, offset = _ssh_string(blob, offset)
-        modulus, offset = _ssh_string(blob, offset)
-        if not exponent or len(modulus.lstrip(b"\0")) * 8 < 1024:
-            raise ValueError("an RSA key must have a modulus of at least 1024 bits")
+        exponent = reader.positive_mpint("RSA exponent")
+        modulus = reader.positive_mpint("RSA modulus")
+        if exponent < 3 or exponent % 2 == 0:
+            raise ValueError("the RSA exponent must be odd and at least 3")
+        if not _RSA_MIN_BITS <= modulus.bit_length() <= _RSA_MAX_BITS:
+            raise ValueError(f"the RSA modulus must have {_RSA_MIN_BITS} to {_RSA_MAX_BITS} bits")
     else:
-        curve, offset = _ssh_string(blob, offset)
-        point, offset = _ssh_string(blob, offset)
-        if not point or point[0] != 4:
-            raise ValueError("an ECDSA key must carry an uncompressed point")
-        if not key_type.endswith(curve.decode("ascii", "replace")) and "sk-" not in key_type:
-            raise ValueError("the curve does not match the key type")
-    if key_type.startswith("sk-"):
-        _application, offset = _ssh_string(blob, offset)
-    if offset != len(blob):
-        raise ValueError("unexpected bytes after the key")
+        expected_curve = "nistp256" if key_type.startswith("sk-") else key_type.removeprefix("ecdsa-sha2-")
+        curve = reader.string("curve name")
+        if curve != expected_curve.encode("ascii"):
+            raise ValueError(f"the curve name must be {expected_curve}")
+        point = reader.string("ECDSA point")
+        if len(point) != 1 + 2 * _ECDSA_COORDINATE_BYTES[expected_curve] or point[0] != 0x04:
+            raise ValueError(f"the ECDSA point must be an uncompressed {expected_curve} point")
+    if key_type.startswith("sk-") and not reader.string("security key application"):
+        raise ValueError("a security key must name its application (e.g. ssh:)")
+    reader.finish()
+
+
+def _bad_comment_character(comment: str) -> str | None:
+    """The first character sshd or a terminal could misread: controls, invisibles, line and paragraph breaks."""
+    for character in comment:
+        category = unicodedata.category(character)
+        # C*: control, format (bidi overrides, zero-width), surrogate, private use, unassigned.
+        # Z* other than a plain space: NBSP look-alike separators and the Unicode line/paragraph separators.
+        if category[0] == "C" or (category[0] == "Z" and character != " "):
+            return character
+    return None
+
+
+def _normalise_comment(comment: str) -> str:
+    return " ".join(part for part in comment.split(" ") if part)
+
+
+def _looks_like_options(first: str) -> bool:
+    return any(c in first for c in '=,"') or first.lower() in _OPTION_WORDS
+
+
+def _refuse_first_token(first: str, field: str) -> RequestInvalid:
+    if first.endswith(CERTIFICATE_SUFFIX):
+        return RequestInvalid(field, f"invalid {field}: a certificate is not a public key; send the plain key")
+    if first == "ssh-dss":
+        return RequestInvalid(field, f"invalid {field}: DSA (ssh-dss) keys are refused; OpenSSH removed them")
+    if _looks_like_options(first):
+        return RequestInvalid(
+            field, f"invalid {field}: key options are not allowed (got {shown(first, limit=40)}); send a bare key"
+        )
+    known = ", ".join(sorted(KNOWN_KEY_TYPES))
+    return RequestInvalid(field, f"invalid {field}: unknown key type {shown(first, limit=40)}; expected one of {known}")
+
+
+def _check_characters(text: str, field: str) -> None:
+    if len(text) > MAX_KEY_TEXT or len(text.encode("utf-8", "surrogatepass")) > MAX_KEY_TEXT:
+        raise RequestInvalid(field, f"invalid {field}: longer than {MAX_KEY_TEXT} bytes")
+    if "\n" in text or "\r" in text:
+        raise RequestInvalid(field, f"invalid {field}: must be exactly one line (it contains a line break)")
+    if "\0" in text:
+        raise RequestInvalid(field, f"invalid {field}: contains a NUL character")
+    for position, character in enumerate(text):
+        if character != "\t" and unicodedata.category(character) == "Cc":
+            raise RequestInvalid(field, f"invalid {field}: control character {shown(character)} at {position}")
+
+
+def _decode_blob(encoded: str, key_type: str, field: str) -> bytes:
+    if not _BASE64.fullmatch(encoded):
+        raise RequestInvalid(field, f"invalid {field}: the key data is not base64")
+    try:
+        blob = base64.b64decode(encoded, validate=True)
+    except binascii.Error as exc:
+        raise RequestInvalid(field, f"invalid {field}: the key data is not valid base64 ({exc})") from None
+    # Python accepts stray bits in the last base64 character; OpenSSH's decoder does not. Demanding the canonical
+    # encoding also makes line() give back exactly the text that was sent.
+    if base64.b64encode(blob).decode("ascii") != encoded:
+        raise RequestInvalid(field, f"invalid {field}: the key data is not canonical base64")
+    try:
+        check_blob(key_type, blob)
+    except ValueError as exc:
+        raise RequestInvalid(field, f"invalid {field}: not a valid {key_type} key: {exc}") from None
+    return blob
 
 
 def parse_public_key(text: str, *, field: str) -> SshPublicKey:
-    if len(text) > MAX_KEY_LINE:
-        raise RequestInvalid(field, f"{field} is longer than {MAX_KEY_LINE} characters")
-    if "\n" in text or "\r" in text or "\0" in text:
-        raise RequestInvalid(field, f"{field} must be exactly one line (no newlines or NUL)")
-    parts = text.strip(" ").split(" ", 2)
+    """Parse one OpenSSH public key line; every failure is a RequestInvalid naming `field`."""
+    _check_characters(text, field)
+    parts = _SEPARATOR.split(text.strip(" \t"), maxsplit=2)
     key_type = parts[0]
+    if not key_type:
+        raise RequestInvalid(field, f"invalid {field}: empty")
     if key_type not in KNOWN_KEY_TYPES:
-        if key_type.endswith("-cert-v01@openssh.com"):
-            raise RequestInvalid(field, f"{field} is a certificate, not a public key")
-        if key_type == "ssh-dss":
-            raise RequestInvalid(field, f"{field}: DSA keys are not accepted (OpenSSH removed them)")
-        if _OPTION_LIKE.match(key_type) and ("=" in key_type or "," in key_type):
-            raise RequestInvalid(field, f"{field}: key options (like command= or from=) are not allowed")
-        shown = "".join(c if c.isprintable() else "?" for c in key_type[:40])
-        raise RequestInvalid(field, f"{field}: unknown key type {shown!r}")
-    if len(parts) < 2 or not _BASE64.fullmatch(parts[1]):
-        raise RequestInvalid(field, f"{field}: the key data is missing or not base64")
-    try:
-        blob = base64.b64decode(parts[1], validate=True)
-        _check_blob(key_type, blob)
-    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
-        raise RequestInvalid(field, f"{field}: invalid {key_type} key: {exc}") from None
-    comment = parts[2].strip() if len(parts) > 2 else ""
-    if _COMMENT_FORBIDDEN.search(comment):
-        raise RequestInvalid(field, f"{field}: control characters in the key comment")
-    return SshPublicKey(key_type, blob, comment)
+        raise _refuse_first_token(key_type, field)
+    if len(parts) < 2:
+        raise RequestInvalid(field, f"invalid {field}: the base64 key data after {key_type} is missing")
+    blob = _decode_blob(parts[1], key_type, field)
+    comment = parts[2] if len(parts) == 3 else ""
+    bad = _bad_comment_character(comment)
+    if bad is not None:
+        raise RequestInvalid(
+            field, f"invalid {field}: the comment contains {shown(bad)} (U+{ord(bad):04X}); use printable text"
+        )
+    return SshPublicKey(key_type, blob, _normalise_comment(comment))
