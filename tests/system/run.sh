@@ -1,0 +1,363 @@
+#!/bin/bash
+# The package test on a booted systemd (`make system-test`), issue 5.
+#
+#   tests/system/run.sh
+#
+# 1. builds the packages (packaging/build.sh) unless dist/ already holds ones newer than every source;
+# 2. checks the .deb and the .rpm structurally on the host (tests/system/packages.sh);
+# 3. builds or reuses a Debian 12 rootfs (tests/system/rootfs.sh, cached in build/rootfs);
+# 4. boots it with systemd-nspawn (--register=no --keep-unit --private-network --volatile=overlay) and, inside:
+#    apt-get install from a local repository, keygen, the dev backend under systemd-run, a config pointing at
+#    it, enable --now, READY and STATUS, grants over the backend and an ssh login as the new user, reload,
+#    a watchdog restart of a hung agent, the journal, an upgrade (reinstall), stop, remove and purge.
+#
+# Everything runs inside `unshare --mount --pid --fork`, so the container and every process it started die with
+# this script, whatever happens to it; nothing is written to the host's /etc, /home or /run.
+# Prints PASS/FAIL per check and "N passed, M failed"; exits 1 if anything failed.
+#
+# Environment: P0_SYSTEM_TEST_REBUILD=auto|always|never (default auto), P0_DEBIAN_MIRROR (see rootfs.sh).
+# shellcheck disable=SC2016  # single-quoted $ is expanded later by the inner shell, on purpose
+set -uo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd -P)
+root=$(cd "$here/../.." && pwd -P)
+
+if [ -z "${P0_SYSTEM_TEST_IN_NS:-}" ]; then
+    [ "$(id -u)" -eq 0 ] || { echo "system-test: needs root (namespaces, debootstrap, systemd-nspawn)" >&2; exit 77; }
+    for tool in systemd-nspawn debootstrap nsenter unshare rpm dpkg-deb; do
+        command -v "$tool" >/dev/null || {
+            echo "system-test: $tool is missing; run packaging/install-build-deps.sh" >&2
+            exit 69
+        }
+    done
+    # --kill-child: if whoever runs us kills unshare, the namespace's init (this script) and all in it die too.
+    exec env P0_SYSTEM_TEST_IN_NS=1 unshare --mount --pid --fork --kill-child --mount-proc --propagation private \
+        -- "$0" "$@"
+fi
+
+# shellcheck source=tests/system/lib.sh
+source "$here/lib.sh"
+# shellcheck source=tests/system/packages.sh
+source "$here/packages.sh"
+
+cd "$root" || exit 1
+# One system test at a time per checkout: they share build/rootfs, build/ and dist/.
+mkdir -p build
+exec 9>build/.system-test.lock
+if ! flock -n 9; then
+    say "--- waiting for another system test in this checkout"
+    flock 9
+fi
+started=$SECONDS
+version=$(sed -n 's/^__version__ = "\([^"]*\)"$/\1/p' agent/p0_ssh_agent/_version.py)
+deb=$root/dist/p0-ssh-agent_${version}_amd64.deb
+rpm=$root/dist/p0-ssh-agent-${version}.x86_64.rpm
+rootfs=$root/build/rootfs
+machine=p0-system-test
+org_id=p0test
+host_id=host-1
+client_id=$org_id:$host_id:ssh
+unit=p0-ssh-agent.service
+
+# --- build or reuse the packages --------------------------------------------------------------------------------
+stale_sources() {
+    find agent packaging systemd debian nfpm.yaml pyproject.toml constraints.txt CHANGELOG.md README.md \
+        -type f -newer "$1" -not -path '*/__pycache__/*' -not -name '*.pyc' -print -quit 2>/dev/null
+}
+rebuild=${P0_SYSTEM_TEST_REBUILD:-auto}
+if [ "$rebuild" = always ] || [ ! -f "$deb" ] || [ ! -f "$rpm" ] \
+    || { [ "$rebuild" = auto ] && [ -n "$(stale_sources "$deb")" ]; }; then
+    say "--- building the packages"
+    if ! bash packaging/build.sh 2>&1 | grep -v "^WARNING: Location '"; then
+        bad "make package" "packaging/build.sh failed"
+        summary
+        exit 1
+    fi
+else
+    say "--- reusing $(basename "$deb") and $(basename "$rpm") (newer than every source)"
+fi
+
+check_deb "$deb" "$version" "$root"
+check_rpm "$rpm" "$version" "$root"
+say "    (packages checked at ${SECONDS}s)"
+
+# --- the rootfs -------------------------------------------------------------------------------------------------
+if ! bash "$here/rootfs.sh" "$rootfs"; then
+    bad "rootfs" "debootstrap failed"
+    summary
+    exit 1
+fi
+
+# --- boot -------------------------------------------------------------------------------------------------------
+# nspawn keeps per-machine state in /run/systemd/nspawn: a tmpfs there (private to this mount namespace) keeps
+# the host's /run clean.
+made_nspawn_dir=0
+if [ ! -d /run/systemd/nspawn ]; then
+    mkdir -p /run/systemd/nspawn && made_nspawn_dir=1
+fi
+mount -t tmpfs -o mode=0755 tmpfs /run/systemd/nspawn
+console=$(mktemp /tmp/p0-system-test-console.XXXXXX)
+distdir=$(dirname "$deb")
+
+say "--- booting $rootfs"
+systemd-nspawn -q -D "$rootfs" -b -M "$machine" --register=no --keep-unit --private-network \
+    --volatile=overlay --bind-ro="$distdir":/mnt/dist </dev/null >"$console" 2>&1 &
+nspawn_pid=$!
+leader=""
+
+cleanup() {
+    if kill -0 "$nspawn_pid" 2>/dev/null; then
+        kill -TERM "$nspawn_pid" 2>/dev/null
+        for _ in $(seq 50); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.2; done
+        [ -n "$leader" ] && kill -KILL "$leader" 2>/dev/null
+    fi
+    umount /run/systemd/nspawn 2>/dev/null
+    [ $made_nspawn_dir -eq 1 ] && rmdir /run/systemd/nspawn 2>/dev/null
+    rm -f "$console"
+}
+trap cleanup EXIT
+
+find_leader() {
+    leader=$(ps -o pid= --ppid "$nspawn_pid" | head -1 | tr -d ' ' || true)
+    [ -n "$leader" ]
+}
+# C CMD...: run CMD in the container (all its namespaces), with a clean environment and no stdin.
+C() {
+    nsenter -t "$leader" -m -u -i -n -p -C -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 HOME=/root \
+        "$@" </dev/null
+}
+# C_write PATH MODE: write stdin to PATH in the container.
+C_write() {
+    nsenter -t "$leader" -m -u -i -n -p -C -- /bin/sh -c 'umask 077; cat >"$1" && chmod "$2" "$1"' _ "$1" "$2"
+}
+show() { C systemctl show "$unit" -p "$1" --value; }
+
+# The leader is looked up again on every try: right after the start, nspawn's only child can still be its
+# short-lived intermediate process rather than the container's PID 1.
+booted() { find_leader && [ -S "/proc/$leader/root/run/systemd/private" ]; }
+if ! wait_until 90 booted; then
+    bad "boot" "the container did not start; console:"
+    tail -n 30 "$console" | sed 's/^/    /'
+    summary
+    exit 1
+fi
+state=$(C timeout 90 systemctl is-system-running --wait 2>/dev/null)
+if [ "$state" = running ]; then
+    ok "boot: systemd is running ($((SECONDS - started))s so far)"
+else
+    bad "boot: systemd is running" "state '$state'; failed units: $(C systemctl list-units --failed --plain --no-legend | tr '\n' ' ')"
+fi
+
+# --- install from a local apt repository ------------------------------------------------------------------------
+say "--- install"
+C mkdir -p /srv/p0-repo
+C cp "/mnt/dist/$(basename "$deb")" /srv/p0-repo/
+C sh -c 'cd /srv/p0-repo && apt-ftparchive packages . >Packages'
+echo 'deb [trusted=yes] file:/srv/p0-repo ./' | C_write /etc/apt/sources.list.d/p0-local.list 0644
+check "apt-get update (local repository only)" C apt-get update -q
+check "apt-get install -y p0-ssh-agent" C env DEBIAN_FRONTEND=noninteractive apt-get install -y -q p0-ssh-agent
+expect_eq "installed version" "install ok installed $version-1" \
+    "$(C dpkg-query -W -f='${Status} ${Version}' p0-ssh-agent 2>&1)"
+expect_eq "fresh install: unit not enabled" disabled "$(C systemctl is-enabled "$unit" 2>&1)"
+expect_eq "fresh install: unit not started" inactive "$(C systemctl is-active "$unit" 2>&1)"
+expect_eq "installed modes of /etc/p0-ssh-agent and keys/" "750 root 700 root" \
+    "$(C stat -c '%a %U' /etc/p0-ssh-agent /etc/p0-ssh-agent/keys | tr '\n' ' ' | sed 's/ $//')"
+expect_contains "p0-ssh-agent version" "p0-ssh-agent $version" "$(C p0-ssh-agent version 2>&1)"
+expect_eq "man p0-ssh-agent finds the page" /usr/share/man/man8/p0-ssh-agent.8.gz "$(C man -w p0-ssh-agent 2>&1)"
+# Condition failed, not an error: an enabled but unregistered host boots cleanly.
+C systemctl start "$unit" >/dev/null 2>&1
+expect_eq "without config.yaml, a start is skipped by ConditionPathExists" "inactive no" \
+    "$(C systemctl is-active "$unit") $(show ConditionResult)"
+
+# --- the unit: verify and security --------------------------------------------------------------------------------
+say "--- unit"
+# Installed, so ExecStart= and the Documentation= man page exist: any output at all is a finding.
+verify_out=$(C systemd-analyze verify /lib/systemd/system/$unit 2>&1)
+verify_rc=$?
+expect_eq "systemd-analyze verify: exit 0, no output" "0 " "$verify_rc $verify_out"
+exposure_line=$(C systemd-analyze security --offline=yes --no-pager /lib/systemd/system/$unit 2>&1 | grep 'Overall exposure level')
+exposure=$(printf '%s' "$exposure_line" | sed -n 's/.*: \([0-9.]*\) .*/\1/p')
+say "    systemd-analyze security: ${exposure_line#→ }"
+if [ -n "$exposure" ] && awk -v e="$exposure" 'BEGIN { exit !(e <= 3.0) }'; then
+    ok "systemd-analyze security exposure $exposure <= 3.0"
+else
+    bad "systemd-analyze security exposure <= 3.0" "got '${exposure_line:-nothing}'"
+fi
+
+# --- keys, dev backend, configuration, start ---------------------------------------------------------------------
+say "--- start"
+check "p0-ssh-agent keygen" C p0-ssh-agent keygen
+expect_eq "private key 0600 in a 0700 directory" "600 700" \
+    "$(C stat -c %a /etc/p0-ssh-agent/keys/jwk.private.json /etc/p0-ssh-agent/keys | tr '\n' ' ' | sed 's/ $//')"
+check "dev backend started under systemd-run" C systemd-run --unit p0-dev-backend --property Restart=no \
+    /usr/bin/p0-ssh-agent dev-backend --public-key /etc/p0-ssh-agent/keys/jwk.public.json
+backend_up() { C curl -s -o /dev/null --max-time 2 http://127.0.0.1:8081/; }
+if wait_until 30 backend_up; then
+    ok "dev backend answers on 127.0.0.1:8081"
+else
+    bad "dev backend answers on 127.0.0.1:8081" "$(C journalctl -u p0-dev-backend --no-pager -o cat | tail -n 5)"
+fi
+C_write /etc/p0-ssh-agent/config.yaml 0640 <<EOF
+# written by tests/system/run.sh
+version: "1.0"
+orgId: "$org_id"
+hostId: "$host_id"
+tunnelHost: "ws://127.0.0.1:8079"
+keyPath: "/etc/p0-ssh-agent/keys"
+EOF
+# Test-only drop-in: the SIGUSR2 hang hook, a short watchdog so the restart is seen within seconds, and
+# --verbose, so the check that no token reaches the journal also covers the debug lines.
+C mkdir -p /etc/systemd/system/$unit.d
+C_write /etc/systemd/system/$unit.d/test.conf 0644 <<'EOF'
+[Service]
+Environment=P0_SSH_AGENT_TEST_HOOKS=1
+WatchdogSec=4s
+RestartSec=1s
+ExecStart=
+ExecStart=/usr/bin/p0-ssh-agent start --verbose
+EOF
+C systemctl daemon-reload
+check "systemctl enable --now p0-ssh-agent" C systemctl enable --now "$unit"
+expect_eq "active and running (READY=1 received)" "active running" "$(show ActiveState) $(show SubState)"
+connected() { grep -q '^connected to ' <<<"$(show StatusText)"; }
+if wait_until 30 connected; then
+    ok "StatusText: $(show StatusText)"
+else
+    bad "StatusText says 'connected to'" "got '$(show StatusText)'"
+fi
+
+# --- the unit's sandbox against the agent's tools ----------------------------------------------------------------
+# The agent's own grants below are the real proof; this probe also runs while the agent cannot apply changes yet,
+# and checks the other direction: what the sandbox must forbid. Its units carry every [Service] line of the
+# installed unit except the lifecycle ones, so it follows the unit as it changes.
+say "--- sandbox probe"
+C ssh-keygen -q -t ed25519 -N '' -C p0-system-test -f /root/p0-test-key
+SSH=(ssh -i /root/p0-test-key -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes
+    -o ConnectTimeout=10 -o LogLevel=ERROR)
+# ssh_sudo USER: log in, then try sudo without a password; prints "USER sudo", "USER no-sudo" or ssh's error.
+ssh_sudo() {
+    C "${SSH[@]}" "$1@127.0.0.1" \
+        'printf "%s " "$(id -un)"; if sudo -n true 2>/dev/null; then echo sudo; else echo no-sudo; fi' 2>&1
+}
+C_write /root/p0-sandbox-probe.sh 0644 <"$here/sandbox-probe.sh"
+sandbox_lines=$(sed -n '/^\[Service\]/,/^\[/p' "/proc/$leader/root/lib/systemd/system/$unit" \
+    | grep -E '^[A-Za-z]+=' \
+    | grep -vE '^(Type|NotifyAccess|ExecStart|ExecReload|Restart|RestartSec|RestartPreventExitStatus|WatchdogSec|Timeout[A-Za-z]*Sec|StateDirectory[A-Za-z]*|RuntimeDirectory[A-Za-z]*|EnvironmentFile|Environment)=')
+# run_probe PHASE ARGS...: the probe as a oneshot unit with the agent's sandbox; every step becomes a check.
+run_probe() {
+    local phase=$1 name=p0-sandbox-probe-$1.service line
+    shift
+    printf '[Unit]\nDescription=p0-ssh-agent sandbox probe (%s)\n\n[Service]\nType=oneshot\nExecStart=/bin/sh /root/p0-sandbox-probe.sh %s\n%s\n' \
+        "$phase" "$phase $*" "$sandbox_lines" | C_write "/run/systemd/system/$name" 0644
+    C systemctl daemon-reload
+    C systemctl start "$name" >/dev/null 2>&1
+    while IFS= read -r line; do
+        case "$line" in
+            "ok "*) ok "sandbox $phase: ${line#ok }" ;;
+            "no "*) bad "sandbox $phase: ${line#no }" ;;
+        esac
+    done < <(C journalctl -u "$name" --no-pager -o cat)
+    expect_eq "sandbox $phase: the probe unit succeeded" success "$(C systemctl show "$name" -p Result --value)"
+}
+probe_user=p0probe
+run_probe grant "$probe_user" /root/p0-test-key.pub
+expect_eq "sandbox: the user it made logs in with ssh and has sudo" "$probe_user sudo" "$(ssh_sudo "$probe_user")"
+C systemd-run --quiet --unit p0-probe-session --uid="$probe_user" /bin/sleep 600
+run_probe revoke "$probe_user"
+# SIGKILLed, so the session's unit ends up "failed" (or "inactive" once collected): anything but active.
+session_state=$(C systemctl show p0-probe-session -p ActiveState --value)
+expect_eq "sandbox: the user's process was ended" "ended" "$(case $session_state in inactive | failed) echo ended ;; *) echo "$session_state" ;; esac)"
+expect_contains "sandbox: the user is gone, login refused" "Permission denied" "$(ssh_sudo "$probe_user")"
+
+# --- a grant through the backend, and an ssh login as the new user ---------------------------------------------
+say "--- grant and login"
+user=p0alice
+pubkey=$(C cat /root/p0-test-key.pub)
+# backend_call NAME JSON: POST to the backend; PASS when HTTP 200 and data.success is true.
+backend_call() {
+    local reply
+    reply=$(C curl -sS --max-time 30 -H 'content-type: application/json' -d "$2" -w '\n%{http_code}' \
+        "http://127.0.0.1:8081/client/$client_id" 2>&1)
+    if [ "$(printf '%s' "$reply" | tail -n 1)" = 200 ] \
+        && printf '%s' "$reply" | sed '$d' | python3 -c 'import json, sys; sys.exit(json.load(sys.stdin).get("success") is not True)'; then
+        ok "$1"
+    else
+        bad "$1" "$(printf '%s' "$reply" | tr '\n' ' ' | tail -c 400)"
+    fi
+}
+backend_call "provisionUser grant" \
+    "{\"command\":\"provisionUser\",\"userName\":\"$user\",\"action\":\"grant\",\"requestId\":\"REQuser1\"}"
+backend_call "provisionAuthorizedKeys grant" \
+    "{\"command\":\"provisionAuthorizedKeys\",\"userName\":\"$user\",\"action\":\"grant\",\"requestId\":\"REQkey1\",\"publicKey\":\"$pubkey\"}"
+expect_contains "ssh login as $user" "($user)" "$(C "${SSH[@]}" "$user@127.0.0.1" id 2>&1)"
+expect_eq "login works, but no sudo before provisionSudo" "$user no-sudo" "$(ssh_sudo "$user")"
+backend_call "provisionSudo grant" \
+    "{\"command\":\"provisionSudo\",\"userName\":\"$user\",\"action\":\"grant\",\"requestId\":\"REQsudo1\",\"sudo\":true}"
+expect_eq "sudo -n over ssh after provisionSudo" 0 "$(C "${SSH[@]}" "$user@127.0.0.1" sudo -n id -u 2>&1)"
+check "visudo -c accepts the result" C visudo -c -q
+backend_call "provisionSudo revoke" \
+    "{\"command\":\"provisionSudo\",\"userName\":\"$user\",\"action\":\"revoke\",\"requestId\":\"REQsudo1\",\"sudo\":true}"
+expect_eq "login still works, sudo gone after the revoke" "$user no-sudo" "$(ssh_sudo "$user")"
+
+journal=$(C journalctl -u "$unit" --no-pager -o cat)
+expect_contains "journal: canonical request line for REQkey1" "request_id=REQkey1" "$journal"
+# A here-string, not `printf | grep -q`: under pipefail an early match would read as "not found".
+secrets=$(grep -E 'eyJ|Bearer' <<<"$journal")
+if [ -n "$secrets" ]; then
+    bad "journal: no JWT and no Authorization header" "$(head -n 2 <<<"$secrets")"
+else
+    ok "journal: no JWT and no Authorization header"
+fi
+
+# --- reload, watchdog, upgrade -------------------------------------------------------------------------------------
+say "--- reload, watchdog, upgrade"
+pid_before=$(show MainPID)
+check "systemctl reload" C systemctl reload "$unit"
+unit_active() { [ "$(show ActiveState)" = active ]; }
+wait_until 10 unit_active
+expect_eq "reload keeps the process and the unit active" "$pid_before active" "$(show MainPID) $(show ActiveState)"
+
+restarts_before=$(show NRestarts)
+C systemctl kill --kill-who=main --signal=SIGUSR2 "$unit"
+restarted() { [ "$(show NRestarts)" -gt "$restarts_before" ]; }
+if wait_until 30 restarted; then ok "hung event loop: watchdog restart (NRestarts $(show NRestarts))"; else bad "hung event loop: watchdog restart" "NRestarts $(show NRestarts)"; fi
+expect_contains "journal: Watchdog timeout" "Watchdog timeout" "$(C journalctl -u "$unit" --no-pager -o cat)"
+if wait_until 30 connected; then ok "reconnected after the watchdog restart"; else bad "reconnected after the watchdog restart" "$(show StatusText)"; fi
+
+# A reinstall runs the maintainer scripts as an upgrade (prerm upgrade, postinst configure OLD-VERSION).
+pid_before=$(show MainPID)
+check "upgrade (apt-get install --reinstall)" C env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --reinstall p0-ssh-agent
+pid_after=$(show MainPID)
+if [ "$pid_after" != "$pid_before" ] && [ "$pid_after" != 0 ] && [ "$(show ActiveState)" = active ]; then
+    ok "upgrade restarted the running agent (MainPID $pid_before -> $pid_after)"
+else
+    bad "upgrade restarted the running agent" "MainPID $pid_before -> $pid_after, $(show ActiveState)"
+fi
+expect_eq "upgrade kept the unit enabled" enabled "$(C systemctl is-enabled "$unit" 2>&1)"
+# PYTHONDONTWRITEBYTECODE and a read-only /opt: nothing may have been written into the package's files.
+expect_eq "dpkg --verify: installed files unchanged after running" "" "$(C dpkg --verify p0-ssh-agent 2>&1)"
+expect_eq "no stray .pyc under /opt written at run time" "" \
+    "$(C find /opt/p0-ssh-agent -name '*.pyc' -newer /var/lib/dpkg/info/p0-ssh-agent.list | head -3)"
+
+# --- stop, remove, purge ----------------------------------------------------------------------------------------
+say "--- stop, remove, purge"
+check "systemctl stop" C systemctl stop "$unit"
+expect_eq "stop: Result=success, exit status 0" "success 0" "$(show Result) $(show ExecMainStatus)"
+C rm -rf /etc/systemd/system/$unit.d
+check "apt-get remove -y p0-ssh-agent" C env DEBIAN_FRONTEND=noninteractive apt-get remove -y -q p0-ssh-agent
+expect_eq "remove: no enablement symlink left" "" "$(C find /etc/systemd/system -name "$unit" 2>&1)"
+expect_eq "remove: configuration, keys and state are kept" "yes" \
+    "$(C sh -c '[ -f /etc/p0-ssh-agent/config.yaml ] && [ -f /etc/p0-ssh-agent/keys/jwk.private.json ] && [ -d /var/lib/p0-ssh-agent ] && echo yes || echo no')"
+expect_contains "remove: live grants stay (login as $user still works)" "($user)" "$(C "${SSH[@]}" "$user@127.0.0.1" id 2>&1)"
+check "apt-get purge -y p0-ssh-agent" C env DEBIAN_FRONTEND=noninteractive apt-get purge -y -q p0-ssh-agent
+C systemctl daemon-reload
+expect_eq "purge: package gone" "" "$(C dpkg-query -W -f='${Status}' p0-ssh-agent 2>/dev/null)"
+expect_eq "purge: systemd no longer knows the unit" "not-found" "$(show LoadState)"
+leftovers=$(C sh -c 'for p in /var/lib/p0-ssh-agent /etc/p0-ssh-agent /etc/default/p0-ssh-agent /opt/p0-ssh-agent \
+    /usr/bin/p0-ssh-agent /lib/systemd/system/p0-ssh-agent.service; do [ -e "$p" ] || [ -L "$p" ] && echo "$p"; done')
+expect_eq "purge: no state, configuration, keys, application or unit left" "" "$leftovers"
+
+say ""
+say "system test took $((SECONDS - started))s"
+summary
+[ "$failed" -eq 0 ]

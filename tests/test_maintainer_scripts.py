@@ -1,0 +1,207 @@
+"""The .deb and .rpm maintainer scripts, run for real on every argument branch.
+
+Each script runs in a private mount namespace: /run is a fresh tmpfs (with /run/systemd/system when the test
+wants "systemd is running"), /etc and /var/lib are overlays whose writes land in a tmpfs, so a purge can delete
+the agent's directories without touching the host's. systemctl, deb-systemd-invoke and deb-systemd-helper are
+small hand-written fakes that record their arguments; PATH holds nothing else but `rm`. The booted-systemd test
+(tests/system/run.sh) runs the deb scripts against the real tools; rpm's numeric branches are only tested here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+UNIT = "p0-ssh-agent.service"
+STATE_PATHS = ("/etc/p0-ssh-agent", "/var/lib/p0-ssh-agent")
+UNSHARE = shutil.which("unshare")
+
+pytestmark = [
+    pytest.mark.sandbox,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a private mount namespace"),
+    pytest.mark.skipif(UNSHARE is None, reason="unshare (util-linux) is not installed"),
+]
+
+# Runs inside `unshare --mount`: sets the stage, runs the script, then reports which state paths survived.
+DRIVER = r"""
+set -e
+mount -t tmpfs tmpfs /run
+if [ "$SYSTEMD_RUNNING" = 1 ]; then mkdir -p /run/systemd/system; fi
+mount -t tmpfs tmpfs "$SCRATCH"
+mkdir "$SCRATCH/etc.up" "$SCRATCH/etc.work" "$SCRATCH/lib.up" "$SCRATCH/lib.work"
+mount -t overlay overlay -o "lowerdir=/etc,upperdir=$SCRATCH/etc.up,workdir=$SCRATCH/etc.work" /etc
+mount -t overlay overlay -o "lowerdir=/var/lib,upperdir=$SCRATCH/lib.up,workdir=$SCRATCH/lib.work" /var/lib
+mkdir -p /etc/p0-ssh-agent/keys /var/lib/p0-ssh-agent
+echo key >/etc/p0-ssh-agent/keys/jwk.private.json
+echo ledger >/var/lib/p0-ssh-agent/ledger.json
+set +e
+env -i PATH="$FAKEBIN:$TOOLBIN" "$@"
+rc=$?
+for path in /etc/p0-ssh-agent /var/lib/p0-ssh-agent; do
+    if [ -e "$path" ]; then echo "$path" >>"$SURVIVORS"; fi
+done
+exit $rc
+"""
+
+FAKE = '#!/bin/sh\nprintf "%s %s\\n" "${0##*/}" "$*" >>"$CALLS"\n'
+
+
+@dataclass(frozen=True)
+class Outcome:
+    returncode: int
+    calls: list[str]
+    survivors: tuple[str, ...]
+
+
+def run_script(
+    tmp_path: Path, script: str, *args: str, systemd_running: bool = True, debhelpers: bool = True
+) -> Outcome:
+    fakebin, toolbin, scratch = tmp_path / "fakebin", tmp_path / "toolbin", tmp_path / "scratch"
+    for directory in (fakebin, toolbin, scratch):
+        directory.mkdir()
+    calls, survivors = tmp_path / "calls", tmp_path / "survivors"
+    fakes = ["systemctl", *(["deb-systemd-invoke", "deb-systemd-helper"] if debhelpers else [])]
+    for name in fakes:
+        fake = fakebin / name
+        fake.write_text(FAKE.replace("$CALLS", str(calls)))
+        fake.chmod(0o755)
+    rm = shutil.which("rm")
+    assert rm is not None
+    assert UNSHARE is not None
+    (toolbin / "rm").symlink_to(rm)
+    result = subprocess.run(
+        [UNSHARE, "--mount", "--propagation", "private", "/bin/sh", "-c", DRIVER, "driver", str(ROOT / script), *args],
+        env={
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "SYSTEMD_RUNNING": "1" if systemd_running else "0",
+            "SCRATCH": str(scratch),
+            "FAKEBIN": str(fakebin),
+            "TOOLBIN": str(toolbin),
+            "SURVIVORS": str(survivors),
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert "mount:" not in result.stderr, result.stderr
+    recorded = calls.read_text().splitlines() if calls.exists() else []
+    kept = tuple(survivors.read_text().splitlines()) if survivors.exists() else ()
+    return Outcome(result.returncode, recorded, kept)
+
+
+RELOAD = "systemctl daemon-reload"
+
+
+@pytest.mark.parametrize(
+    ("args", "running", "debhelpers", "expected"),
+    [
+        # Fresh install: systemd learns about the unit; nothing is enabled or started.
+        (("configure", ""), True, True, [RELOAD]),
+        (("configure",), True, True, [RELOAD]),
+        # Upgrade from 0.0.9: restart only if running.
+        (("configure", "0.0.9"), True, True, [RELOAD, f"deb-systemd-invoke try-restart {UNIT}"]),
+        (("configure", "0.0.9"), True, False, [RELOAD, f"systemctl try-restart {UNIT}"]),
+        # A chroot or an image build: no systemd to talk to.
+        (("configure", "0.0.9"), False, True, []),
+        (("abort-upgrade", "0.2.0"), True, True, [RELOAD]),
+        (("abort-remove",), True, True, [RELOAD]),
+    ],
+)
+def test_deb_postinst(
+    tmp_path: Path, args: tuple[str, ...], running: bool, debhelpers: bool, expected: list[str]
+) -> None:
+    outcome = run_script(tmp_path, "debian/postinst", *args, systemd_running=running, debhelpers=debhelpers)
+    assert (outcome.returncode, outcome.calls) == (0, expected)
+    assert outcome.survivors == STATE_PATHS
+
+
+@pytest.mark.parametrize(
+    ("args", "running", "expected"),
+    [
+        (("remove",), True, [f"deb-systemd-invoke stop {UNIT}", f"systemctl disable --quiet {UNIT}"]),
+        # Without a running systemd, disabling still works: it only edits symlinks.
+        (("remove",), False, [f"systemctl disable --quiet {UNIT}"]),
+        # An upgrade keeps the agent running; the new postinst restarts it.
+        (("upgrade", "0.2.0"), True, []),
+        (("failed-upgrade", "0.0.9"), True, []),
+        (("deconfigure", "in-favour", "x", "1"), True, []),
+    ],
+)
+def test_deb_prerm(tmp_path: Path, args: tuple[str, ...], running: bool, expected: list[str]) -> None:
+    outcome = run_script(tmp_path, "debian/prerm", *args, systemd_running=running)
+    assert (outcome.returncode, outcome.calls) == (0, expected)
+    assert outcome.survivors == STATE_PATHS, "prerm never deletes configuration or state"
+
+
+def test_deb_postrm_remove_keeps_configuration_keys_and_state(tmp_path: Path) -> None:
+    outcome = run_script(tmp_path, "debian/postrm", "remove")
+    assert (outcome.returncode, outcome.calls, outcome.survivors) == (0, [RELOAD], STATE_PATHS)
+
+
+def test_deb_postrm_purge_deletes_configuration_keys_and_state(tmp_path: Path) -> None:
+    outcome = run_script(tmp_path, "debian/postrm", "purge")
+    assert outcome.returncode == 0
+    assert outcome.calls == [RELOAD, f"deb-systemd-helper purge {UNIT}", f"deb-systemd-helper unmask {UNIT}"]
+    assert outcome.survivors == ()
+
+
+def test_deb_postrm_purge_without_systemd_or_debhelper_still_deletes_state(tmp_path: Path) -> None:
+    outcome = run_script(tmp_path, "debian/postrm", "purge", systemd_running=False, debhelpers=False)
+    assert (outcome.returncode, outcome.calls, outcome.survivors) == (0, [], ())
+
+
+@pytest.mark.parametrize(
+    "args", [("upgrade", "0.2.0"), ("abort-install",), ("failed-upgrade", "0.0.9"), ("disappear",)]
+)
+def test_deb_postrm_other_branches_change_nothing(tmp_path: Path, args: tuple[str, ...]) -> None:
+    outcome = run_script(tmp_path, "debian/postrm", *args)
+    assert (outcome.returncode, outcome.calls, outcome.survivors) == (0, [], STATE_PATHS)
+
+
+@pytest.mark.parametrize("script", ["debian/postinst", "debian/prerm", "debian/postrm"])
+def test_deb_scripts_refuse_unknown_arguments(tmp_path: Path, script: str) -> None:
+    outcome = run_script(tmp_path, script, "bogus")
+    assert (outcome.returncode, outcome.calls, outcome.survivors) == (1, [], STATE_PATHS)
+
+
+@pytest.mark.parametrize("count", ["1", "2"])
+def test_rpm_post_reloads_and_never_enables_or_starts(tmp_path: Path, count: str) -> None:
+    outcome = run_script(tmp_path, "packaging/rpm/postinstall.sh", count)
+    assert (outcome.returncode, outcome.calls) == (0, [RELOAD])
+
+
+@pytest.mark.parametrize(
+    ("count", "running", "expected"),
+    [
+        # Erase: stop and disable.
+        ("0", True, [f"systemctl disable --now --quiet {UNIT}"]),
+        ("0", False, [f"systemctl disable --quiet {UNIT}"]),
+        # Upgrade: the agent keeps running (the trap a %preun without a branch falls into).
+        ("1", True, []),
+    ],
+)
+def test_rpm_preun(tmp_path: Path, count: str, running: bool, expected: list[str]) -> None:
+    outcome = run_script(tmp_path, "packaging/rpm/preremove.sh", count, systemd_running=running)
+    assert (outcome.returncode, outcome.calls, outcome.survivors) == (0, expected, STATE_PATHS)
+
+
+@pytest.mark.parametrize(
+    ("count", "running", "expected"),
+    [
+        # Upgrade: the old package's %postun runs last, so the restart onto the new files happens here.
+        ("1", True, [RELOAD, f"systemctl try-restart {UNIT}"]),
+        ("1", False, []),
+        # Erase: rpm has no purge; configuration, keys and state stay.
+        ("0", True, [RELOAD]),
+    ],
+)
+def test_rpm_postun(tmp_path: Path, count: str, running: bool, expected: list[str]) -> None:
+    outcome = run_script(tmp_path, "packaging/rpm/postremove.sh", count, systemd_running=running)
+    assert (outcome.returncode, outcome.calls, outcome.survivors) == (0, expected, STATE_PATHS)
