@@ -38,7 +38,7 @@ check_deb() {
     listing_has "deb: example config" "$listing" ' \./usr/share/doc/p0-ssh-agent/config\.example\.yaml$'
     listing_lacks "deb: no pip, setuptools or dev tools in the venv" "$listing" \
         'site-packages/(pip|setuptools|_distutils_hack|pytest|_pytest|mypy|ruff|hypothesis)(/|-)'
-    listing_lacks "deb: nothing group- or world-writable" "$listing" '^[-d].....w|^[-d]........w'
+    listing_lacks "deb: nothing group- or world-writable" "$listing" '^[-d]....w|^[-d].......w'
     expect_eq "deb: conffiles" "/etc/default/p0-ssh-agent" "$(dpkg-deb -I "$deb" conffiles 2>/dev/null)"
 
     work=$(mktemp -d)
