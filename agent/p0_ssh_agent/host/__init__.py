@@ -1,1 +1,14 @@
+"""Effects on the host: every file write, account change and subprocess the agent makes lives here.
 
+    proc        run(argv) with an absolute path, minimal environment and a deadline; which() without PATH
+    safefile    edit_in_user_dir (symlink-safe ~/.ssh edits), write_root_file / remove_root_file; FileEdit
+    locks       user_file_lock(uid), global_lock(name): cross-process flock locks
+    selinux     restorecon after a write, when SELinux is on
+    sudo        the sudoers drop-in and the legacy /etc/sudoers-p0, always checked with visudo
+    ledger      what the agent owns (users, keys, sudo grants, UID high-water mark), as JSON in the state dir
+    accounts    users: lookup, UID allocation, create / lock / unlock / delete
+    sessions    ending a user's live sessions
+    inventory   runAudit / listUsers; sudosh: the recordings export
+
+Everything here blocks (files, flock, subprocesses): async callers run it with trio.to_thread.run_sync.
+"""

@@ -1,0 +1,390 @@
+"""Symlink-safe, atomic edits of files in users' home directories and of root-owned files under /etc.
+
+Root must never follow a path a user controls (upstream-protocol.md §12 items 4, 7, 8, 9). So a user's file is
+reached by walking directory file descriptors: the home is opened with O_NOFOLLOW|O_DIRECTORY and checked (owned by
+the user or root, not group/world-writable), then `~/.ssh` relative to it, then the file relative to that. A symlink,
+a hard link (which could be /etc/shadow under another name), a foreign owner or a non-regular file is refused with
+UnsafePath, naming the path and the problem; nothing is changed then.
+
+A write goes to a temp file in the same directory (O_EXCL|O_NOFOLLOW), is fchmod/fchown-ed, fsync-ed, renamed over
+the target relative to the directory fd, and the directory is fsync-ed, so readers (sshd, sudo) see the old file
+or the new one, never a torn one; any failure removes the temp file. Modes and owners are enforced on every call,
+also when the content is already right. Labels are restored with restorecon when SELinux is on (host/selinux.py).
+
+Callers serialise edits with host/locks.py. Everything here blocks: async callers run it in a worker thread.
+
+    AgentError
+    ├── FileEditFailed      an I/O error (missing home, disk full, ...): names the path and the OS error
+    └── PermissionProblem
+        └── UnsafePath      a symlink, hard link, foreign owner, wrong type, or a group/world-writable directory
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import stat
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import NoReturn
+
+from p0_ssh_agent.errors import AgentError, PermissionProblem
+from p0_ssh_agent.host import selinux
+
+# authorized_keys and sudoers files are small; a bigger one is a user stuffing their file to exhaust our memory.
+MAX_FILE_BYTES = 4 * 1024 * 1024
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO a user put in place of the file must not hang us; we refuse it right after.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(frozen=True)
+class FileEdit:
+    """What an edit did (or, in a dry run, would do). before None: the file did not exist; after None: it does
+    not exist afterwards. changed is about the content; modes and owners are enforced either way."""
+
+    path: str
+    before: bytes | None
+    after: bytes | None
+    changed: bool
+
+
+class UnsafePath(PermissionProblem):
+    """A path the agent refuses to write through: symlink, hard link, foreign owner, wrong type, loose directory."""
+
+
+class FileEditFailed(AgentError):
+    """The edit failed for an ordinary reason (missing directory, I/O error); the message names the path."""
+
+
+def _check_component(name: str, what: str) -> None:
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise ValueError(f"{what} must be a single path component, got {name!r}")
+
+
+def _kind(mode: int) -> str:
+    for test, text in (
+        (stat.S_ISLNK, "a symlink"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISREG, "a regular file"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return text
+    return "an unknown kind of file"
+
+
+def _refuse_entry(name: str, shown: str, expected: str, dir_fd: int | None) -> NoReturn:
+    """Explain why `name` could not be opened as `expected`: it is a symlink (to where) or the wrong kind."""
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError as exc:
+        raise FileEditFailed(f"cannot open {shown}: {exc.strerror}") from None
+    if stat.S_ISLNK(info.st_mode):
+        try:
+            target = os.readlink(name, dir_fd=dir_fd)
+        except OSError:
+            target = "?"
+        raise UnsafePath(f"refusing {shown}: it is a symlink (to {target}); replace it with {expected}")
+    raise UnsafePath(f"refusing {shown}: it is {_kind(info.st_mode)}, not {expected}")
+
+
+def _open_dir(name: str, shown: str, dir_fd: int | None = None) -> int | None:
+    """A directory fd for `name` (no symlink as its last component), or None if it does not exist."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        # O_DIRECTORY|O_NOFOLLOW on a symlink fails with ENOTDIR on Linux, ELOOP elsewhere.
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            _refuse_entry(name, shown, "a directory", dir_fd)
+        raise FileEditFailed(f"cannot open {shown}: {exc.strerror}") from None
+
+
+def _check_dir(fd: int, shown: str, owners: Collection[int], *, allow_loose: bool = False) -> os.stat_result:
+    info = os.fstat(fd)
+    if info.st_uid not in owners:
+        wanted = " or ".join(f"uid {uid}" for uid in sorted(set(owners)))
+        raise UnsafePath(f"refusing {shown}: it is owned by uid {info.st_uid}, not {wanted}")
+    if not allow_loose and stat.S_IMODE(info.st_mode) & 0o022:
+        raise UnsafePath(
+            f"refusing {shown}: it is group- or world-writable (mode {stat.S_IMODE(info.st_mode):04o}), so another "
+            f"user could swap files in it (sshd's StrictModes refuses it too); fix with: chmod go-w {shown}"
+        )
+    return info
+
+
+def _enforce(fd: int, info: os.stat_result, uid: int, gid: int, mode: int) -> None:
+    if (info.st_uid, info.st_gid) != (uid, gid):
+        os.fchown(fd, uid, gid)
+    if stat.S_IMODE(info.st_mode) != mode:
+        os.fchmod(fd, mode)
+
+
+def _check_regular(info: os.stat_result, shown: str, owners: Collection[int]) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        raise UnsafePath(f"refusing {shown}: it is {_kind(info.st_mode)}, not a regular file")
+    if info.st_nlink > 1:
+        raise UnsafePath(
+            f"refusing {shown}: it has {info.st_nlink} hard links, so writing it could change another file "
+            f"(find them with: find / -xdev -samefile {shown}); remove the extra links"
+        )
+    if info.st_uid not in owners:
+        wanted = " or ".join(f"uid {uid}" for uid in sorted(set(owners)))
+        raise UnsafePath(f"refusing {shown}: it is owned by uid {info.st_uid}, not {wanted}")
+    if info.st_size > MAX_FILE_BYTES:
+        raise UnsafePath(f"refusing {shown}: it is {info.st_size} bytes, more than {MAX_FILE_BYTES}")
+
+
+def _read_regular(
+    dir_fd: int, name: str, shown: str, owners: Collection[int]
+) -> tuple[int, os.stat_result, bytes] | None:
+    """Open and read an existing regular file with one link and an allowed owner; None if it does not exist.
+    The caller closes the returned fd."""
+    try:
+        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            _refuse_entry(name, shown, "a regular file", dir_fd)
+        raise FileEditFailed(f"cannot open {shown}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)  # the file we opened, not whatever the name points at by now
+        _check_regular(info, shown, owners)
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return fd, info, b"".join(chunks)
+    except OSError as exc:
+        os.close(fd)
+        raise FileEditFailed(f"cannot read {shown}: {exc.strerror}") from None
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _replace(
+    dir_fd: int,
+    name: str,
+    data: bytes,
+    *,
+    shown_dir: str,
+    temp_name: str,
+    owner: tuple[int, int],
+    mode: int,
+    validate: Callable[[str], None] | None = None,
+) -> None:
+    """Write `data` to `temp_name`, check it, rename it over `name`, fsync the directory. No temp file survives."""
+    temp_path = f"{shown_dir}/{temp_name}"
+    try:
+        fd = os.open(temp_name, _TEMP_FLAGS, 0o600, dir_fd=dir_fd)
+    except OSError as exc:
+        raise FileEditFailed(f"cannot create {temp_path}: {exc.strerror}") from None
+    try:
+        try:
+            _write_all(fd, data)
+            # Mode and owner only after the content is complete: a user never holds a half-written temp file.
+            os.fchmod(fd, mode)
+            os.fchown(fd, *owner)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if validate is not None:
+            validate(temp_path)
+        os.replace(temp_name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temp_name, dir_fd=dir_fd)
+        if isinstance(exc, OSError):
+            raise FileEditFailed(f"cannot write {shown_dir}/{name}: {exc.strerror}") from None
+        raise
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    except OSError as exc:
+        raise FileEditFailed(f"cannot sync {shown_dir}: {exc.strerror}") from None
+
+
+def edit_in_user_dir(
+    *,
+    home: str,
+    uid: int,
+    gid: int,
+    subdir: str,
+    filename: str,
+    transform: Callable[[bytes], bytes],
+    dir_mode: int = 0o700,
+    file_mode: int = 0o600,
+    create: bool = True,
+    dry_run: bool = False,
+) -> FileEdit:
+    """Replace <home>/<subdir>/<filename> with transform(its bytes, or b"" if missing), safely (module docstring).
+
+    create False: a missing directory or file is left missing and transform is not called (a revoke with nothing
+    to remove). A missing file whose transform is empty is not created. dry_run: nothing on disk changes, not even
+    a mode; the FileEdit says what would happen. The directory and file end up uid:gid with dir_mode/file_mode
+    (a root-owned one, as the Go agent left them, is handed to the user). transform must be a pure function of
+    the bytes: it may run twice when the directory has to be created.
+    """
+    _check_component(subdir, "subdir")
+    _check_component(filename, "filename")
+    shown_dir = f"{home.rstrip('/')}/{subdir}"
+    path = f"{shown_dir}/{filename}"
+    owners = (uid, 0)
+    with contextlib.ExitStack() as cleanup:
+        home_fd = _open_dir(home, home)
+        if home_fd is None:
+            raise FileEditFailed(f"cannot edit {path}: the home directory {home} does not exist")
+        cleanup.callback(os.close, home_fd)
+        _check_dir(home_fd, home, owners)
+
+        dir_fd = _open_dir(subdir, shown_dir, home_fd)
+        made_dir = dir_fd is None
+        if dir_fd is None:
+            after = transform(b"") if create else b""
+            if not after or dry_run:
+                return FileEdit(path, None, after or None, changed=bool(after))
+            dir_fd = _make_dir(home_fd, subdir, shown_dir, dir_mode)
+        cleanup.callback(os.close, dir_fd)
+        # A loose ~/.ssh of the user's own is tightened, not refused: only the user can write into it anyway.
+        dir_info = _check_dir(dir_fd, shown_dir, owners, allow_loose=True)
+        if not dry_run:
+            _enforce(dir_fd, dir_info, uid, gid, dir_mode)
+        edit = _edit_file(
+            dir_fd, filename, shown_dir, transform, owner=(uid, gid), mode=file_mode, create=create, dry_run=dry_run
+        )
+    if edit.changed and not dry_run:
+        selinux.restorecon([shown_dir, path] if made_dir else [path])
+    return edit
+
+
+def _make_dir(home_fd: int, subdir: str, shown_dir: str, mode: int) -> int:
+    try:
+        os.mkdir(subdir, mode, dir_fd=home_fd)
+    except FileExistsError:
+        pass  # made meanwhile by someone else: opened and checked like any existing one
+    except OSError as exc:
+        raise FileEditFailed(f"cannot create {shown_dir}: {exc.strerror}") from None
+    dir_fd = _open_dir(subdir, shown_dir, home_fd)
+    if dir_fd is None:
+        raise FileEditFailed(f"cannot open {shown_dir}: it vanished right after it was created")
+    return dir_fd
+
+
+def _edit_file(
+    dir_fd: int,
+    filename: str,
+    shown_dir: str,
+    transform: Callable[[bytes], bytes],
+    *,
+    owner: tuple[int, int],
+    mode: int,
+    create: bool,
+    dry_run: bool,
+) -> FileEdit:
+    path = f"{shown_dir}/{filename}"
+    with contextlib.ExitStack() as cleanup:
+        existing = _read_regular(dir_fd, filename, path, (owner[0], 0))
+        if existing is None:
+            if not create:
+                return FileEdit(path, None, None, changed=False)
+            before = None
+        else:
+            file_fd, file_info, before = existing
+            cleanup.callback(os.close, file_fd)
+        after = transform(before or b"")
+        if before is None and not after:
+            return FileEdit(path, None, None, changed=False)  # never create an empty file
+        if dry_run or after == before:
+            if existing is not None and not dry_run:
+                _enforce(file_fd, file_info, *owner, mode)
+            return FileEdit(path, before, after, changed=after != before)
+        temp_name = f".{filename}.p0tmp.{secrets.token_hex(8)}"
+        _replace(dir_fd, filename, after, shown_dir=shown_dir, temp_name=temp_name, owner=owner, mode=mode)
+    return FileEdit(path, before, after, changed=True)
+
+
+def _open_root_dir(path: str) -> tuple[int, str, str]:
+    if not path.startswith("/"):
+        raise ValueError(f"root files are addressed by absolute path, got {path!r}")
+    directory, name = os.path.split(path)
+    _check_component(name, "file name")
+    dir_fd = _open_dir(directory, directory)
+    if dir_fd is None:
+        raise FileEditFailed(f"cannot edit {path}: the directory {directory} does not exist")
+    try:
+        _check_dir(dir_fd, directory, (0,))
+    except BaseException:
+        os.close(dir_fd)
+        raise
+    return dir_fd, directory, name
+
+
+def write_root_file(
+    path: str,
+    data: bytes,
+    *,
+    mode: int,
+    validate: Callable[[str], None] | None = None,
+    dry_run: bool = False,
+) -> FileEdit:
+    """Replace a root-owned file (e.g. under /etc) with `data`, mode `mode`, owner 0:0.
+
+    The temp file is `.<name>.tmp.<random>` in the same directory: its name has a '.', so sudo's #includedir skips
+    it while it exists. validate(temp path) runs before the rename; if it raises, the target is untouched and the
+    temp file is removed. The directory must be root-owned and not group/world-writable; an existing target must
+    be a root-owned regular file with a single link.
+    """
+    dir_fd, directory, name = _open_root_dir(path)
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(os.close, dir_fd)
+        existing = _read_regular(dir_fd, name, path, (0,))
+        before = None
+        if existing is not None:
+            file_fd, file_info, before = existing
+            cleanup.callback(os.close, file_fd)
+        changed = data != before
+        if dry_run:
+            return FileEdit(path, before, data, changed)
+        if not changed:
+            _enforce(file_fd, file_info, 0, 0, mode)
+            return FileEdit(path, before, data, changed=False)
+        temp_name = f".{name}.tmp.{secrets.token_hex(8)}"
+        _replace(
+            dir_fd, name, data, shown_dir=directory, temp_name=temp_name, owner=(0, 0), mode=mode, validate=validate
+        )
+    selinux.restorecon([path])
+    return FileEdit(path, before, data, changed=True)
+
+
+def remove_root_file(path: str, *, dry_run: bool = False) -> FileEdit:
+    """Delete a root-owned regular file (checked like write_root_file's target); a missing file is no change."""
+    dir_fd, _directory, name = _open_root_dir(path)
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(os.close, dir_fd)
+        existing = _read_regular(dir_fd, name, path, (0,))
+        if existing is None:
+            return FileEdit(path, None, None, changed=False)
+        file_fd, _info, before = existing
+        cleanup.callback(os.close, file_fd)
+        if dry_run:
+            return FileEdit(path, before, None, changed=True)
+        try:
+            os.unlink(name, dir_fd=dir_fd)
+            os.fsync(dir_fd)
+        except OSError as exc:
+            raise FileEditFailed(f"cannot remove {path}: {exc.strerror}") from None
+    return FileEdit(path, before, None, changed=True)
