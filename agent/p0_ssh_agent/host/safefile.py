@@ -333,6 +333,19 @@ def _open_root_dir(path: str) -> tuple[int, str, str]:
     return dir_fd, directory, name
 
 
+def read_root_file(path: str) -> bytes | None:
+    """The content of a root-owned file, checked like write_root_file's target; None if it does not exist."""
+    dir_fd, _directory, name = _open_root_dir(path)
+    try:
+        existing = _read_regular(dir_fd, name, path, (0,))
+    finally:
+        os.close(dir_fd)
+    if existing is None:
+        return None
+    os.close(existing[0])
+    return existing[2]
+
+
 def write_root_file(
     path: str,
     data: bytes,
