@@ -128,7 +128,7 @@ def _enforce(fd: int, info: os.stat_result, uid: int, gid: int, mode: int) -> No
         os.fchmod(fd, mode)
 
 
-def _check_regular(info: os.stat_result, shown: str, owners: Collection[int]) -> None:
+def _check_regular(info: os.stat_result, shown: str, owners: Collection[int], max_bytes: int) -> None:
     if not stat.S_ISREG(info.st_mode):
         raise UnsafePath(f"refusing {shown}: it is {_kind(info.st_mode)}, not a regular file")
     if info.st_nlink > 1:
@@ -139,12 +139,12 @@ def _check_regular(info: os.stat_result, shown: str, owners: Collection[int]) ->
     if info.st_uid not in owners:
         wanted = " or ".join(f"uid {uid}" for uid in sorted(set(owners)))
         raise UnsafePath(f"refusing {shown}: it is owned by uid {info.st_uid}, not {wanted}")
-    if info.st_size > MAX_FILE_BYTES:
-        raise UnsafePath(f"refusing {shown}: it is {info.st_size} bytes, more than {MAX_FILE_BYTES}")
+    if info.st_size > max_bytes:
+        raise UnsafePath(f"refusing {shown}: it is {info.st_size} bytes, more than {max_bytes}")
 
 
 def _read_regular(
-    dir_fd: int, name: str, shown: str, owners: Collection[int]
+    dir_fd: int, name: str, shown: str, owners: Collection[int], max_bytes: int = MAX_FILE_BYTES
 ) -> tuple[int, os.stat_result, bytes] | None:
     """Open and read an existing regular file with one link and an allowed owner; None if it does not exist.
     The caller closes the returned fd."""
@@ -158,7 +158,7 @@ def _read_regular(
         raise FileEditFailed(f"cannot open {shown}: {exc.strerror}") from None
     try:
         info = os.fstat(fd)  # the file we opened, not whatever the name points at by now
-        _check_regular(info, shown, owners)
+        _check_regular(info, shown, owners, max_bytes)
         chunks = []
         while chunk := os.read(fd, 1 << 16):
             chunks.append(chunk)
@@ -333,11 +333,11 @@ def _open_root_dir(path: str) -> tuple[int, str, str]:
     return dir_fd, directory, name
 
 
-def read_root_file(path: str) -> bytes | None:
+def read_root_file(path: str, *, max_bytes: int = MAX_FILE_BYTES) -> bytes | None:
     """The content of a root-owned file, checked like write_root_file's target; None if it does not exist."""
     dir_fd, _directory, name = _open_root_dir(path)
     try:
-        existing = _read_regular(dir_fd, name, path, (0,))
+        existing = _read_regular(dir_fd, name, path, (0,), max_bytes)
     finally:
         os.close(dir_fd)
     if existing is None:
@@ -353,6 +353,7 @@ def write_root_file(
     mode: int,
     validate: Callable[[str], None] | None = None,
     dry_run: bool = False,
+    max_bytes: int = MAX_FILE_BYTES,
 ) -> FileEdit:
     """Replace a root-owned file (e.g. under /etc) with `data`, mode `mode`, owner 0:0.
 
@@ -364,7 +365,7 @@ def write_root_file(
     dir_fd, directory, name = _open_root_dir(path)
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(os.close, dir_fd)
-        existing = _read_regular(dir_fd, name, path, (0,))
+        existing = _read_regular(dir_fd, name, path, (0,), max_bytes)
         before = None
         if existing is not None:
             file_fd, file_info, before = existing

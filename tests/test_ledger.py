@@ -1,0 +1,252 @@
+"""host.ledger: the JSON round trip, its strict reading, and atomic, private saves (real files in tmp_path)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p0_ssh_agent.core.sudoers import parse_dropin, render_dropin
+from p0_ssh_agent.errors import ExitCode
+from p0_ssh_agent.host.ledger import (
+    SCHEMA,
+    KeyEntry,
+    KeyKind,
+    Ledger,
+    LedgerCorrupt,
+    SudoEntry,
+    UserEntry,
+    from_json,
+    load_ledger,
+    save_ledger,
+    to_json,
+)
+from p0_ssh_agent.host.safefile import UnsafePath
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the ledger is a root-owned file: needs root")
+
+T0 = "2026-11-23T10:00:00Z"
+FP_A = "SHA256:uQ0fFoYbAH3vSTxCoG7N6XlCJQ/A0Qd5JmdeWXz8Cug"
+FP_CA = "SHA256:9Y2WOKw+0M7lJd8CKqFJmtHlTOOtWAXzHi2ts5nXQyA"
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "state"
+    directory.mkdir(mode=0o700)
+    return directory
+
+
+def sample() -> Ledger:
+    ledger = Ledger()
+    ledger.record_user("alice", 70001, now=T0)
+    ledger.record_user("legacy", 1500, adopted=True, now=T0)
+    ledger.record_key("alice", "req-1", "key", FP_A, now=T0)
+    ledger.record_key("alice", "req-1", "ca", FP_CA, now=T0)  # one request, both kinds
+    ledger.record_sudo("req-1", "alice", None, now=T0)
+    ledger.record_sudo("req-2", "alice", "postgres", now=T0)
+    return ledger
+
+
+def test_missing_ledger_is_empty(state_dir: Path) -> None:
+    assert load_ledger(state_dir) == Ledger()
+
+
+def test_round_trip_private_file(state_dir: Path) -> None:
+    ledger = sample()
+    save_ledger(ledger, state_dir)
+    assert load_ledger(state_dir) == ledger
+    path = state_dir / "ledger.json"
+    info = path.stat()
+    assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == (0o600, 0, 0)
+    document = json.loads(path.read_text())
+    assert document["schema"] == SCHEMA == 1
+    assert document["keys"]["alice"]["req-1"] == [
+        {"kind": "key", "fingerprint": FP_A, "granted_at": T0},
+        {"kind": "ca", "fingerprint": FP_CA, "granted_at": T0},
+    ]
+    assert [entry.name for entry in state_dir.iterdir()] == ["ledger.json"]
+
+
+def test_saving_replaces_the_file_and_never_leaves_a_temp(state_dir: Path) -> None:
+    save_ledger(Ledger(), state_dir)
+    path = state_dir / "ledger.json"
+    with path.open("rb") as reader_of_old:
+        save_ledger(sample(), state_dir)
+        # A reader that opened the old file still sees it whole: the new one arrived by rename, not in place.
+        assert json.loads(reader_of_old.read()) == json.loads(to_json(Ledger()))
+    assert load_ledger(state_dir) == sample()
+    assert [entry.name for entry in state_dir.iterdir()] == ["ledger.json"]
+
+
+_SAVE_FAILS = """
+import resource, signal, sys
+from pathlib import Path
+from p0_ssh_agent.host.ledger import Ledger, save_ledger
+from p0_ssh_agent.host.safefile import FileEditFailed
+ledger = Ledger()
+for number in range(2000):
+    ledger.record_user(f"user{number}", 70000 + number, now="2026-11-23T10:00:00Z")
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))  # the temp file cannot grow past 8 KiB: EFBIG midway
+try:
+    save_ledger(ledger, Path(sys.argv[1]))
+except FileEditFailed as exc:
+    print(exc)
+    sys.exit(3)
+"""
+
+
+def test_a_failed_save_keeps_the_old_ledger_whole(state_dir: Path) -> None:
+    save_ledger(sample(), state_dir)
+    old = (state_dir / "ledger.json").read_bytes()
+    done = subprocess.run(
+        [sys.executable, "-c", _SAVE_FAILS, str(state_dir)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "File too large" in done.stdout
+    assert (state_dir / "ledger.json").read_bytes() == old
+    assert [entry.name for entry in state_dir.iterdir()] == ["ledger.json"]
+
+
+def test_uid_high_water_survives_deletion_and_hand_edits(state_dir: Path) -> None:
+    ledger = sample()
+    assert ledger.uid_high_water == 70001  # the adopted user's UID 1500 was not ours to hand out
+    ledger.forget_user("alice")
+    assert ledger.uid_high_water == 70001
+    assert "alice" not in ledger.keys
+    assert ledger.sudo == {}  # a deleted user keeps no sudo rule
+    save_ledger(ledger, state_dir)
+    assert load_ledger(state_dir).uid_high_water == 70001
+
+    document = json.loads(to_json(sample()))
+    document["uid_high_water"] = 5  # lower than a UID in the table: the table wins
+    assert from_json(json.dumps(document), "x").uid_high_water == 70001
+
+
+def test_entries_are_recorded_once() -> None:
+    ledger = sample()
+    ledger.record_key("alice", "req-1", "key", FP_A, now="2030-01-01T00:00:00Z")
+    ledger.record_sudo("req-1", "alice", None, now="2030-01-01T00:00:00Z")
+    assert ledger.keys["alice"]["req-1"][0] == KeyEntry("key", FP_A, T0)
+    assert ledger.sudo["req-1"] == SudoEntry("alice", None, T0)
+    assert ledger.forget_keys("alice", "req-1") == [KeyEntry("key", FP_A, T0), KeyEntry("ca", FP_CA, T0)]
+    assert ledger.keys == {}
+    assert ledger.forget_keys("alice", "req-1") == []
+    assert ledger.forget_sudo("req-2") == SudoEntry("alice", "postgres", T0)
+    assert ledger.forget_sudo("req-2") is None
+
+
+def test_sudo_grants_render_the_dropin() -> None:
+    grants = sample().sudo_grants()
+    assert sorted(parse_dropin(render_dropin(grants)), key=lambda g: g.request_id) == grants
+    with pytest.raises(ValueError, match="user must match"):
+        Ledger().record_sudo("req-9", "bad name\nALL ALL=(ALL) ALL", None)
+
+
+def test_users_are_recorded_with_their_origin() -> None:
+    ledger = sample()
+    assert ledger.users["legacy"] == UserEntry(1500, T0, adopted=True)
+    assert ledger.owns_user("alice") and not ledger.owns_user("root")
+
+
+# --- unusable ledgers are refused and left untouched -------------------------------------------------------
+
+
+def good_document() -> dict[str, object]:
+    return dict(json.loads(to_json(sample())))
+
+
+@pytest.mark.parametrize(
+    ("change", "names"),
+    [
+        (lambda d: d.update(schema=0), "schema must be 1"),
+        (lambda d: d.pop("sudo"), "missing ['sudo']"),
+        (lambda d: d.update(extra=1), "unknown ['extra']"),
+        (lambda d: d.update(uid_high_water=-1), "uid_high_water must be a non-negative integer"),
+        (lambda d: d["users"]["alice"].update(uid="70001"), "users.alice.uid must be a non-negative integer"),
+        (lambda d: d["users"]["alice"].update(adopted="no"), "users.alice.adopted must be true or false"),
+        (lambda d: d["users"].update({"Bad Name": d["users"]["alice"]}), "users.Bad Name is not a valid user name"),
+        (lambda d: d["keys"]["alice"]["req-1"][0].update(kind="x"), "keys.alice.req-1[0].kind must be"),
+        (lambda d: d["keys"]["alice"].update({"r/1": []}), "keys.alice has an invalid request id"),
+        (lambda d: d["sudo"]["req-1"].update(run_as="x y"), "sudo.req-1 is not a rule this agent writes"),
+        (lambda d: d["sudo"]["req-1"].update(user=None), "sudo.req-1 must name user"),
+    ],
+)
+def test_bad_fields_are_named(state_dir: Path, change: object, names: str) -> None:
+    document = good_document()
+    change(document)  # type: ignore[operator]
+    path = state_dir / "ledger.json"
+    path.write_text(json.dumps(document))
+    before = path.read_bytes()
+    with pytest.raises(LedgerCorrupt) as caught:
+        load_ledger(state_dir)
+    assert names in str(caught.value)
+    assert str(path) in str(caught.value)
+    assert "left untouched" in str(caught.value)
+    assert path.read_bytes() == before
+    assert [entry.name for entry in state_dir.iterdir()] == ["ledger.json"]
+
+
+def test_invalid_json_is_refused_with_its_position(state_dir: Path) -> None:
+    path = state_dir / "ledger.json"
+    path.write_bytes(b'{"schema": 1,\n  "users": {oops}}')
+    with pytest.raises(LedgerCorrupt, match="line 2 column 13: is not valid JSON") as caught:
+        load_ledger(state_dir)
+    assert caught.value.exit_code == ExitCode.CONFIG
+    path.write_bytes(b'{"schema": "\xff"}')
+    with pytest.raises(LedgerCorrupt, match="is not UTF-8"):
+        load_ledger(state_dir)
+
+
+def test_a_newer_schema_is_not_rewritten(state_dir: Path) -> None:
+    document = good_document()
+    document["schema"] = 2
+    document["future_field"] = {"x": 1}
+    (state_dir / "ledger.json").write_text(json.dumps(document))
+    with pytest.raises(LedgerCorrupt, match="schema 2, newer than this agent understands"):
+        load_ledger(state_dir)
+
+
+def test_a_symlinked_ledger_is_refused(state_dir: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(to_json(sample()))
+    (state_dir / "ledger.json").symlink_to(elsewhere)
+    with pytest.raises(UnsafePath, match="symlink"):
+        load_ledger(state_dir)
+    with pytest.raises(UnsafePath, match="symlink"):
+        save_ledger(Ledger(), state_dir)
+    assert from_json(elsewhere.read_text(), "x") == sample()
+
+
+# --- any ledger the methods can build survives the round trip ----------------------------------------------
+
+names = st.from_regex(r"[a-z_][a-z0-9_-]{0,31}", fullmatch=True)
+request_ids = st.from_regex(r"[A-Za-z0-9_-]{1,40}", fullmatch=True)
+stamps = st.sampled_from([T0, "2027-01-01T00:00:00Z"])
+
+
+@st.composite
+def ledgers(draw: st.DrawFn) -> Ledger:
+    ledger = Ledger(uid_high_water=draw(st.integers(0, 2**31)))
+    for name in draw(st.lists(names, max_size=5)):
+        ledger.record_user(name, draw(st.integers(0, 2**31)), adopted=draw(st.booleans()), now=draw(stamps))
+    for _ in range(draw(st.integers(0, 6))):
+        kind: KeyKind = draw(st.sampled_from(["key", "ca"]))
+        ledger.record_key(draw(names), draw(request_ids), kind, draw(st.sampled_from([FP_A, FP_CA])), now=T0)
+    for _ in range(draw(st.integers(0, 4))):
+        ledger.record_sudo(draw(request_ids), draw(names), draw(st.none() | names), now=draw(stamps))
+    return ledger
+
+
+@settings(max_examples=150, deadline=None)
+@given(ledgers())
+def test_json_round_trip(ledger: Ledger) -> None:
+    assert from_json(to_json(ledger), "x") == ledger
