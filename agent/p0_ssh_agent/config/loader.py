@@ -1,8 +1,8 @@
-"""Load the configuration: file, then environment, then flags, over the defaults.
+"""Load the configuration: defaults, then the file, then the environment, then flags.
 
 Precedence: flags > environment (`P0_SSH_AGENT_<KEY>`) > file > defaults. Every error names where the bad value
 came from — `file:line:col` (1-based, as editors count) for the file, the variable or flag otherwise — and how to
-fix it. Nothing is written here.
+fix it; the first error found is reported. Nothing is written here.
 """
 
 from __future__ import annotations
@@ -10,15 +10,17 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from p0_ssh_agent.config.model import BY_FOLDED_NAME, DEFAULT_CONFIG_PATH, KEY_BY_NAME, KEYS, AgentConfig
+from p0_ssh_agent.config import model
+from p0_ssh_agent.config.model import BY_FOLDED_NAME, KEY_BY_NAME, KEYS, AgentConfig, Key
 from p0_ssh_agent.config.values import ValueProblem, convert
 from p0_ssh_agent.errors import ConfigError
 
@@ -27,72 +29,54 @@ ENV_PREFIX = "P0_SSH_AGENT_"
 ENV_NOT_CONFIG = frozenset({"P0_SSH_AGENT_TEST_HOOKS"})
 MAX_CONFIG_BYTES = 1_048_576
 
-
-def suggestion(name: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(name.lower(), [c.lower() for c in candidates], n=1, cutoff=0.6)
-    if not close:
-        return ""
-    original = next(c for c in candidates if c.lower() == close[0])
-    return f"; did you mean {original!r}?"
+# name -> (converted value, where it came from, the raw value as given); the raw value lets two spellings of
+# one key (environment and environmentId) agree without an error.
+Layer = dict[str, tuple[object, str, object]]
 
 
-def _key_names() -> list[str]:
-    return [key.name for key in KEYS if key.kind != "ignored"]
+def suggestion(name: str, candidates: Iterable[str]) -> str:
+    """'; did you mean X?' for the closest candidate (case-insensitive), or ''."""
+    by_folded = {c.lower(): c for c in candidates}
+    close = difflib.get_close_matches(name.lower(), list(by_folded), n=1, cutoff=0.6)
+    return f"; did you mean {by_folded[close[0]]!r}?" if close else ""
 
 
-def parse_config_text(text: str, *, source: str) -> dict[str, tuple[object, str]]:
-    """YAML text -> {canonical key: (converted value, location)}. Raises ConfigError. Pure apart from ruamel."""
-    yaml = YAML(typ="rt")
-    try:
-        data = yaml.load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
-        problem = (exc.problem or exc.context or "invalid YAML").strip()
-        raise ConfigError(f"{where}: YAML syntax error: {problem}; fix the syntax at that position") from None
-    except YAMLError as exc:
-        raise ConfigError(f"{source}: YAML error: {exc}; fix the file") from None
-    if data is None:
-        return {}
-    if not isinstance(data, CommentedMap):
-        raise ConfigError(f"{source}:1:1: the file must be a mapping of key: value lines, not {type(data).__name__}")
-    values: dict[str, tuple[object, str]] = {}
-    spelled: dict[str, str] = {}
-    for raw_key in data:
-        key_line, key_col = data.lc.key(raw_key)
-        key_where = f"{source}:{key_line + 1}:{key_col + 1}"
-        if not isinstance(raw_key, str):
-            raise ConfigError(f"{key_where}: key {raw_key!r} is not a name; keys are words like orgId")
-        key = BY_FOLDED_NAME.get(raw_key.lower())
-        if key is None:
-            hint = suggestion(raw_key, _key_names() + [a for k in KEYS for a in k.aliases])
-            raise ConfigError(f"{key_where}: unknown key {raw_key!r}{hint or '; see the example configuration'}")
-        if key.name in spelled:
-            raise ConfigError(
-                f"{key_where}: {raw_key!r} sets {key.name} again (already set as {spelled[key.name]!r}); keep one"
-            )
-        spelled[key.name] = raw_key
-        value_line, value_col = data.lc.value(raw_key)
-        where = f"{source}:{value_line + 1}:{value_col + 1}"
-        try:
-            converted = convert(key, _plain(data[raw_key]))
-        except ValueProblem as exc:
-            raise ConfigError(f"{where}: {key.name}: {exc}") from None
-        if key.kind != "ignored":
-            values[key.name] = (converted, where)
-    return values
+def _spellings() -> list[str]:
+    return [spelling for key in KEYS for spelling in (key.name, *key.aliases)]
+
+
+def _syntax_error(exc: MarkedYAMLError, source: str) -> ConfigError:
+    mark = exc.problem_mark or exc.context_mark
+    where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+    if isinstance(exc, DuplicateKeyError) and exc.context_mark is not None:
+        # ruamel's own text repeats both values; a value may be a proxy password.
+        first = exc.context_mark.line + 1
+        return ConfigError(f"{where}: duplicate key (first given on line {first}); keep one of the two")
+    problem = (exc.problem or exc.context or "invalid YAML").strip()
+    return ConfigError(f"{where}: YAML syntax error: {problem}; fix the syntax at that position")
+
+
+def _position(node: CommentedMap | CommentedSeq, source: str) -> str:
+    return f"{source}:{node.lc.line + 1}:{node.lc.col + 1}"
 
 
 def _plain(value: Any) -> object:
-    """ruamel's round-trip types (CommentedSeq, ScalarFloat, ...) as plain Python values."""
+    """One ruamel value as plain Python: scalars, or a list of scalars.
+
+    Only one level deep on purpose: no key takes nested data, so deeper containers stay as they are and fail the
+    type check. Never recursing also means a self-referencing or exponentially aliased document (`&a [*a]`,
+    "billion laughs") costs nothing.
+    """
     if isinstance(value, list):
-        return [_plain(item) for item in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return [_scalar(item) for item in value]
+    return _scalar(value)
+
+
+def _scalar(value: Any) -> object:
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int):
-        return int(value)
+        return int(value)  # ruamel's ScalarInt/HexInt keep formatting data we do not need
     if isinstance(value, float):
         return float(value)
     if isinstance(value, str):
@@ -100,52 +84,126 @@ def _plain(value: Any) -> object:
     return value
 
 
+def parse_config_text(text: str, *, source: str) -> dict[str, tuple[object, str]]:
+    """YAML text -> {canonical key: (converted value, 'file:line:col')}. Raises ConfigError. Effect-free."""
+    yaml = YAML(typ="rt")
+    try:
+        data = yaml.load(text)
+    except MarkedYAMLError as exc:
+        raise _syntax_error(exc, source) from None
+    except YAMLError as exc:
+        raise ConfigError(f"{source}: YAML error: {exc}; fix the file") from None
+    if data is None:  # an empty file, or only comments: every key keeps its default
+        return {}
+    if not isinstance(data, CommentedMap):
+        shown = "a list" if isinstance(data, CommentedSeq) else f"a single value ({type(data).__name__})"
+        where = _position(data, source) if isinstance(data, CommentedSeq) else f"{source}:1:1"
+        raise ConfigError(f"{where}: the file must be a mapping of 'key: value' lines, not {shown}; see the example")
+    if getattr(data, "merge", None):
+        raise ConfigError(f"{_position(data, source)}: merge keys (<<) are not supported; write the keys out")
+    layer: Layer = {}
+    for raw_key in data:
+        key_line, key_col = data.lc.key(raw_key)
+        key_where = f"{source}:{key_line + 1}:{key_col + 1}"
+        if not isinstance(raw_key, str):
+            raise ConfigError(f"{key_where}: {raw_key!r} is not a key name; keys are words like orgId")
+        key = BY_FOLDED_NAME.get(raw_key.lower())
+        if key is None:
+            raise ConfigError(
+                f"{key_where}: unknown key {raw_key!r}{suggestion(raw_key, _spellings()) or '; remove it'}"
+                " (keys are listed in /usr/share/doc/p0-ssh-agent/config.example.yaml)"
+            )
+        raw = data[raw_key]
+        value_line, value_col = data.lc.value(raw_key)
+        where = f"{source}:{value_line + 1}:{value_col + 1}"
+        if raw is None:
+            # `labels:` with nothing after it: the key is present but unset, so it keeps its default.
+            continue
+        plain = _plain(raw)
+        try:
+            converted = convert(key, plain)
+        except ValueProblem as exc:
+            if exc.index is not None and isinstance(raw, CommentedSeq):
+                item_line, item_col = raw.lc.item(exc.index)
+                where = f"{source}:{item_line + 1}:{item_col + 1}"
+            raise ConfigError(f"{where}: {key.name}: {exc}") from None
+        _add(layer, key, (converted, where, plain), raw_key)
+    return {name: (value, where) for name, (value, where, _) in layer.items()}
+
+
+def _add(layer: Layer, key: Key, entry: tuple[object, str, object], spelled: str) -> None:
+    """Put one value in a layer; a second spelling of the same key (environment and environmentId, orgId and
+    ORGID) is fine when it says the same thing and an error when it does not."""
+    if key.kind == "ignored":
+        return
+    previous = layer.get(key.name)
+    if previous is not None and previous[2] != entry[2]:
+        raise ConfigError(
+            f"{entry[1]}: {spelled} and {previous[1]} both set {key.name}, to different values; keep one of them"
+        )
+    layer[key.name] = entry
+
+
 def _read(path: Path) -> str:
     try:
         with path.open("rb") as handle:
             raw = handle.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file; create it with 'p0-ssh-agent register' or pass --config") from None
+        raise ConfigError(
+            f"{path}: no such file; create it with 'p0-ssh-agent register', or pass the right --config"
+        ) from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}; check the path and its permissions") from None
     if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: larger than 1 MiB; this is not a configuration file")
+        raise ConfigError(f"{path}: larger than 1 MiB, so not a configuration file; pass the right --config")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 (byte {exc.start}); save the file as UTF-8") from None
 
 
-def _from_env(env: Mapping[str, str]) -> dict[str, tuple[object, str]]:
-    by_env_name = {key.name.lower(): key for key in KEYS if key.kind != "ignored"}
-    values: dict[str, tuple[object, str]] = {}
-    for variable, text in env.items():
+def env_key(variable: str) -> Key | None:
+    """P0_SSH_AGENT_ORGID (viper style, what the Go agent read) and P0_SSH_AGENT_ORG_ID both name orgId."""
+    folded = variable[len(ENV_PREFIX) :].replace("_", "").lower()
+    return BY_FOLDED_NAME.get(folded)
+
+
+def _from_env(env: Mapping[str, str]) -> Layer:
+    layer: Layer = {}
+    for variable in sorted(env):
         if not variable.startswith(ENV_PREFIX) or variable in ENV_NOT_CONFIG:
             continue
-        # Both P0_SSH_AGENT_ORGID (what the Go agent's viper read) and P0_SSH_AGENT_ORG_ID are accepted.
-        folded = variable[len(ENV_PREFIX) :].replace("_", "").lower()
-        key = by_env_name.get(folded)
+        text = env[variable]
+        key = env_key(variable)
         if key is None:
-            names = [f"{ENV_PREFIX}{k.name.upper()}" for k in KEYS if k.kind != "ignored"]
-            raise ConfigError(f"environment variable {variable}: not a configuration key{suggestion(variable, names)}")
+            names = [ENV_PREFIX + s.upper() for s in _spellings()] + sorted(ENV_NOT_CONFIG)
+            hint = suggestion(variable, names) or f"; unset it (configuration variables are {ENV_PREFIX}<KEY>)"
+            raise ConfigError(f"environment variable {variable}: not a configuration key{hint}")
+        if not text.strip():
+            continue  # as viper: an empty variable counts as unset (systemd's `Environment=X=` clears a value)
+        where = f"environment variable {variable}"
         try:
-            values[key.name] = (convert(key, text, from_text=True), f"environment variable {variable}")
+            converted = convert(key, text, from_text=True)
         except ValueProblem as exc:
-            raise ConfigError(f"environment variable {variable}: {exc}") from None
-    return values
+            raise ConfigError(f"{where}: {exc}") from None
+        _add(layer, key, (converted, where, text.strip()), variable)
+    return layer
 
 
-def _from_flags(overrides: Mapping[str, object]) -> dict[str, tuple[object, str]]:
-    values: dict[str, tuple[object, str]] = {}
+def _from_flags(overrides: Mapping[str, object]) -> Layer:
+    layer: Layer = {}
     for name, value in overrides.items():
-        if value is None:
+        key = KEY_BY_NAME.get(name)
+        if key is None:  # a programming error in a subcommand, not an operator's mistake
+            raise ValueError(f"override {name!r} is not a configuration key (use the camelCase YAML name)")
+        if value is None:  # the flag was not given
             continue
-        key = KEY_BY_NAME[name]
+        where = f"command-line flag {key.flag_name}"
         try:
-            values[name] = (convert(key, value, from_text=True), f"command-line flag for {name}")
+            layer[name] = (convert(key, value, from_text=True), where, value)
         except ValueProblem as exc:
-            raise ConfigError(f"command-line flag for {name}: {exc}") from None
-    return values
+            raise ConfigError(f"{where}: {exc}") from None
+    return layer
 
 
 def load_config(
@@ -153,27 +211,52 @@ def load_config(
     *,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, object] | None = None,
+    missing_ok: bool = False,
 ) -> AgentConfig:
+    """The configuration from `path` (None: the default file if it exists), the environment (None: os.environ)
+    and `overrides` (flags, keyed by the camelCase name; None values are flags not given).
+
+    missing_ok: an explicit `path` that does not exist counts as an empty file (`register` creates it).
+    """
     environment = os.environ if env is None else env
-    # A missing default file is tolerated, as upstream: flags and environment may carry everything.
-    default = DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
-    source = default if path is None else Path(path)
-    merged: dict[str, tuple[object, str]] = {}
-    if source is not None:
-        merged.update(parse_config_text(_read(source), source=str(source)))
-    merged.update(_from_env(environment))
-    merged.update(_from_flags(overrides or {}))
-    # Values were type-checked per key by convert(); the dict is Any-typed only for the dataclass call.
-    fields: dict[str, Any] = {KEY_BY_NAME[name].field: value for name, (value, _) in merged.items()}
+    source: Path | None
+    if path is None:
+        # A missing default file is tolerated, as upstream: flags and environment may carry everything.
+        source = model.DEFAULT_CONFIG_PATH if model.DEFAULT_CONFIG_PATH.exists() else None
+    else:
+        source = Path(path)
+        if missing_ok and not source.exists() and not source.is_symlink():
+            source = None
+    file_values = parse_config_text(_read(source), source=str(source)) if source is not None else {}
+    merged: dict[str, object] = {name: value for name, (value, _) in file_values.items()}
+    merged.update({name: value for name, (value, _, _) in _from_env(environment).items()})
+    merged.update({name: value for name, (value, _, _) in _from_flags(overrides or {}).items()})
+    # Each value was type-checked for its key by convert(); Any only bridges to the dataclass's keyword call.
+    fields: dict[str, Any] = {KEY_BY_NAME[name].field: value for name, value in merged.items()}
     return dataclasses.replace(AgentConfig(), **fields, source=source)
 
 
 def require_connection_settings(config: AgentConfig) -> None:
-    """What `start` needs beyond a valid file: the identity and where to connect."""
-    where = str(config.source) if config.source else "the configuration (no file was found)"
-    missing = [name for name, value in (("orgId", config.org_id), ("hostId", config.host_id)) if not value]
-    if missing:
-        raise ConfigError(
-            f"{where}: {' and '.join(missing)} not set; run 'p0-ssh-agent register', or set "
-            f"{missing[0]} in {config.source or DEFAULT_CONFIG_PATH} (or P0_SSH_AGENT_{missing[0].upper()})"
-        )
+    """What `start` needs beyond a valid file: orgId, hostId, tunnelHost and keyPath, present and valid.
+
+    load_config already validated whatever it read; this also guards an AgentConfig built in code.
+    """
+    where = str(config.source) if config.source else "no configuration file"
+    file_hint = config.source or model.DEFAULT_CONFIG_PATH
+    settings: tuple[tuple[str, object], ...] = (
+        ("orgId", config.org_id),
+        ("hostId", config.host_id),
+        ("tunnelHost", config.tunnel_host),
+        ("keyPath", str(config.key_path) if config.key_path else None),
+    )
+    for name, value in settings:
+        key = KEY_BY_NAME[name]
+        if value is None or value == "":
+            raise ConfigError(
+                f"{where}: {name} is not set; run 'p0-ssh-agent register', or set {name} in {file_hint} "
+                f"(or {ENV_PREFIX}{name.upper()}, or {key.flag_name})"
+            )
+        try:
+            convert(key, value)  # for tunnelHost this is the rule that keeps the token off clear-text links
+        except ValueProblem as exc:
+            raise ConfigError(f"{where}: {name}: {exc}") from None

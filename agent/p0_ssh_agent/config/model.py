@@ -1,13 +1,15 @@
 """The configuration's shape: the frozen dataclass and the table of keys (pure).
 
-Keys follow upstream-protocol.md §8. The table drives parsing of the file, the environment and the flags alike,
-so the three sources cannot disagree about names or types.
+Keys follow upstream-protocol.md §8. One table drives the file, the environment and the flags alike, so the
+three sources cannot disagree about names or types.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from p0_ssh_agent.errors import ConfigError
 
@@ -18,62 +20,89 @@ USER_REVOKE_MODES = ("keep", "lock", "delete")
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
     version: str = "1.0"
-    org_id: str | None = None
-    host_id: str | None = None
-    hostname: str | None = None
-    tunnel_host: str = "wss://api.p0.app"
-    key_path: Path = Path("/etc/p0-ssh-agent/keys")
-    labels: tuple[str, ...] = ()
-    environment_id: str = "default"
-    heartbeat_interval_seconds: int = 60
-    dry_run: bool = False
-    tunnel_timeout_ms: int | None = None
-    state_dir: Path | None = None
-    tunnel_ca_file: Path | None = None
-    proxy: str | None = None
-    user_revoke_mode: str = "lock"
-    adopt_users: tuple[str, ...] = ()
-    source: Path | None = None
+    org_id: str | None = None  # yaml orgId (deprecated alias tenantId)
+    host_id: str | None = None  # hostId
+    hostname: str | None = None  # hostname
+    tunnel_host: str = "wss://api.p0.app"  # tunnelHost
+    key_path: Path = Path("/etc/p0-ssh-agent/keys")  # keyPath (deprecated alias jwkPath)
+    labels: tuple[str, ...] = ()  # labels: "key=value" strings
+    environment_id: str = "default"  # environmentId (older name: environment)
+    heartbeat_interval_seconds: int = 60  # heartbeatIntervalSeconds, > 0
+    dry_run: bool = False  # dryRun
+    tunnel_timeout_ms: int | None = None  # tunnelTimeoutMs: accepted, informational (the Go agent never used it)
+    state_dir: Path | None = None  # stateDir (absolute)
+    tunnel_ca_file: Path | None = None  # tunnelCaFile (absolute): extra CA bundle for wss://
+    proxy: str | None = None  # proxy: http://[user:pass@]host:port
+    user_revoke_mode: str = "lock"  # userRevokeMode: keep | lock | delete
+    adopt_users: tuple[str, ...] = ()  # adoptUsers: existing users the agent may manage
+    source: Path | None = None  # the file this came from (None: defaults, environment and flags only)
 
     @property
     def client_id(self) -> str:
         if not self.org_id or not self.host_id:
-            raise ConfigError("orgId and hostId are both needed to form the client id; run 'p0-ssh-agent register'")
+            where = self.source or DEFAULT_CONFIG_PATH
+            raise ConfigError(
+                f"{where}: orgId and hostId are both needed to form the client id <orgId>:<hostId>:ssh; "
+                "run 'p0-ssh-agent register'"
+            )
         return f"{self.org_id}:{self.host_id}:ssh"
+
+
+# How a key's raw value is checked and converted (config/values.py has one function per kind).
+Kind = Literal[
+    "text",  # a non-empty single-line string
+    "version",  # like text, but `version: 1.0` (a YAML number) is accepted too
+    "id",  # orgId/hostId: part of the client id, so no ':' and no whitespace
+    "tunnel_url",  # wss://..., or ws:// to loopback only
+    "proxy_url",  # http://[user:pass@]host[:port]
+    "positive_int",
+    "bool",
+    "absolute_path",
+    "labels",  # list of key=value
+    "user_names",  # list of login names
+    "revoke_mode",  # one of USER_REVOKE_MODES
+    "ignored",  # accepted for old files, never used
+]
 
 
 @dataclass(frozen=True, slots=True)
 class Key:
-    """One configuration key: its canonical YAML name, dataclass field and value kind."""
+    """One configuration key: its canonical YAML name, dataclass field, value kind and older spellings."""
 
     name: str
     field: str
-    kind: str  # str | id | url | int_pos | bool | abs_path | labels | users | revoke_mode | ignored
+    kind: Kind
     aliases: tuple[str, ...] = ()
+    flag: str = ""  # the command-line flag that sets it, named in error messages; "" means derived from name
+
+    @property
+    def flag_name(self) -> str:
+        return self.flag or "--" + re.sub(r"(?<!^)(?=[A-Z])", "-", self.name).lower()
 
 
 KEYS: tuple[Key, ...] = (
-    Key("version", "version", "str"),
+    Key("version", "version", "version"),
     Key("orgId", "org_id", "id", ("tenantId",)),
     Key("hostId", "host_id", "id"),
-    Key("hostname", "hostname", "str"),
-    Key("tunnelHost", "tunnel_host", "url"),
-    Key("keyPath", "key_path", "abs_path", ("jwkPath",)),
-    Key("labels", "labels", "labels"),
-    Key("environmentId", "environment_id", "str", ("environment",)),
-    Key("heartbeatIntervalSeconds", "heartbeat_interval_seconds", "int_pos"),
+    Key("hostname", "hostname", "text"),
+    Key("tunnelHost", "tunnel_host", "tunnel_url"),
+    Key("keyPath", "key_path", "absolute_path", ("jwkPath",)),
+    Key("labels", "labels", "labels", flag="--label/--labels"),
+    Key("environmentId", "environment_id", "text", ("environment",), flag="--environment"),
+    Key("heartbeatIntervalSeconds", "heartbeat_interval_seconds", "positive_int"),
     Key("dryRun", "dry_run", "bool"),
-    Key("tunnelTimeoutMs", "tunnel_timeout_ms", "int_pos"),
-    Key("stateDir", "state_dir", "abs_path"),
-    Key("tunnelCaFile", "tunnel_ca_file", "abs_path"),
-    Key("proxy", "proxy", "str"),
+    Key("tunnelTimeoutMs", "tunnel_timeout_ms", "positive_int", flag="--tunnel-timeout"),
+    Key("stateDir", "state_dir", "absolute_path"),
+    Key("tunnelCaFile", "tunnel_ca_file", "absolute_path"),
+    Key("proxy", "proxy", "proxy_url"),
     Key("userRevokeMode", "user_revoke_mode", "revoke_mode"),
-    Key("adoptUsers", "adopt_users", "users"),
-    # Old Go agents wrote logPath; it was never used (journald). Accepted so old files keep loading.
+    Key("adoptUsers", "adopt_users", "user_names"),
+    # Old Go agents wrote logPath (and the oldest keygenPath); neither was ever used (logs go to journald).
+    # Accepted, so files written by those agents keep loading.
     Key("logPath", "", "ignored", ("keygenPath",)),
 )
 
-# Keys match case-insensitively, as they did in the Go agent (viper lower-cases every key); the canonical
-# spelling is the camelCase one, and that is what `register` writes.
+# Keys match case-insensitively, as they did in the Go agent (viper lower-cases every key before matching);
+# the canonical spelling is the camelCase one, and that is what `register` writes.
 BY_FOLDED_NAME: dict[str, Key] = {spelling.lower(): key for key in KEYS for spelling in (key.name, *key.aliases)}
 KEY_BY_NAME: dict[str, Key] = {key.name: key for key in KEYS}

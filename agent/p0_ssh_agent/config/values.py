@@ -1,27 +1,44 @@
-"""Conversion and validation of single configuration values (pure). Errors are plain strings: the loader adds
-the location (file:line:col, variable or flag) because only it knows where a value came from."""
+"""Conversion and validation of single configuration values (pure).
+
+Errors are ValueProblem("problem; fix") without a location: only the loader knows whether a value came from
+`file:line:col`, an environment variable or a flag, and it adds that. Values arrive as plain Python objects:
+from YAML (str, int, float, bool, None, list) or, with from_text, as the strings of the environment and flags.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from p0_ssh_agent.config.model import USER_REVOKE_MODES, Key
+from p0_ssh_agent.config.model import USER_REVOKE_MODES, Key, Kind
 
 USER_NAME_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
-_ID_RE = re.compile(r"[A-Za-z0-9._@+=-]{1,256}")
-_LABEL_RE = re.compile(r"[A-Za-z0-9._/-]{1,128}=[^\x00-\x1f\x7f]{0,256}")
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
+LABEL_RE = re.compile(r"[A-Za-z0-9._/-]{1,128}=[^\x00-\x1f\x7f]{0,256}")
+MAX_ID_LENGTH = 256
+MAX_TEXT_LENGTH = 4096
+MAX_INT = 2**31 - 1  # the Go agent's fields were Go ints; anything larger is a typo, not a setting
+_TRUE = frozenset({"true", "yes", "1"})
+_FALSE = frozenset({"false", "no", "0"})
+# Characters that end a line or hide in one: control characters, and the Unicode line and paragraph separators.
+_BREAKING_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
+# A proxy host as it may appear in a CONNECT request line (runtime/proxy.py applies the same rule).
+_PROXY_HOST_RE = re.compile(r"[A-Za-z0-9._:%-]+")
 
 
 class ValueProblem(ValueError):
-    """Why a value is wrong and how to fix it: `problem; fix`."""
+    """Why a value is wrong and how to fix it, as `problem; fix`. `index` is the list item at fault, if any."""
+
+    def __init__(self, message: str, *, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index
 
 
 def is_loopback_host(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1 (brackets allowed): the only hosts plain ws:// and http:// may go to."""
     if host.lower() == "localhost":
         return True
     try:
@@ -31,111 +48,185 @@ def is_loopback_host(host: str) -> bool:
 
 
 def check_tunnel_url(value: str) -> str:
-    parts = urlsplit(value)
+    if any(c.isspace() for c in value):
+        raise ValueProblem("the URL contains whitespace; write it as wss://host[:port][/path]")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (evaluated for its ValueError on a bad port)
+    except ValueError:
+        raise ValueProblem(f"{value!r} is not a valid URL (bad port?); write wss://host[:port][/path]") from None
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ValueProblem(f"{value!r} is not a WebSocket URL; use wss://host[:port][/path]")
+        raise ValueProblem(f"{value!r} is not a WebSocket URL; write wss://host[:port][/path]")
+    if "@" in parts.netloc:
+        raise ValueProblem("user:password@ in the URL is not supported (the agent signs in with its JWT); remove it")
     if parts.scheme == "ws" and not is_loopback_host(parts.hostname):
         raise ValueProblem(
             f"ws:// to {parts.hostname} would send the agent's token in clear text; use wss:// "
-            "(ws:// is allowed only to localhost, 127.0.0.0/8 or ::1, for testing)"
+            "(plain ws:// is allowed only to localhost, 127.0.0.0/8 or ::1, for testing)"
         )
     return value
 
 
-def _expect_str(value: object, what: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ValueProblem(f"expected {what}, got {_type_name(value)}; write it as a plain string")
-    text = str(value)
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
-        raise ValueProblem("control characters are not allowed; remove them")
-    return text
+def check_proxy_url(value: str) -> str:
+    """http://[user:password@]host[:port], scheme optional as curl and Go allow. Messages never show the password."""
+    text = value if "://" in value else f"http://{value}"
+    usage = "write http://[user:password@]host:port"
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 (evaluated for its ValueError on a bad port)
+    except ValueError:
+        raise ValueProblem(f"not a valid proxy URL (bad port?); {usage}") from None
+    if parts.scheme.lower() == "https":
+        raise ValueProblem(
+            "TLS to the proxy itself is not supported; use http://host:port (the tunnel inside stays TLS end to end)"
+        )
+    if parts.scheme.lower() != "http":
+        raise ValueProblem(f"only http:// proxies (HTTP CONNECT) are supported; {usage}")
+    if not parts.hostname or not _PROXY_HOST_RE.fullmatch(parts.hostname):
+        raise ValueProblem(f"the proxy URL has no usable host; {usage}")
+    return value
 
 
 def _type_name(value: object) -> str:
-    return {dict: "a mapping", list: "a list", bool: "a boolean", type(None): "nothing (null)"}.get(
-        type(value), type(value).__name__
-    )
-
-
-def _string_list(value: object, from_text: bool) -> list[str]:
-    if from_text and isinstance(value, str):
-        return [item.strip() for item in value.split(",") if item.strip()]
-    if not isinstance(value, list | tuple):
-        raise ValueProblem(f"expected a list, got {_type_name(value)}; write it as [a, b] or one '- item' per line")
-    return [_expect_str(item, "a string") for item in value]
-
-
-def _bool(key: Key, value: object, from_text: bool) -> object:
+    if value is None:
+        return "nothing (null)"
     if isinstance(value, bool):
-        return value
-    if from_text and isinstance(value, str) and value.lower() in _TRUE | _FALSE:
-        return value.lower() in _TRUE
-    raise ValueProblem(f"expected true or false, got {value!r}; write true or false")
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, int | float):
+        return f"a number ({value})"
+    if isinstance(value, str):
+        return f"the text {value[:40]!r}"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return f"a {type(value).__name__}"
 
 
-def _positive_int(key: Key, value: object, from_text: bool) -> object:
-    number: object = value
-    if from_text and isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        number = int(value)
-    if isinstance(number, bool) or not isinstance(number, int):
-        raise ValueProblem(f"expected a whole number of {_unit(key)}, got {value!r}; write e.g. 60")
-    if number <= 0:
-        raise ValueProblem(f"must be greater than 0, got {number}; the default is 60")
-    return number
+def _single_line(text: str, *, limit: int = MAX_TEXT_LENGTH) -> str:
+    if any(unicodedata.category(c) in _BREAKING_CATEGORIES for c in text):
+        raise ValueProblem("control characters and line breaks are not allowed; write the value on one line")
+    if not text.strip():
+        raise ValueProblem("the value is empty; write a value or remove the key")
+    if len(text) > limit:
+        raise ValueProblem(f"the value is {len(text)} characters long, more than {limit}; shorten it")
+    return text
 
 
-def _matching_list(key: Key, value: object, from_text: bool) -> object:
-    items = _string_list(value, from_text)
-    pattern, what = (_LABEL_RE, "key=value") if key.kind == "labels" else (USER_NAME_RE, "a user name")
-    for item in items:
-        if not pattern.fullmatch(item):
-            raise ValueProblem(f"{item!r} is not {what}; fix or remove it")
-    return tuple(items)
+def _expect_str(key: Key, value: object) -> str:
+    if isinstance(value, str):
+        return _single_line(value)
+    # `version: 1.0` is how people write a version; for every other key a number is most likely a mistake
+    # (an id that lost leading zeros, a port), so it has to be quoted.
+    if key.kind == "version" and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise ValueProblem(f'expected a string, got {_type_name(value)}; put the value in quotes: {key.name}: "..."')
 
 
-def _identifier(text: str) -> object:
-    if not _ID_RE.fullmatch(text):
+def _identifier(text: str) -> str:
+    if len(text) > MAX_ID_LENGTH:
+        raise ValueProblem(f"longer than {MAX_ID_LENGTH} characters; copy the id again from the P0 UI")
+    if ":" in text or any(c.isspace() or unicodedata.category(c) == "Cf" for c in text):
         raise ValueProblem(
-            f"{text!r} is not a valid id (letters, digits and ._@+=- only; no ':' or spaces, "
-            "it forms the client id <orgId>:<hostId>:ssh); copy it from the P0 UI"
+            f"{text!r} contains ':' or whitespace, which cannot be part of the client id <orgId>:<hostId>:ssh; "
+            "copy the id again from the P0 UI"
         )
     return text
 
 
-def _absolute_path(text: str) -> object:
+def _absolute_path(text: str) -> Path:
     if not text.startswith("/"):
         raise ValueProblem(f"{text!r} is not an absolute path; write it starting with /")
     return Path(text)
 
 
-def _revoke_mode(text: str) -> object:
+def _revoke_mode(text: str) -> str:
     if text not in USER_REVOKE_MODES:
-        raise ValueProblem(f"{text!r} is not one of {', '.join(USER_REVOKE_MODES)}")
+        raise ValueProblem(f"{text!r} is not a revoke mode; write one of {', '.join(USER_REVOKE_MODES)}")
     return text
 
 
-def _text(text: str) -> object:
+def _proxy(text: str) -> str:
+    return check_proxy_url(text)
+
+
+def _text(text: str) -> str:
     return text
 
 
-_STRUCTURED = {"bool": _bool, "int_pos": _positive_int, "labels": _matching_list, "users": _matching_list}
-_TEXTUAL = {
+_TEXTUAL: dict[str, Callable[[str], object]] = {
+    "text": _text,
+    "version": _text,
     "id": _identifier,
-    "url": check_tunnel_url,
-    "abs_path": _absolute_path,
+    "tunnel_url": check_tunnel_url,
+    "proxy_url": _proxy,
+    "absolute_path": _absolute_path,
     "revoke_mode": _revoke_mode,
-    "str": _text,
 }
 
 
+def _bool(value: object, from_text: bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    if from_text and isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    shown = f"{value!r}" if from_text else _type_name(value)
+    raise ValueProblem(f"expected true or false, got {shown}; write true or false")
+
+
+def _positive_int(key: Key, value: object, from_text: bool) -> int:
+    number: object = value
+    if from_text and isinstance(value, str):
+        digits = value.strip()
+        if not (digits.isascii() and digits.lstrip("-").isdigit()):
+            raise ValueProblem(f"expected a whole number of {_unit(key)}, got {value!r}; write e.g. 60")
+        number = int(digits)
+    # bool is an int subclass in Python; `true` is not a number of seconds.
+    if isinstance(number, bool) or not isinstance(number, int):
+        raise ValueProblem(f"expected a whole number of {_unit(key)}, got {_type_name(value)}; write e.g. 60")
+    if number <= 0:
+        raise ValueProblem(f"must be greater than 0, got {number}; write e.g. 60 (the default)")
+    if number > MAX_INT:
+        raise ValueProblem(f"{number} is too large (at most {MAX_INT}); write a smaller number")
+    return number
+
+
+def _string_list(key: Key, value: object, from_text: bool) -> list[str]:
+    if from_text and isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    if not isinstance(value, list | tuple):
+        raise ValueProblem(f"expected a list, got {_type_name(value)}; write [a, b] or one '- item' per line")
+    items: list[str] = []
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            raise ValueProblem(f'item {index + 1} is {_type_name(item)}, not a string; quote it: - "..."', index=index)
+        items.append(item)
+    return items
+
+
+def _matching_list(key: Key, value: object, from_text: bool) -> tuple[str, ...]:
+    items = _string_list(key, value, from_text)
+    pattern, what = (LABEL_RE, "key=value") if key.kind == "labels" else (USER_NAME_RE, "a valid user name")
+    for index, item in enumerate(items):
+        if not pattern.fullmatch(item):
+            shown = item if len(item) <= 80 else item[:80] + "..."
+            raise ValueProblem(f"item {index + 1}, {shown!r}, is not {what}; fix or remove it", index=index)
+    return tuple(items)
+
+
 def convert(key: Key, value: object, *, from_text: bool = False) -> object:
-    """Turn a raw value (YAML, or text from the environment/flags when from_text) into the field's value."""
-    if key.kind == "ignored":
+    """The dataclass field's value for one raw value: YAML data, or a string from the environment or a flag
+    (from_text). Raises ValueProblem."""
+    kind: Kind = key.kind
+    if kind == "ignored":
         return None
-    structured = _STRUCTURED.get(key.kind)
-    if structured is not None:
-        return structured(key, value, from_text)
-    return _TEXTUAL[key.kind](_expect_str(value, "a string"))
+    if kind == "bool":
+        return _bool(value, from_text)
+    if kind == "positive_int":
+        return _positive_int(key, value, from_text)
+    if kind in ("labels", "user_names"):
+        return _matching_list(key, value, from_text)
+    return _TEXTUAL[kind](_expect_str(key, value))
 
 
 def _unit(key: Key) -> str:
