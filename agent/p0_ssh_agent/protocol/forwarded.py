@@ -11,18 +11,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from http import HTTPStatus
 
 NO_COMMAND_MESSAGE = "Request logged - no command specified"
 
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    403: "Forbidden",
-    409: "Conflict",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-}
 _SENSITIVE_HEADER = re.compile(r"authorization|cookie|x-api-key|token|secret", re.IGNORECASE)
 REDACTED = "[REDACTED]"
 
@@ -59,14 +51,15 @@ def _headers(value: object) -> dict[str, str | list[str]]:
         raise InvalidParams("headers must be an object")
     headers: dict[str, str | list[str]] = {}
     for name, item in value.items():
+        # Node lower-cases names already; a hand-made request might not, and lookups here are by lower case.
         if isinstance(item, str):
             headers[name.lower()] = item
         elif isinstance(item, list) and all(isinstance(v, str) for v in item):
             headers[name.lower()] = list(item)
         elif isinstance(item, int | float) and not isinstance(item, bool):
-            headers[name.lower()] = str(item)
+            headers[name.lower()] = str(item)  # a numeric value from a hand-written backend means its text
         else:
-            raise InvalidParams(f"header {name!r} must be a string or a list of strings")
+            raise InvalidParams(f"headers[{name!r}] must be a string or a list of strings")
     return headers
 
 
@@ -84,6 +77,7 @@ def _timeout(options: object) -> int | None:
 
 
 def parse_forwarded_request(params: object) -> ForwardedRequest:
+    """Validate `call` params (§5.1). Missing members take defaults; present ones must have the right type."""
     if not isinstance(params, dict):
         raise InvalidParams("params must be an object (a ForwardedRequest)")
     query = params.get("params")
@@ -126,9 +120,24 @@ class CommandResult:
     output: str | None = None
     http_status: int | None = None  # overrides 200/500, e.g. 403 for a policy denial, 503 when busy
 
+    def __post_init__(self) -> None:
+        # braekhus copies `status` straight into the HTTP response: a non-HTTP number would fail there, not here.
+        if self.http_status is not None and not 100 <= self.http_status <= 599:
+            raise ValueError(f"http_status {self.http_status} is not an HTTP status code (100-599)")
+
 
 def timestamp(now: datetime) -> str:
-    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """Go's time.Now().UTC().Format(time.RFC3339): whole seconds and "Z". A naive datetime is taken as UTC."""
+    moment = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def status_text(status: int) -> str:
+    """The reason phrase Node would send ("OK", "Internal Server Error", "Forbidden", ...)."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
 
 
 def forwarded_response(result: CommandResult, *, client_id: str, command: str, now: datetime) -> dict[str, object]:
@@ -150,6 +159,6 @@ def forwarded_response(result: CommandResult, *, client_id: str, command: str, n
     return {
         "headers": {"content-type": "application/json"},
         "status": status,
-        "statusText": _REASONS.get(status, "Unknown"),
+        "statusText": status_text(status),
         "data": data,
     }

@@ -9,6 +9,7 @@ never closes the connection.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,8 +79,18 @@ def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    # 1e400 parses to inf, which JSON cannot carry back out (and json.dumps would refuse later, far from here).
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:32]} is out of range")
+    return value
+
+
 def _nesting_depth(text: str) -> int:
     """Deepest bracket nesting outside strings; checked before json.loads so deep input cannot recurse."""
+    if text.count("[") + text.count("{") <= MAX_NESTING:
+        return 0  # cannot be too deep: skip the character-by-character scan for ordinary frames
     depth = deepest = 0
     in_string = escaped = False
     for char in text:
@@ -110,19 +121,22 @@ def loads_strict(text: str) -> object:
     """json.loads that refuses duplicate keys, NaN/Infinity and nesting deeper than MAX_NESTING."""
     if _nesting_depth(text) > MAX_NESTING:
         raise ValueError(f"nesting deeper than {MAX_NESTING}")
-    return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+    return json.loads(
+        text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant, parse_float=_finite_float
+    )
 
 
-def parse_frame(frame: str | bytes) -> Incoming:
-    if isinstance(frame, bytes | bytearray):
+def parse_frame(text: str | bytes) -> Incoming:
+    """Classify one WebSocket frame. Never raises; see the module docstring."""
+    if isinstance(text, bytes | bytearray):
         # braekhus ignores binary frames ("Message in binary format is not supported"); so do we, silently.
         return Invalid(None, "binary frame ignored")
-    if len(frame) > MAX_FRAME_BYTES or len(frame.encode("utf-8", "surrogatepass")) > MAX_FRAME_BYTES:
+    if len(text) > MAX_FRAME_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_FRAME_BYTES:
         return Invalid(
             encode_error(None, INVALID_REQUEST, f"frame larger than {MAX_FRAME_BYTES} bytes"), "oversized frame"
         )
     try:
-        message = loads_strict(frame)
+        message = loads_strict(text)
     except (ValueError, RecursionError) as exc:
         return Invalid(encode_error(None, PARSE_ERROR, "parse error"), f"parse error: {exc}")
     if isinstance(message, list):
@@ -178,18 +192,28 @@ def _invalid(reply_id: JsonId, reason: str) -> Invalid:
 
 
 def _dumps(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (legal as a "\ud800" escape in the JSON we received, e.g. inside an id we echo) cannot
+        # go out as UTF-8; escaped ASCII carries the same JSON value.
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return text
 
 
 def encode_request(id: int | str, method: str, params: object) -> str:
+    """A request frame (compact JSON). `id` is echoed by the peer exactly as given."""
     return _dumps({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
 
 
 def encode_result(id: JsonId, result: object) -> str:
+    """A success response frame; `id` is the request's id, unchanged (an int stays an int)."""
     return _dumps({"jsonrpc": "2.0", "id": id, "result": result})
 
 
 def encode_error(id: JsonId, code: int, message: str, data: object = None) -> str:
+    """An error response frame; `data` is left out when None."""
     error: dict[str, object] = {"code": code, "message": message}
     if data is not None:
         error["data"] = data
