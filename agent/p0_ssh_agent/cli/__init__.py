@@ -27,6 +27,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "register",
     "status",
     "command",
+    "revoke_all",
     "dev_backend",
     "version",
     "help",

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from p0_ssh_agent.core.requests import REQUEST_ID_RE, is_user_name
@@ -136,14 +137,25 @@ def add_block(content: bytes, request_id: str, line: str) -> bytes:
     return content + b"\n" + block
 
 
-def remove_block(content: bytes, request_id: str) -> bytes:
-    """Remove every pair of `request_id`: the marker and the one key line after it. Nothing else changes."""
+def is_ca_line(line: bytes) -> bool:
+    """A `cert-authority` line (provisionCAKeys) rather than a user key line (provisionAuthorizedKeys)."""
+    return line.startswith(b"cert-authority")
+
+
+def remove_block(content: bytes, request_id: str, *, select: Callable[[bytes], bool] | None = None) -> bytes:
+    """Remove every pair of `request_id`: the marker and the one key line after it. Nothing else changes.
+
+    select(content line) narrows the removal to some of the request's pairs (e.g. only its CA line, since
+    provisionCAKeys and provisionAuthorizedKeys share a requestId); a marker with no line after it always goes.
+    """
     _marker(request_id)
     lines = _split_lines(content)
     dropped: set[int] = set()
     rewritten: dict[int, bytes] = {}
     for pair in _pairs(lines):
         if pair.request_id != request_id:
+            continue
+        if select is not None and pair.content_index is not None and not select(_body(lines[pair.content_index])):
             continue
         if pair.prefix is None:
             dropped.add(pair.marker_index)

@@ -32,6 +32,7 @@ import grp
 import itertools
 import os
 import pwd
+import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -348,6 +349,26 @@ def lock_user(name: str, *, dry_run: bool = False, adopted: Collection[str] = ()
         proc.run(argv, timeout=TOOL_TIMEOUT)
         invalidate_caches()
     return [argv]
+
+
+def is_locked(name: str, *, shadow: str = "/etc/shadow", today: int | None = None) -> bool:
+    """Whether lock_user's marks are on the account: a "!" password or an expiry date already passed.
+
+    An account that /etc/shadow does not list (LDAP, sssd) or a shadow file we cannot read counts as not locked:
+    unlock_user would have nothing to undo there.
+    """
+    try:
+        text = Path(shadow).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    days = int(time.time() // 86400) if today is None else today
+    for line in text.splitlines():
+        fields = line.split(":")
+        if fields[0] != name or len(fields) < 8:
+            continue
+        expiry = fields[7]
+        return fields[1].startswith("!") or (expiry.isdigit() and int(expiry) <= days)
+    return False
 
 
 def unlock_user(name: str, *, dry_run: bool = False, adopted: Collection[str] = ()) -> list[list[str]]:

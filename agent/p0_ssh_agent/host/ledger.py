@@ -103,10 +103,14 @@ class Ledger:
         if not any((entry.kind, entry.fingerprint) == (kind, fingerprint) for entry in entries):
             entries.append(KeyEntry(kind, fingerprint, now or utc_now()))
 
-    def forget_keys(self, user: str, request_id: str) -> list[KeyEntry]:
-        """Remove and return what a request granted to a user."""
+    def forget_keys(self, user: str, request_id: str, kind: KeyKind | None = None) -> list[KeyEntry]:
+        """Remove and return what a request granted to a user (only lines of `kind` when given)."""
         per_user = self.keys.get(user, {})
-        removed = per_user.pop(request_id, [])
+        entries = per_user.pop(request_id, [])
+        removed = [entry for entry in entries if kind is None or entry.kind == kind]
+        kept = [entry for entry in entries if entry not in removed]
+        if kept:
+            per_user[request_id] = kept
         if not per_user:
             self.keys.pop(user, None)
         return removed

@@ -1,21 +1,72 @@
-"""Command handlers: validate the request, then plan (dry-run) or apply it.
+"""Command handlers: validate the request, then run it (read-only), plan it (dry-run) or apply it.
 
-Every handler starts with full validation (core.requests), so a hostile field is refused with a message naming
-it before anything looks at the host. Read-only commands run for real even in dry-run (upstream-protocol.md §11:
-the Go agent's dry-run answered them with nothing, a weak point).
+    data -> core.requests.parse_request (every field checked; a hostile one is refused, naming it, before
+            anything looks at the host)
+         -> read-only commands: readonly.run_read_only (for real, even in dry-run)
+         -> changes: users / keys / sudo / session handlers on an Engine, in a worker thread (they block on
+            useradd, visudo and fsync); a dry run goes through the same code with every write turned into a plan
+
+A dry run answers upstream's "DRY-RUN: Would execute <command> for user <user>" with the plan in `output`: the
+answer a real run would give, the commands it would run and a unified diff of every file it would change.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 
+import trio
+
+from p0_ssh_agent.core import messages
 from p0_ssh_agent.core.errors import RequestInvalid
-from p0_ssh_agent.core.requests import Command, parse_request
+from p0_ssh_agent.core.requests import (
+    AuditRequest,
+    CaKeyRequest,
+    Command,
+    KeyRequest,
+    ListUsersRequest,
+    ProvisioningRequest,
+    SessionRequest,
+    SudoRequest,
+    SudoshRequest,
+    UserRequest,
+    parse_request,
+)
 from p0_ssh_agent.protocol.forwarded import CommandResult
-from p0_ssh_agent.provisioning import plans, readonly
 from p0_ssh_agent.provisioning.context import ExecutionContext
+from p0_ssh_agent.provisioning.engine import Engine, Plan
+from p0_ssh_agent.provisioning.keys import provision_keys
+from p0_ssh_agent.provisioning.readonly import run_read_only
+from p0_ssh_agent.provisioning.session import provision_session
+from p0_ssh_agent.provisioning.sudo import provision_sudo
+from p0_ssh_agent.provisioning.users import provision_user
 
 Handler = Callable[[ExecutionContext, Mapping[str, object]], Awaitable[CommandResult]]
+
+
+def apply(engine: Engine, request: ProvisioningRequest, plan: Plan) -> CommandResult:
+    """Run one validated request on the host (blocking)."""
+    if isinstance(request, ListUsersRequest | AuditRequest | SudoshRequest):
+        return run_read_only(request)
+    if isinstance(request, UserRequest):
+        return provision_user(engine, request, plan)
+    if isinstance(request, KeyRequest | CaKeyRequest):
+        return provision_keys(engine, request, plan)
+    if isinstance(request, SudoRequest):
+        return provision_sudo(engine, request, plan)
+    return provision_session(engine, request, plan)
+
+
+def dry_run_answer(request: ProvisioningRequest, result: CommandResult, plan: Plan) -> CommandResult:
+    """What a dry run reports: success with the plan, or the failure a real run would meet."""
+    if not result.success:
+        return result
+    user = request.user if isinstance(request, UserRequest | KeyRequest | CaKeyRequest | SudoRequest) else ""
+    if isinstance(request, SessionRequest):
+        user = request.user
+    answer = result.message if not result.message.startswith("DRY-RUN") else ""
+    lines = [f"a real run would answer: {answer}"] if answer else []
+    lines.append(plan.text() or "no change on this host")
+    return CommandResult(success=True, message=messages.dry_run(request.command.value, user), output="\n".join(lines))
 
 
 def _handler(command: Command) -> Handler:
@@ -24,14 +75,14 @@ def _handler(command: Command) -> Handler:
             request = parse_request(command.value, data)
         except RequestInvalid as exc:
             return CommandResult(success=False, error=exc.message)
-        if command in readonly.COMMANDS:
-            return await readonly.run(request)
-        if context.dry_run:
-            return CommandResult(success=True, message=f"DRY-RUN: {plans.summary(request)}", output=plans.plan(request))
-        return CommandResult(
-            success=False,
-            error=f"{command.value}: applying changes on the host is not available in this build; use dry-run",
-        )
+        if isinstance(request, ListUsersRequest | AuditRequest | SudoshRequest):
+            return await trio.to_thread.run_sync(run_read_only, request)
+        engine = Engine(context.config, context.state_dir, context.dry_run)
+        plan = Plan()
+        # Not abandoned on cancel: a host edit, once started, always runs to its end (the worker answers the
+        # backend on time regardless and keeps the result for a retry).
+        result = await trio.to_thread.run_sync(apply, engine, request, plan)
+        return dry_run_answer(request, result, plan) if context.dry_run else result
 
     return handle
 

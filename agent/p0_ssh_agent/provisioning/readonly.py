@@ -1,26 +1,31 @@
-"""Read-only commands, collected natively (no shell): listUsers now; runAudit and sudosh export with issue 4."""
+"""Read-only commands, collected natively (no shell): listUsers, runAudit, collectSudoshRecordings.
+
+They run for real even in dry-run (upstream-protocol.md §11: the Go agent's dry-run answered them with nothing).
+Outputs are capped at 1 MiB with a truncation marker (host.inventory.cap_output).
+"""
 
 from __future__ import annotations
 
 import json
-import pwd
 
-import trio
-
-from p0_ssh_agent.core.requests import Command, ProvisioningRequest
+from p0_ssh_agent.core import messages
+from p0_ssh_agent.core.requests import AuditRequest, ListUsersRequest, SudoshRequest
+from p0_ssh_agent.host import inventory, sudosh
 from p0_ssh_agent.protocol.forwarded import CommandResult
 
-NOLOGIN_SHELLS = frozenset({"/sbin/nologin", "/usr/sbin/nologin", "/bin/false", "/usr/bin/false"})
-COMMANDS = frozenset({Command.LIST_USERS})
+ReadOnlyRequest = ListUsersRequest | AuditRequest | SudoshRequest
 
 
-def login_users(entries: list[pwd.struct_passwd]) -> list[str]:
-    """Users with a login shell, in NSS order (upstream-protocol.md §6.7)."""
-    return [e.pw_name for e in entries if e.pw_shell and e.pw_shell not in NOLOGIN_SHELLS]
-
-
-async def run(request: ProvisioningRequest) -> CommandResult:
-    entries = await trio.to_thread.run_sync(pwd.getpwall)
-    names = login_users(entries)
-    # Upstream answered "null" for an empty list (§12 item 19); "[]" parses the same for any JSON reader.
-    return CommandResult(success=True, message=f"found {len(names)} users", output=json.dumps(names))
+def run_read_only(request: ReadOnlyRequest) -> CommandResult:
+    """Blocking: call it from a worker thread."""
+    if isinstance(request, ListUsersRequest):
+        names = inventory.list_users()
+        # Upstream answered "null" for an empty list (§12 item 19); "[]" parses the same for any JSON reader.
+        return CommandResult(success=True, message=messages.users_found(len(names)), output=json.dumps(names))
+    if isinstance(request, AuditRequest):
+        return CommandResult(success=True, message=messages.AUDIT_COMPLETED, output=inventory.run_audit())
+    try:
+        output = sudosh.collect_sudosh(request.user, request.start, request.end)
+    except sudosh.SudoshLogMissing as exc:
+        return CommandResult(success=False, error=messages.sudosh_failed("exit status 1", str(exc)))
+    return CommandResult(success=True, message=messages.SUDOSH_COLLECTED, output=output)

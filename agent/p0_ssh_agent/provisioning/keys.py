@@ -1,0 +1,86 @@
+"""provisionAuthorizedKeys and provisionCAKeys: one managed pair per request in ~/.ssh/authorized_keys.
+
+The text edits are core.authorized_keys (whole-line markers, exactly one line per pair, everything else kept byte
+for byte); the file edit is host.safefile.edit_in_user_dir (directory fds, O_NOFOLLOW, owner and mode checks,
+fsync + rename + directory fsync, restorecon), under the user's lock. Compared with §6.3 / §12 items 1-4 and 6:
+the key is parsed and re-serialised (no options can be smuggled in), revoke removes only this request's pair of
+this kind, and a symlinked ~/.ssh or a file owned by someone else is refused.
+
+Ledger order: a grant is recorded before the file is written and a revoke forgotten after, so a crash in between
+leaves the ledger claiming a little more than the host holds (harmless to revoke), never less.
+"""
+
+from __future__ import annotations
+
+from p0_ssh_agent.core import messages
+from p0_ssh_agent.core.authorized_keys import add_block, ca_line, is_ca_line, key_line, remove_block
+from p0_ssh_agent.core.requests import Action, CaKeyRequest, KeyRequest
+from p0_ssh_agent.host.ledger import KeyKind
+from p0_ssh_agent.host.safefile import edit_in_user_dir
+from p0_ssh_agent.protocol.forwarded import CommandResult
+from p0_ssh_agent.provisioning.engine import Engine, Plan
+
+SSH_DIR = ".ssh"
+AUTHORIZED_KEYS = "authorized_keys"
+
+
+def provision_keys(engine: Engine, request: KeyRequest | CaKeyRequest, plan: Plan) -> CommandResult:
+    is_ca = isinstance(request, CaKeyRequest)
+    kind: KeyKind = "ca" if is_ca else "key"
+    key = request.ca_key if isinstance(request, CaKeyRequest) else request.key
+    name, request_id = request.user, request.request_id
+    if request.action is Action.GRANT and key is None:
+        if is_ca:
+            # Upstream answers success:false here with the message lost (error ""); we keep the failure and say why.
+            return CommandResult(success=False, error=messages.NO_CA_PUBLIC_KEY)
+        return CommandResult(success=True, message=messages.NO_PUBLIC_KEY)
+
+    record = engine.managed_user(name)
+    if record is None:
+        if request.action is Action.REVOKE:
+            # The account is gone, and its keys with it: a retried revoke must not turn into a failure.
+            return CommandResult(success=True, message=f"user {name} does not exist; nothing to remove")
+        if engine.dry_run and key is not None:
+            # In a dry run the provisionUser grant before this one created nothing: plan on the account to be.
+            line = ca_line(name, key) if is_ca else key_line(key)
+            plan.note(f"{name} does not exist yet (provisionUser creates it); its authorized_keys would get:")
+            plan.note(f"+# RequestID: {request_id}\n+{line}")
+            return CommandResult(success=True, message=messages.dry_run(request.command.value, name))
+        return CommandResult(success=False, error=messages.user_not_found(name, f"user: unknown user {name}"))
+    path = f"{record.home.rstrip('/')}/{SSH_DIR}/{AUTHORIZED_KEYS}"
+
+    if key is not None:  # a grant (a revoke carries no key)
+        line = ca_line(name, key) if is_ca else key_line(key)
+        fingerprint = key.fingerprint()
+        engine.update_ledger(lambda ledger: ledger.record_key(name, request_id, kind, fingerprint))
+        with engine.user_lock(record.uid):
+            edit = edit_in_user_dir(
+                home=record.home,
+                uid=record.uid,
+                gid=record.gid,
+                subdir=SSH_DIR,
+                filename=AUTHORIZED_KEYS,
+                transform=lambda content: add_block(content, request_id, line),
+                dry_run=engine.dry_run,
+            )
+        plan.file(edit)
+        message = messages.ca_key_added(path, line) if is_ca else messages.key_added(path)
+        return CommandResult(success=True, message=message)
+
+    def select(content_line: bytes) -> bool:
+        return is_ca_line(content_line) == is_ca
+
+    with engine.user_lock(record.uid):
+        edit = edit_in_user_dir(
+            home=record.home,
+            uid=record.uid,
+            gid=record.gid,
+            subdir=SSH_DIR,
+            filename=AUTHORIZED_KEYS,
+            transform=lambda content: remove_block(content, request_id, select=select),
+            create=False,
+            dry_run=engine.dry_run,
+        )
+    plan.file(edit)
+    engine.update_ledger(lambda ledger: ledger.forget_keys(name, request_id, kind))
+    return CommandResult(success=True, message=messages.ca_key_removed(path) if is_ca else messages.key_removed(path))

@@ -1,0 +1,90 @@
+"""Take back everything the ledger says this agent granted: keys and CA lines, sudo rules, the users it created.
+
+For the administrator who wants the host clean before removing the package (docs/install.md). It goes through the
+same handlers as the backend's revokes (same locks, same checks, same messages), so it is safe while the daemon
+runs, idempotent, and keeps going past a failure so one broken home directory does not leave everything else.
+Adopted accounts lose their grants but keep their account: the agent did not create them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+from p0_ssh_agent.core.authorized_keys import remove_block
+from p0_ssh_agent.core.requests import Action, CaKeyRequest, Command, KeyRequest, UserRequest
+from p0_ssh_agent.core.sudoers import LEGACY_FILE
+from p0_ssh_agent.errors import AgentError
+from p0_ssh_agent.host.sudo import edit_legacy_file
+from p0_ssh_agent.protocol.forwarded import CommandResult
+from p0_ssh_agent.provisioning.engine import Engine, Plan
+from p0_ssh_agent.provisioning.keys import provision_keys
+from p0_ssh_agent.provisioning.sudo import change_rules
+from p0_ssh_agent.provisioning.users import provision_user
+
+REVOKE_ALL_ID = "revoke-all"
+
+
+@dataclass
+class Report:
+    done: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    def add(self, what: str, result: CommandResult) -> None:
+        if result.success:
+            self.done.append(f"{what}: {result.message}")
+        else:
+            self.failed.append(f"{what}: {result.error}")
+
+
+def _attempt(report: Report, what: str, step: object) -> None:
+    try:
+        result = step() if callable(step) else step
+    except (AgentError, OSError, ValueError) as exc:
+        report.failed.append(f"{what}: {exc}")
+        return
+    if isinstance(result, CommandResult):
+        report.add(what, result)
+    else:
+        report.done.append(what)
+
+
+def revoke_all(engine: Engine, user_mode: str, plan: Plan) -> Report:
+    """Blocking. user_mode: keep | lock | delete, for the accounts the agent created."""
+    report = Report()
+    ledger = engine.read_ledger()
+    for user, per_request in sorted(ledger.keys.items()):
+        for request_id, entries in sorted(per_request.items()):
+            kinds = {entry.kind for entry in entries}
+            requests: list[KeyRequest | CaKeyRequest] = []
+            if "key" in kinds:
+                requests.append(KeyRequest(Command.AUTHORIZED_KEYS, user, Action.REVOKE, request_id, None))
+            if "ca" in kinds:
+                requests.append(CaKeyRequest(Command.CA_KEYS, user, Action.REVOKE, request_id, None))
+            for request in requests:
+                what = f"{request.command.value} {user} {request_id}"
+                _attempt(report, what, lambda r=request: provision_keys(engine, r, plan))
+
+    _attempt(report, "sudo rules in /etc/sudoers.d", lambda: change_rules(engine, lambda grants: grants.clear(), plan))
+    if os.path.lexists(LEGACY_FILE):
+        for request_id in sorted(ledger.sudo):
+            _attempt(
+                report,
+                f"{LEGACY_FILE} {request_id}",
+                lambda rid=request_id: plan.file(
+                    edit_legacy_file(lambda content: remove_block(content, rid), dry_run=engine.dry_run)
+                ),
+            )
+
+    user_engine = dataclasses.replace(engine, config=dataclasses.replace(engine.config, user_revoke_mode=user_mode))
+    for name, entry in sorted(ledger.users.items()):
+        if entry.adopted:
+            report.done.append(f"provisionUser {name}: adopted, account left as it is")
+            continue
+        if engine.dry_run:  # the grants above are still in the ledger: the handler would keep the account
+            report.done.append(f"provisionUser {name}: would {user_mode} the account once its grants are gone")
+            continue
+        user_request = UserRequest(Command.PROVISION_USER, name, Action.REVOKE, REVOKE_ALL_ID)
+        _attempt(report, f"provisionUser {name}", lambda r=user_request: provision_user(user_engine, r, plan))
+    return report

@@ -1,0 +1,103 @@
+"""provisionSudo: one `<user> ALL=(<runAs|ALL>) NOPASSWD: ALL` rule per request id, in /etc/sudoers.d/p0-ssh-agent.
+
+The drop-in is the truth for sudo: under the sudoers lock it is read and parsed strictly (core.sudoers.parse_dropin,
+so a hand-edited file is refused, not silently rewritten), changed as a set of grants, rendered whole, checked by
+visudo before the rename and again after it (host.sudo.install_dropin, which puts the old file back on failure:
+sudo is never left broken). The ledger's sudo map then mirrors the file, for `status` and `revoke-all`.
+
+Revoke also takes the request's rule out of the Go agent's /etc/sudoers-p0 (§6.4), through the same checks.
+Compared with §12 items 7-9: names are validated before they get near a rule, the drop-in sits where sudo's
+#includedir reads it (no include line is ever appended to /etc/sudoers), and a failure changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from p0_ssh_agent.core import messages
+from p0_ssh_agent.core.authorized_keys import remove_block
+from p0_ssh_agent.core.requests import Action, SudoRequest
+from p0_ssh_agent.core.sudoers import DROPIN_DIR, DROPIN_NAME, LEGACY_FILE, SudoGrant, parse_dropin, render_dropin, rule
+from p0_ssh_agent.errors import AgentError
+from p0_ssh_agent.host.ledger import Ledger, SudoEntry, utc_now
+from p0_ssh_agent.host.safefile import read_root_file
+from p0_ssh_agent.host.sudo import edit_legacy_file, install_dropin
+from p0_ssh_agent.protocol.forwarded import CommandResult
+from p0_ssh_agent.provisioning.engine import Engine, Plan
+
+DROPIN_PATH = f"{DROPIN_DIR}/{DROPIN_NAME}"
+
+Grants = dict[str, SudoGrant]  # request id -> its rule: one rule per request, a re-grant replaces it
+
+
+def provision_sudo(engine: Engine, request: SudoRequest, plan: Plan) -> CommandResult:
+    name, request_id = request.user, request.request_id
+    if request.action is Action.GRANT:
+        if not request.sudo:
+            return CommandResult(success=True, message=messages.SUDO_NOT_REQUESTED)
+        if engine.managed_user(name) is None and not engine.dry_run:  # a dry run plans on the account to be
+            return CommandResult(success=False, error=messages.user_not_found(name, f"user: unknown user {name}"))
+        grant = SudoGrant(request_id, name, request.run_as)
+
+        def add(grants: Grants) -> None:
+            grants[request_id] = grant
+
+        change_rules(engine, add, plan)
+        return CommandResult(success=True, message=messages.sudo_granted(rule(name, request.run_as)))
+
+    # A revoke is keyed by the request id alone, like upstream's; the user named in it does not limit it.
+    change_rules(engine, lambda grants: grants.pop(request_id, None), plan)
+    if os.path.lexists(LEGACY_FILE):  # most hosts never ran the Go agent: no need for visudo to revoke then
+        legacy = edit_legacy_file(lambda content: remove_block(content, request_id), dry_run=engine.dry_run)
+        plan.file(legacy)
+    return CommandResult(success=True, message=messages.sudo_revoked(request_id))
+
+
+def remove_user_rules(engine: Engine, name: str, plan: Plan) -> None:
+    """Take every rule of `name` out of the drop-in (before its account is deleted)."""
+
+    def drop(grants: Grants) -> None:
+        for request_id in [rid for rid, grant in grants.items() if grant.user == name]:
+            del grants[request_id]
+
+    change_rules(engine, drop, plan)
+
+
+def current_rules() -> Grants:
+    """The grants in the drop-in now; AgentError if it is not a file this agent wrote."""
+    data = read_root_file(DROPIN_PATH)
+    if data is None:
+        return {}
+    try:
+        return {grant.request_id: grant for grant in parse_dropin(data.decode("utf-8"))}
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise AgentError(
+            f"{DROPIN_PATH} is not as p0-ssh-agent wrote it ({exc}); refusing to rewrite it. "
+            "Fix or remove it by hand (visudo -f), then retry"
+        ) from None
+
+
+def change_rules(engine: Engine, change: Callable[[Grants], object], plan: Plan) -> None:
+    with engine.lock("sudoers"):
+        grants = current_rules()
+        before = dict(grants)
+        change(grants)
+        # An unchanged set is still re-rendered for real (it repairs a drop-in that lost its mode), unless empty.
+        if grants != before or (grants and not engine.dry_run):
+            text = render_dropin(grants.values()) if grants else None
+            edit = install_dropin(text, dry_run=engine.dry_run)
+            if edit.changed:
+                plan.file(edit)
+        engine.update_ledger(lambda ledger: _mirror(ledger, grants))
+
+
+def _mirror(ledger: Ledger, grants: Grants) -> None:
+    """Make the ledger's sudo map say what the drop-in holds, keeping each surviving grant's time."""
+    now = utc_now()
+    mirrored: dict[str, SudoEntry] = {}
+    for request_id, grant in grants.items():
+        old = ledger.sudo.get(request_id)
+        same = old is not None and (old.user, old.run_as) == (grant.user, grant.run_as)
+        mirrored[request_id] = old if same and old is not None else SudoEntry(grant.user, grant.run_as, now)
+    ledger.sudo = mirrored
