@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check clean venv deps-run deps-test lint typecheck unit
+.PHONY: run test check clean venv deps-run deps-test lint typecheck unit sandbox-test package system-test
 
 # --- setup --------------------------------------------------------------------------------------------------
 deps-run:
@@ -29,8 +29,24 @@ venv: $(STAMP)
 run: venv
 	$(BIN)/p0-ssh-agent dev-backend --demo
 
+# Everything: the suite inside the namespace sandbox (real useradd/visudo/sshd on a throwaway /etc and /home),
+# then the package test, which boots real systemd with nspawn and so runs outside the sandbox.
 test: deps-test venv
-	$(BIN)/pytest -q tests
+	tests/sandbox/enter $(BIN)/pytest -q -m 'not system' tests
+	$(BIN)/pytest -q -m system tests
+
+# --- pieces of `make test`, for development ----------------------------------------------------------------
+unit: venv
+	$(BIN)/pytest -q -m 'not system and not sandbox' tests
+
+sandbox-test: deps-test venv
+	tests/sandbox/enter $(BIN)/pytest -q -m 'not system' tests
+
+package: deps-run
+	bash packaging/build.sh
+
+system-test: deps-test venv
+	$(BIN)/pytest -q -m system tests
 
 # --- developer checks ---------------------------------------------------------------------------------------
 lint: venv
