@@ -15,6 +15,8 @@ from p0_ssh_agent.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/p0-ssh-agent/config.yaml")
 USER_REVOKE_MODES = ("keep", "lock", "delete")
+RECONCILE_MODES = ("report", "repair")
+DEFAULT_POLICY_PATH = Path("/etc/p0-ssh-agent/policy.cedar")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +37,13 @@ class AgentConfig:
     proxy: str | None = None  # proxy: http://[user:pass@]host:port
     user_revoke_mode: str = "lock"  # userRevokeMode: keep | lock | delete
     adopt_users: tuple[str, ...] = ()  # adoptUsers: existing users the agent may manage
+    # Guardrails (issue 6): a local Cedar policy, grant expiry on the host, reconciliation, an audit file.
+    policy_file: Path = DEFAULT_POLICY_PATH  # policyFile: local Cedar policy, root-owned; never set over the network
+    max_grant_seconds: int | None = None  # maxGrantSeconds: grants older than this are revoked by the agent
+    offline_revoke_after_seconds: int | None = None  # offlineRevokeAfterSeconds: fail closed (off by default)
+    reconcile: str = "report"  # reconcile: report | repair (drift between the ledger and the host)
+    reconcile_interval_seconds: int = 3600  # reconcileIntervalSeconds: periodic reconciliation
+    audit_file: Path | None = None  # auditFile: JSON-lines audit trail, for hosts without journald
     source: Path | None = None  # the file this came from (None: defaults, environment and flags only)
 
     @property
@@ -61,6 +70,7 @@ Kind = Literal[
     "labels",  # list of key=value
     "user_names",  # list of login names
     "revoke_mode",  # one of USER_REVOKE_MODES
+    "reconcile_mode",  # one of RECONCILE_MODES
     "ignored",  # accepted for old files, never used
 ]
 
@@ -97,6 +107,12 @@ KEYS: tuple[Key, ...] = (
     Key("proxy", "proxy", "proxy_url"),
     Key("userRevokeMode", "user_revoke_mode", "revoke_mode"),
     Key("adoptUsers", "adopt_users", "user_names"),
+    Key("policyFile", "policy_file", "absolute_path"),
+    Key("maxGrantSeconds", "max_grant_seconds", "positive_int"),
+    Key("offlineRevokeAfterSeconds", "offline_revoke_after_seconds", "positive_int"),
+    Key("reconcile", "reconcile", "reconcile_mode"),
+    Key("reconcileIntervalSeconds", "reconcile_interval_seconds", "positive_int"),
+    Key("auditFile", "audit_file", "absolute_path"),
     # Old Go agents wrote logPath (and the oldest keygenPath); neither was ever used (logs go to journald).
     # Accepted, so files written by those agents keep loading.
     Key("logPath", "", "ignored", ("keygenPath",)),

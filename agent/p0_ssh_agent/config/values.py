@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from p0_ssh_agent.config.model import USER_REVOKE_MODES, Key, Kind
+from p0_ssh_agent.config.model import RECONCILE_MODES, USER_REVOKE_MODES, Key, Kind
 
 USER_NAME_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 LABEL_RE = re.compile(r"[A-Za-z0-9._/-]{1,128}=[^\x00-\x1f\x7f]{0,256}")
@@ -146,6 +146,12 @@ def _revoke_mode(text: str) -> str:
     return text
 
 
+def _reconcile_mode(text: str) -> str:
+    if text not in RECONCILE_MODES:
+        raise ValueProblem(f"{text!r} is not a reconcile mode; write one of {', '.join(RECONCILE_MODES)}")
+    return text
+
+
 def _proxy(text: str) -> str:
     return check_proxy_url(text)
 
@@ -162,6 +168,7 @@ _TEXTUAL: dict[str, Callable[[str], object]] = {
     "proxy_url": _proxy,
     "absolute_path": _absolute_path,
     "revoke_mode": _revoke_mode,
+    "reconcile_mode": _reconcile_mode,
 }
 
 
