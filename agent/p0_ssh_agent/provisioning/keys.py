@@ -15,13 +15,27 @@ from __future__ import annotations
 from p0_ssh_agent.core import messages
 from p0_ssh_agent.core.authorized_keys import add_block, ca_line, is_ca_line, key_line, remove_block
 from p0_ssh_agent.core.requests import Action, CaKeyRequest, KeyRequest
+from p0_ssh_agent.host import accounts
+from p0_ssh_agent.host.accounts import UserRecord
 from p0_ssh_agent.host.ledger import KeyKind
 from p0_ssh_agent.host.safefile import edit_in_user_dir
 from p0_ssh_agent.protocol.forwarded import CommandResult
-from p0_ssh_agent.provisioning.engine import Engine, Plan
+from p0_ssh_agent.provisioning.engine import Engine, NotManaged, Plan
 
 SSH_DIR = ".ssh"
 AUTHORIZED_KEYS = "authorized_keys"
+
+
+def _target(engine: Engine, name: str, action: Action) -> UserRecord | None:
+    """The account to edit. A revoke may also clean an account we do not manage (not root): P0's Go agent added
+    keys to any existing user, and a revoke only ever removes this request's own marked pair."""
+    try:
+        return engine.managed_user(name)
+    except NotManaged:
+        record = accounts.lookup_user(name)
+        if action is Action.GRANT or record is None or record.uid == 0:
+            raise
+        return record
 
 
 def provision_keys(engine: Engine, request: KeyRequest | CaKeyRequest, plan: Plan) -> CommandResult:
@@ -35,7 +49,7 @@ def provision_keys(engine: Engine, request: KeyRequest | CaKeyRequest, plan: Pla
             return CommandResult(success=False, error=messages.NO_CA_PUBLIC_KEY)
         return CommandResult(success=True, message=messages.NO_PUBLIC_KEY)
 
-    record = engine.managed_user(name)
+    record = _target(engine, name, request.action)
     if record is None:
         if request.action is Action.REVOKE:
             # The account is gone, and its keys with it: a retried revoke must not turn into a failure.
