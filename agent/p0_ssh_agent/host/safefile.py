@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 import stat
 from collections.abc import Callable, Collection
@@ -177,6 +178,23 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def _remove_stale_temps(dir_fd: int, name: str) -> None:
+    """Delete temp files an earlier edit of `name` left when it was killed between create and rename.
+
+    Every caller holds the lock for `name` (user, sudoers or ledger lock), so no live edit of ours owns one now.
+    Only exact temp names of ours are touched, and unlink never follows a link or removes a directory.
+    """
+    pattern = re.compile(rf"\.{re.escape(name)}\.(?:p0tmp|tmp)\.[0-9a-f]{{16}}")
+    try:
+        entries = os.listdir(dir_fd)
+    except OSError:
+        return
+    for entry in entries:
+        if pattern.fullmatch(entry):
+            with contextlib.suppress(OSError):
+                os.unlink(entry, dir_fd=dir_fd)
+
+
 def _replace(
     dir_fd: int,
     name: str,
@@ -190,6 +208,7 @@ def _replace(
 ) -> None:
     """Write `data` to `temp_name`, check it, rename it over `name`, fsync the directory. No temp file survives."""
     temp_path = f"{shown_dir}/{temp_name}"
+    _remove_stale_temps(dir_fd, name)
     try:
         fd = os.open(temp_name, _TEMP_FLAGS, 0o600, dir_fd=dir_fd)
     except OSError as exc:
