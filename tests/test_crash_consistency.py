@@ -127,13 +127,13 @@ import sys
 from pathlib import Path
 from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.core.requests import parse_request
-from p0_ssh_agent.provisioning import apply
+from p0_ssh_agent.provisioning import run_request
 from p0_ssh_agent.provisioning.engine import Engine, Plan
 state, user = Path(sys.argv[1]), sys.argv[2]
 engine = Engine(AgentConfig(state_dir=state, adopt_users=(user,)), state, dry_run=False)
 for command in ("provisionAuthorizedKeys", "provisionSudo"):
     data = {"userName": user, "requestId": "crash-final", "action": "grant", "sudo": True,
             "publicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHNLmYVg4wR7L+9IQJslJexzhJmdx/XrwOb60irE5wOE final"}
-    result = apply(engine, parse_request(command, data), Plan())
+    result = run_request(engine, parse_request(command, data), Plan())
     assert result.success, result.error
 """

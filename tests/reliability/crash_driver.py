@@ -13,7 +13,7 @@ from pathlib import Path
 
 from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.core.requests import parse_request
-from p0_ssh_agent.provisioning import apply
+from p0_ssh_agent.provisioning import run_request
 from p0_ssh_agent.provisioning.engine import Engine, Plan
 
 KEYS = [
@@ -40,7 +40,7 @@ def main(state_dir: str, seed: str, users: list[str]) -> None:
             "sudo": True,
         }
         print(f"op {n}", flush=True)
-        result = apply(engine, parse_request(command, data), Plan())
+        result = run_request(engine, parse_request(command, data), Plan())
         if not result.success:
             print(f"failed {command} {data['action']} {user} {request_id}: {result.error}", file=sys.stderr, flush=True)
             sys.exit(3)

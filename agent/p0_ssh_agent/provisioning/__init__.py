@@ -31,6 +31,7 @@ from p0_ssh_agent.core.requests import (
     UserRequest,
     parse_request,
 )
+from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning.context import ExecutionContext
 from p0_ssh_agent.provisioning.engine import Engine, Plan
@@ -54,6 +55,16 @@ def apply(engine: Engine, request: ProvisioningRequest, plan: Plan) -> CommandRe
     if isinstance(request, SudoRequest):
         return provision_sudo(engine, request, plan)
     return provision_session(engine, request, plan)
+
+
+def run_request(engine: Engine, request: ProvisioningRequest, plan: Plan) -> CommandResult:
+    """apply(), with every expected failure turned into a failed result whose error says what went wrong."""
+    try:
+        return apply(engine, request, plan)
+    except AgentError as exc:
+        return CommandResult(success=False, error=str(exc))
+    except OSError as exc:  # a failure no module translated: still the operator's to read, never a crash
+        return CommandResult(success=False, error=f"{request.command.value}: {exc.strerror or exc}")
 
 
 def dry_run_answer(request: ProvisioningRequest, result: CommandResult, plan: Plan) -> CommandResult:
@@ -81,7 +92,7 @@ def _handler(command: Command) -> Handler:
         plan = Plan()
         # Not abandoned on cancel: a host edit, once started, always runs to its end (the worker answers the
         # backend on time regardless and keeps the result for a retry).
-        result = await trio.to_thread.run_sync(apply, engine, request, plan)
+        result = await trio.to_thread.run_sync(run_request, engine, request, plan)
         return dry_run_answer(request, result, plan) if context.dry_run else result
 
     return handle
