@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check clean venv deps-run deps-test lint typecheck unit sandbox-test package system-test
+.PHONY: run test check clean venv deps-run deps-test lint typecheck unit sandbox-test package system-test fuzz
 
 # --- setup --------------------------------------------------------------------------------------------------
 deps-run:
@@ -47,6 +47,18 @@ package: deps-run
 
 system-test: deps-test venv
 	$(BIN)/pytest -q -m system tests
+
+# Coverage-guided fuzzing of the network-facing parsers, FUZZ_SECONDS per target; the corpus grows in tests/fuzz.
+FUZZ_SECONDS ?= 30
+FUZZ_TARGETS := frame forwarded request keys sudoers config
+fuzz: venv
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,fuzz]'
+	mkdir -p build/fuzz
+	for target in $(FUZZ_TARGETS); do \
+		mkdir -p tests/fuzz/corpus/$$target; \
+		$(BIN)/python tests/fuzz/fuzz_parsers.py $$target -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 \
+			-artifact_prefix=build/fuzz/$$target- tests/fuzz/corpus/$$target || exit 1; \
+	done
 
 # --- developer checks ---------------------------------------------------------------------------------------
 lint: venv
