@@ -15,6 +15,7 @@ import itertools
 import json
 import re
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -39,13 +40,17 @@ class CallFailed(Exception):
         self.body = body
 
 
+FRAMES_KEPT = 10_000
+
+
 @dataclass
 class Channel:
     id: str
     ws: WebSocketConnection
     client_id: str | None = None
     pending: dict[int, trio.MemorySendChannel[jsonrpc.Response]] = field(default_factory=dict)
-    frames: list[tuple[float, str | bytes]] = field(default_factory=list)
+    # The last frames the client sent, for tests to inspect; bounded so a long-running backend does not grow.
+    frames: deque[tuple[float, str | bytes]] = field(default_factory=lambda: deque(maxlen=FRAMES_KEPT))
 
 
 @dataclass
