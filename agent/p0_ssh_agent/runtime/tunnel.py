@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 import trio
 from trio_websocket import ConnectionRejected, HandshakeError, WebSocketConnection
+from wsproto.utilities import LocalProtocolError
 
 from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.errors import AgentError
@@ -129,16 +130,21 @@ class Tunnel:
         self._report(status.connecting(url))
         try:
             reason = await self._connect_and_serve()
-        except ConnectionRejected as exc:
-            reason = status.rejected(exc.status_code, url)
-            if exc.status_code in (401, 403):
-                delay = self._auth_backoff.next_delay()
-                log.error("handshake_unauthorized", status=exc.status_code, hint=reason)
-                return delay, status.unauthorized(exc.status_code, url, delay)
-            log.error("handshake_rejected", status=exc.status_code, hint=reason)
-        except (OSError, trio.TooSlowError, HandshakeError, trio.BrokenResourceError, AgentError) as exc:
-            reason = _describe(exc)
-            log.warning("connect_failed", reason=reason)
+        except Exception as raised:  # one connection's failure, whatever it is, must never end the agent
+            # The connection runs in a nursery, so its failure arrives wrapped in an exception group.
+            exc = _unwrap(raised)
+            if isinstance(exc, ConnectionRejected):
+                reason = status.rejected(exc.status_code, url)
+                if exc.status_code in (401, 403):
+                    delay = self._auth_backoff.next_delay()
+                    log.error("handshake_unauthorized", status=exc.status_code, hint=reason)
+                    return delay, status.unauthorized(exc.status_code, url, delay)
+                log.error("handshake_rejected", status=exc.status_code, hint=reason)
+            elif isinstance(exc, OSError | trio.TooSlowError | HandshakeError | trio.BrokenResourceError | AgentError):
+                reason = _describe(exc)
+                log.warning("connect_failed", reason=reason)
+            else:
+                reason = _unexpected(exc, raised)
         delay = self._backoff.next_delay()
         return delay, status.retrying(delay, reason)
 
@@ -192,6 +198,24 @@ class Tunnel:
             session.close("agent shutting down")
         elif self._attempt_scope is not None:
             self._attempt_scope.cancel()
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _unexpected(inner: BaseException, raised: Exception) -> str:
+    """Describe (and log) a failure the connection code did not foresee; the tunnel then backs off and retries."""
+    if isinstance(inner, LocalProtocolError):
+        # trio-websocket answers a ping the server sent while we were closing; wsproto refuses the pong. Benign:
+        # the connection was ending anyway.
+        reason = "the connection ended while a ping was being answered"
+        log.warning("disconnected_while_closing", reason=reason)
+        return reason
+    log.error("connection_crashed", error=f"{type(inner).__name__}: {inner}", exc_info=raised)
+    return f"unexpected error: {type(inner).__name__}"
 
 
 def _describe(exc: BaseException) -> str:
