@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check clean venv deps-run deps-test lint typecheck unit sandbox-test package system-test fuzz
+.PHONY: run test check clean venv deps-run deps-test lint typecheck unit sandbox-test package system-test fuzz reliability
 
 # --- setup --------------------------------------------------------------------------------------------------
 deps-run:
@@ -59,6 +59,14 @@ fuzz: venv
 		$(BIN)/python tests/fuzz/fuzz_parsers.py $$target -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 \
 			-artifact_prefix=build/fuzz/$$target- tests/fuzz/corpus/$$target || exit 1; \
 	done
+
+# Hostile input, kill -9 during grants, injected faults, backend chaos, a 100,000-request soak and fuzzing;
+# writes docs/reliability.md. RELIABILITY_PROFILE=short is what `make test` already covers.
+RELIABILITY_PROFILE ?= long
+reliability: deps-test venv
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,fuzz]'
+	tests/sandbox/enter $(BIN)/python tests/reliability/run.py --profile $(RELIABILITY_PROFILE) \
+		--fuzz-seconds $(FUZZ_SECONDS)
 
 # --- developer checks ---------------------------------------------------------------------------------------
 lint: venv

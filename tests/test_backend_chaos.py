@@ -18,6 +18,7 @@ import trio.lowlevel
 
 from p0_ssh_agent.devbackend.server import CallFailed, DevBackend
 from p0_ssh_agent.identity.keys import generate_keys, load_public_jwk_file
+from reliability.figures import record
 
 AGENT = Path(sys.executable).parent / "p0-ssh-agent"
 ORG, HOST = "chaos-org", "host-1"
@@ -131,6 +132,7 @@ async def test_agent_survives_a_misbehaving_backend(tmp_path: Path) -> None:
 
             rss_end = _rss_kib(agent.pid)
             print(f"\nCHAOS rss_start_kib={rss_start} rss_end_kib={rss_end} restarts=3")
+            record(chaos_scenarios=6, chaos_rss_start_kib=rss_start, chaos_rss_end_kib=rss_end)
             assert rss_end <= rss_start + 16 * 1024, f"RSS grew from {rss_start} to {rss_end} KiB"
             assert agent.poll() is None, "the agent exited"
         finally:

@@ -27,6 +27,7 @@ import pytest
 from p0_ssh_agent.core.authorized_keys import MARKER_PREFIX
 from p0_ssh_agent.core.sudoers import parse_dropin
 from p0_ssh_agent.host.ledger import load_ledger
+from reliability.figures import record
 from sandbox.fixtures import Sandbox, unique_user_name
 
 pytestmark = pytest.mark.sandbox
@@ -107,6 +108,7 @@ def test_kill_9_during_grants_and_revokes_loses_nothing(sandbox: Sandbox, tmp_pa
         kills += 1
         _check_host(users, homes, state)
     print(f"\n{attempted} operations attempted, {kills} kills survived")
+    record(crash_operations=attempted, crash_kills=kills)
 
     # Temp files a kill left behind go with the next edit of the same file.
     for user in users:

@@ -24,6 +24,7 @@ from p0_ssh_agent.host.ledger import load_ledger
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning import run_request
 from p0_ssh_agent.provisioning.engine import Engine, Plan
+from reliability.figures import record
 from sandbox.fixtures import Sandbox, unique_user_name
 
 pytestmark = pytest.mark.sandbox
@@ -92,6 +93,7 @@ def test_full_disk_fails_the_grant_and_keeps_the_old_file(engine: Engine) -> Non
         assert "No space left on device" in result.error and "authorized_keys" in result.error
         assert snapshot(ssh) == contents  # the old file, and no temp file left behind
     assert b"fault-2" not in (ssh / "authorized_keys").read_bytes()
+    record(fault="full disk under ~/.ssh")
 
 
 def test_read_only_etc_fails_sudo_and_useradd_cleanly(engine: Engine, sandbox: Sandbox) -> None:
@@ -107,6 +109,7 @@ def test_read_only_etc_fails_sudo_and_useradd_cleanly(engine: Engine, sandbox: S
     assert not create.success and lookup_user(other) is None
     assert {p: p.read_bytes() for p in etc_before} == etc_before
     assert other not in load_ledger(engine.state_dir).users
+    record(fault="read-only /etc (sudo grant and useradd)")
 
 
 def test_missing_visudo_refuses_sudo_and_changes_nothing(engine: Engine, tmp_path: Path) -> None:
@@ -119,6 +122,7 @@ def test_missing_visudo_refuses_sudo_and_changes_nothing(engine: Engine, tmp_pat
         result = run(engine, "provisionSudo", userName=user, sudo=True)
     assert not result.success and "visudo" in result.error
     assert not DROPIN.exists() or b"fault-1" not in DROPIN.read_bytes()
+    record(fault="visudo missing")
 
 
 def test_useradd_failing_halfway_is_rolled_back(engine: Engine) -> None:
@@ -133,3 +137,4 @@ def test_useradd_failing_halfway_is_rolled_back(engine: Engine) -> None:
     assert user not in load_ledger(engine.state_dir).users
     # And the next attempt, with the fault gone, works.
     assert run(engine, "provisionUser", userName=user).success
+    record(fault="useradd failing halfway (read-only /home)")

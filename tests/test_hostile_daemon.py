@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from hostile_corpus import GOOD_ID, GOOD_KEY, GOOD_USER, cases
+from reliability.figures import record
 
 pytestmark = pytest.mark.sandbox
 
@@ -124,6 +125,7 @@ def test_hostile_requests_change_nothing_and_name_the_field(daemon: int, tmp_pat
 
     after = tree_digest(*roots)
     changed = sorted(path for path in before.keys() | after.keys() if before.get(path) != after.get(path))
+    record(hostile_cases=len(corpus), hostile_not_refused=len(wrong), hostile_files_changed=len(changed))
     assert changed == [], f"hostile requests changed files: {changed[:20]}"
     # The daemon is still healthy afterwards: a legitimate revoke works.
     revoke = {"command": "provisionAuthorizedKeys", "userName": GOOD_USER, "action": "revoke", "requestId": GOOD_ID}

@@ -20,6 +20,7 @@ import trio
 
 from p0_ssh_agent.devbackend.server import CallFailed, DevBackend
 from p0_ssh_agent.identity.keys import generate_keys, load_public_jwk_file
+from reliability.figures import record
 
 AGENT = Path(sys.executable).parent / "p0-ssh-agent"
 ORG, HOST = "soak-org", "host-1"
@@ -128,8 +129,15 @@ async def test_soak_memory_and_descriptors_stay_flat(tmp_path: Path) -> None:
         f"\nSOAK requests={done} reconnects={reconnects} rss_warm_kib={warm_rss} rss_end_kib={end_rss} "
         f"fds_warm={warm_fds} fds_end={end_fds}"
     )
-    _report({"soak_requests": done, "soak_reconnects": reconnects, "soak_rss_warm_kib": warm_rss,
-             "soak_rss_end_kib": end_rss, "soak_fds_warm": warm_fds, "soak_fds_end": end_fds})  # fmt: skip
+    record(
+        soak_requests=done,
+        soak_failures=len(failures),
+        soak_reconnects=reconnects,
+        soak_rss_warm_kib=warm_rss,
+        soak_rss_end_kib=end_rss,
+        soak_fds_warm=warm_fds,
+        soak_fds_end=end_fds,
+    )
     assert failures == [], failures[:10]
     assert done == total
     assert end_fds <= warm_fds + 2, f"descriptors grew from {warm_fds} to {end_fds}"
@@ -142,11 +150,3 @@ async def test_soak_memory_and_descriptors_stay_flat(tmp_path: Path) -> None:
 def _start_agent(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("w") as log:
         return subprocess.Popen([str(AGENT), "start", "--config", str(config)], stdout=log, stderr=log)
-
-
-def _report(figures: dict[str, int]) -> None:
-    """Append figures for docs/reliability.md when `make reliability` asks for them."""
-    target = os.environ.get("P0_RELIABILITY_REPORT")
-    if target:
-        with Path(target).open("a", encoding="utf-8") as out:
-            out.write(json.dumps(figures) + "\n")
