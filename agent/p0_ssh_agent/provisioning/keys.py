@@ -12,18 +12,37 @@ leaves the ledger claiming a little more than the host holds (harmless to revoke
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from p0_ssh_agent.core import messages
 from p0_ssh_agent.core.authorized_keys import add_block, ca_line, is_ca_line, key_line, remove_block
 from p0_ssh_agent.core.requests import Action, CaKeyRequest, KeyRequest
 from p0_ssh_agent.host import accounts
 from p0_ssh_agent.host.accounts import UserRecord
 from p0_ssh_agent.host.ledger import KeyKind
-from p0_ssh_agent.host.safefile import edit_in_user_dir
+from p0_ssh_agent.host.safefile import FileEdit, edit_in_user_dir
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning.engine import Engine, NotManaged, Plan
 
 SSH_DIR = ".ssh"
 AUTHORIZED_KEYS = "authorized_keys"
+
+
+def _edit_authorized_keys(
+    engine: Engine, record: UserRecord, transform: Callable[[bytes], bytes], *, create: bool = True
+) -> FileEdit:
+    """Apply `transform` to the user's authorized_keys under the user's lock (create False: a revoke)."""
+    with engine.user_lock(record.uid):
+        return edit_in_user_dir(
+            home=record.home,
+            uid=record.uid,
+            gid=record.gid,
+            subdir=SSH_DIR,
+            filename=AUTHORIZED_KEYS,
+            transform=transform,
+            create=create,
+            dry_run=engine.dry_run,
+        )
 
 
 def _target(engine: Engine, name: str, action: Action) -> UserRecord | None:
@@ -67,34 +86,16 @@ def provision_keys(engine: Engine, request: KeyRequest | CaKeyRequest, plan: Pla
         line = ca_line(name, key) if is_ca else key_line(key)
         fingerprint = key.fingerprint()
         engine.update_ledger(lambda ledger: ledger.record_key(name, request_id, kind, fingerprint))
-        with engine.user_lock(record.uid):
-            edit = edit_in_user_dir(
-                home=record.home,
-                uid=record.uid,
-                gid=record.gid,
-                subdir=SSH_DIR,
-                filename=AUTHORIZED_KEYS,
-                transform=lambda content: add_block(content, request_id, line),
-                dry_run=engine.dry_run,
-            )
-        plan.file(edit)
+        plan.file(_edit_authorized_keys(engine, record, lambda content: add_block(content, request_id, line)))
         message = messages.ca_key_added(path, line) if is_ca else messages.key_added(path)
         return CommandResult(success=True, message=message)
 
     def select(content_line: bytes) -> bool:
         return is_ca_line(content_line) == is_ca
 
-    with engine.user_lock(record.uid):
-        edit = edit_in_user_dir(
-            home=record.home,
-            uid=record.uid,
-            gid=record.gid,
-            subdir=SSH_DIR,
-            filename=AUTHORIZED_KEYS,
-            transform=lambda content: remove_block(content, request_id, select=select),
-            create=False,
-            dry_run=engine.dry_run,
-        )
-    plan.file(edit)
+    removal = _edit_authorized_keys(
+        engine, record, lambda content: remove_block(content, request_id, select=select), create=False
+    )
+    plan.file(removal)
     engine.update_ledger(lambda ledger: ledger.forget_keys(name, request_id, kind))
     return CommandResult(success=True, message=messages.ca_key_removed(path) if is_ca else messages.key_removed(path))
