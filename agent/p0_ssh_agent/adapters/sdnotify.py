@@ -63,7 +63,9 @@ class Notifier:
             lines.append(f"STATUS={single_line(status)}")
         message = "\n".join(lines).encode("utf-8", "replace")
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            # Non-blocking: a datagram socket whose reader is slow (a busy or hung PID 1) fills up, and a
+            # blocking send would then freeze the event loop, the very thing the watchdog exists to catch.
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
                 sock.sendto(message, self._address)
         except OSError as exc:
             if not self._failing:

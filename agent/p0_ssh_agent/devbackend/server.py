@@ -92,6 +92,7 @@ class DevBackend:
         self.hooks = Hooks()
         self.set_client_id_log: list[tuple[float, str]] = []
         self.handshakes: list[int] = []
+        self.close_codes: list[int | None] = []  # how each client connection ended (1001: the agent shut down)
         self._ids = itertools.count(1)
         self._registered = trio.Event()
 
@@ -141,6 +142,7 @@ class DevBackend:
                 await self._read(channel)
                 nursery.cancel_scope.cancel()
         finally:
+            self.close_codes.append(ws.closed.code if ws.closed is not None else None)
             del self.channels[channel.id]
             # braekhus fix #70: only remove the mapping if it still points at this channel
             if channel.client_id and self.by_client.get(channel.client_id) == channel.id:

@@ -1,0 +1,203 @@
+"""The daemon as systemd and the backend see it: a real `p0-ssh-agent start` process, a real NOTIFY_SOCKET
+datagram socket, the in-process dev backend on loopback.
+
+Covers issue 3's bar: READY before any connection, STATUS in words, WATCHDOG pings, RELOADING (with
+MONOTONIC_USEC) then READY on SIGHUP, STOPPING and exit 0 within 10 s of SIGTERM with close code 1001; still alive
+after 401s; heartbeats at the configured interval; 200 concurrent dry-run calls; no token in any log.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from p0_ssh_agent.devbackend.server import DevBackend
+from p0_ssh_agent.identity.keys import generate_keys, load_public_jwk_file
+
+AGENT = Path(sys.executable).parent / "p0-ssh-agent"
+ORG, HOST = "life-org", "host-1"
+CLIENT_ID = f"{ORG}:{HOST}:ssh"
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHNLmYVg4wR7L+9IQJslJexzhJmdx/XrwOb60irE5wOE life"
+
+
+class NotifyListener:
+    """A datagram socket standing in for systemd's; abstract (@name) or a path."""
+
+    def __init__(self, address: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
+        self.sock.setblocking(False)
+        self.address = address
+        self.messages: list[str] = []
+
+    def drain(self) -> list[str]:
+        while True:
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except BlockingIOError:
+                return self.messages
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture(params=["path", "abstract"])
+def notify(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NotifyListener]:
+    address = str(tmp_path / "notify.sock") if request.param == "path" else f"@p0-test-{tmp_path.name}"
+    listener = NotifyListener(address)
+    yield listener
+    listener.close()
+
+
+def write_config(tmp_path: Path, url: str, keys: Path, *, heartbeat: int = 60) -> Path:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"orgId: {ORG}\nhostId: {HOST}\ntunnelHost: {url}\nkeyPath: {keys}\nstateDir: {tmp_path / 'state'}\n"
+        f"dryRun: true\nheartbeatIntervalSeconds: {heartbeat}\n"
+    )
+    return config
+
+
+def start_agent(config: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [str(AGENT), "start", "--config", str(config)], stdout=out, stderr=out, env=env or {"PATH": "/usr/bin"}
+        )
+
+
+def kinds(messages: list[str]) -> list[str]:
+    """READY / STATUS / WATCHDOG / RELOADING / STOPPING, in order, one per datagram field."""
+    found: list[str] = []
+    for message in messages:
+        for line in message.splitlines():
+            name = line.split("=", 1)[0]
+            if name in ("READY", "STATUS", "WATCHDOG", "RELOADING", "STOPPING"):
+                found.append(name)
+    return found
+
+
+async def test_notify_sequence_reload_and_clean_stop(tmp_path: Path, notify: NotifyListener) -> None:
+    keys = tmp_path / "keys"
+    generate_keys(keys)
+    backend = DevBackend()
+    backend.register_client(CLIENT_ID, load_public_jwk_file(keys / "jwk.public.json"))
+
+    async def keep_draining() -> None:  # like systemd: read every datagram as it comes (the queue is short)
+        while True:
+            notify.drain()
+            await trio.sleep(0.02)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(backend.serve)
+        nursery.start_soon(keep_draining)
+        config = write_config(tmp_path, backend.rpc_url, keys)
+        env = {"PATH": "/usr/bin", "NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "1000000"}
+        agent = start_agent(config, tmp_path / "agent.log", env)
+        try:
+            with trio.fail_after(30):
+                await backend.wait_registered(CLIENT_ID)
+            await trio.sleep(1.5)  # a few watchdog intervals (WATCHDOG_USEC/2 = 0.5 s)
+            agent.send_signal(signal.SIGHUP)
+            await trio.sleep(1.0)
+            answer = await backend.call(CLIENT_ID, {"path": "", "headers": {}, "method": "POST", "params": {},
+                                                    "data": {"command": "listUsers"}})  # fmt: skip
+            assert isinstance(answer, dict) and answer["data"]["success"] is True
+            sent_term = time.monotonic()
+            agent.send_signal(signal.SIGTERM)
+            code = await trio.to_thread.run_sync(agent.wait, 15)
+            took = time.monotonic() - sent_term
+        finally:
+            if agent.poll() is None:
+                agent.kill()
+        nursery.cancel_scope.cancel()
+
+    assert code == 0 and took < 10, (code, took)
+    assert 1001 in backend.close_codes, backend.close_codes
+    messages = notify.drain()
+    sequence = kinds(messages)
+    assert "STATUS" in sequence[: sequence.index("READY")]  # "starting" is said before READY=1
+    assert sequence.index("READY") < sequence.index("RELOADING") < len(sequence) - 1
+    after_reload = sequence[sequence.index("RELOADING") + 1 :]
+    assert "READY" in after_reload and after_reload.index("READY") < after_reload.index("STOPPING")
+    assert sequence.count("WATCHDOG") >= 2
+    reloading = next(m for m in messages if "RELOADING=1" in m)
+    assert "MONOTONIC_USEC=" in reloading
+    assert any("STATUS=connected to" in m for m in messages), messages
+
+
+def test_ready_comes_before_any_connection(tmp_path: Path, notify: NotifyListener) -> None:
+    keys = tmp_path / "keys"
+    generate_keys(keys)
+    with socket.socket() as unused:  # nothing listens here: the agent cannot connect
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    config = write_config(tmp_path, f"ws://127.0.0.1:{port}", keys)
+    agent = start_agent(config, tmp_path / "agent.log", {"PATH": "/usr/bin", "NOTIFY_SOCKET": notify.address})
+    try:
+        deadline = time.monotonic() + 20
+        while "READY" not in kinds(notify.drain()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "READY" in kinds(notify.messages)
+        while not any("STATUS=retrying" in m for m in notify.drain()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any("STATUS=retrying" in m for m in notify.messages), notify.messages
+        assert agent.poll() is None
+    finally:
+        agent.terminate()
+        assert agent.wait(timeout=15) == 0
+
+
+async def test_alive_after_401_heartbeats_and_200_concurrent_calls(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    generate_keys(keys)
+    backend = DevBackend(call_timeout_ms=30_000)
+    backend.register_client(CLIENT_ID, load_public_jwk_file(keys / "jwk.public.json"))
+    backend.hooks.reject_status, backend.hooks.reject_count = 401, 2
+    log = tmp_path / "agent.log"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(backend.serve)
+        agent = start_agent(write_config(tmp_path, backend.rpc_url, keys, heartbeat=1), log)
+        try:
+            with trio.fail_after(120):  # two 401s back off 30 s and more before the third attempt
+                await backend.wait_registered(CLIENT_ID)
+            assert backend.handshakes[:2] == [401, 401] and agent.poll() is None
+
+            heard = len(backend.set_client_id_log)
+            await trio.sleep(3.5)
+            assert 2 <= len(backend.set_client_id_log) - heard <= 5  # heartbeats about once a second
+
+            results: list[object] = []
+
+            async def grant(n: int) -> None:
+                data = {"command": "provisionAuthorizedKeys", "userName": f"u{n}", "action": "grant",
+                        "requestId": f"r{n}", "publicKey": KEY}  # fmt: skip
+                forwarded = {"path": "", "headers": {"authorization": "Bearer caller-secret"}, "method": "POST",
+                             "params": {}, "data": data}  # fmt: skip
+                results.append(await backend.call(CLIENT_ID, forwarded))
+
+            started = trio.current_time()
+            async with trio.open_nursery() as calls:
+                for n in range(200):
+                    calls.start_soon(grant, n)
+            elapsed = trio.current_time() - started
+            print(f"\n200 concurrent dry-run grants answered in {elapsed * 1000:.0f} ms")
+            assert len(results) == 200
+            assert all(isinstance(r, dict) and r["data"]["success"] is True for r in results)
+            assert {r["data"]["command"] for r in results if isinstance(r, dict)} == {"provisionAuthorizedKeys"}
+        finally:
+            agent.terminate()
+            agent.wait(timeout=15)
+        nursery.cancel_scope.cancel()
+    text = log.read_text()
+    assert ("401" in text and "key not registered" in text.lower()) or "clock" in text.lower(), text[-2000:]
+    for secret in ("eyJ", "Bearer ", "caller-secret", json.loads((keys / "jwk.private.json").read_text())["d"]):
+        assert secret not in text, f"{secret[:8]}... leaked into the log"
