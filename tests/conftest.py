@@ -1,5 +1,31 @@
-"""Suite-wide pytest setup: the sandbox fixtures (tests/sandbox/fixtures.py) for every test module."""
+"""Suite-wide pytest setup: the sandbox fixtures (tests/sandbox/fixtures.py) for every test module, and isolation
+of the one sandbox every test shares."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
 pytest_plugins = ("sandbox.fixtures",)
+
+SUDOERS_D = Path("/etc/sudoers.d")
+LEGACY_SUDOERS = Path("/etc/sudoers-p0")
+
+
+@pytest.fixture(autouse=True)
+def _sudoers_left_as_found(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Sandbox tests share one /etc: sudoers files a test adds are removed after it, so the next test starts
+    from the sandbox's own sudo setup (a drop-in left behind would make another test's "before" wrong)."""
+    if request.node.get_closest_marker("sandbox") is None or not os.environ.get("P0_TEST_SANDBOX"):
+        yield
+        return
+    before = set(SUDOERS_D.iterdir())
+    legacy_existed = LEGACY_SUDOERS.exists()
+    yield
+    for path in set(SUDOERS_D.iterdir()) - before:
+        path.unlink(missing_ok=True)
+    if not legacy_existed:
+        LEGACY_SUDOERS.unlink(missing_ok=True)
