@@ -165,8 +165,12 @@ def test_key_and_ca_lines(real_key: SshPublicKey) -> None:
     assert ca_line("alice", real_key) == f'cert-authority,principals="alice" {real_key.line()}'
     with pytest.raises(ValueError, match="user name"):
         ca_line('alice",command="sh', real_key)
-    with pytest.raises(ValueError, match="issue 6"):
-        key_line(real_key, expiry="20300101")
+    assert key_line(real_key, expiry="20300101120000Z") == f'expiry-time="20300101120000Z" {real_key.line()}'
+    assert ca_line("alice", real_key, expiry="20300101120000") == (
+        f'cert-authority,principals="alice",expiry-time="20300101120000" {real_key.line()}'
+    )
+    with pytest.raises(ValueError, match="YYYYMMDDHHMMSS"):
+        key_line(real_key, expiry='20300101",command="sh')
 
 
 def test_a_file_we_edit_is_read_by_ssh_keygen_as_exactly_our_keys(real_key: SshPublicKey, tmp_path: Path) -> None:

@@ -19,6 +19,9 @@ not UTF-8, and every byte we do not own is kept. Compared with the Go agent (§1
 * One request may own several pairs in one file: provisionCAKeys and provisionAuthorizedKeys share a requestId
   (§6.9). So add_block never replaces another line under the same marker; it appends a pair unless this exact
   pair is already there, and remove_block removes every pair of the request, duplicates included.
+* With maxGrantSeconds (issue 6) our lines carry OpenSSH's `expiry-time="YYYYMMDDHHMMSS[Z]"` option (a key line:
+  as its only option; a CA line: after principals=). Markers and pairs are line based, so nothing above changes;
+  parse_own_line takes such a line apart again for reconciliation.
 * Appending to a file without a final newline puts the separating newline before our pair and leaves the file
   still without a final newline; removal undoes that. add then remove therefore restores the file byte for byte,
   and neither ever changes whether the file ends with a newline.
@@ -31,8 +34,9 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from p0_ssh_agent.core.requests import REQUEST_ID_RE, is_user_name
-from p0_ssh_agent.core.sshkeys import SshPublicKey
+from p0_ssh_agent.core.errors import RequestInvalid
+from p0_ssh_agent.core.requests import REQUEST_ID_RE, USER_NAME_RE, is_user_name
+from p0_ssh_agent.core.sshkeys import SshPublicKey, parse_public_key
 
 MARKER_PREFIX = "# RequestID: "
 _MARKER_PREFIX_BYTES = MARKER_PREFIX.encode("ascii")
@@ -40,20 +44,34 @@ _REQUEST_ID = re.compile(REQUEST_ID_RE.strip("^$"), re.ASCII)
 # Only ids we could have written are recognised mid-line; a whole-line marker is taken with any id (upstream never
 # validated ids), so that listing shows what is really in the file.
 _MARKER_AT_LINE_END = re.compile(rb"# RequestID: ([A-Za-z0-9_-]{1,128})\Z")
+# sshd's expiry-time timespec, in the one form we write: seconds precision, Z for UTC (OpenSSH >= 9.1) or none
+# for the system time zone (7.7 - 9.0, which know no Z).
+EXPIRY_STAMP = re.compile(r"[0-9]{14}Z?", re.ASCII)
+
+
+def _expiry_option(expiry: str) -> str:
+    """`expiry-time="<stamp>"`; the stamp is sshd's YYYYMMDDHHMMSS, with a trailing Z when it is UTC."""
+    if not EXPIRY_STAMP.fullmatch(expiry):
+        raise ValueError(f"expiry must be YYYYMMDDHHMMSS with an optional Z: {expiry!r}")
+    return f'expiry-time="{expiry}"'
 
 
 def key_line(key: SshPublicKey, *, expiry: str | None = None) -> str:
-    """The authorized_keys line for a user key: the bare key, no options."""
-    if expiry is not None:
-        raise ValueError("key expiry (expiry-time=) is reserved for issue 6 and not supported yet")
-    return key.line()
+    """The authorized_keys line for a user key: the bare key, or with `expiry-time=` as its only option."""
+    if expiry is None:
+        return key.line()
+    return f"{_expiry_option(expiry)} {key.line()}"
 
 
-def ca_line(user: str, ca_key: SshPublicKey) -> str:
-    """Trust certificates from `ca_key` for exactly this user: upstream's line, with the user name checked."""
+def ca_line(user: str, ca_key: SshPublicKey, *, expiry: str | None = None) -> str:
+    """Trust certificates from `ca_key` for exactly this user: upstream's line, with the user name checked, and
+    `expiry-time=` appended to its options when given."""
     if not is_user_name(user):
         raise ValueError(f"not a valid user name for principals=: {user!r}")
-    return f'cert-authority,principals="{user}" {ca_key.line()}'
+    options = f'cert-authority,principals="{user}"'
+    if expiry is not None:
+        options += "," + _expiry_option(expiry)
+    return f"{options} {ca_key.line()}"
 
 
 def _marker(request_id: str) -> bytes:
@@ -171,6 +189,45 @@ def remove_block(content: bytes, request_id: str, *, select: Callable[[bytes], b
         # The file ended without a newline and its last pair is gone: drop the separator add_block put before it.
         result = result[:-1]
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class OwnLine:
+    """A content line in exactly one of the shapes key_line and ca_line write, taken apart."""
+
+    is_ca: bool
+    principal: str | None  # the CA line's principals="..." (one user); None for a key line
+    expiry: str | None  # the expiry-time stamp, when the line has one
+    key: SshPublicKey
+
+
+_OWN_KEY_LINE = re.compile(r'(?:expiry-time="(?P<expiry>[0-9]{14}Z?)" )?(?P<key>[a-z0-9@.-]+ .+)', re.ASCII)
+_OWN_CA_LINE = re.compile(
+    rf'cert-authority,principals="(?P<principal>{USER_NAME_RE.strip("^$")})"'
+    r'(?:,expiry-time="(?P<expiry>[0-9]{14}Z?)")? (?P<key>[a-z0-9@.-]+ .+)',
+    re.ASCII,
+)
+
+
+def parse_own_line(line: bytes) -> OwnLine | None:
+    """Take apart a line this agent could have written; None for anything else (options added, a bad key, ...).
+
+    Reconciliation uses it to tell our line from one changed by hand: the key's fingerprint, the CA principal
+    and the expiry must all still be what the ledger and the configuration say.
+    """
+    try:
+        text = line.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    is_ca = text.startswith("cert-authority")
+    found = (_OWN_CA_LINE if is_ca else _OWN_KEY_LINE).fullmatch(text)
+    if found is None:
+        return None
+    try:
+        key = parse_public_key(found["key"], field="authorized_keys line")
+    except RequestInvalid:
+        return None
+    return OwnLine(is_ca, found["principal"] if is_ca else None, found["expiry"], key)
 
 
 def blocks(content: bytes) -> dict[str, list[bytes]]:

@@ -7,7 +7,11 @@ the key is parsed and re-serialised (no options can be smuggled in), revoke remo
 this kind, and a symlinked ~/.ssh or a file owned by someone else is refused.
 
 Ledger order: a grant is recorded before the file is written and a revoke forgotten after, so a crash in between
-leaves the ledger claiming a little more than the host holds (harmless to revoke), never less.
+leaves the ledger claiming a little more than the host holds (harmless to revoke), never less. Both happen under the
+user's lock (lock order: uid before ledger).
+
+With maxGrantSeconds set, a line carries `expiry-time=` at the ledger's granted_at + maxGrantSeconds (guard/openssh.py
+picks the form the local OpenSSH reads), so sshd refuses it on time even if the agent is not running.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from collections.abc import Callable
 from p0_ssh_agent.core import messages
 from p0_ssh_agent.core.authorized_keys import add_block, ca_line, is_ca_line, key_line, remove_block
 from p0_ssh_agent.core.requests import Action, CaKeyRequest, KeyRequest
+from p0_ssh_agent.guard.openssh import grant_stamp
 from p0_ssh_agent.host import accounts
 from p0_ssh_agent.host.accounts import UserRecord
-from p0_ssh_agent.host.ledger import KeyKind
+from p0_ssh_agent.host.ledger import KeyKind, Ledger, utc_now
 from p0_ssh_agent.host.safefile import FileEdit, edit_in_user_dir
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning.engine import Engine, NotManaged, Plan
@@ -31,18 +36,25 @@ AUTHORIZED_KEYS = "authorized_keys"
 def _edit_authorized_keys(
     engine: Engine, record: UserRecord, transform: Callable[[bytes], bytes], *, create: bool = True
 ) -> FileEdit:
-    """Apply `transform` to the user's authorized_keys under the user's lock (create False: a revoke)."""
-    with engine.user_lock(record.uid):
-        return edit_in_user_dir(
-            home=record.home,
-            uid=record.uid,
-            gid=record.gid,
-            subdir=SSH_DIR,
-            filename=AUTHORIZED_KEYS,
-            transform=transform,
-            create=create,
-            dry_run=engine.dry_run,
-        )
+    """Apply `transform` to the user's authorized_keys (create False: a revoke). The caller holds the user's lock."""
+    return edit_in_user_dir(
+        home=record.home,
+        uid=record.uid,
+        gid=record.gid,
+        subdir=SSH_DIR,
+        filename=AUTHORIZED_KEYS,
+        transform=transform,
+        create=create,
+        dry_run=engine.dry_run,
+    )
+
+
+def _granted_at(ledger: Ledger, name: str, request_id: str, kind: KeyKind, fingerprint: str) -> str:
+    """When the ledger says this line was first granted: a repeated grant keeps its first time, hence its expiry."""
+    for entry in ledger.keys.get(name, {}).get(request_id, []):
+        if (entry.kind, entry.fingerprint) == (kind, fingerprint):
+            return entry.granted_at
+    return utc_now()
 
 
 def _target(engine: Engine, name: str, action: Action) -> UserRecord | None:
@@ -75,27 +87,35 @@ def provision_keys(engine: Engine, request: KeyRequest | CaKeyRequest, plan: Pla
             return CommandResult(success=True, message=f"user {name} does not exist; nothing to remove")
         if engine.dry_run and key is not None:
             # In a dry run the provisionUser grant before this one created nothing: plan on the account to be.
-            line = ca_line(name, key) if is_ca else key_line(key)
+            expiry = grant_stamp(utc_now(), engine.config.max_grant_seconds)
+            line = ca_line(name, key, expiry=expiry) if is_ca else key_line(key, expiry=expiry)
             plan.note(f"{name} does not exist yet (provisionUser creates it); its authorized_keys would get:")
             plan.note(f"+# RequestID: {request_id}\n+{line}")
             return CommandResult(success=True, message=messages.dry_run(request.command.value, name))
         return CommandResult(success=False, error=messages.user_not_found(name, f"user: unknown user {name}"))
     path = f"{record.home.rstrip('/')}/{SSH_DIR}/{AUTHORIZED_KEYS}"
 
+    # The user's lock covers the ledger change and the file edit together, so reconciliation (which takes it too)
+    # never sees one without the other and calls an in-flight grant drift.
     if key is not None:  # a grant (a revoke carries no key)
-        line = ca_line(name, key) if is_ca else key_line(key)
         fingerprint = key.fingerprint()
-        engine.update_ledger(lambda ledger: ledger.record_key(name, request_id, kind, fingerprint))
-        plan.file(_edit_authorized_keys(engine, record, lambda content: add_block(content, request_id, line)))
+        with engine.user_lock(record.uid):
+            with engine.ledger() as ledger:
+                ledger.record_key(name, request_id, kind, fingerprint)
+                granted_at = _granted_at(ledger, name, request_id, kind, fingerprint)
+            expiry = grant_stamp(granted_at, engine.config.max_grant_seconds)
+            line = ca_line(name, key, expiry=expiry) if is_ca else key_line(key, expiry=expiry)
+            plan.file(_edit_authorized_keys(engine, record, lambda content: add_block(content, request_id, line)))
         message = messages.ca_key_added(path, line) if is_ca else messages.key_added(path)
         return CommandResult(success=True, message=message)
 
     def select(content_line: bytes) -> bool:
         return is_ca_line(content_line) == is_ca
 
-    removal = _edit_authorized_keys(
-        engine, record, lambda content: remove_block(content, request_id, select=select), create=False
-    )
-    plan.file(removal)
-    engine.update_ledger(lambda ledger: ledger.forget_keys(name, request_id, kind))
+    with engine.user_lock(record.uid):
+        removal = _edit_authorized_keys(
+            engine, record, lambda content: remove_block(content, request_id, select=select), create=False
+        )
+        plan.file(removal)
+        engine.update_ledger(lambda ledger: ledger.forget_keys(name, request_id, kind))
     return CommandResult(success=True, message=messages.ca_key_removed(path) if is_ca else messages.key_removed(path))

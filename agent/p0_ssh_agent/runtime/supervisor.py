@@ -20,6 +20,7 @@ from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.adapters.sdnotify import Notifier
 from p0_ssh_agent.config import AgentConfig, require_connection_settings
 from p0_ssh_agent.errors import AgentError
+from p0_ssh_agent.guard.tasks import GuardTasks
 from p0_ssh_agent.identity.keys import load_private_key
 from p0_ssh_agent.runtime import status
 from p0_ssh_agent.runtime.proxy import proxy_for
@@ -96,7 +97,11 @@ class Supervisor:
             heartbeat_interval=float(prepared.config.heartbeat_interval_seconds),
         )
         self.worker = Worker(executor_factory(prepared.config, prepared.state_dir))
-        self.tunnel = Tunnel(prepared.tunnel, self.session_settings, self.worker, self.report)
+        # Expiry sweep, offline revoke, reconciliation: they read the current configuration at each round.
+        self.guard = GuardTasks(lambda: (self.prepared.config, self.prepared.state_dir))
+        self.tunnel = Tunnel(
+            prepared.tunnel, self.session_settings, self.worker, self.report, on_link=self.guard.link_changed
+        )
 
     @property
     def status_text(self) -> str:
@@ -118,6 +123,7 @@ class Supervisor:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.worker.run)
                 await nursery.start(self._watchdog)
+                await nursery.start(self.guard.run)  # runs with or without the backend
                 self.report(status.starting())
                 await nursery.start(self.tunnel.run)
                 self._notifier.ready()
@@ -160,6 +166,7 @@ class Supervisor:
         if tunnel_changed(old.tunnel, new.tunnel):
             log.info("tunnel_settings_changed", url=status.display_url(new.tunnel.url))
             self.tunnel.reconnect(new.tunnel)
+        self.guard.reloaded()
         self._notifier.ready()
         log.info("reloaded", reconnect=tunnel_changed(old.tunnel, new.tunnel))
 

@@ -89,8 +89,13 @@ class Tunnel:
         session_settings: SessionSettings,
         worker: Worker,
         report: Callable[[str], None],
+        *,
+        on_link: Callable[[bool], None] | None = None,
     ) -> None:
         self.settings = settings
+        # Told True when setClientId succeeds and False when that session ends (guard/tasks.py: offline revoke,
+        # reconcile after a reconnect).
+        self._on_link = on_link
         self.session_settings = session_settings
         self._worker = worker
         self._report = report
@@ -172,17 +177,25 @@ class Tunnel:
         self.session = session
         url = self.settings.url
 
+        linked = False
+
         def registered() -> None:
+            nonlocal linked
             self._backoff.reset()
             self._auth_backoff.reset()
             self.connected_once.set()
             self._report(status.connected(url, datetime.now(UTC)))
             log.info("connected", url=status.display_url(url), client_id=self.settings.client_id)
+            if self._on_link is not None:
+                linked = True
+                self._on_link(True)
 
         try:
             reason = await session.run(registered)
         finally:
             self.session = None
+            if linked and self._on_link is not None:
+                self._on_link(False)
             with trio.move_on_after(CLOSE_TIMEOUT_SECONDS) as cleanup:
                 cleanup.shield = True
                 # 1001 "going away" on shutdown; 1000 when we drop a connection to make a new one
