@@ -24,8 +24,9 @@ from p0_ssh_agent.core.authorized_keys import add_block, blocks, ca_line, key_li
 from p0_ssh_agent.core.requests import parse_request
 from p0_ssh_agent.core.sshkeys import parse_public_key
 from p0_ssh_agent.guard import openssh
-from p0_ssh_agent.guard.expiry import live_grants, next_expiry, sweep
+from p0_ssh_agent.guard.expiry import live_grants, next_expiry, offline_user_mode, sweep
 from p0_ssh_agent.guard.tasks import MAX_SLEEP_SECONDS, GuardTasks
+from p0_ssh_agent.host import accounts
 from p0_ssh_agent.host.ledger import Ledger, load_ledger, save_ledger
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning import run_request
@@ -282,3 +283,75 @@ def test_sshd_refuses_the_key_once_its_expiry_time_passed(sandbox: Sandbox, sshd
     assert refused.returncode == 255
     assert authorized_keys(user).count(line) == 1  # no sweep ran: sshd itself refused the expired key
     assert "Refused by key options" in sshd.log.read_text()[log_before:]  # the expiry-time= option, nothing else
+
+
+# --- offline revoke ---------------------------------------------------------------------------------------------
+
+
+def test_an_outage_never_deletes_accounts() -> None:
+    assert [offline_user_mode(mode) for mode in ("keep", "lock", "delete")] == ["keep", "lock", "lock"]
+
+
+@pytest.mark.sandbox
+async def test_offline_revoke_fails_closed_once_the_backend_was_gone_that_long(
+    sandbox: Sandbox, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    engine = make_engine(tmp_path / "state", offline_revoke_after_seconds=600, user_revoke_mode="delete")
+    user = unique_user_name()
+    grant_everything(engine, user)
+    tasks = guard_tasks(engine)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(tasks.run)
+        await trio.sleep(100)
+        tasks.link_changed(True)  # setClientId succeeded
+        await trio.sleep(5000)  # connected all along: the threshold counts from a disconnect, not from setClientId
+        assert tasks.state.offline_revokes == 0 and grants_in(engine) == 3
+        tasks.link_changed(False)
+        down = trio.current_time()
+        await trio.sleep(590)
+        assert tasks.state.offline_revokes == 0 and grants_in(engine) == 3
+        await wait_for(lambda: tasks.state.offline_revokes == 1)
+        assert trio.current_time() - down >= 600
+        await trio.sleep(5000)
+        assert tasks.state.offline_revokes == 1  # once per outage
+        nursery.cancel_scope.cancel()
+    assert grants_in(engine) == 0
+    assert b"exp-1" not in authorized_keys(user) and b"exp-1" not in dropin()
+    assert pwd.getpwnam(user) and accounts.is_locked(user)  # userRevokeMode delete: locked, never deleted offline
+    report = tasks.state.last_offline_revoke
+    assert report is not None and not report.failed
+
+
+@pytest.mark.sandbox
+async def test_offline_revoke_counts_from_start_up_when_the_backend_never_answered(
+    sandbox: Sandbox, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    engine = make_engine(tmp_path / "state", offline_revoke_after_seconds=300, user_revoke_mode="keep")
+    user = unique_user_name()
+    grant_everything(engine, user)
+    tasks = guard_tasks(engine)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(tasks.run)
+        await trio.sleep(290)
+        assert grants_in(engine) == 3
+        await wait_for(lambda: tasks.state.offline_revokes == 1)
+        tasks.link_changed(True)  # back: armed again, but nothing to revoke until the next outage
+        await trio.sleep(1000)
+        nursery.cancel_scope.cancel()
+    assert tasks.state.offline_revokes == 1 and grants_in(engine) == 0
+    assert not accounts.is_locked(user)  # keep: the account is left as it is
+
+
+@pytest.mark.sandbox
+async def test_without_offline_revoke_an_outage_changes_nothing(
+    sandbox: Sandbox, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    engine = make_engine(tmp_path / "state")  # the default: off
+    user = unique_user_name()
+    grant_everything(engine, user)
+    tasks = guard_tasks(engine)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(tasks.run)
+        await trio.sleep(7 * 24 * 3600)
+        nursery.cancel_scope.cancel()
+    assert tasks.state.offline_revokes == 0 and tasks.state.sweeps == 0 and grants_in(engine) == 3
