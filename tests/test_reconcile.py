@@ -7,8 +7,10 @@ Run with `tests/sandbox/enter .venv/bin/pytest -q tests/test_reconcile.py`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import pwd
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -220,3 +222,46 @@ async def test_the_loop_reconciles_at_start_up_after_a_reconnect_and_every_inter
         await trio.sleep(1000)
         assert tasks.state.reconciles == 3  # the interval
         nursery.cancel_scope.cancel()
+
+
+# --- `p0-ssh-agent status` ----------------------------------------------------------------------------------------
+
+AGENT = Path(sys.executable).with_name("p0-ssh-agent")
+
+
+def status(config: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "NO_COLOR": "1"}
+    return subprocess.run(
+        [str(AGENT), "status", "-c", str(config), *flags], capture_output=True, text=True, env=env, check=False
+    )
+
+
+def test_status_lists_live_grants_with_age_and_expiry_and_the_drift(engine: Engine, tmp_path: Path) -> None:
+    user = granted_user(engine, "rec-1")
+    keys = tmp_path / "keys"
+    subprocess.run([str(AGENT), "keygen", "--key-path", str(keys)], capture_output=True, check=True)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"orgId: org\nhostId: host\nkeyPath: {keys}\nstateDir: {engine.state_dir}\nmaxGrantSeconds: 3600\n"
+        "offlineRevokeAfterSeconds: 86400\n"
+    )
+    done = status(config, "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    document = json.loads(done.stdout)
+    grants = sorted((g["kind"], g["user"], g["request_id"]) for g in document["grants"])
+    assert grants == [("ca", user, "rec-1"), ("key", user, "rec-1"), ("sudo", user, "rec-1")]
+    for entry in document["grants"]:
+        assert 0 <= entry["age_seconds"] < 600 and 3000 < entry["expires_in_seconds"] <= 3600
+    assert document["drift"] == []
+    checks = {c["name"]: c for c in document["checks"]}
+    assert checks["grants"]["level"] == "ok" and "3 live grant(s)" in checks["grants"]["detail"]
+    assert "86400" in checks["offline revoke"]["detail"]
+
+    keys_file(user).write_bytes(keys_file(user).read_bytes() + b"# RequestID: rec-1\n" + USER_OWN)
+    before = keys_file(user).read_bytes()
+    text = status(config)
+    assert text.returncode == 0, text.stdout + text.stderr  # drift is a warning
+    assert "live grants (3):" in text.stdout and "rec-1" in text.stdout and "(in 5" in text.stdout
+    assert "drift (1):" in text.stdout and "foreign_line" in text.stdout and "[warn] drift" in text.stdout
+    assert keys_file(user).read_bytes() == before  # status only looks
+    assert "AAAA" not in text.stdout

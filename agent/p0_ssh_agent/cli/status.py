@@ -1,8 +1,11 @@
 """`p0-ssh-agent status`: is this host set up correctly? Computes a list of checks, then renders text or JSON.
 
 Read-only: it creates nothing (not even the state directory) and never prints key material, only the key's
-RFC 7638 thumbprint. Exit 0 when every check passes (warnings allowed), 78 when the configuration itself is
-unusable, 1 when any other check fails.
+RFC 7638 thumbprint and SSH key fingerprints. Exit 0 when every check passes (warnings allowed), 78 when the
+configuration itself is unusable, 1 when any other check fails.
+
+It also lists the live grants from the ledger (age, expiry under maxGrantSeconds) and the drift a read-only
+reconciliation finds between the ledger and the host (guard/reconcile.py); drift is a warning, never a failure.
 """
 
 from __future__ import annotations
@@ -14,10 +17,16 @@ import stat
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from p0_ssh_agent.errors import AgentError, ExitCode
+
+if TYPE_CHECKING:  # imported inside the functions at run time: they pull in trio
+    from p0_ssh_agent.config import AgentConfig
+    from p0_ssh_agent.guard.expiry import LiveGrant
+    from p0_ssh_agent.guard.reconcile import Drift
 
 Level = Literal["ok", "warn", "fail"]
 SYSTEMCTL_CANDIDATES = ("/usr/bin/systemctl", "/bin/systemctl")
@@ -62,12 +71,27 @@ def _mode_check(name: str, path: Path, *, max_mode: int, want_uid: int) -> Check
     return Check(name, "ok", f"{path} ({mode:o}, uid {info.st_uid})")
 
 
+@dataclass
+class Status:
+    checks: list[Check]
+    guard: GuardView | None = None  # live grants and drift; None when the configuration is unusable
+
+
 def gather(
     config_path: str | None,
     env: Mapping[str, str],
     *,
     run: Callable[[list[str]], tuple[int, str]] | None = None,
 ) -> list[Check]:
+    return collect(config_path, env, run=run).checks
+
+
+def collect(
+    config_path: str | None,
+    env: Mapping[str, str],
+    *,
+    run: Callable[[list[str]], tuple[int, str]] | None = None,
+) -> Status:
     from p0_ssh_agent.config import load_config, require_connection_settings
     from p0_ssh_agent.identity.keys import load_private_key, load_public_jwk
     from p0_ssh_agent.runtime.statedir import resolve_state_dir
@@ -78,7 +102,7 @@ def gather(
         require_connection_settings(config)
     except AgentError as exc:
         checks.append(Check("config", "fail", str(exc), "fix the file, or run 'p0-ssh-agent register'"))
-        return checks
+        return Status(checks)
     source = str(config.source) if config.source else "defaults, environment and flags (no file)"
     checks.append(Check("config", "ok", f"{source}: client id {config.client_id}, tunnel {config.tunnel_host}"))
     if config.dry_run:
@@ -111,8 +135,123 @@ def gather(
         checks.append(_mode_check("state directory", state_dir, max_mode=0o700, want_uid=uid))
     else:
         checks.append(Check("state directory", "warn", f"{state_dir} does not exist yet; the agent creates it"))
+    guard_checks, guard = gather_guard(config, state_dir)
+    checks.extend(guard_checks)
     checks.extend(_systemd_checks(run or _run))
-    return checks
+    return Status(checks, guard)
+
+
+# --- guardrails: live grants, expiry, drift (issue 6) ----------------------------------------------------------
+
+
+@dataclass
+class GuardView:
+    now: datetime
+    grants: list[LiveGrant]
+    drift: list[Drift]
+
+
+def gather_guard(config: AgentConfig, state_dir: Path) -> tuple[list[Check], GuardView | None]:
+    """Live grants from the ledger and a read-only reconciliation (no repair, no lock, nothing logged)."""
+    from p0_ssh_agent.guard.expiry import live_grants
+    from p0_ssh_agent.guard.reconcile import reconcile
+    from p0_ssh_agent.host.ledger import load_ledger
+    from p0_ssh_agent.provisioning.engine import Engine
+
+    now = datetime.now(UTC)
+    limit = config.max_grant_seconds
+    expiry = f"maxGrantSeconds {limit}" if limit else "no maxGrantSeconds: grants last until the backend revokes them"
+    offline = config.offline_revoke_after_seconds
+    checks = [
+        Check("offline revoke", "ok", f"after {offline}s without the backend" if offline else "off (the default)")
+    ]
+    if not state_dir.exists():
+        return [Check("grants", "ok", f"none yet; {expiry}"), *checks], GuardView(now, [], [])
+    try:
+        grants = live_grants(load_ledger(state_dir), limit)
+    except AgentError as exc:
+        fix = "run status as root" if os.geteuid() != 0 else "restore the ledger, or move it aside (see the message)"
+        return [Check("grants", "fail", str(exc), fix), *checks], None
+    overdue = [g for g in grants if g.expired(now)]
+    if overdue:
+        detail = f"{len(overdue)} of {len(grants)} grant(s) past their expiry and not yet revoked; {expiry}"
+        checks.insert(0, Check("grants", "warn", detail, f"is the agent running? systemctl status {UNIT}"))
+    else:
+        checks.insert(0, Check("grants", "ok", f"{len(grants)} live grant(s); {expiry}"))
+    drift = reconcile(Engine(config, state_dir, dry_run=True), repair=False, record=False)
+    if drift:
+        checks.append(
+            Check(
+                "drift",
+                "warn",
+                f"{len(drift)} difference(s) between the ledger and the host (listed below)",
+                "set 'reconcile: repair' to let the agent fix what it owns, or fix the files by hand",
+            )
+        )
+    else:
+        checks.append(Check("drift", "ok", f"ledger and host agree (reconcile: {config.reconcile})"))
+    return checks, GuardView(now, grants, drift)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(abs(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s"
+
+
+def _stamp(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _expires(grant: LiveGrant, now: datetime) -> str:
+    if grant.expires_at is None:
+        return "never (backend revokes)"
+    left = (grant.expires_at - now).total_seconds()
+    when = _stamp(grant.expires_at)
+    return f"{when} (in {_duration(left)})" if left > 0 else f"{when} (overdue {_duration(left)})"
+
+
+def render_guard(view: GuardView) -> str:
+    lines = [f"live grants ({len(view.grants)}):"]
+    rows = [
+        (g.kind, g.user, g.request_id, _duration(g.age(view.now).total_seconds()), _expires(g, view.now), g.detail)
+        for g in view.grants
+    ]
+    if rows:
+        header = ("KIND", "USER", "REQUEST", "AGE", "EXPIRES", "DETAIL")
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+        for row in [header, *rows]:
+            lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1])
+    lines.append(f"drift ({len(view.drift)}):")
+    for d in view.drift:
+        where = " ".join(part for part in (d.user, d.request_id) if part)
+        lines.append(f"  {d.kind:<13} {where}  {d.path}: {d.detail}")
+    return "\n".join(lines)
+
+
+def guard_json(view: GuardView) -> dict[str, Any]:
+    return {
+        "grants": [
+            {
+                "kind": g.kind,
+                "user": g.user,
+                "request_id": g.request_id,
+                "granted_at": _stamp(g.granted_at),
+                "age_seconds": int(g.age(view.now).total_seconds()),
+                "expires_at": _stamp(g.expires_at) if g.expires_at else None,
+                "expires_in_seconds": int((g.expires_at - view.now).total_seconds()) if g.expires_at else None,
+                "detail": g.detail,
+            }
+            for g in view.grants
+        ],
+        "drift": [asdict(d) for d in view.drift],
+    }
 
 
 def _run(argv: list[str]) -> tuple[int, str]:
@@ -165,9 +304,15 @@ def render_text(checks: list[Check]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    checks = gather(args.config, os.environ)
+    status = collect(args.config, os.environ)
+    checks = status.checks
     if args.json:
-        print(json.dumps({"ok": exit_code(checks) == 0, "checks": [asdict(c) for c in checks]}, indent=2))
+        document: dict[str, Any] = {"ok": exit_code(checks) == 0, "checks": [asdict(c) for c in checks]}
+        if status.guard is not None:
+            document.update(guard_json(status.guard))
+        print(json.dumps(document, indent=2))
     else:
         print(render_text(checks))
+        if status.guard is not None:
+            print("\n" + render_guard(status.guard))
     return exit_code(checks)
