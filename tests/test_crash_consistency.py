@@ -9,7 +9,8 @@ few milliseconds, checks the host, and starts it again, until enough operations 
   there, byte for byte and in order;
 * the sudoers drop-in (if any) parses as the agent's own file, and `visudo -c` passes for the whole tree;
 * the ledger loads.
-At the end, one more uninterrupted operation per user removes any temp file the kills left behind.
+At the end, one more uninterrupted operation per user removes any temp file the kills left behind, and the
+reconciliation a restarted agent runs repairs whatever drift the kills left, so that a second pass finds none.
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ from pathlib import Path
 
 import pytest
 
+from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.core.authorized_keys import MARKER_PREFIX
 from p0_ssh_agent.core.sudoers import parse_dropin
+from p0_ssh_agent.guard.reconcile import reconcile
 from p0_ssh_agent.host.ledger import load_ledger
+from p0_ssh_agent.provisioning.engine import Engine
 from reliability.figures import record
 from sandbox.fixtures import Sandbox, unique_user_name
 
@@ -122,6 +126,14 @@ def test_kill_9_during_grants_and_revokes_loses_nothing(sandbox: Sandbox, tmp_pa
         assert leftovers == []
     assert [p.name for p in Path("/etc/sudoers.d").iterdir() if ".tmp." in p.name] == []
     _check_host(users, homes, state)
+
+    # The restarted agent's reconciliation brings ledger and host back in line: whatever a kill left between a
+    # ledger save and a file rename is repaired, and a second pass finds nothing.
+    engine = Engine(AgentConfig(state_dir=state, adopt_users=tuple(users)), state, dry_run=False)
+    repaired = reconcile(engine, repair=True)
+    assert reconcile(engine, repair=False) == [], "drift left after a repair"
+    _check_host(users, homes, state)
+    record(crash_drift_repaired=len(repaired))
 
 
 _ONE_REVOKE = """
