@@ -96,10 +96,11 @@ def _read_json(path: Path) -> dict[str, object]:
         if exc.errno == 40:  # ELOOP: a symlink
             raise KeyFileError(f"{path} is a symlink; key files must be regular files") from None
         raise KeyFileError(f"cannot read {path}: {exc.strerror}") from None
+    # fstat before fdopen: fdopen itself raises IsADirectoryError on a directory.
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise KeyFileError(f"{path} is not a regular file")
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise KeyFileError(f"{path} is not a regular file")
         raw = handle.read(65536)
     try:
         value = json.loads(raw)
@@ -154,6 +155,10 @@ def _prepare_dir(key_dir: Path) -> None:
         key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except PermissionError:
         raise PermissionProblem(f"cannot create {key_dir}: permission denied (run as root?)") from None
+    except FileExistsError:
+        pass  # a dangling symlink or a file in the way: the lstat below refuses it with a clear message
+    except OSError as exc:  # e.g. a parent is a regular file
+        raise KeyFileError(f"cannot create {key_dir}: {exc.strerror}; use a plain directory for keys") from None
     info = key_dir.lstat()
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
         raise KeyFileError(f"{key_dir} is not a real directory (a symlink?); use a plain directory for keys")

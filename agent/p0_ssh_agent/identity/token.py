@@ -93,6 +93,10 @@ def verify_token(
             _check_times(claims, now, leeway_seconds)
     except JOSEError as exc:
         raise TokenRejected(str(exc) or type(exc).__name__) from None
+    # python-jose skips its audience and subject checks when the claim is absent; braekhus's jose rejects that.
+    for name in ("aud", "sub"):
+        if name not in claims:
+            raise TokenRejected(f"{name} claim missing")
     return dict(claims)
 
 
