@@ -71,6 +71,20 @@ def _mode_check(name: str, path: Path, *, max_mode: int, want_uid: int) -> Check
     return Check(name, "ok", f"{path} ({mode:o}, uid {info.st_uid})")
 
 
+def _key_fix(key_dir: Path) -> str:
+    """keygen only when there is no key: re-keying a host breaks its registration, so a fixable key is fixed."""
+    private = key_dir / "jwk.private.json"
+    try:
+        info = private.lstat()
+    except FileNotFoundError:
+        return f"p0-ssh-agent keygen --key-path {key_dir}"
+    except OSError:
+        return "run status as root"
+    if stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) & 0o077:
+        return f"chmod 600 {private}"
+    return f"restore the key files, or re-key (p0-ssh-agent keygen --force --key-path {key_dir}) and register again"
+
+
 @dataclass
 class Status:
     checks: list[Check]
@@ -116,7 +130,7 @@ def collect(
         key = load_private_key(config.key_path)
         public = load_public_jwk(config.key_path)
     except AgentError as exc:
-        checks.append(Check("keys", "fail", str(exc), f"p0-ssh-agent keygen --key-path {config.key_path}"))
+        checks.append(Check("keys", "fail", str(exc), _key_fix(config.key_path)))
     else:
         if {k: public.get(k) for k in ("x", "y")} != {k: key.public_jwk.get(k) for k in ("x", "y")}:
             checks.append(
