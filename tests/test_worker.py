@@ -1,0 +1,282 @@
+"""The provisioning worker with hand-written executors and trio's autojump clock.
+
+Executors here block on per-request gates the test opens, so every ordering claim (serialised per user, parallel
+across users, one execution for duplicate deliveries, answers before the backend's deadline, drain on shutdown)
+is checked by what had started and finished at each point, not by timing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import pytest
+import trio
+import trio.testing
+
+from p0_ssh_agent.protocol.forwarded import CommandResult, ForwardedRequest, parse_forwarded_request
+from p0_ssh_agent.runtime.jobs import JobKey
+from p0_ssh_agent.runtime.worker import DEFAULT_ANSWER_SECONDS, Executor, Reply, Worker
+
+
+def forwarded(
+    user: str,
+    request_id: str,
+    *,
+    command: str = "provisionUser",
+    action: str = "grant",
+    timeout_ms: int | None = None,
+) -> ForwardedRequest:
+    params: dict[str, object] = {
+        "path": "",
+        "headers": {},
+        "method": "POST",
+        "params": {},
+        "data": {"command": command, "userName": user, "action": action, "requestId": request_id},
+    }
+    if timeout_ms is not None:
+        params["options"] = {"timeoutMillis": timeout_ms}
+    return parse_forwarded_request(params)
+
+
+@dataclass
+class GatedExecutor:
+    """Each execution records "start <id>", waits until the test opens its gate (or `hold` seconds pass when
+    set), records "end <id>" and succeeds with "done <id> #<n>" (n counts executions of that id)."""
+
+    hold: float | None = None
+    events: list[str] = field(default_factory=list)
+    gates: dict[str, trio.Event] = field(default_factory=dict)
+    runs: dict[str, int] = field(default_factory=dict)
+
+    def gate(self, name: str) -> trio.Event:
+        return self.gates.setdefault(name, trio.Event())
+
+    def started(self) -> list[str]:
+        return [e.split(" ", 1)[1] for e in self.events if e.startswith("start ")]
+
+    async def execute(self, request: ForwardedRequest, key: JobKey) -> CommandResult:
+        name = f"{key.request_id}/{key.action}"
+        self.runs[name] = self.runs.get(name, 0) + 1
+        self.events.append(f"start {name}")
+        if self.hold is not None:
+            await trio.sleep(self.hold)
+        else:
+            await self.gate(name).wait()
+        self.events.append(f"end {name}")
+        return CommandResult(success=True, message=f"done {name} #{self.runs[name]}")
+
+
+class CrashingExecutor:
+    async def execute(self, request: ForwardedRequest, key: JobKey) -> CommandResult:
+        raise RuntimeError("boom")
+
+
+@dataclass
+class Replies:
+    """Collects answers as (virtual time, result) per reply slot."""
+
+    got: dict[str, list[tuple[float, CommandResult]]] = field(default_factory=dict)
+
+    def slot(self, name: str) -> Reply:
+        async def reply(result: CommandResult) -> None:
+            self.got.setdefault(name, []).append((trio.current_time(), result))
+
+        return reply
+
+    def result(self, name: str) -> CommandResult:
+        [(_, result)] = self.got[name]
+        return result
+
+    def at(self, name: str) -> float:
+        [(when, _)] = self.got[name]
+        return when
+
+
+@asynccontextmanager
+async def running(executor: Executor, *, max_pending: int = 1024) -> AsyncIterator[Worker]:
+    worker = Worker(executor, max_pending=max_pending)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        yield worker
+        nursery.cancel_scope.cancel()
+
+
+def submit(worker: Worker, replies: Replies, name: str, request: ForwardedRequest) -> None:
+    worker.submit(request, replies.slot(name))
+
+
+async def test_same_user_is_serialised_in_arrival_order(autojump_clock: object) -> None:
+    executor, replies = GatedExecutor(), Replies()
+    async with running(executor) as worker:
+        # One at a time, as the reader hands them over (it reaches a checkpoint between frames).
+        for name, request_id in (("a", "r1"), ("b", "r2"), ("c", "r3")):
+            submit(worker, replies, name, forwarded("alice", request_id))
+            await trio.testing.wait_all_tasks_blocked()
+        assert executor.started() == ["r1/grant"]  # r2 and r3 wait for alice's lock
+        executor.gate("r3/grant").set()  # opening later gates first changes nothing
+        executor.gate("r2/grant").set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert executor.started() == ["r1/grant"] and set(replies.got) == set()
+        executor.gate("r1/grant").set()
+        await worker.drain()
+        assert executor.events == [
+            "start r1/grant",
+            "end r1/grant",
+            "start r2/grant",
+            "end r2/grant",
+            "start r3/grant",
+            "end r3/grant",
+        ]
+        assert [replies.result(n).message for n in "abc"] == [
+            "done r1/grant #1",
+            "done r2/grant #1",
+            "done r3/grant #1",
+        ]
+
+
+async def test_different_users_run_in_parallel(autojump_clock: object) -> None:
+    executor, replies = GatedExecutor(), Replies()
+    async with running(executor) as worker:
+        submit(worker, replies, "a", forwarded("alice", "r1"))
+        submit(worker, replies, "b", forwarded("bob", "r2"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(executor.started()) == ["r1/grant", "r2/grant"]
+        executor.gate("r2/grant").set()  # bob's finishes first although alice's started first
+        await trio.testing.wait_all_tasks_blocked()
+        assert replies.result("b").success and "a" not in replies.got
+        executor.gate("r1/grant").set()
+        await worker.drain()
+        assert replies.result("a").success
+
+
+async def test_a_duplicate_delivery_gets_the_first_result_and_runs_once(autojump_clock: object) -> None:
+    executor, replies = GatedExecutor(), Replies()
+    async with running(executor) as worker:
+        submit(worker, replies, "first", forwarded("alice", "r1"))
+        await trio.testing.wait_all_tasks_blocked()
+        submit(worker, replies, "again", forwarded("alice", "r1"))
+        submit(worker, replies, "again2", forwarded("alice", "r1"))
+        # Same request id but another action (or command) is a different request: it runs after, on its own.
+        submit(worker, replies, "revoke", forwarded("alice", "r1", action="revoke"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert executor.started() == ["r1/grant"]
+        executor.gate("r1/grant").set()
+        executor.gate("r1/revoke").set()
+        await worker.drain()
+        assert executor.runs == {"r1/grant": 1, "r1/revoke": 1}
+        first = replies.result("first")
+        assert first.message == "done r1/grant #1"
+        assert replies.result("again") == first and replies.result("again2") == first
+        assert replies.result("revoke").message == "done r1/revoke #1"
+
+
+async def test_a_redelivery_after_the_first_finished_runs_again(autojump_clock: object) -> None:
+    """De-duplication covers deliveries while the first is in flight; later ones are new work for the executor
+    (the handlers themselves are idempotent)."""
+    executor, replies = GatedExecutor(), Replies()
+    executor.gate("r1/grant").set()
+    async with running(executor) as worker:
+        submit(worker, replies, "first", forwarded("alice", "r1"))
+        await worker.drain()
+        submit(worker, replies, "later", forwarded("alice", "r1"))
+        await worker.drain()
+        assert executor.runs == {"r1/grant": 2}
+        assert replies.result("later").message == "done r1/grant #2"
+
+
+async def test_a_full_queue_answers_busy_at_once(autojump_clock: object) -> None:
+    executor, replies = GatedExecutor(), Replies()
+    async with running(executor, max_pending=4) as worker:
+        for n in range(10):
+            submit(worker, replies, f"j{n}", forwarded(f"user{n}", f"r{n}"))
+            await trio.testing.wait_all_tasks_blocked()
+        busy = [name for name, answers in replies.got.items() if answers[0][1].http_status == 503]
+        accepted = executor.started()
+        assert busy and accepted, (busy, accepted)
+        assert len(busy) + len(accepted) == 10
+        for name in busy:
+            assert replies.at(name) == 0.0  # answered at once, without waiting for anything
+            result = replies.result(name)
+            assert not result.success and "busy" in result.error
+        # Capacity comes back once the running jobs finish.
+        for gate in list(executor.gates.values()):
+            gate.set()
+        await worker.drain()
+        executor.gate("r-late/grant").set()
+        submit(worker, replies, "late", forwarded("late", "r-late"))
+        await worker.drain()
+        assert replies.result("late").success
+
+
+@pytest.mark.parametrize(("timeout_ms", "answer_at"), [(5000, 4.75), (1000, 0.75), (300, 0.1), (1, 0.1)])
+async def test_timeout_millis_is_answered_before_the_deadline(
+    autojump_clock: object, timeout_ms: int, answer_at: float
+) -> None:
+    """The answer leaves REPLY_MARGIN_SECONDS before the backend's deadline (never sooner than 0.1 s)."""
+    executor, replies = GatedExecutor(hold=60.0), Replies()
+    async with running(executor) as worker:
+        submit(worker, replies, "slow", forwarded("alice", "r1", timeout_ms=timeout_ms))
+        await trio.sleep(answer_at + 0.01)
+        assert replies.at("slow") == pytest.approx(answer_at)
+        if timeout_ms >= 1000:
+            assert replies.at("slow") < timeout_ms / 1000
+        result = replies.result("slow")
+        assert not result.success and result.http_status == 504 and "still in progress" in result.error
+        assert executor.events == ["start r1/grant"]  # the change goes on ...
+        # ... and the backend's retry with the same request id gets its result instead of a second run.
+        submit(worker, replies, "retry", forwarded("alice", "r1", timeout_ms=120_000))
+        await worker.drain()
+        assert executor.events == ["start r1/grant", "end r1/grant"]
+        assert replies.result("retry").message == "done r1/grant #1"
+        assert replies.at("retry") == pytest.approx(60.0)
+
+
+async def test_without_timeout_millis_the_answer_waits_for_the_change(autojump_clock: object) -> None:
+    executor, replies = GatedExecutor(hold=DEFAULT_ANSWER_SECONDS - 10), Replies()
+    async with running(executor) as worker:
+        submit(worker, replies, "slow", forwarded("alice", "r1"))
+        await worker.drain()
+        assert replies.result("slow").success
+        assert replies.at("slow") == pytest.approx(DEFAULT_ANSWER_SECONDS - 10)
+
+
+async def test_drain_on_shutdown_lets_in_flight_jobs_finish(autojump_clock: object) -> None:
+    executor, replies = GatedExecutor(hold=10.0), Replies()
+    async with running(executor) as worker:
+        submit(worker, replies, "inflight", forwarded("alice", "r1"))
+        await trio.testing.wait_all_tasks_blocked()
+        worker.stop_accepting()
+        submit(worker, replies, "refused", forwarded("bob", "r2"))
+        await trio.testing.wait_all_tasks_blocked()
+        refused = replies.result("refused")
+        assert replies.at("refused") == 0.0 and refused.http_status == 503 and "shutting down" in refused.error
+        assert executor.started() == ["r1/grant"]
+        await worker.drain()
+        assert trio.current_time() == pytest.approx(10.0)
+        assert executor.events == ["start r1/grant", "end r1/grant"]
+        assert replies.result("inflight").success and replies.at("inflight") == pytest.approx(10.0)
+
+
+async def test_drain_waits_for_a_change_whose_answer_already_timed_out(autojump_clock: object) -> None:
+    executor, replies = GatedExecutor(hold=30.0), Replies()
+    async with running(executor) as worker:
+        submit(worker, replies, "slow", forwarded("alice", "r1", timeout_ms=2000))
+        await trio.sleep(5)
+        assert replies.result("slow").http_status == 504
+        worker.stop_accepting()
+        await worker.drain()
+        assert trio.current_time() == pytest.approx(30.0)
+        assert executor.events == ["start r1/grant", "end r1/grant"]
+
+
+async def test_a_crashing_executor_answers_failure_and_the_worker_lives_on(autojump_clock: object) -> None:
+    replies = Replies()
+    async with running(CrashingExecutor()) as worker:
+        for n in range(3):
+            submit(worker, replies, f"j{n}", forwarded("alice", f"r{n}"))
+        await worker.drain()
+        for n in range(3):
+            result = replies.result(f"j{n}")
+            assert not result.success and result.error == "internal error: RuntimeError"
