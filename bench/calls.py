@@ -1,0 +1,191 @@
+"""Scenario 1: call round trip through the real WebSocket, next to a bare trio-websocket echo (the floor).
+
+Agent path: DevBackend.call() (JSON-RPC encode, send, wait for the matching response, parse) -> the daemon's
+session reader -> worker -> executor -> answer frame. Two calls: one without a command (the protocol alone) and a
+dry-run `provisionAuthorizedKeys` grant (request validation, key parsing, planning in a worker thread).
+Floor: the bench's own trio-websocket server and bench/echo_peer.py in a child process, moving frames of the same
+sizes as the agent's real request and response frames. Both are measured in the same run, interleaved.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+
+from bench.daemon import CLIENT_ID, agent_and_backend, forwarded
+from bench.echo_peer import HEADER_CHARS, SEQUENCE_CHARS, SIZE_CHARS
+from bench.sshkeys import public_key_line
+from bench.stats import Measurement, Target
+from p0_ssh_agent.devbackend.server import DevBackend
+from p0_ssh_agent.protocol import jsonrpc
+
+CONCURRENCY = (1, 10, 100)
+NO_COMMAND: dict[str, object] = {}
+
+
+def dry_run_grant() -> dict[str, object]:
+    return {
+        "command": "provisionAuthorizedKeys",
+        "userName": "benchuser",
+        "action": "grant",
+        "requestId": "benchreq1",
+        "publicKey": public_key_line("bench@p0"),
+    }
+
+
+@dataclass(frozen=True)
+class CallSizes:
+    """calls[level] = calls per run at that concurrency; runs = how many times each is measured."""
+
+    calls: dict[int, int]
+    runs: int
+    warmup: int
+
+
+QUICK = CallSizes({1: 200, 10: 500, 100: 1000}, runs=1, warmup=100)
+FULL = CallSizes({1: 1500, 10: 4000, 100: 8000}, runs=3, warmup=300)
+TINY = CallSizes({1: 5, 10: 20, 100: 100}, runs=1, warmup=5)
+
+
+async def drive(call: Callable[[], Awaitable[None]], concurrency: int, total: int) -> tuple[list[float], float]:
+    """`total` calls from `concurrency` tasks; returns each call's latency and the wall time of the whole batch."""
+    latencies: list[float] = []
+    remaining = total
+
+    async def client() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            started = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(client)
+    return latencies, time.perf_counter() - started
+
+
+class EchoFloor:
+    """The bench's end of the floor: a WebSocket server whose only client is bench/echo_peer.py."""
+
+    def __init__(self) -> None:
+        self.ws: WebSocketConnection | None = None
+        self.connected = trio.Event()
+        self._sequence = itertools.count()
+        self._waiting: dict[str, trio.Event] = {}
+
+    async def _on_upgrade(self, request: WebSocketRequest) -> None:
+        self.ws = await request.accept()
+        self.connected.set()
+        while True:
+            try:
+                frame = await self.ws.get_message()
+            except ConnectionClosed:
+                return
+            text = frame if isinstance(frame, str) else frame.decode()
+            self._waiting.pop(text[:SEQUENCE_CHARS]).set()
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(serve_websocket, self._on_upgrade, "127.0.0.1", 0, None)
+            task_status.started(server.port)
+
+    async def call(self, request_size: int, response_size: int) -> None:
+        assert self.ws is not None
+        key = f"{next(self._sequence):0{SEQUENCE_CHARS}d}"
+        done = self._waiting[key] = trio.Event()
+        await self.ws.send_message(f"{key}{response_size:0{SIZE_CHARS}d}".ljust(max(request_size, HEADER_CHARS), "x"))
+        await done.wait()
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (/proc/<pid>/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _agent_call(backend: DevBackend, request: dict[str, object]) -> None:
+    answer = await backend.call(CLIENT_ID, request)
+    if not (isinstance(answer, dict) and answer.get("status") == 200):
+        raise RuntimeError(f"the agent did not answer 200: {answer!r}")
+
+
+def _frame_sizes(backend: DevBackend, request: dict[str, object]) -> tuple[int, int]:
+    """(request frame, the agent's last response frame) in characters, as they travel."""
+    sent = len(jsonrpc.encode_request(1_000_000, "call", request))
+    frames = backend.frames_from(CLIENT_ID)
+    answer = frames[-1][1]
+    return sent, len(answer)
+
+
+async def measure_calls(workdir: Path, sizes: CallSizes = QUICK) -> Measurement:
+    result = Measurement("calls")
+    kinds = {"nocmd": ("no-command call", NO_COMMAND), "dryrun": ("dry-run grant", dry_run_grant())}
+    floor = EchoFloor()
+    async with agent_and_backend(workdir) as (backend, agent), trio.open_nursery() as nursery:
+        port = await nursery.start(floor.serve)
+        peer = await trio.lowlevel.open_process([sys.executable, "-m", "bench.echo_peer", f"ws://127.0.0.1:{port}"])
+        try:
+            with trio.fail_after(30):
+                await floor.connected.wait()
+            frame_sizes: dict[str, tuple[int, int]] = {}
+            cpu: dict[str, float] = {}  # the daemon's CPU seconds per series, to show where the ceiling is
+            for kind, (_label, data) in kinds.items():
+                request = forwarded(data)
+                await drive(partial(_agent_call, backend, request), 10, sizes.warmup)
+                frame_sizes[kind] = _frame_sizes(backend, request)
+            for _run in range(sizes.runs):
+                for kind, (label, data) in kinds.items():
+                    request = forwarded(data)
+                    up, down = frame_sizes[kind]
+                    for level in CONCURRENCY:
+                        total = sizes.calls[level]
+                        key = f"{kind}/floor/{level}"
+                        series = result.series.get(key) or result.new_series(key, f"echo floor ({label} sizes)")
+                        series.add(*await drive(partial(floor.call, up, down), level, total))
+                        key = f"{kind}/agent/{level}"
+                        series = result.series.get(key) or result.new_series(key, label)
+                        cpu_before = process_cpu_seconds(agent.pid)
+                        series.add(*await drive(partial(_agent_call, backend, request), level, total))
+                        cpu[key] = cpu.get(key, 0.0) + process_cpu_seconds(agent.pid) - cpu_before
+            for key, seconds in cpu.items():
+                result.figures[f"{key}/cpu_us_per_call"] = seconds / result.series[key].samples * 1e6
+            for kind, (up, down) in frame_sizes.items():
+                result.figures[f"{kind}/request_bytes"] = up
+                result.figures[f"{kind}/response_bytes"] = down
+        finally:
+            if floor.ws is not None:
+                await floor.ws.aclose()
+            peer.terminate()
+            await peer.wait()
+            nursery.cancel_scope.cancel()
+    _targets(result)
+    return result
+
+
+def _targets(result: Measurement) -> None:
+    agent, floor = result.series["nocmd/agent/10"], result.series["nocmd/floor/10"]
+    p50_ratio = agent.p50.median / floor.p50.median
+    p99_ratio = agent.p99.median / floor.p99.median
+    result.targets += [
+        Target("no-command call p50 at concurrency 10 <= 2x the echo floor", p50_ratio, 2.0, "x"),
+        Target("no-command call p99 at concurrency 10 <= 3x the echo floor", p99_ratio, 3.0, "x"),
+        Target(
+            "no-command calls per second at concurrency 100 >= 2,000",
+            result.series["nocmd/agent/100"].per_second.median,
+            2000.0,
+            "/s",
+            higher_is_better=True,
+        ),
+    ]

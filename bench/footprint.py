@@ -1,0 +1,115 @@
+"""Scenario 4: footprint of the real daemon. Start to READY=1 (cold: a new interpreter each time, page cache as it
+is), idle RSS, then RSS and open file descriptors after 10,000 requests (half no-command calls, half dry-run
+grants, 10 at a time).
+
+Baselines in the same run: a bare interpreter, and one that imports every runtime dependency at once (the issue
+quotes about 43 MB for that), each measured by a child that prints its own VmRSS.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import trio
+
+from bench.calls import NO_COMMAND, _agent_call, drive, dry_run_grant
+from bench.daemon import CLIENT_ID, agent_and_backend, forwarded, spawn_agent, stop_agent, write_config
+from bench.stats import Measurement, Target
+from p0_ssh_agent.devbackend.server import DevBackend
+from p0_ssh_agent.identity.keys import load_public_jwk_file
+
+MIB = 1024 * 1024
+IDLE_SETTLE_SECONDS = 2.0
+DEPENDENCIES = ("trio", "trio_websocket", "jose", "cryptography.hazmat.primitives.asymmetric.ec", "ruamel.yaml",
+                "structlog", "cedarpy", "sdnotify")  # fmt: skip
+RSS_PROBE = "import {imports}; print(next(l for l in open('/proc/self/status') if l.startswith('VmRSS:')).split()[1])"
+
+
+@dataclass(frozen=True)
+class FootprintSizes:
+    starts: int
+    requests: int
+
+
+QUICK = FootprintSizes(starts=3, requests=2_000)
+FULL = FootprintSizes(starts=7, requests=10_000)
+TINY = FootprintSizes(starts=1, requests=40)
+
+
+def interpreter_rss(imports: tuple[str, ...]) -> int:
+    """VmRSS in bytes of a fresh interpreter after importing `imports` (empty: a bare one)."""
+    code = RSS_PROBE.format(imports=", ".join(imports) or "sys")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    return int(done.stdout.strip()) * 1024
+
+
+async def _cold_starts(directory: Path, count: int, result: Measurement) -> None:
+    series = result.new_series("ready", "start to READY=1")
+    backend = DevBackend(ping_interval=30.0)
+    times: list[float] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(backend.serve)
+        config = write_config(directory, backend.rpc_url)
+        backend.register_client(CLIENT_ID, load_public_jwk_file(directory / "keys" / "jwk.public.json"))
+        for _ in range(count):
+            agent = await spawn_agent(directory, config, log_name="starts.log")
+            times.append(agent.ready_seconds)
+            await trio.to_thread.run_sync(stop_agent, agent.process)
+        nursery.cancel_scope.cancel()
+    series.add_sequential(times)
+
+
+async def measure_footprint(workdir: Path, sizes: FootprintSizes = QUICK) -> Measurement:
+    result = Measurement("footprint")
+    result.figures["bare_python_rss"] = await trio.to_thread.run_sync(interpreter_rss, ())
+    result.figures["all_dependencies_rss"] = await trio.to_thread.run_sync(interpreter_rss, DEPENDENCIES)
+    starts = workdir / "starts"
+    starts.mkdir()
+    await _cold_starts(starts, sizes.starts, result)
+
+    load = workdir / "load"
+    load.mkdir()
+    async with agent_and_backend(load) as (backend, agent):
+        await trio.sleep(IDLE_SETTLE_SECONDS)
+        result.figures["idle_rss"] = agent.rss_bytes()
+        result.figures["idle_fds"] = agent.open_fds()
+        half = sizes.requests // 2
+        started = time.perf_counter()
+        warm = min(1_000, half) // 2
+        for data, count in ((NO_COMMAND, warm), (dry_run_grant(), warm)):
+            await drive(partial(_agent_call, backend, forwarded(data)), 10, count)
+        result.figures["warm_rss"] = agent.rss_bytes()
+        for data, count in ((NO_COMMAND, half - warm), (dry_run_grant(), half - warm)):
+            await drive(partial(_agent_call, backend, forwarded(data)), 10, count)
+        result.figures["load_seconds"] = time.perf_counter() - started
+        await trio.sleep(IDLE_SETTLE_SECONDS)
+        result.figures["after_rss"] = agent.rss_bytes()
+        result.figures["after_fds"] = agent.open_fds()
+        result.figures["requests"] = 2 * half
+    _targets(result)
+    return result
+
+
+def _targets(result: Measurement) -> None:
+    f = result.figures
+    growth = (f["after_rss"] / f["idle_rss"] - 1) * 100
+    result.figures["rss_growth_percent"] = growth
+    result.figures["rss_growth_after_warmup_percent"] = (f["after_rss"] / f["warm_rss"] - 1) * 100
+    result.targets += [
+        Target(
+            "start to READY=1 <= 400 ms (p50 of cold starts)", result.series["ready"].p50.median * 1000, 400.0, "ms"
+        ),
+        Target("idle RSS <= 40 MB", f["idle_rss"] / MIB, 40.0, "MiB"),
+        Target(f"RSS growth after {int(f['requests']):,} requests <= 5% (against idle)", growth, 5.0, "%"),
+        Target(
+            f"open fds flat after {int(f['requests']):,} requests (growth in fds)",
+            f["after_fds"] - f["idle_fds"],
+            0.0,
+            "fds",
+        ),
+    ]

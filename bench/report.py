@@ -1,0 +1,273 @@
+"""docs/benchmarks.md from the scenarios' measurements: machine, targets with PASS/MISS, one table per scenario."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from bench.stats import Measurement, Series, Target
+
+MIB = 1024 * 1024
+
+
+def ms(seconds: float) -> str:
+    value = seconds * 1000
+    return f"{value:.3f}" if value < 1 else f"{value:.2f}" if value < 100 else f"{value:,.0f}"
+
+
+def _p(series: Series, which: str) -> str:
+    """Median over runs, with the lowest-highest run when there was more than one."""
+    spread = series.p50 if which == "p50" else series.p99
+    if len(series.runs) == 1:
+        return ms(spread.median)
+    return f"{ms(spread.median)} ({ms(spread.low)}-{ms(spread.high)})"
+
+
+def _rate(series: Series) -> str:
+    spread = series.per_second
+    if len(series.runs) == 1:
+        return f"{spread.median:,.0f}"
+    return f"{spread.median:,.0f} ({spread.low:,.0f}-{spread.high:,.0f})"
+
+
+def table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def series_rows(
+    measurement: Measurement, keys: Iterable[str], baseline: dict[str, str] | None = None
+) -> list[list[str]]:
+    rows = []
+    for key in keys:
+        series = measurement.series.get(key)
+        if series is None:
+            continue
+        ratio = ""
+        if baseline and key in baseline and baseline[key] in measurement.series:
+            base = measurement.series[baseline[key]]
+            ratio = f"{series.p50.median / base.p50.median:.2f}x {base.name}"
+        rows.append(
+            [
+                series.name,
+                _p(series, "p50"),
+                _p(series, "p99"),
+                ms(series.fastest),
+                ms(series.slowest),
+                _rate(series),
+                f"{len(series.runs)} x {series.samples // max(len(series.runs), 1):,}",
+                ratio,
+            ]
+        )
+    return rows
+
+
+SERIES_HEADER = ["what", "p50 ms", "p99 ms", "min ms", "max ms", "per second", "runs x samples", "p50 vs baseline"]
+
+
+def targets_table(targets: list[Target]) -> list[str]:
+    rows = []
+    for target in targets:
+        bound = ">=" if target.higher_is_better else "<="
+        measured = f"{target.measured:,.2f} {target.unit}".strip()
+        rows.append(
+            [
+                f"**{target.verdict}**",
+                target.text,
+                measured,
+                f"{bound} {target.limit:g} {target.unit}".strip(),
+                target.note,
+            ]
+        )
+    return table(["", "target", "measured", "limit", "note"], rows)
+
+
+def calls_section(m: Measurement) -> list[str]:
+    out = ["## 1. Call round trip (real WebSocket, dev backend, daemon in dry-run)", ""]
+    rows = []
+    for kind, label in (("nocmd", "no-command call"), ("dryrun", "dry-run grant")):
+        for level in (1, 10, 100):
+            agent, floor = m.series.get(f"{kind}/agent/{level}"), m.series.get(f"{kind}/floor/{level}")
+            if agent is None or floor is None:
+                continue
+            rows.append(
+                [
+                    label,
+                    str(level),
+                    _p(agent, "p50"),
+                    _p(agent, "p99"),
+                    _rate(agent),
+                    _p(floor, "p50"),
+                    _p(floor, "p99"),
+                    _rate(floor),
+                    f"{agent.p50.median / floor.p50.median:.2f}x",
+                    f"{agent.p99.median / floor.p99.median:.2f}x",
+                ]
+            )
+    out += table(
+        [
+            "call",
+            "concurrency",
+            "agent p50 ms",
+            "agent p99 ms",
+            "agent calls/s",
+            "floor p50 ms",
+            "floor p99 ms",
+            "floor calls/s",
+            "p50 ratio",
+            "p99 ratio",
+        ],
+        rows,
+    )
+    sizes = ", ".join(
+        f"{kind}: request {m.figures[f'{kind}/request_bytes']:.0f} B, "
+        f"answer {m.figures[f'{kind}/response_bytes']:.0f} B"
+        for kind in ("nocmd", "dryrun")
+        if f"{kind}/request_bytes" in m.figures
+    )
+    out += [f"Frame sizes (the floor moves the same): {sizes}. Ranges are the lowest and highest run.", ""]
+    return out
+
+
+def grants_section(m: Measurement) -> list[str]:
+    out = ["## 2. Real grants in the namespace sandbox", ""]
+    for users in sorted({int(key.rsplit("/", 1)[1]) for key in m.series}):
+        keys = [
+            f"{what}/{users}"
+            for what in (
+                "user/grant",
+                "keys/grant",
+                "keys/revoke",
+                "sudo/grant",
+                "sudo/revoke",
+                "user/revoke",
+                "go-user/grant",
+                "go-keys/grant",
+                "go-keys/revoke",
+                "go-sudo/grant",
+                "go-sudo/revoke",
+                "bare/useradd",
+                "bare/groupadd+useradd",
+                "bare/visudo",
+                "bare/write",
+            )
+        ]
+        baseline = {
+            f"user/grant/{users}": "bare/useradd/1",
+            f"keys/grant/{users}": "bare/write/1",
+            f"sudo/grant/{users}": "bare/visudo/1",
+            f"go-keys/grant/{users}": f"keys/grant/{users}",
+            f"go-keys/revoke/{users}": f"keys/revoke/{users}",
+            f"go-sudo/grant/{users}": f"sudo/grant/{users}",
+            f"go-sudo/revoke/{users}": f"sudo/revoke/{users}",
+            f"go-user/grant/{users}": f"user/grant/{users}",
+        }
+        out += [f"### {users} user{'s' if users > 1 else ''} in parallel", ""]
+        out += table(SERIES_HEADER, series_rows(m, keys, baseline))
+    return out
+
+
+def scale_section(m: Measurement) -> list[str]:
+    out = ["## 3. Scale (sandbox)", ""]
+    out += table(SERIES_HEADER, series_rows(m, list(m.series)))
+    return out
+
+
+def footprint_section(m: Measurement) -> list[str]:
+    f = m.figures
+    out = ["## 4. Footprint of the daemon", ""]
+    rows = []
+    if "ready" in m.series:
+        ready = m.series["ready"]
+        rows.append(
+            [
+                "start to READY=1 (cold process), p50 / max",
+                f"{ms(ready.p50.median)} ms / {ms(ready.slowest)} ms",
+                f"{ready.samples} starts",
+            ]
+        )
+    rows += [
+        ["idle RSS", f"{f['idle_rss'] / MIB:.1f} MiB", f"{f['idle_fds']:.0f} open fds"],
+        ["RSS after the first 1,000 requests", f"{f['warm_rss'] / MIB:.1f} MiB", "lazy imports of the request path"],
+        [
+            f"RSS after {f['requests']:,.0f} requests",
+            f"{f['after_rss'] / MIB:.1f} MiB",
+            f"{f['rss_growth_percent']:+.1f}% vs idle, {f['rss_growth_after_warmup_percent']:+.2f}% vs warm; "
+            f"{f['after_fds']:.0f} open fds",
+        ],
+        ["baseline: bare python3", f"{f['bare_python_rss'] / MIB:.1f} MiB", ""],
+        [
+            "baseline: every runtime dependency imported",
+            f"{f['all_dependencies_rss'] / MIB:.1f} MiB",
+            "trio, trio-websocket, jose, cryptography, ruamel.yaml, structlog, cedarpy, sdnotify",
+        ],
+    ]
+    out += table(["figure", "value", "note"], rows)
+    return out
+
+
+def fleet_section(m: Measurement) -> list[str]:
+    out = ["## 5. Fleet reconnect (simulation from runtime/backoff.py)", ""]
+    rows = []
+    for key in sorted({k.rsplit("/", 1)[0] for k in m.figures}):
+        policy, outage = key.split("/")
+        rows.append(
+            [
+                policy,
+                f"{outage} s",
+                f"{m.figures[f'{key}/peak_percent_per_second']:.1f}%",
+                f"{m.figures[f'{key}/seconds_to_99']:.1f} s",
+                f"{m.figures[f'{key}/attempts_per_agent']:.2f}",
+            ]
+        )
+    out += table(
+        [
+            "backoff",
+            "backend down for",
+            "peak attempts per second (share of fleet)",
+            "99% reconnected after",
+            "attempts per agent",
+        ],
+        rows,
+    )
+    out += [f"{note}." for note in m.notes] + [""]
+    return out
+
+
+SECTIONS = {
+    "calls": calls_section,
+    "grants": grants_section,
+    "scale": scale_section,
+    "footprint": footprint_section,
+    "fleet": fleet_section,
+}
+
+
+def render(
+    facts: dict[str, str],
+    measurements: list[Measurement],
+    *,
+    profile: str,
+    command: str,
+    skipped: list[str],
+    findings: list[str],
+) -> str:
+    out = ["# Benchmarks", "", f"Generated by `{command}` (profile `{profile}`); do not edit by hand.", ""]
+    out += table(["machine", ""], [[key, value] for key, value in facts.items()])
+    targets = [target for measurement in measurements for target in measurement.targets]
+    passed = sum(target.passed for target in targets)
+    out += [f"## Targets (issue 7): {passed} PASS, {len(targets) - passed} MISS", ""]
+    out += targets_table(targets)
+    if skipped:
+        out += ["Not run: " + "; ".join(skipped) + ".", ""]
+    out += [
+        "![call and grant latency against concurrency](benchmarks.png)",
+        "",
+        "Solid lines p50, dashed p99; both axes logarithmic.",
+        "",
+    ]
+    for measurement in measurements:
+        out += SECTIONS[measurement.scenario](measurement)
+    if findings:
+        out += ["## What the profile showed", ""] + [f"- {finding}" for finding in findings] + [""]
+    return "\n".join(out)

@@ -1,0 +1,193 @@
+"""`make bench`: run every scenario, print each target with PASS/MISS, write docs/benchmarks.md and the plot.
+
+    tests/sandbox/enter .venv/bin/python -m bench.run [--quick] [--only calls,fleet] [--no-write]
+
+Run it from the repository root. Inside the namespace sandbox every scenario runs; outside it, the two that change
+accounts and sudoers (grants, scale) are skipped and say so. --quick is the short development profile; the default
+is the full one that docs/benchmarks.md records (about five minutes on two cores). Exit status: 0 when the run
+completed (MISSes included: they are findings, reported in the document), 1 when a scenario failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+from bench import calls, fleet, footprint, grants, scale
+from bench.plot import Line, Panel, render
+from bench.report import render as render_markdown
+from bench.sandbox import sandbox_root
+from bench.stats import Measurement, load_average, machine_facts
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIOS = ("calls", "grants", "scale", "footprint", "fleet")
+SANDBOX_ONLY = ("grants", "scale")
+PROFILES = {
+    "quick": {"calls": calls.QUICK, "grants": grants.QUICK, "scale": scale.QUICK, "footprint": footprint.QUICK},
+    "full": {"calls": calls.FULL, "grants": grants.FULL, "scale": scale.FULL, "footprint": footprint.FULL},
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short development profile (writes nothing unless --out)")
+    parser.add_argument("--only", help=f"comma-separated scenarios to run, of: {', '.join(SCENARIOS)}")
+    parser.add_argument("--out", type=Path, help="Markdown report (default docs/benchmarks.md for a full run)")
+    parser.add_argument("--png", type=Path, help="plot (default: next to the report, benchmarks.png)")
+    parser.add_argument("--no-write", action="store_true", help="print the targets only")
+    return parser.parse_args(argv)
+
+
+async def run_scenarios(names: list[str], profile: str, workdir: Path, state_root: Path | None) -> list[Measurement]:
+    sizes = PROFILES[profile]
+    results: list[Measurement] = []
+    for name in names:
+        started = time.monotonic()
+        print(f"bench: {name} ...", flush=True)
+        if name == "calls":
+            (workdir / "calls").mkdir()
+            results.append(await calls.measure_calls(workdir / "calls", sizes["calls"]))  # type: ignore[arg-type]
+        elif name == "grants":
+            assert state_root is not None
+            results.append(await grants.measure_grants(state_root / "bench-grants", sizes["grants"]))  # type: ignore[arg-type]
+        elif name == "scale":
+            assert state_root is not None
+            results.append(await scale.measure_scale(state_root / "bench-scale", sizes["scale"]))  # type: ignore[arg-type]
+        elif name == "footprint":
+            (workdir / "footprint").mkdir()
+            results.append(await footprint.measure_footprint(workdir / "footprint", sizes["footprint"]))  # type: ignore[arg-type]
+        elif name == "fleet":
+            results.append(await trio.to_thread.run_sync(fleet.measure_fleet))
+        for target in results[-1].targets:
+            print(f"  {target.verdict}  {target.text}: {target.measured:,.2f} {target.unit}", flush=True)
+        print(f"bench: {name} took {time.monotonic() - started:.0f} s", flush=True)
+    return results
+
+
+def plot(measurements: list[Measurement], path: Path) -> None:
+    by_name = {m.scenario: m for m in measurements}
+    panels = []
+    if "calls" in by_name:
+        series = by_name["calls"].series
+        lines = []
+        for key, label in (
+            ("nocmd/agent", "no-command call"),
+            ("dryrun/agent", "dry-run grant"),
+            ("nocmd/floor", "echo floor"),
+        ):
+            points = [
+                (float(level), s.p50.median, s.p99.median)
+                for level in calls.CONCURRENCY
+                if (s := series.get(f"{key}/{level}")) is not None
+            ]
+            lines.append(Line(label, points))
+        panels.append(Panel("CALL ROUND TRIP", "CONCURRENT CALLS", lines))
+    if "grants" in by_name:
+        series = by_name["grants"].series
+        counts = sorted({int(key.rsplit("/", 1)[1]) for key in series})
+        lines = []
+        for key, label in (
+            ("keys/grant", "authorized_keys grant"),
+            ("sudo/grant", "sudo grant"),
+            ("user/grant", "provisionUser"),
+            ("go-keys/grant", "go method keys"),
+            ("go-sudo/grant", "go method sudo"),
+        ):
+            points = [
+                (float(n), s.p50.median, s.p99.median) for n in counts if (s := series.get(f"{key}/{n}")) is not None
+            ]
+            lines.append(Line(label, points))
+        panels.append(Panel("REAL GRANTS (SANDBOX)", "USERS IN PARALLEL", lines))
+    if panels:
+        render(panels, path, note="SOLID: P50   DASHED: P99   LOG-LOG")
+
+
+def findings(measurements: list[Measurement]) -> list[str]:
+    """What the profile showed and what was done, with this run's figures where they apply."""
+    by_name = {m.scenario: m for m in measurements}
+    out: list[str] = []
+    if "calls" in by_name:
+        cpu = by_name["calls"].figures.get("nocmd/agent/100/cpu_us_per_call")
+        out.append(
+            f"Calls: the daemon spends about {cpu:,.0f} µs of CPU per no-command call at concurrency 100 (one core), "
+            "which caps it near 1e6/that calls per second; the echo floor does nothing per frame. cProfile of the "
+            "daemon put a third of that in the canonical request log line (structlog chain, redaction of every value "
+            "then again when rendered, a stdlib LogRecord) and most of the rest in trio task bookkeeping (the worker "
+            "starts two tasks per call), wsproto and JSON. Fixed: exact fast paths in adapters/logging.py "
+            "(redact_text skips its five substitutions when no credential marker is present; plain keys and values "
+            "skip the per-character scan), about 12% of the line's cost. Left: fewer tasks per call in the worker."
+            if cpu
+            else "Calls: no CPU figure in this run."
+        )
+    if "grants" in by_name:
+        out += [
+            "authorized_keys with 50 users in parallel: the grants serialise on the global `ledger` lock (each one "
+            "loads, changes and fsyncs the whole ledger file under it), so the last of 50 waits for 49 ledger writes. "
+            "Meeting 15 ms p99 needs batched ledger commits (one fsync for the grants waiting on the lock) or per-user "
+            "ledger files: a provisioning/ledger design change, left to its owner.",
+            "Sudo grant: three visudo runs per grant (whole tree before, the new file with -cf, whole tree after the "
+            "rename) and the ledger write, against one visudo in the baseline; the safety checks are the point of "
+            "host/sudo.py, so they stay.",
+            "provisionUser runs groupadd then useradd (two processes); a single `useradd -U -u UID` is the baseline.",
+        ]
+    if "footprint" in by_name:
+        f = by_name["footprint"].figures
+        out.append(
+            f"Footprint: the idle daemon ({f['idle_rss'] / 1048576:.1f} MiB) already holds more than every dependency "
+            f"imported at once ({f['all_dependencies_rss'] / 1048576:.1f} MiB): everything it imports (trio alone is "
+            "about 24 MiB RSS, cryptography and jose about 9, structlog, which imports asyncio, about 12, ruamel.yaml "
+            "about 4) is on the start path; start-up time is mostly the same imports."
+        )
+    if "fleet" in by_name:
+        out.append(
+            "Fleet: after a drop the first wait is uniform over [0, 1 s] (Backoff base 1 s), so the whole fleet "
+            "tries within the first second. The proposal row (every wait uniform over [0, 30 s] after losing an "
+            "established connection) meets both fleet targets."
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    profile = "quick" if args.quick else "full"
+    names = [name.strip() for name in args.only.split(",")] if args.only else list(SCENARIOS)
+    unknown = [name for name in names if name not in SCENARIOS]
+    if unknown:
+        print(f"bench: unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}", file=sys.stderr)
+        return 64
+    state_root = sandbox_root()
+    skipped = []
+    if state_root is None:
+        skipped = [f"{name} (needs tests/sandbox/enter)" for name in names if name in SANDBOX_ONLY]
+        names = [name for name in names if name not in SANDBOX_ONLY]
+    facts = machine_facts()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="p0-bench-") as workdir:
+        Path(workdir).chmod(0o700)
+        measurements = trio.run(run_scenarios, names, profile, Path(workdir), state_root)
+    one, five, _fifteen = load_average()
+    facts["load at end (1/5 min)"] = f"{one:.2f} / {five:.2f}"
+    facts["run took"] = f"{time.monotonic() - started:.0f} s"
+    facts["sandbox"] = "yes (tests/sandbox/enter)" if state_root else "no"
+    targets = [target for m in measurements for target in m.targets]
+    print(f"bench: {sum(t.passed for t in targets)} PASS, {sum(not t.passed for t in targets)} MISS")
+    out = args.out or (None if args.quick or args.no_write else ROOT / "docs" / "benchmarks.md")
+    if out is not None and not args.no_write:
+        png = args.png or out.with_suffix(".png")
+        plot(measurements, png)
+        command = "tests/sandbox/enter .venv/bin/python -m bench.run" + (" --quick" if args.quick else "")
+        text = render_markdown(
+            facts, measurements, profile=profile, command=command, skipped=skipped, findings=findings(measurements)
+        )
+        out.write_text(text)
+        print(f"bench: wrote {out} and {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
