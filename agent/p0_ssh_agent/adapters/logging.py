@@ -237,12 +237,21 @@ def format_value(value: object) -> str:
     text = redact_text(text)
     if len(text) > MAX_VALUE_CHARS:
         text = f"{text[:MAX_VALUE_CHARS]}…({len(text) - MAX_VALUE_CHARS} more chars)"
-    if text and not any(c.isspace() or c in '="\\' or not c.isprintable() for c in text):
+    # The regex is a fast path for the common plain value (it accepts only characters the general test accepts):
+    # this runs for every field of every request line, and the per-character test was a third of its cost.
+    if _PLAIN_TEXT.fullmatch(text) or (
+        text and not any(c.isspace() or c in '="\\' or not c.isprintable() for c in text)
+    ):
         return text
     return json.dumps(text, ensure_ascii=False)
 
 
+_PLAIN_TEXT = re.compile(r"[A-Za-z0-9_.:/@+,-]+")
+
+
 def _key(key: str) -> str:
+    if _PLAIN_TEXT.fullmatch(key):  # fast path, as in format_value: nothing here would be replaced
+        return key
     return "".join("_" if c.isspace() or c in '="' or not c.isprintable() else c for c in key) or "_"
 
 
@@ -291,6 +300,9 @@ _PEM_PRIVATE = re.compile(
 _URL_USERINFO = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
 # "key": "value" pairs inside text that is itself JSON (a raw frame in a debug line).
 _JSON_PAIR = re.compile(r'"((?:[^"\\]|\\.){1,64})"(\s*:\s*)"(?:[^"\\]|\\.)*"')
+# Every pattern above needs one of these literals (case-insensitive here, a superset of what they match), so text
+# without any of them is returned as it is: most log values are short plain words, and redact_text runs on each.
+_CREDENTIAL_HINT = re.compile(r'-----BEGIN|bearer|basic|eyJ|://|"', re.IGNORECASE)
 
 
 def is_sensitive_key(key: object) -> bool:
@@ -332,6 +344,8 @@ def redact(value: object) -> object:
 
 def redact_text(text: str) -> str:
     """Cut credentials out of free text (see redact())."""
+    if _CREDENTIAL_HINT.search(text) is None:  # no pattern below can match: skip five substitutions
+        return text
     text = _PEM_PRIVATE.sub(REDACTED_PRIVATE_KEY, text)
     text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
     text = _BASIC.sub(_redact_basic, text)
