@@ -122,6 +122,11 @@ def _pairs(lines: list[bytes]) -> list[_Pair]:
     pairs: list[_Pair] = []
     index = 0
     while index < len(lines):
+        # Both marker forms below contain the prefix, and it holds no CR or LF: a line without it is skipped at the
+        # cost of one substring search (a 10,000-line file spent most of a grant in the checks below otherwise).
+        if _MARKER_PREFIX_BYTES not in lines[index]:
+            index += 1
+            continue
         body = _body(lines[index])
         if body.startswith(_MARKER_PREFIX_BYTES):
             request_id, prefix = body[len(_MARKER_PREFIX_BYTES) :].decode("utf-8", "surrogateescape"), None
@@ -142,7 +147,8 @@ def add_block(content: bytes, request_id: str, line: str) -> bytes:
     """Append the pair (marker, line), unless exactly this pair is already in the file (then: unchanged)."""
     marker = _marker(request_id)
     wanted = _content_bytes(line)
-    lines = _split_lines(content)
+    # A pair of this request always contains its marker text: without it in the file, nothing to look for.
+    lines = _split_lines(content) if marker in content else []
     for pair in _pairs(lines):
         content_index = pair.content_index
         if pair.request_id == request_id and content_index is not None and _body(lines[content_index]) == wanted:
@@ -166,7 +172,8 @@ def remove_block(content: bytes, request_id: str, *, select: Callable[[bytes], b
     select(content line) narrows the removal to some of the request's pairs (e.g. only its CA line, since
     provisionCAKeys and provisionAuthorizedKeys share a requestId); a marker with no line after it always goes.
     """
-    _marker(request_id)
+    if _marker(request_id) not in content:  # no pair of this request can be in the file (see add_block)
+        return content
     lines = _split_lines(content)
     dropped: set[int] = set()
     rewritten: dict[int, bytes] = {}
