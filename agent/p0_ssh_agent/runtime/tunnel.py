@@ -14,13 +14,15 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import trio
 from trio_websocket import ConnectionRejected, HandshakeError, WebSocketConnection
 from wsproto.utilities import LocalProtocolError
 
 from p0_ssh_agent.adapters.logging import get_logger
-from p0_ssh_agent.errors import AgentError
+from p0_ssh_agent.config.values import is_loopback_host
+from p0_ssh_agent.errors import AgentError, ConfigError
 from p0_ssh_agent.identity.keys import AgentKey
 from p0_ssh_agent.identity.token import make_token
 from p0_ssh_agent.protocol.jsonrpc import MAX_FRAME_BYTES
@@ -155,6 +157,7 @@ class Tunnel:
 
     async def _connect_and_serve(self) -> str:
         settings = self.settings
+        refuse_clear_text(settings.url)
         activity = Activity()
         token = make_token(settings.key, settings.client_id)
         async with trio.open_nursery() as nursery:
@@ -213,6 +216,16 @@ class Tunnel:
             self._attempt_scope.cancel()
 
 
+def refuse_clear_text(url: str) -> None:
+    """The token is a bearer credential: plain ws:// only to loopback. Config loading checks this too; checking it
+    here, before a token exists, makes it hold however the settings were built (a reload, a test, a tool)."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() == "ws" and not is_loopback_host(parts.hostname or ""):
+        raise ConfigError(
+            f"refusing ws:// to {parts.hostname}: the agent's token would travel in clear text; use wss://"
+        )
+
+
 def _unwrap(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
@@ -241,6 +254,13 @@ def _describe(exc: BaseException) -> str:
     if isinstance(cause, ssl.SSLError):
         return f"TLS failed: {cause.reason or cause}"
     if isinstance(exc, OSError):
-        return exc.strerror or type(exc).__name__
+        if exc.strerror:
+            return exc.strerror
+        # trio.open_tcp_stream raises OSError("all attempts to connect to host:port failed") from a group holding
+        # the real errors ("Connection refused"); without them STATUS would only say "OSError".
+        causes = exc.__cause__.exceptions if isinstance(exc.__cause__, BaseExceptionGroup) else ()
+        details = sorted({cause.strerror for cause in causes if isinstance(cause, OSError) and cause.strerror})
+        text = str(exc) or type(exc).__name__
+        return f"{text}: {', '.join(details)}" if details else text
     text = str(exc) or type(exc).__name__
     return text

@@ -1,0 +1,330 @@
+"""The tunnel's connect loop against real servers on 127.0.0.1: backoff bounds and reset, the 401/403 backoff and
+what STATUS says about it, ws:// only to loopback, and wss:// with a private CA (a throwaway self-signed
+certificate made with `cryptography`).
+
+Backoff timing runs on trio's autojump clock. The sockets are real, so the clock may only jump while the loop is
+idle for a moment of real time (AUTOJUMP_REAL_SECONDS), which loopback I/O never is. Delays are measured between
+the tunnel's own status reports ("retrying in ..." then "connecting to ..."), between which it only sleeps.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import re
+import socket
+import ssl
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
+
+from p0_ssh_agent.config.values import ValueProblem, check_tunnel_url
+from p0_ssh_agent.devbackend.server import DevBackend
+from p0_ssh_agent.identity.keys import AgentKey, generate_keys
+from p0_ssh_agent.protocol import jsonrpc
+from p0_ssh_agent.protocol.forwarded import CommandResult, ForwardedRequest
+from p0_ssh_agent.runtime import status
+from p0_ssh_agent.runtime.backoff import AUTH_BACKOFF_CAP
+from p0_ssh_agent.runtime.jobs import JobKey
+from p0_ssh_agent.runtime.session import SessionSettings
+from p0_ssh_agent.runtime.tunnel import Tunnel, TunnelSettings
+from p0_ssh_agent.runtime.worker import Worker
+
+CLIENT_ID = "acme:host-1:ssh"
+AUTOJUMP_REAL_SECONDS = 0.1
+GUARD_SECONDS = 20.0  # real-time guard so a broken build fails instead of hanging; never asserted on
+RETRY = re.compile(r"retrying in (\d+)s: (.*)")
+
+
+class DryExecutor:
+    async def execute(self, request: ForwardedRequest, key: JobKey) -> CommandResult:
+        return CommandResult(success=True, message=f"DRY-RUN: {key.command}")
+
+
+@dataclass
+class StatusLog:
+    """What the tunnel reports (the supervisor puts each text in STATUS=), with the virtual time of each."""
+
+    entries: list[tuple[float, str]] = field(default_factory=list)
+    _changed: trio.Event = field(default_factory=trio.Event)
+
+    def __call__(self, text: str) -> None:
+        self.entries.append((trio.current_time(), text))
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_for(self, predicate: Callable[[list[tuple[float, str]]], bool]) -> None:
+        while not predicate(self.entries):
+            await self._changed.wait()
+
+    async def wait_count(self, prefix: str, at_least: int) -> None:
+        await self.wait_for(lambda _: self.count(prefix) >= at_least)
+
+    def count(self, prefix: str) -> int:
+        return sum(1 for _, text in self.entries if text.startswith(prefix))
+
+    def retry_gaps(self) -> list[tuple[float, str, str]]:
+        """(seconds slept, the retry text, the report before it) for each retry the tunnel has finished waiting."""
+        gaps = []
+        for index, (when, text) in enumerate(self.entries[:-1]):
+            following_when, following = self.entries[index + 1]
+            if RETRY.search(text) and following.startswith("connecting to "):
+                gaps.append((following_when - when, text, self.entries[index - 1][1] if index else ""))
+        return gaps
+
+
+@pytest.fixture
+def agent_key(tmp_path: Path) -> AgentKey:
+    return generate_keys(tmp_path / "keys")
+
+
+@asynccontextmanager
+async def tunnel_running(url: str, key: AgentKey, *, ca_file: str | None = None) -> AsyncIterator[StatusLog]:
+    log = StatusLog()
+    worker = Worker(DryExecutor())
+    tunnel = Tunnel(
+        TunnelSettings(url=url, client_id=CLIENT_ID, key=key, ca_file=ca_file, proxy=None),
+        SessionSettings(CLIENT_ID, heartbeat_interval=60.0),
+        worker,
+        log,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        await nursery.start(tunnel.run)
+        yield log
+        tunnel.shutdown()
+        with trio.move_on_after(5):
+            await tunnel.stopped.wait()
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def backend_running(key: AgentKey) -> AsyncIterator[DevBackend]:
+    backend = DevBackend()
+    backend.register_client(CLIENT_ID, key.public_jwk)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(backend.serve)
+        yield backend
+        nursery.cancel_scope.cancel()
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def slow_autojump(clock: trio.testing.MockClock) -> None:
+    clock.autojump_threshold = AUTOJUMP_REAL_SECONDS
+
+
+# --- backoff ------------------------------------------------------------------------------------------------------
+
+
+async def test_backoff_is_full_jitter_within_doubling_bounds(
+    autojump_clock: trio.testing.MockClock, agent_key: AgentKey
+) -> None:
+    slow_autojump(autojump_clock)
+    async with tunnel_running(f"ws://127.0.0.1:{closed_port()}/", agent_key) as log:
+        await log.wait_for(lambda _: len(log.retry_gaps()) >= 20)
+    gaps = log.retry_gaps()[:20]
+    ceilings = [min(30.0, 2.0**n) for n in range(20)]
+    for n, ((slept, text, _), ceiling) in enumerate(zip(gaps, ceilings, strict=True)):
+        assert 0 <= slept <= ceiling + 1e-6, (n, slept, ceiling)
+        match = RETRY.search(text)
+        assert match is not None and abs(int(match.group(1)) - slept) <= 0.5 + 1e-6, (text, slept)
+        assert "refused" in match.group(2).lower(), text
+    # Full jitter: draws spread below their ceilings (not the Go agent's fixed 1, 2, 4 ... 30) ...
+    assert any(slept < 0.9 * ceiling for (slept, _, _), ceiling in zip(gaps, ceilings, strict=True))
+    # ... and the ceiling really reaches 30 s (15 draws from [0, 30]: all below 15 has odds 2**-15).
+    assert max(slept for slept, _, _ in gaps[5:]) > 15
+
+
+async def test_backoff_resets_once_set_client_id_succeeds(
+    autojump_clock: trio.testing.MockClock, agent_key: AgentKey
+) -> None:
+    slow_autojump(autojump_clock)
+    async with backend_running(agent_key) as backend:
+        backend.hooks.reject_status, backend.hooks.reject_count = 503, 6  # raise the ceiling to 30 s first
+        async with tunnel_running(backend.rpc_url, agent_key) as log:
+            for round_ in range(1, 4):
+                await log.wait_count("connected to ", round_)
+                await backend.drop(CLIENT_ID)
+            await log.wait_for(lambda _: log.count("connected to ") >= 4)
+    assert backend.handshakes.count(503) == 6
+    after_session = [(slept, text) for slept, text, before in log.retry_gaps() if before.startswith("connected to ")]
+    assert len(after_session) == 3
+    for slept, text in after_session:  # back to the first step, [0, 1 s], after each accepted session
+        assert slept <= 1.0 + 1e-6, (slept, text)
+        assert "connection closed by server (code 1011)" in text
+    # The first frame on every connection is setClientId with the agent's own id.
+    assert [client for _, client in backend.set_client_id_log][:4] == [CLIENT_ID] * 4
+
+
+@pytest.mark.parametrize(
+    ("http_status", "hint"),
+    [(401, "key not registered with P0, or the clock is skewed"), (403, "client not authorised")],
+)
+async def test_401_and_403_back_off_up_to_five_minutes_and_say_so(
+    autojump_clock: trio.testing.MockClock, agent_key: AgentKey, http_status: int, hint: str
+) -> None:
+    slow_autojump(autojump_clock)
+    async with backend_running(agent_key) as backend:
+        backend.hooks.reject_status, backend.hooks.reject_count = http_status, 10**6
+        async with tunnel_running(backend.rpc_url, agent_key) as log:
+            await log.wait_for(lambda _: len(log.retry_gaps()) >= 9)
+            gaps = log.retry_gaps()[:9]
+            # The registration gets fixed: the same process connects, no restart needed.
+            backend.hooks.reject_count = 0
+            await log.wait_for(lambda _: log.count("connected to ") >= 1)
+    ceilings = [min(AUTH_BACKOFF_CAP, 30.0 * 2**n) for n in range(9)]
+    for (slept, text, _), ceiling in zip(gaps, ceilings, strict=True):
+        assert 0 <= slept <= ceiling + 1e-6, (slept, ceiling)
+        assert text.startswith(f"unauthorized (HTTP {http_status}), retrying in "), text
+        assert f"with HTTP {http_status}" in text and hint in text, text
+    # Past the ordinary 30 s cap (odds of every draw from 60..300 staying under 30: far below 1e-6).
+    assert max(slept for slept, _, _ in gaps) > 30
+    assert backend.handshakes.count(http_status) >= len(gaps) and backend.handshakes[-1] == 101
+
+
+async def test_other_handshake_rejections_name_their_status_and_hint(
+    autojump_clock: trio.testing.MockClock, agent_key: AgentKey
+) -> None:
+    slow_autojump(autojump_clock)
+    async with backend_running(agent_key) as backend:
+        backend.hooks.reject_status, backend.hooks.reject_count = 404, 10**6
+        async with tunnel_running(backend.rpc_url, agent_key) as log:
+            await log.wait_for(lambda _: len(log.retry_gaps()) >= 3)
+    for slept, text, _ in log.retry_gaps()[:3]:
+        assert text.startswith("retrying in ") and "HTTP 404 (wrong WebSocket path in tunnelHost)" in text
+        assert slept <= 30
+
+
+async def test_an_unregistered_key_is_a_401_and_the_tunnel_stays_up(
+    autojump_clock: trio.testing.MockClock, agent_key: AgentKey, tmp_path: Path
+) -> None:
+    """No test hook: the backend's real JWT check refuses a key it does not know, and the agent waits it out."""
+    slow_autojump(autojump_clock)
+    stranger = generate_keys(tmp_path / "other-keys")
+    async with backend_running(stranger) as backend, tunnel_running(backend.rpc_url, agent_key) as log:
+        await log.wait_for(lambda _: len(log.retry_gaps()) >= 2)
+        backend.register_client(CLIENT_ID, agent_key.public_jwk)
+        await log.wait_for(lambda _: log.count("connected to ") >= 1)
+    assert backend.handshakes[:2] == [401, 401] and backend.handshakes[-1] == 101
+    assert all(text.startswith("unauthorized (HTTP 401)") for _, text, _ in log.retry_gaps())
+
+
+# --- ws:// only to loopback -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["ws://10.1.2.3/", "ws://p0.example.com:8080/x", "ws://[2001:db8::1]/"])
+def test_config_refuses_ws_to_other_hosts(url: str) -> None:
+    with pytest.raises(ValueProblem, match="clear text"):
+        check_tunnel_url(url)
+
+
+@pytest.mark.parametrize("url", ["ws://127.0.0.1:8080/", "ws://localhost/", "ws://[::1]:9/", "wss://p0.example.com/"])
+def test_config_accepts_ws_to_loopback_and_wss_anywhere(url: str) -> None:
+    assert check_tunnel_url(url) == url
+
+
+@pytest.mark.parametrize("host", ["192.0.2.10", "p0.invalid"])
+async def test_the_tunnel_itself_refuses_ws_to_other_hosts(agent_key: AgentKey, host: str) -> None:
+    with trio.fail_after(GUARD_SECONDS):
+        async with tunnel_running(f"ws://{host}:80/", agent_key) as log:
+            await log.wait_for(lambda entries: any(RETRY.search(text) for _, text in entries))
+    retry = next(text for _, text in log.entries if RETRY.search(text))
+    assert f"refusing ws:// to {host}" in retry and "clear text" in retry
+
+
+# --- TLS ----------------------------------------------------------------------------------------------------------
+
+
+def self_signed(directory: Path, name: str) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost, signed by its own key: the "private CA" is the cert itself."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+async def _answer_set_client_id(request: WebSocketRequest) -> None:
+    """A minimal tunnel server behind TLS: accept, answer setClientId, keep the connection."""
+    ws = await request.accept()
+    try:
+        while True:
+            incoming = jsonrpc.parse_frame(await ws.get_message())
+            if isinstance(incoming, jsonrpc.Request) and incoming.method == "setClientId":
+                await ws.send_message(jsonrpc.encode_result(incoming.id, {"ok": True}))
+    except ConnectionClosed:
+        return
+
+
+@asynccontextmanager
+async def wss_server(cert: Path, key: Path) -> AsyncIterator[str]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, _answer_set_client_id, "127.0.0.1", 0, context)
+        yield f"wss://127.0.0.1:{server.port}/"
+        nursery.cancel_scope.cancel()
+
+
+async def test_wss_with_tunnel_ca_file_connects(tmp_path: Path, agent_key: AgentKey) -> None:
+    cert, key = self_signed(tmp_path, "backend")
+    with trio.fail_after(GUARD_SECONDS):
+        async with wss_server(cert, key) as url, tunnel_running(url, agent_key, ca_file=str(cert)) as log:
+            await log.wait_for(lambda _: log.count("connected to ") >= 1)
+    assert not any(RETRY.search(text) for _, text in log.entries), log.entries
+
+
+@pytest.mark.parametrize("with_other_ca", [False, True], ids=["system-store", "other-ca-file"])
+async def test_wss_without_the_right_ca_fails_with_a_clear_error(
+    tmp_path: Path, agent_key: AgentKey, with_other_ca: bool
+) -> None:
+    cert, key = self_signed(tmp_path, "backend")
+    other_ca = str(self_signed(tmp_path, "someone-else")[0]) if with_other_ca else None
+    with trio.fail_after(GUARD_SECONDS):
+        async with wss_server(cert, key) as url, tunnel_running(url, agent_key, ca_file=other_ca) as log:
+            await log.wait_for(lambda entries: any(RETRY.search(text) for _, text in entries))
+    retry = next(text for _, text in log.entries if RETRY.search(text))
+    assert "TLS certificate not trusted" in retry, retry
+    assert "self-signed" in retry or "local issuer" in retry, retry
+    assert log.count("connected to ") == 0
+
+
+def test_status_texts_never_show_url_credentials() -> None:
+    """Guard for the texts above: a URL with user:password (refused by config, but) never echoed into STATUS."""
+    text = status.unauthorized(401, "wss://user:s3cret@p0.example.com/x", 42)
+    assert "s3cret" not in text and "user:" not in text
+    assert "wss://p0.example.com/x" in text
