@@ -96,6 +96,8 @@ async def _read_request(stream: trio.abc.Stream) -> HttpRequest:
         length = int(headers.get("content-length", "0"))
     except ValueError:
         raise BadRequest(400, "bad content-length") from None
+    if length < 0:  # int() takes "-5"; slicing by it would silently drop the end of the body
+        raise BadRequest(400, "bad content-length")
     if length > MAX_BODY_BYTES:
         raise BadRequest(413, "request entity too large")
     body = bytearray(rest)
