@@ -104,7 +104,7 @@ def _targets(result: Measurement) -> None:
         Target(
             "start to READY=1 <= 400 ms (p50 of cold starts)", result.series["ready"].p50.median * 1000, 400.0, "ms"
         ),
-        Target("idle RSS <= 40 MB", f["idle_rss"] / MIB, 40.0, "MiB"),
+        Target("idle RSS <= 40 MB (read as MiB)", f["idle_rss"] / MIB, 40.0, "MiB"),
         Target(f"RSS growth after {int(f['requests']):,} requests <= 5% (against idle)", growth, 5.0, "%"),
         Target(
             f"open fds flat after {int(f['requests']):,} requests (growth in fds)",

@@ -95,10 +95,22 @@ class GrantBench:
         self.context = agent_context(state_dir)
         self.result = result
         self.keys = [public_key_line(f"bench{index}@p0") for index in range(64)]
+        self._single: dict[str, list[float]] = {}
 
     def record(self, key: str, name: str, measured: tuple[list[float], float]) -> None:
+        """A round with several users is one run; one-user rounds are pooled into a single run by finish(), so
+        their p99 is taken over every round's sample (a run of one sample has no percentile of its own)."""
         series = self.result.series.get(key) or self.result.new_series(key, name)
-        series.add(*measured)
+        latencies, wall = measured
+        if len(latencies) == 1:
+            self._single.setdefault(key, []).append(latencies[0])
+        else:
+            series.add(latencies, wall)
+
+    def finish(self) -> None:
+        for key, latencies in self._single.items():
+            self.result.series[key].add_sequential(latencies)
+        self._single.clear()
 
     def _ops(
         self, command: str, action: str, users: list[str], extra: Callable[[int], dict[str, object]]
@@ -223,6 +235,7 @@ async def measure_grants(state_dir: Path, sizes: GrantSizes = QUICK) -> Measurem
             await bench.agent_round(users)
             await bench.go_round(users)
             await bench.cleanup_round(users)
+    bench.finish()
     _targets(result, max(sizes.rounds))
     return result
 

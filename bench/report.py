@@ -152,10 +152,10 @@ def grants_section(m: Measurement) -> list[str]:
                 "bare/write",
             )
         ]
+        # The bare tools run one at a time: a ratio to them only means something for one user.
+        bare = {"user/grant/1": "bare/useradd/1", "keys/grant/1": "bare/write/1", "sudo/grant/1": "bare/visudo/1"}
         baseline = {
-            f"user/grant/{users}": "bare/useradd/1",
-            f"keys/grant/{users}": "bare/write/1",
-            f"sudo/grant/{users}": "bare/visudo/1",
+            **(bare if users == 1 else {}),
             f"go-keys/grant/{users}": f"keys/grant/{users}",
             f"go-keys/revoke/{users}": f"keys/revoke/{users}",
             f"go-sudo/grant/{users}": f"sudo/grant/{users}",
