@@ -288,6 +288,7 @@ async def test_responses_with_unknown_ids_are_ignored(autojump_clock: object) ->
     async with connected(heartbeat=20.0) as h:
         await h.server.answer_set_client_id()
         heartbeat = await h.server.next_frame()
+        asked = trio.current_time()
         own_id = heartbeat["id"]
         # None of these answers the outstanding heartbeat: a string twin of its id, ids never used, an id already
         # answered, null. They draw no reply and do not end the session ...
@@ -297,9 +298,10 @@ async def test_responses_with_unknown_ids_are_ignored(autojump_clock: object) ->
         await h.server.send(call_frame(5, {"command": "listUsers"}))
         reply = await h.server.next_frame()  # ... the next frame the agent sends is the answer to the call
         assert reply["id"] == 5
-        # ... and the heartbeat is still unanswered, so it times out.
+        # ... and the heartbeat is still unanswered, so this very heartbeat times out (not a later one).
         await h.ended.wait()
         assert "heartbeat failed" in h.reason[0] and "no answer" in h.reason[0]
+        assert h.ended_at[0] - asked == pytest.approx(CALL_TIMEOUT_SECONDS, abs=0.01)
 
 
 async def test_unknown_method_gets_32601_with_the_same_id(autojump_clock: object) -> None:
