@@ -25,7 +25,7 @@ from p0_ssh_agent.guard.openssh import grant_stamp
 from p0_ssh_agent.host import accounts
 from p0_ssh_agent.host.accounts import UserRecord
 from p0_ssh_agent.host.ledger import KeyKind, Ledger, utc_now
-from p0_ssh_agent.host.safefile import FileEdit, edit_in_user_dir
+from p0_ssh_agent.host.safefile import FileEdit, UnsafePath, edit_in_user_dir
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning.engine import Engine, NotManaged, Plan
 
@@ -55,6 +55,22 @@ def _granted_at(ledger: Ledger, name: str, request_id: str, kind: KeyKind, finge
         if (entry.kind, entry.fingerprint) == (kind, fingerprint):
             return entry.granted_at
     return utc_now()
+
+
+def _is_recorded(ledger: Ledger, name: str, request_id: str, kind: KeyKind, fingerprint: str) -> bool:
+    entries = ledger.keys.get(name, {}).get(request_id, [])
+    return any((entry.kind, entry.fingerprint) == (kind, fingerprint) for entry in entries)
+
+
+def _forget_key(ledger: Ledger, name: str, request_id: str, kind: KeyKind, fingerprint: str) -> None:
+    """Undo one record_key, leaving the request's other lines recorded."""
+    kept = [
+        entry
+        for entry in ledger.forget_keys(name, request_id)
+        if (entry.kind, entry.fingerprint) != (kind, fingerprint)
+    ]
+    if kept:
+        ledger.keys.setdefault(name, {})[request_id] = kept
 
 
 def _target(engine: Engine, name: str, action: Action) -> UserRecord | None:
@@ -101,11 +117,20 @@ def provision_keys(engine: Engine, request: KeyRequest | CaKeyRequest, plan: Pla
         fingerprint = key.fingerprint()
         with engine.user_lock(record.uid):
             with engine.ledger() as ledger:
+                recorded = _is_recorded(ledger, name, request_id, kind, fingerprint)
                 ledger.record_key(name, request_id, kind, fingerprint)
                 granted_at = _granted_at(ledger, name, request_id, kind, fingerprint)
             expiry = grant_stamp(granted_at, engine.config.max_grant_seconds)
             line = ca_line(name, key, expiry=expiry) if is_ca else key_line(key, expiry=expiry)
-            plan.file(_edit_authorized_keys(engine, record, lambda content: add_block(content, request_id, line)))
+            try:
+                edit = _edit_authorized_keys(engine, record, lambda content: add_block(content, request_id, line))
+            except UnsafePath:
+                # Refused before anything was written (symlinked ~/.ssh, foreign owner): the ledger must not go on
+                # claiming a grant the host never held (status, reconciliation and revoke-all would chase it).
+                if not recorded:
+                    engine.update_ledger(lambda led: _forget_key(led, name, request_id, kind, fingerprint))
+                raise
+            plan.file(edit)
         message = messages.ca_key_added(path, line) if is_ca else messages.key_added(path)
         return CommandResult(success=True, message=message)
 
