@@ -44,7 +44,9 @@ TINY = FootprintSizes(starts=1, requests=40)
 def interpreter_rss(imports: tuple[str, ...]) -> int:
     """VmRSS in bytes of a fresh interpreter after importing `imports` (empty: a bare one)."""
     code = RSS_PROBE.format(imports=", ".join(imports) or "sys")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(f"{sys.executable} -c {code!r} failed ({done.returncode}): {done.stderr.strip()}")
     return int(done.stdout.strip()) * 1024
 
 

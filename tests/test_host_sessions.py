@@ -41,7 +41,10 @@ class Spawner:
         # setpriv changes UIDs, then execs: wait until /proc shows the new UID, or the test would race setpriv.
         for _ in range(1000):  # a guard of about 10 s, not a timing assertion
             _state, uids = parse_status(Path(f"/proc/{pid}/status").read_text())
-            if uid in uids and "sleep" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+            # argv[0], not the whole command line: `sh -c "trap '' TERM; exec sleep"` names sleep before its
+            # trap is set, and a SIGTERM then would kill the shell the test means to be stubborn.
+            program = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+            if uid in uids and program.endswith(b"sleep"):
                 return
             time.sleep(0.01)
         raise AssertionError(f"process {pid} never ran as UID {uid}")
