@@ -25,8 +25,9 @@ from p0_ssh_agent.identity.keys import load_public_jwk_file
 
 MIB = 1024 * 1024
 IDLE_SETTLE_SECONDS = 2.0
+# The runtime dependencies of pyproject.toml (sd_notify is the agent's own adapter, not the sdnotify package).
 DEPENDENCIES = ("trio", "trio_websocket", "jose", "cryptography.hazmat.primitives.asymmetric.ec", "ruamel.yaml",
-                "structlog", "cedarpy", "sdnotify")  # fmt: skip
+                "structlog", "cedarpy")  # fmt: skip
 RSS_PROBE = "import {imports}; print(next(l for l in open('/proc/self/status') if l.startswith('VmRSS:')).split()[1])"
 
 

@@ -199,7 +199,7 @@ def footprint_section(m: Measurement) -> list[str]:
         [
             "baseline: every runtime dependency imported",
             f"{f['all_dependencies_rss'] / MIB:.1f} MiB",
-            "trio, trio-websocket, jose, cryptography, ruamel.yaml, structlog, cedarpy, sdnotify",
+            "trio, trio-websocket, jose, cryptography, ruamel.yaml, structlog, cedarpy",
         ],
     ]
     out += table(["figure", "value", "note"], rows)
