@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check clean venv deps-run deps-test lint typecheck unit sandbox-test package system-test fuzz reliability
+.PHONY: run test check clean venv deps-run deps-test lint typecheck unit sandbox-test package system-test fuzz reliability bench
 
 # --- setup --------------------------------------------------------------------------------------------------
 deps-run:
@@ -68,10 +68,15 @@ reliability: deps-test venv
 	tests/sandbox/enter $(BIN)/python tests/reliability/run.py --profile $(RELIABILITY_PROFILE) \
 		--fuzz-seconds $(FUZZ_SECONDS)
 
+# The performance targets of docs/benchmarks.md: prints every number and PASS/MISS, rewrites the report and plot.
+# Inside the sandbox because real grants run useradd/visudo on a throwaway /etc.
+bench: deps-test venv
+	tests/sandbox/enter $(BIN)/python -m bench.run
+
 # --- developer checks ---------------------------------------------------------------------------------------
 lint: venv
-	$(BIN)/ruff check agent tests
-	$(BIN)/ruff format --check agent tests
+	$(BIN)/ruff check agent tests bench
+	$(BIN)/ruff format --check agent tests bench
 
 typecheck: venv
 	$(BIN)/mypy

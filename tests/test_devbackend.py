@@ -151,7 +151,7 @@ async def post(backend: DevBackend, path: str, data: object, extra: str = "") ->
 async def channels_down_to(backend: DevBackend, count: int) -> None:
     """Wait until the backend has cleaned up closed sockets (it offers no event for that, so poll)."""
     with trio.fail_after(GUARD_SECONDS):
-        while len(backend.channels) > count:  # noqa: ASYNC110
+        while len(backend.channels) > count:
             await trio.sleep(0.01)
 
 

@@ -187,7 +187,7 @@ def guard_tasks(engine: Engine) -> GuardTasks:
 
 async def wait_for(condition: Callable[[], bool]) -> None:
     with trio.fail_after(36000):  # virtual seconds: a broken loop fails instead of hanging
-        while not condition():  # noqa: ASYNC110 - host state that no trio event announces
+        while not condition():
             await trio.sleep(1)
 
 

@@ -77,9 +77,7 @@ class ConnectProxy:
             return
         request_line, *lines = head.split("\r\n")
         method, target, _version = request_line.split(" ")
-        headers = {
-            name.strip().lower(): value.strip() for name, _, value in (x.partition(":") for x in lines)
-        }
+        headers = {name.strip().lower(): value.strip() for name, _, value in (x.partition(":") for x in lines)}
         if method != "CONNECT":
             await client.send_all(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
             return
@@ -166,9 +164,7 @@ def make_pki(directory: Path) -> Pki:
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -182,24 +178,18 @@ def make_pki(directory: Path) -> Pki:
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
             critical=False,
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     ca_file, cert_file, key_file = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
     ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server.load_cert_chain(cert_file, key_file)
@@ -287,9 +277,7 @@ async def test_wss_direct_checks_the_ip_address_in_the_certificate(tmp_path: Pat
 
     async def body(nursery: trio.Nursery) -> None:
         ws_port = await start_ws(nursery, EchoServer(), pki.server)
-        assert (
-            await exchange(nursery, f"wss://127.0.0.1:{ws_port}", proxy=None, tls=pki.client) == "echo:ping"
-        )
+        assert await exchange(nursery, f"wss://127.0.0.1:{ws_port}", proxy=None, tls=pki.client) == "echo:ping"
 
     await run_with_servers(body)
 
@@ -318,9 +306,7 @@ async def test_handshake_rejection_propagates_unchanged(through_proxy: bool, sta
         good_port = await start_ws(nursery, EchoServer())
         settings = None
         if through_proxy:
-            settings = parse_proxy_url(
-                f"http://127.0.0.1:{await start_proxy(nursery, ConnectProxy())}", source="t"
-            )
+            settings = parse_proxy_url(f"http://127.0.0.1:{await start_proxy(nursery, ConnectProxy())}", source="t")
         with pytest.raises(ConnectionRejected) as info:
             await exchange(nursery, f"ws://127.0.0.1:{ws_port}/", proxy=settings)
         assert info.value.status_code == status
@@ -354,8 +340,7 @@ async def test_407_without_credentials_says_how_to_add_them() -> None:
     )
     assert message.startswith("the proxy http://127.0.0.1:")
     assert message.endswith(
-        " requires authentication (HTTP 407): put the credentials in the proxy URL as "
-        "http://user:password@host:port"
+        " requires authentication (HTTP 407): put the credentials in the proxy URL as http://user:password@host:port"
     )
 
 
@@ -368,9 +353,7 @@ async def test_407_with_wrong_credentials_never_shows_them() -> None:
     assert "HTTP 407" in message
     assert "wrong-pass" not in message
     assert base64.b64encode(b"agent:wrong-pass").decode() not in message
-    assert proxy.heads[0].endswith(
-        "Proxy-Authorization: Basic " + base64.b64encode(b"agent:wrong-pass").decode()
-    )
+    assert proxy.heads[0].endswith("Proxy-Authorization: Basic " + base64.b64encode(b"agent:wrong-pass").decode())
 
 
 async def test_407_with_an_unsupported_scheme_says_so() -> None:
@@ -497,9 +480,7 @@ def test_credentials_become_a_basic_header_and_stay_hidden() -> None:
         "ProxySettings(url='http://proxy.corp:3128', host='proxy.corp', port=3128, auth_header='[REDACTED]')"
     )
     assert str(settings) == shown
-    assert parse_proxy_url("proxy.corp", source="t") == ProxySettings(
-        "http://proxy.corp:80", "proxy.corp", 80, None
-    )
+    assert parse_proxy_url("proxy.corp", source="t") == ProxySettings("http://proxy.corp:80", "proxy.corp", 80, None)
     assert parse_proxy_url("http://[2001:db8::1]:3128", source="t").url == "http://[2001:db8::1]:3128"
 
 
