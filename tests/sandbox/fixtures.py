@@ -101,7 +101,14 @@ class Sandbox:
         return pwd.getpwnam(name)
 
     def userdel(self, name: str) -> None:
-        run([USERDEL, "-r", name])
+        # Exit 8 is "user currently logged in": sshd's session process for an ssh that just returned can outlive
+        # the client by a few milliseconds. Wait for it (a guard of about 10 s, not a timing assertion).
+        for _ in range(200):
+            if run([USERDEL, "-r", name], check=False).returncode != 8:
+                break
+            time.sleep(0.05)
+        if pwd_entry(name) is not None:
+            run([USERDEL, "-r", name])  # still there: fail with userdel's own words
 
     def install_key(self, name: str, public_line: str) -> Path:
         """Write ~name/.ssh/authorized_keys holding one key, with the owner and modes StrictModes demands."""
@@ -295,3 +302,10 @@ def test_ca(tmp_path: Path) -> TestCA:
     ca_dir.mkdir()
     private, public = make_keypair(ca_dir, "user_ca")
     return TestCA(private_path=private, public_line=public)
+
+
+def pwd_entry(name: str) -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        return None

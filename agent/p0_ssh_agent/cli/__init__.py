@@ -28,6 +28,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "status",
     "command",
     "revoke_all",
+    "policy",
     "dev_backend",
     "version",
     "help",

@@ -13,9 +13,11 @@ answer a real run would give, the commands it would run and a unified diff of ev
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 
 import trio
 
+from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.core import messages
 from p0_ssh_agent.core.errors import RequestInvalid
 from p0_ssh_agent.core.requests import (
@@ -33,6 +35,7 @@ from p0_ssh_agent.core.requests import (
 )
 from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.protocol.forwarded import CommandResult
+from p0_ssh_agent.provisioning import policy_gate
 from p0_ssh_agent.provisioning.context import ExecutionContext
 from p0_ssh_agent.provisioning.engine import Engine, Plan
 from p0_ssh_agent.provisioning.keys import provision_keys
@@ -42,6 +45,7 @@ from p0_ssh_agent.provisioning.sudo import provision_sudo
 from p0_ssh_agent.provisioning.users import provision_user
 
 Handler = Callable[[ExecutionContext, Mapping[str, object]], Awaitable[CommandResult]]
+log = get_logger(__name__)
 
 
 def apply(engine: Engine, request: ProvisioningRequest, plan: Plan) -> CommandResult:
@@ -65,6 +69,27 @@ def run_request(engine: Engine, request: ProvisioningRequest, plan: Plan) -> Com
         return CommandResult(success=False, error=str(exc))
     except OSError as exc:  # a failure no module translated: still the operator's to read, never a crash
         return CommandResult(success=False, error=f"{request.command.value}: {exc.strerror or exc}")
+
+
+def gated_request(context: ExecutionContext, engine: Engine, request: ProvisioningRequest, plan: Plan) -> CommandResult:
+    """The local policy first (grants only), then the change; a denial changes nothing (blocking)."""
+    grant = policy_gate.grant_to_check(request)
+    if grant is not None:
+        try:
+            decision = policy_gate.check(context.policy, engine, grant, datetime.now(UTC))
+        except AgentError as exc:  # the ledger or NSS could not be read: no facts, no grant
+            return CommandResult(success=False, error=f"local policy not evaluated: {exc}")
+        if not decision.allowed:
+            log.warning(
+                "policy_denied",
+                request_id=grant.request_id,
+                command=grant.command.value,
+                user=grant.user,
+                policy=decision.policy,
+                reason=decision.reason,
+            )
+            return policy_gate.denial(decision, context.policy, grant)
+    return run_request(engine, request, plan)
 
 
 def dry_run_answer(request: ProvisioningRequest, result: CommandResult, plan: Plan) -> CommandResult:
@@ -92,7 +117,7 @@ def _handler(command: Command) -> Handler:
         plan = Plan()
         # Not abandoned on cancel: a host edit, once started, always runs to its end (the worker answers the
         # backend on time regardless and keeps the result for a retry).
-        result = await trio.to_thread.run_sync(run_request, engine, request, plan)
+        result = await trio.to_thread.run_sync(gated_request, context, engine, request, plan)
         return dry_run_answer(request, result, plan) if context.dry_run else result
 
     return handle

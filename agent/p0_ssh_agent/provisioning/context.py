@@ -1,11 +1,13 @@
-"""What every command handler gets: the configuration, the state directory and whether this is a dry run."""
+"""What every command handler gets: the configuration, the state directory, whether this is a dry run, and the
+host owner's local policy (loaded once per configuration, so a SIGHUP with a broken policy keeps the old one)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from p0_ssh_agent.config import AgentConfig
+from p0_ssh_agent.guard.policy import LocalPolicy, builtin_policy
 
 
 @dataclass(frozen=True)
@@ -13,3 +15,4 @@ class ExecutionContext:
     config: AgentConfig
     state_dir: Path
     dry_run: bool
+    policy: LocalPolicy = field(default_factory=builtin_policy)

@@ -100,6 +100,11 @@ class Worker:
     def pending(self) -> int:
         return self._pending
 
+    @property
+    def executor(self) -> Executor:
+        """What new requests run on (a reload replaces it; requests in flight finish on the old one)."""
+        return self._executor
+
     def set_executor(self, executor: Executor) -> None:
         """Swap the executor (SIGHUP reload); jobs already running keep the one they started with."""
         self._executor = executor
