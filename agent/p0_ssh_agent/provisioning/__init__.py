@@ -34,6 +34,7 @@ from p0_ssh_agent.core.requests import (
     parse_request,
 )
 from p0_ssh_agent.errors import AgentError
+from p0_ssh_agent.guard.audit import audit_request
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning import policy_gate
 from p0_ssh_agent.provisioning.context import ExecutionContext
@@ -72,13 +73,18 @@ def run_request(engine: Engine, request: ProvisioningRequest, plan: Plan) -> Com
 
 
 def gated_request(context: ExecutionContext, engine: Engine, request: ProvisioningRequest, plan: Plan) -> CommandResult:
-    """The local policy first (grants only), then the change; a denial changes nothing (blocking)."""
+    """The local policy first (grants only), then the change; a denial changes nothing. Every outcome, denial
+    included, is one audit entry (blocking)."""
     grant = policy_gate.grant_to_check(request)
+    allowed_by = ""
     if grant is not None:
         try:
             decision = policy_gate.check(context.policy, engine, grant, datetime.now(UTC))
         except AgentError as exc:  # the ledger or NSS could not be read: no facts, no grant
-            return CommandResult(success=False, error=f"local policy not evaluated: {exc}")
+            failed = CommandResult(success=False, error=f"local policy not evaluated: {exc}")
+            audit_request(context.config, request, failed, dry_run=context.dry_run)
+            return failed
+        allowed_by = decision.policy
         if not decision.allowed:
             log.warning(
                 "policy_denied",
@@ -88,8 +94,12 @@ def gated_request(context: ExecutionContext, engine: Engine, request: Provisioni
                 policy=decision.policy,
                 reason=decision.reason,
             )
-            return policy_gate.denial(decision, context.policy, grant)
-    return run_request(engine, request, plan)
+            denied = policy_gate.denial(decision, context.policy, grant)
+            audit_request(context.config, request, denied, dry_run=context.dry_run, policy=allowed_by, denied=True)
+            return denied
+    result = run_request(engine, request, plan)
+    audit_request(context.config, request, result, dry_run=context.dry_run, policy=allowed_by)
+    return result
 
 
 def dry_run_answer(request: ProvisioningRequest, result: CommandResult, plan: Plan) -> CommandResult:
