@@ -2,7 +2,7 @@
 here independently (both field forms), each event type's MESSAGE_ID, no key material or credential in any entry,
 the JSON-lines file (mode, symlink refusal, whole lines under concurrent writers), and failures that never raise.
 
-`JournalSink` and the `journal` fixture are reused by tests/test_expiry.py and tests/test_reconcile.py.
+`JournalSink` and `journal_sink` are reused by tests/test_expiry.py and tests/test_reconcile.py.
 """
 
 from __future__ import annotations
@@ -115,12 +115,17 @@ def no_host_journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(audit.JOURNAL_SOCKET_ENV, str(tmp_path / "no-journald-here"))
 
 
-@pytest.fixture
-def journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[JournalSink]:
+def journal_sink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[JournalSink]:
+    """The body of a `journal` fixture (other test modules define theirs with `yield from journal_sink(...)`)."""
     sink = JournalSink(tmp_path)
     monkeypatch.setenv(audit.JOURNAL_SOCKET_ENV, str(sink.path))
     yield sink
     sink.close()
+
+
+@pytest.fixture
+def journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[JournalSink]:
+    yield from journal_sink(tmp_path, monkeypatch)
 
 
 @pytest.fixture

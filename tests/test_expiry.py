@@ -11,7 +11,7 @@ import os
 import pwd
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -32,12 +32,19 @@ from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning import run_request
 from p0_ssh_agent.provisioning.engine import Engine, Plan
 from sandbox.fixtures import Sandbox, Sshd, make_keypair, unique_user_name
+from test_audit import PINNED_IDS, JournalSink, journal_sink
 
 SSH_KEYGEN = "/usr/bin/ssh-keygen"
 DROPIN = Path("/etc/sudoers.d/p0-ssh-agent")
 T = TypeVar("T")
 KEY_A = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHNLmYVg4wR7L+9IQJslJexzhJmdx/XrwOb60irE5wOE a@test"
 KEY_B = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGr6Mb2xFzCJ5QvHjXBKjJ2lpL7yIrCGt3YsmKPTqyrc b@test"
+
+
+@pytest.fixture
+def journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[JournalSink]:
+    """A journald socket of the test's own: the audit entries the sweep and the offline revoke send."""
+    yield from journal_sink(tmp_path, monkeypatch)
 
 
 # --- the OpenSSH version and the stamps -------------------------------------------------------------------------
@@ -201,7 +208,7 @@ def grants_in(engine: Engine) -> int:
 
 @pytest.mark.sandbox
 async def test_the_sweep_task_revokes_at_expiry_with_no_backend(
-    sandbox: Sandbox, tmp_path: Path, autojump_clock: trio.testing.MockClock
+    sandbox: Sandbox, tmp_path: Path, autojump_clock: trio.testing.MockClock, journal: JournalSink
 ) -> None:
     engine = make_engine(tmp_path / "state", max_grant_seconds=3600)
     user = unique_user_name()
@@ -219,6 +226,21 @@ async def test_the_sweep_task_revokes_at_expiry_with_no_backend(
     assert b"exp-1" not in dropin()
     assert pwd.getpwnam(user)  # grants expire; the account is the backend's (provisionUser revoke) to end
     assert tasks.state.last_sweep is not None and len(tasks.state.last_sweep.revoked) == 3
+    # Each expired grant is one audit entry under the grant's own request id, keys named by fingerprint only.
+    entries = journal.entries()
+    assert sorted(e["COMMAND"] for e in entries) == ["provisionAuthorizedKeys", "provisionCAKeys", "provisionSudo"]
+    for entry in entries:
+        assert (entry["MESSAGE_ID"], entry["ORIGIN"], entry["ACTION"], entry["RESULT"]) == (
+            PINNED_IDS["expired"],
+            "expiry",
+            "revoke",
+            "success",
+        )
+        assert (entry["REQUEST_ID"], entry["TARGET_USER"], entry["DRY_RUN"]) == ("exp-1", user, "false")
+    fingerprints = {e["COMMAND"]: e.get("KEY_FINGERPRINT") for e in entries}
+    assert fingerprints["provisionAuthorizedKeys"] == parse_public_key(KEY_A, field="k").fingerprint()
+    assert fingerprints["provisionCAKeys"] == parse_public_key(KEY_B, field="k").fingerprint()
+    assert KEY_A.split()[1].encode() not in b"".join(journal.raw)
     # It slept until the expiry instead of polling: the start-up sweep, one per MAX_SLEEP_SECONDS (the guard
     # against a stepped wall clock), and the one at the expiry.
     assert tasks.state.sweeps <= 3600 / MAX_SLEEP_SECONDS + 2
@@ -250,7 +272,9 @@ async def test_grants_that_expired_while_the_agent_was_down_go_at_start_up(
 
 
 @pytest.mark.sandbox
-def test_a_failed_revoke_is_reported_and_the_rest_still_goes(sandbox: Sandbox, tmp_path: Path) -> None:
+def test_a_failed_revoke_is_reported_and_the_rest_still_goes(
+    sandbox: Sandbox, tmp_path: Path, journal: JournalSink
+) -> None:
     engine = make_engine(tmp_path / "state", max_grant_seconds=60)
     user = unique_user_name()
     grant_everything(engine, user)
@@ -261,6 +285,13 @@ def test_a_failed_revoke_is_reported_and_the_rest_still_goes(sandbox: Sandbox, t
     assert {g.kind for g, _error in report.failed} == {"key", "ca"}
     assert all("authorized_keys" in error for _grant, error in report.failed)
     assert grants_in(engine) == 2  # the key lines stay in the ledger: the next sweep retries them
+    audited = sorted((e["MESSAGE_ID"], e["COMMAND"], e["RESULT"], e["PRIORITY"]) for e in journal.entries())
+    assert audited == [
+        (PINNED_IDS["failed"], "provisionAuthorizedKeys", "failure", "4"),
+        (PINNED_IDS["failed"], "provisionCAKeys", "failure", "4"),
+        (PINNED_IDS["expired"], "provisionSudo", "success", "6"),
+    ]
+    assert all("authorized_keys" in e["ERROR"] for e in journal.entries() if e["RESULT"] == "failure")
 
 
 @pytest.mark.sandbox
@@ -294,7 +325,7 @@ def test_an_outage_never_deletes_accounts() -> None:
 
 @pytest.mark.sandbox
 async def test_offline_revoke_fails_closed_once_the_backend_was_gone_that_long(
-    sandbox: Sandbox, tmp_path: Path, autojump_clock: trio.testing.MockClock
+    sandbox: Sandbox, tmp_path: Path, autojump_clock: trio.testing.MockClock, journal: JournalSink
 ) -> None:
     engine = make_engine(tmp_path / "state", offline_revoke_after_seconds=600, user_revoke_mode="delete")
     user = unique_user_name()
@@ -320,6 +351,17 @@ async def test_offline_revoke_fails_closed_once_the_backend_was_gone_that_long(
     assert pwd.getpwnam(user) and accounts.is_locked(user)  # userRevokeMode delete: locked, never deleted offline
     report = tasks.state.last_offline_revoke
     assert report is not None and not report.failed
+    # One revoke entry per grant under its own request id, then the run's summary.
+    entries = journal.entries()
+    assert all(e["ORIGIN"] == "offline-revoke" for e in entries)
+    assert sorted((e["EVENT"], e["COMMAND"], e["REQUEST_ID"]) for e in entries) == [
+        ("revoke", "provisionAuthorizedKeys", "exp-1"),
+        ("revoke", "provisionCAKeys", "exp-1"),
+        ("revoke", "provisionSudo", "exp-1"),
+        ("revoke", "provisionUser", "revoke-all"),
+        ("revoke-all", "revoke-all", "revoke-all"),
+    ]
+    assert entries[-1]["MESSAGE_ID"] == PINNED_IDS["revoke-all"] and entries[-1]["RESULT"] == "success"
 
 
 @pytest.mark.sandbox

@@ -11,7 +11,7 @@ import json
 import pwd
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -28,6 +28,7 @@ from p0_ssh_agent.host.ledger import load_ledger
 from p0_ssh_agent.provisioning import run_request
 from p0_ssh_agent.provisioning.engine import Engine, Plan
 from sandbox.fixtures import Sandbox, unique_user_name
+from test_audit import PINNED_IDS, JournalSink, journal_sink
 
 pytestmark = pytest.mark.sandbox
 
@@ -43,6 +44,12 @@ def grant(engine: Engine, command: str, request_id: str, **fields: object) -> No
     data: dict[str, object] = {"command": command, "action": "grant", "requestId": request_id, **fields}
     result = run_request(engine, parse_request(command, data), Plan())
     assert result.success, result.error
+
+
+@pytest.fixture
+def journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[JournalSink]:
+    """A journald socket of the test's own: the drift and repair entries reconciliation sends."""
+    yield from journal_sink(tmp_path, monkeypatch)
 
 
 @pytest.fixture
@@ -86,7 +93,7 @@ def test_no_drift_after_normal_grants(engine: Engine) -> None:
     assert reconcile(engine, repair=True) == []
 
 
-def test_hand_edits_of_authorized_keys_are_reported_then_repaired(engine: Engine) -> None:
+def test_hand_edits_of_authorized_keys_are_reported_then_repaired(engine: Engine, journal: JournalSink) -> None:
     user = granted_user(engine, "rec-1", "rec-2", "rec-3", "rec-4")
     path = keys_file(user)
     text = path.read_bytes()
@@ -110,10 +117,26 @@ def test_hand_edits_of_authorized_keys_are_reported_then_repaired(engine: Engine
     assert not any(d.repaired for d in found)
     assert all("AAAA" not in d.detail for d in found)  # fingerprints, never key material
     assert snapshot(engine, user) == before  # report mode changes nothing
+    reported = journal.entries()
+    assert sorted((e["DRIFT"], e["REQUEST_ID"]) for e in reported) == kinds(found)
+    for entry in reported:
+        assert (entry["MESSAGE_ID"], entry["RESULT"], entry["ACTION"], entry["ORIGIN"]) == (
+            PINNED_IDS["drift"],
+            "reported",
+            "report",
+            "reconcile",
+        )
+        assert entry["TARGET_USER"] == user and entry["KEY_FINGERPRINT"].startswith("SHA256:")
+    assert b"AAAA" not in b"".join(journal.raw)  # fingerprints, never key material
 
     repaired = reconcile(engine, repair=True)
 
     assert kinds(repaired) == kinds(found) and all(d.repaired for d in repaired)
+    fixed = journal.entries()[len(reported) :]
+    assert sorted((e["DRIFT"], e["REQUEST_ID"]) for e in fixed) == kinds(found)
+    assert {(e["MESSAGE_ID"], e["RESULT"], e["ACTION"]) for e in fixed} == {
+        (PINNED_IDS["repaired"], "success", "repair")
+    }
     after = path.read_bytes()
     assert after.startswith(USER_OWN) and b"not-ours" in after  # what is not the ledger's is left alone
     assert b'principals="root"' not in after and b"no-pty" not in after and after.count(USER_OWN) == 1
@@ -149,7 +172,11 @@ def test_a_vanished_account_forgets_its_keys_on_repair(engine: Engine, sandbox: 
     assert user not in load_ledger(engine.state_dir).keys
 
 
-def test_hand_edits_of_the_sudo_drop_in_are_reported_then_repaired(engine: Engine) -> None:
+def test_hand_edits_of_the_sudo_drop_in_are_reported_then_repaired(
+    engine: Engine, journal: JournalSink, tmp_path: Path
+) -> None:
+    audit_file = tmp_path / "audit.jsonl"
+    engine = dataclasses.replace(engine, config=dataclasses.replace(engine.config, audit_file=audit_file))
     user = granted_user(engine, "rec-1", "rec-2", "rec-3")
     text = DROPIN.read_text()
     text = text.replace(f"# RequestID: rec-1\n{user} ALL=(ALL) NOPASSWD: ALL\n", "")  # removed by hand
@@ -171,6 +198,15 @@ def test_hand_edits_of_the_sudo_drop_in_are_reported_then_repaired(engine: Engin
     assert set(load_ledger(engine.state_dir).sudo) == {"rec-3"}
     assert visudo_ok()
     assert reconcile(engine, repair=True) == []
+    # The same six entries in journald and in the audit file: three found, three repaired.
+    in_journal = [(e["EVENT"], e["DRIFT"], e["REQUEST_ID"], e["PATH"]) for e in journal.entries()]
+    in_file = [json.loads(line) for line in audit_file.read_text().splitlines()]
+    assert [(e["event"], e["drift"], e["request_id"], e["path"]) for e in in_file] == in_journal
+    assert sorted(in_journal) == sorted(
+        (event, kind, rid, str(DROPIN))
+        for event in ("drift", "repaired")
+        for kind, rid in (("sudo_changed", "rec-2"), ("sudo_missing", "rec-1"), ("sudo_unknown", "rec-9"))
+    )
 
 
 def test_a_drop_in_edited_out_of_shape_is_reported_and_left_to_the_operator(engine: Engine) -> None:
@@ -184,7 +220,7 @@ def test_a_drop_in_edited_out_of_shape_is_reported_and_left_to_the_operator(engi
     DROPIN.write_text(HEADER + f"# RequestID: rec-1\n{user} ALL=(ALL) NOPASSWD: ALL\n")
 
 
-def test_a_dry_run_engine_only_reports(engine: Engine) -> None:
+def test_a_dry_run_engine_only_reports(engine: Engine, journal: JournalSink) -> None:
     user = granted_user(engine, "rec-1")
     path = keys_file(user)
     path.write_bytes(path.read_bytes() + b"# RequestID: rec-1\n" + USER_OWN)
@@ -192,6 +228,13 @@ def test_a_dry_run_engine_only_reports(engine: Engine) -> None:
     found = reconcile(dataclasses.replace(engine, dry_run=True), repair=True)
     assert kinds(found) == [("foreign_line", "rec-1")] and not found[0].repaired
     assert snapshot(engine, user) == before
+    [entry] = journal.entries()
+    assert (entry["EVENT"], entry["RESULT"], entry["ACTION"], entry["DRY_RUN"]) == (
+        "drift",
+        "reported",
+        "report",
+        "true",
+    )
 
 
 async def inline(work: Callable[[], T]) -> T:

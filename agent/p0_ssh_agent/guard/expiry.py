@@ -25,8 +25,10 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from p0_ssh_agent.adapters.logging import get_logger
+from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.core.requests import Action, CaKeyRequest, Command, KeyRequest, SudoRequest
 from p0_ssh_agent.errors import AgentError
+from p0_ssh_agent.guard import audit
 from p0_ssh_agent.guard.openssh import grant_time
 from p0_ssh_agent.host.ledger import Ledger
 from p0_ssh_agent.protocol.forwarded import CommandResult
@@ -107,8 +109,13 @@ def _revoke(engine: Engine, grant: LiveGrant, plan: Plan) -> CommandResult:
     return provision_sudo(engine, request, plan)
 
 
-def record_expiry(grant: LiveGrant, *, result: str, error: str = "", dry_run: bool = False) -> None:
-    """The one place an expiry revoke is recorded (structlog; guard/audit.py joins here once it exists)."""
+_COMMAND_OF: dict[GrantKind, Command] = {"key": Command.AUTHORIZED_KEYS, "ca": Command.CA_KEYS, "sudo": Command.SUDO}
+
+
+def record_expiry(
+    grant: LiveGrant, *, result: str, error: str = "", dry_run: bool = False, config: AgentConfig | None = None
+) -> None:
+    """The one place an expiry revoke is recorded: a structlog line and an audit entry (guard/audit.py)."""
     event = log.warning if error else log.info
     event(
         "grant_expired",
@@ -121,6 +128,27 @@ def record_expiry(grant: LiveGrant, *, result: str, error: str = "", dry_run: bo
         result=result,
         error=error or None,
         dry_run=dry_run,
+    )
+    command = _COMMAND_OF[grant.kind].value
+    expired = grant.expires_at.isoformat() if grant.expires_at else "?"
+    summary = f"{'[dry run] ' if dry_run else ''}{command} revoke for {grant.user} (request {grant.request_id})"
+    summary += f": grant expired at {expired}, {result}" + (f": {error}" if error else "")
+    audit.record(
+        config,
+        audit.AuditEvent(
+            event=audit.Event.FAILED if error else audit.Event.EXPIRED,
+            origin="expiry",
+            request_id=grant.request_id,
+            command=command,
+            action=Action.REVOKE.value,
+            target_user=grant.user,
+            result="failure" if error else "success",
+            summary=summary,
+            dry_run=dry_run,
+            key_fingerprint=grant.detail if grant.kind != "sudo" else "",
+            error=error,
+            detail=f"granted {grant.granted_at.isoformat()}, expired {expired} ({grant.detail})",
+        ),
     )
 
 
@@ -142,10 +170,12 @@ def sweep(engine: Engine, now: datetime) -> SweepReport:
             result = CommandResult(success=False, error=str(exc))
         if result.success:
             report.revoked.append(grant)
-            record_expiry(grant, result="revoked" if not engine.dry_run else "would revoke", dry_run=engine.dry_run)
+            outcome = "revoked" if not engine.dry_run else "would revoke"
+            record_expiry(grant, result=outcome, dry_run=engine.dry_run, config=engine.config)
         else:
             report.failed.append((grant, result.error))
-            record_expiry(grant, result="failed", error=result.error, dry_run=engine.dry_run)
+            error = result.error or "revoke failed"
+            record_expiry(grant, result="failed", error=error, dry_run=engine.dry_run, config=engine.config)
     report.next_expiry = next_expiry(grants, now)
     return report
 
@@ -161,7 +191,7 @@ def offline_user_mode(configured: str) -> str:
 def offline_revoke(engine: Engine, offline_seconds: float) -> Report:
     """Take back every grant in the ledger because the backend has been unreachable for `offline_seconds`."""
     mode = offline_user_mode(engine.config.user_revoke_mode)
-    report = revoke_all(engine, mode, Plan())
+    report = revoke_all(engine, mode, Plan(), origin="offline-revoke")
     log.warning(
         "offline_revoke",
         offline_seconds=round(offline_seconds),

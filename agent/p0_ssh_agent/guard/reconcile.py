@@ -42,11 +42,13 @@ from datetime import timedelta
 from typing import Literal
 
 from p0_ssh_agent.adapters.logging import get_logger
+from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.core.authorized_keys import OwnLine, blocks, is_ca_line, parse_own_line, remove_block
 from p0_ssh_agent.core.errors import RequestInvalid
 from p0_ssh_agent.core.sshkeys import KNOWN_KEY_TYPES, parse_public_key
 from p0_ssh_agent.core.sudoers import SudoGrant
 from p0_ssh_agent.errors import AgentError
+from p0_ssh_agent.guard import audit
 from p0_ssh_agent.guard.openssh import grant_time, stamp_time
 from p0_ssh_agent.host import accounts
 from p0_ssh_agent.host.accounts import UserRecord
@@ -75,8 +77,8 @@ class Drift:
     repaired: bool = False
 
 
-def record_drift(drift: Drift, *, mode: str) -> None:
-    """The one place a drift finding is recorded (structlog; guard/audit.py joins here once it exists)."""
+def record_drift(drift: Drift, *, mode: str, config: AgentConfig | None = None, dry_run: bool = False) -> None:
+    """The one place a drift finding is recorded: a structlog line and an audit entry (guard/audit.py)."""
     log.warning(
         "drift",
         drift=drift.kind,
@@ -87,6 +89,36 @@ def record_drift(drift: Drift, *, mode: str) -> None:
         mode=mode,
         repaired=drift.repaired,
     )
+    # RESULT: "reported" for a finding left as it is (report mode, or nothing the agent may repair), "failure" for
+    # a repair that was tried and failed, "success" for one repaired.
+    result: audit.Result = (
+        "success" if drift.repaired else "failure" if mode == "repair" and _repairable(drift) else "reported"
+    )
+    summary = f"{'[dry run] ' if dry_run else ''}drift {drift.kind} in {drift.path}"
+    summary += f" (user {drift.user or '-'}, request {drift.request_id or '-'}): {drift.detail}"
+    summary += " (repaired)" if drift.repaired else f" ({mode} mode: {result})"
+    audit.record(
+        config,
+        audit.AuditEvent(
+            event=audit.Event.REPAIRED if drift.repaired else audit.Event.DRIFT,
+            origin="reconcile",
+            request_id=drift.request_id or "",
+            command="reconcile",
+            action=mode,
+            target_user=drift.user or "",
+            result=result,
+            summary=summary,
+            dry_run=dry_run,
+            key_fingerprint=audit.fingerprint_in(drift.detail),
+            detail=drift.detail,
+            drift=drift.kind,
+            path=drift.path,
+        ),
+    )
+
+
+def _repairable(drift: Drift) -> bool:
+    return drift.kind != "unreadable"  # the operator fixes an unreadable file; the agent never tries
 
 
 def reconcile(engine: Engine, *, repair: bool, record: bool = True) -> list[Drift]:
@@ -98,7 +130,7 @@ def reconcile(engine: Engine, *, repair: bool, record: bool = True) -> list[Drif
     found = _reconcile_keys(engine, repair) + _reconcile_sudo(engine, repair)
     if record:
         for drift in found:
-            record_drift(drift, mode="repair" if repair else "report")
+            record_drift(drift, mode="repair" if repair else "report", config=engine.config, dry_run=engine.dry_run)
     return found
 
 

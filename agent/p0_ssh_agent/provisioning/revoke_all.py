@@ -4,6 +4,9 @@ For the administrator who wants the host clean before removing the package (docs
 same handlers as the backend's revokes (same locks, same checks, same messages), so it is safe while the daemon
 runs, idempotent, and keeps going past a failure so one broken home directory does not leave everything else.
 Adopted accounts lose their grants but keep their account: the agent did not create them.
+
+Every revoke is audited (guard/audit.py) under the grant's own request id, so the grant's history ends with it,
+and the run as a whole adds one revoke-all entry that counts what was done and what failed.
 """
 
 from __future__ import annotations
@@ -13,9 +16,18 @@ import os
 from dataclasses import dataclass, field
 
 from p0_ssh_agent.core.authorized_keys import remove_block
-from p0_ssh_agent.core.requests import Action, CaKeyRequest, Command, KeyRequest, UserRequest
+from p0_ssh_agent.core.requests import (
+    Action,
+    CaKeyRequest,
+    Command,
+    KeyRequest,
+    ProvisioningRequest,
+    SudoRequest,
+    UserRequest,
+)
 from p0_ssh_agent.core.sudoers import LEGACY_FILE
 from p0_ssh_agent.errors import AgentError
+from p0_ssh_agent.guard import audit
 from p0_ssh_agent.host.sudo import edit_legacy_file
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning.engine import Engine, Plan
@@ -38,20 +50,50 @@ class Report:
             self.failed.append(f"{what}: {result.error}")
 
 
-def _attempt(report: Report, what: str, step: object) -> None:
+def _attempt(report: Report, what: str, step: object) -> CommandResult:
+    """Run one step and count it; the result (a failure for an exception) is what the audit entry records."""
     try:
         result = step() if callable(step) else step
     except (AgentError, OSError, ValueError) as exc:
         report.failed.append(f"{what}: {exc}")
-        return
+        return CommandResult(success=False, error=str(exc))
     if isinstance(result, CommandResult):
         report.add(what, result)
-    else:
-        report.done.append(what)
+        return result
+    report.done.append(what)
+    return CommandResult(success=True, message=what)
 
 
-def revoke_all(engine: Engine, user_mode: str, plan: Plan) -> Report:
-    """Blocking. user_mode: keep | lock | delete, for the accounts the agent created."""
+def _audit(engine: Engine, request: ProvisioningRequest, result: CommandResult, origin: audit.Origin) -> None:
+    event = audit.request_event(request, result, dry_run=engine.dry_run, origin=origin)
+    if event is not None:
+        audit.record(engine.config, event)
+
+
+def _audit_summary(engine: Engine, report: Report, user_mode: str, origin: audit.Origin) -> None:
+    result: audit.Result = "failure" if report.failed else "success"
+    counts = f"{len(report.done)} done, {len(report.failed)} failed, created accounts: {user_mode}"
+    audit.record(
+        engine.config,
+        audit.AuditEvent(
+            event=audit.Event.REVOKE_ALL,
+            origin=origin,
+            request_id=REVOKE_ALL_ID,
+            command=REVOKE_ALL_ID,
+            action=Action.REVOKE.value,
+            target_user="",
+            result=result,
+            summary=f"{'[dry run] ' if engine.dry_run else ''}{origin}: every grant in the ledger revoked: {counts}",
+            dry_run=engine.dry_run,
+            error="; ".join(report.failed),
+            detail=counts,
+        ),
+    )
+
+
+def revoke_all(engine: Engine, user_mode: str, plan: Plan, *, origin: audit.Origin = "revoke-all") -> Report:
+    """Blocking. user_mode: keep | lock | delete, for the accounts the agent created. origin names who asked
+    (`revoke-all`, or the offline revoke) in the audit entries."""
     report = Report()
     ledger = engine.read_ledger()
     for user, per_request in sorted(ledger.keys.items()):
@@ -64,9 +106,15 @@ def revoke_all(engine: Engine, user_mode: str, plan: Plan) -> Report:
                 requests.append(CaKeyRequest(Command.CA_KEYS, user, Action.REVOKE, request_id, None))
             for request in requests:
                 what = f"{request.command.value} {user} {request_id}"
-                _attempt(report, what, lambda r=request: provision_keys(engine, r, plan))
+                result = _attempt(report, what, lambda r=request: provision_keys(engine, r, plan))
+                _audit(engine, request, result, origin)
 
-    _attempt(report, "sudo rules in /etc/sudoers.d", lambda: change_rules(engine, lambda grants: grants.clear(), plan))
+    result = _attempt(
+        report, "sudo rules in /etc/sudoers.d", lambda: change_rules(engine, lambda grants: grants.clear(), plan)
+    )
+    for request_id, sudo in sorted(ledger.sudo.items()):  # one drop-in rewrite, one entry per grant it took back
+        sudo_request = SudoRequest(Command.SUDO, sudo.user, Action.REVOKE, request_id, sudo=False, run_as=None)
+        _audit(engine, sudo_request, result, origin)
     if os.path.lexists(LEGACY_FILE):
         for request_id in sorted(ledger.sudo):
             _attempt(
@@ -86,5 +134,7 @@ def revoke_all(engine: Engine, user_mode: str, plan: Plan) -> Report:
             report.done.append(f"provisionUser {name}: would {user_mode} the account once its grants are gone")
             continue
         user_request = UserRequest(Command.PROVISION_USER, name, Action.REVOKE, REVOKE_ALL_ID)
-        _attempt(report, f"provisionUser {name}", lambda r=user_request: provision_user(user_engine, r, plan))
+        result = _attempt(report, f"provisionUser {name}", lambda r=user_request: provision_user(user_engine, r, plan))
+        _audit(engine, user_request, result, origin)
+    _audit_summary(engine, report, user_mode, origin)
     return report
