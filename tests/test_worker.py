@@ -151,6 +151,21 @@ async def test_different_users_run_in_parallel(autojump_clock: object) -> None:
         assert replies.result("a").success
 
 
+async def test_requests_without_a_user_do_not_queue_behind_each_other(autojump_clock: object) -> None:
+    # listUsers and runAudit carry no userName: they used to share one lock named "-" and run one at a time.
+    executor, replies = GatedExecutor(), Replies()
+    async with running(executor) as worker:
+        submit(worker, replies, "a", forwarded("", "r1", command="listUsers"))
+        submit(worker, replies, "b", forwarded("", "r2", command="runAudit"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert sorted(executor.started()) == ["r1/grant", "r2/grant"]
+        executor.gate("r2/grant").set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert replies.result("b").success and "a" not in replies.got
+        executor.gate("r1/grant").set()
+        await worker.drain()
+
+
 async def test_a_duplicate_delivery_gets_the_first_result_and_runs_once(autojump_clock: object) -> None:
     executor, replies = GatedExecutor(), Replies()
     async with running(executor) as worker:

@@ -79,7 +79,7 @@ def gated_request(context: ExecutionContext, engine: Engine, request: Provisioni
     allowed_by = ""
     if grant is not None:
         try:
-            decision = policy_gate.check(context.policy, engine, grant, datetime.now(UTC))
+            decision, facts = policy_gate.check(context.policy, engine, grant, datetime.now(UTC))
         except AgentError as exc:  # the ledger or NSS could not be read: no facts, no grant
             failed = CommandResult(success=False, error=f"local policy not evaluated: {exc}")
             audit_request(context.config, request, failed, dry_run=context.dry_run)
@@ -94,7 +94,7 @@ def gated_request(context: ExecutionContext, engine: Engine, request: Provisioni
                 policy=decision.policy,
                 reason=decision.reason,
             )
-            denied = policy_gate.denial(decision, context.policy, grant)
+            denied = policy_gate.denial(decision, context.policy, facts)
             audit_request(context.config, request, denied, dry_run=context.dry_run, policy=allowed_by, denied=True)
             return denied
     result = run_request(engine, request, plan)

@@ -39,9 +39,12 @@ class NotManaged(PermissionProblem):
 
 @dataclass
 class Plan:
-    """What a change did or, in a dry run, would do: commands and unified diffs, in order."""
+    """What a change did or, in a dry run, would do: commands and unified diffs, in order.
 
-    steps: list[str] = field(default_factory=list)
+    File steps keep the edit and render their diff only in text(): a real grant records its edits but nobody reads
+    them, and diffing a 10,000-line authorized_keys on every grant was a measurable share of its time."""
+
+    steps: list[str | FileEdit] = field(default_factory=list)
 
     def command(self, argv: list[str]) -> None:
         self.steps.append("run: " + shlex.join(argv))
@@ -50,27 +53,27 @@ class Plan:
         self.steps.append(text)
 
     def file(self, edit: FileEdit) -> None:
-        if not edit.changed:
-            self.steps.append(f"unchanged: {edit.path}")
-            return
-        if edit.after is None:
-            self.steps.append(f"remove: {edit.path}")
-            return
-        before = (edit.before or b"").decode("utf-8", "replace").splitlines(keepends=True)
-        after = edit.after.decode("utf-8", "replace").splitlines(keepends=True)
-        label_before = edit.path if edit.before is not None else "/dev/null"
-        diff = list(difflib.unified_diff(before, after, label_before, edit.path, n=1))
-        shown = diff[:_DIFF_LINE_LIMIT]
-        if len(diff) > len(shown):
-            shown.append(f"... {len(diff) - len(shown)} more diff lines\n")
-        self.steps.append(
-            "".join(
-                line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in shown
-            ).rstrip("\n")
-        )
+        self.steps.append(edit)
 
     def text(self) -> str:
-        return "\n".join(self.steps)
+        return "\n".join(step if isinstance(step, str) else render_edit(step) for step in self.steps)
+
+
+def render_edit(edit: FileEdit) -> str:
+    if not edit.changed:
+        return f"unchanged: {edit.path}"
+    if edit.after is None:
+        return f"remove: {edit.path}"
+    before = (edit.before or b"").decode("utf-8", "replace").splitlines(keepends=True)
+    after = edit.after.decode("utf-8", "replace").splitlines(keepends=True)
+    label_before = edit.path if edit.before is not None else "/dev/null"
+    diff = list(difflib.unified_diff(before, after, label_before, edit.path, n=1))
+    shown = diff[:_DIFF_LINE_LIMIT]
+    if len(diff) > len(shown):
+        shown.append(f"... {len(diff) - len(shown)} more diff lines\n")
+    return "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in shown).rstrip(
+        "\n"
+    )
 
 
 @dataclass(frozen=True)

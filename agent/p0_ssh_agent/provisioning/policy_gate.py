@@ -19,7 +19,7 @@ from p0_ssh_agent.core.requests import (
     SudoRequest,
     UserRequest,
 )
-from p0_ssh_agent.guard.policy import Decision, Facts, LocalPolicy
+from p0_ssh_agent.guard.policy import NO_PERMIT, Decision, Facts, LocalPolicy
 from p0_ssh_agent.host import accounts
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning.engine import Engine, is_go_agent_user
@@ -96,17 +96,18 @@ def _group_names(user: str, gid: int) -> tuple[str, ...]:
     return tuple(sorted(set(names)))
 
 
-def check(policy: LocalPolicy, engine: Engine, request: GrantRequest, now: datetime.datetime) -> Decision:
-    return policy.evaluate(gather_facts(engine, request, now))
+def check(policy: LocalPolicy, engine: Engine, request: GrantRequest, now: datetime.datetime) -> tuple[Decision, Facts]:
+    facts = gather_facts(engine, request, now)
+    return policy.evaluate(facts), facts
 
 
-def denial(decision: Decision, policy: LocalPolicy, request: GrantRequest) -> CommandResult:
+def denial(decision: Decision, policy: LocalPolicy, facts: Facts) -> CommandResult:
     """The answer to a denied grant: 403, the policy that denied it and where it lives."""
-    return CommandResult(
-        success=False,
-        error=(
-            f"{request.command.value} for user {request.user} denied by the local policy ({policy.source}): "
-            f"{decision.reason}"
-        ),
-        http_status=403,
-    )
+    error = f"{facts.command} for user {facts.user} denied by the local policy ({policy.source}): {decision.reason}"
+    if decision.policies == (NO_PERMIT,) and facts.exists and not facts.managed:
+        # The usual reason in practice: say what the provisioning engine would have said, and how to fix it.
+        error += (
+            f"; refusing to manage {facts.user}: the account exists but was not created by p0-ssh-agent; "
+            "list it under adoptUsers in the configuration to let the agent manage it"
+        )
+    return CommandResult(success=False, error=error, http_status=403)

@@ -51,9 +51,11 @@ class JobKey:
         return (self.command, self.request_id, self.action, self.user)
 
     @property
-    def lock_name(self) -> str:
-        """Requests for the same target user are serialised; requests without a user share no lock."""
-        return self.user
+    def lock_name(self) -> str | None:
+        """Requests for the same target user are serialised; requests without a (usable) user take no lock, so
+        listUsers and runAudit do not queue behind one another. The engine's own file locks still order every
+        host edit, whoever makes it."""
+        return None if self.user == ABSENT else self.user
 
 
 def job_key(request: ForwardedRequest) -> JobKey:

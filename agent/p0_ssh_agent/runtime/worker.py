@@ -12,6 +12,7 @@ Guarantees (issue 3, upstream-protocol.md §12 item 17):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -191,8 +192,8 @@ class Worker:
             inflight.done.set()
             self._job_finished()
 
-    def _user_lock(self, user: str) -> _LockLease:
-        return _LockLease(self._user_locks, user)
+    def _user_lock(self, user: str | None) -> contextlib.AbstractAsyncContextManager[object]:
+        return _LockLease(self._user_locks, user) if user is not None else contextlib.nullcontext()
 
 
 class _LockLease:
