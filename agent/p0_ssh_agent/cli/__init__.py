@@ -26,6 +26,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "keygen",
     "register",
     "status",
+    "doctor",
     "command",
     "revoke_all",
     "policy",
