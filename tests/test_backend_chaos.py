@@ -1,8 +1,9 @@
 """Backend chaos: the agent stays up, reconnects within its liveness window, and answers correctly afterwards.
 
 A real agent process (dry-run) against the in-process dev backend, which misbehaves in turn: garbage, binary and
-oversized frames; a connection dropped right after a call; setClientId never answered; a backend that stops reading
-(half-open); a backend that restarts again and again on the same ports. After each, a call must be answered
+oversized frames; a half-written frame; setClientId answered slowly; a connection dropped right after a call;
+setClientId never answered; a backend that stops reading (half-open); a backend that restarts again and again on
+the same ports. After each, a call must be answered
 correctly, and the agent's memory must stay bounded over the whole run. Real time (the liveness window is the
 agent's own 10 s heartbeat timeout and 30 s silence rule), so this takes about a minute.
 """
@@ -113,6 +114,22 @@ async def test_agent_survives_a_misbehaving_backend(tmp_path: Path) -> None:
             backend.hooks.answer_set_client_id = True
             await answered(backend, within=40)
 
+            # A half-written frame: the agent's parser is left mid-frame and what follows is garbage to it; the
+            # agent drops that connection (protocol error or unanswered heartbeat) and comes back.
+            handshakes = len(backend.handshakes)
+            await backend.send_half_frame(CLIENT_ID)
+            await answered(backend, within=40)
+            assert len(backend.handshakes) > handshakes, "the agent kept a connection with a torn frame on it"
+
+            # A slow backend: setClientId answered after 4 s, inside the agent's heartbeat timeout. The agent keeps
+            # the connection (no reconnect) and calls are answered meanwhile.
+            handshakes = len(backend.handshakes)
+            backend.hooks.set_client_id_delay = 4.0
+            await trio.sleep(6)
+            await answered(backend, within=20)
+            backend.hooks.set_client_id_delay = 0.0
+            assert len(backend.handshakes) == handshakes, "a slow but answering backend was abandoned"
+
             # The backend stops reading (half-open): the heartbeat goes unanswered and the agent reconnects.
             handshakes = len(backend.handshakes)
             backend.pause_reading()
@@ -132,7 +149,7 @@ async def test_agent_survives_a_misbehaving_backend(tmp_path: Path) -> None:
 
             rss_end = _rss_kib(agent.pid)
             print(f"\nCHAOS rss_start_kib={rss_start} rss_end_kib={rss_end} restarts=3")
-            record(chaos_scenarios=6, chaos_rss_start_kib=rss_start, chaos_rss_end_kib=rss_end)
+            record(chaos_scenarios=8, chaos_rss_start_kib=rss_start, chaos_rss_end_kib=rss_end)
             assert rss_end <= rss_start + 16 * 1024, f"RSS grew from {rss_start} to {rss_end} KiB"
             assert agent.poll() is None, "the agent exited"
         finally:

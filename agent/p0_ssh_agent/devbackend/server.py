@@ -60,6 +60,7 @@ class Hooks:
     reject_status: int | None = None
     reject_count: int = 0
     answer_set_client_id: bool = True
+    set_client_id_delay: float = 0.0  # seconds before setClientId is answered (a slow backend)
     # set = reading; cleared by pause_reading() to simulate a server that stops reading (half-open)
     reading: trio.Event = field(default_factory=trio.Event)
 
@@ -207,6 +208,8 @@ class DevBackend:
         self.set_client_id_log.append((trio.current_time(), client_id))
         if not self.hooks.answer_set_client_id:
             return
+        if self.hooks.set_client_id_delay:
+            await trio.sleep(self.hooks.set_client_id_delay)
         channel.client_id = client_id
         self.by_client[client_id] = channel.id  # last writer wins, as in braekhus
         self._registered.set()
@@ -271,6 +274,15 @@ class DevBackend:
     async def send_raw(self, client_id: str, text: str | bytes) -> None:
         channel_id = self.by_client[client_id]
         await _send(self.channels[channel_id].ws, text)
+
+    async def send_half_frame(self, client_id: str) -> None:
+        """Write the start of a text frame that announces 1,000 bytes and carries 100, then go on as if nothing
+        happened: the client's parser is left mid-frame and whatever follows lands inside that frame."""
+        channel_id = self.by_client[client_id]
+        # trio-websocket has no API for a torn frame; its stream is the raw TCP connection underneath (test only).
+        stream = self.channels[channel_id].ws._stream
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(b"\x81\x7e\x03\xe8" + b'{"jsonrpc":"2.0",' + b"x" * 83)
 
     def pause_reading(self) -> None:
         self.hooks.reading = trio.Event()
