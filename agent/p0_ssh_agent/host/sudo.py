@@ -138,21 +138,35 @@ def _verify_or_restore(edit: FileEdit) -> None:
 def _write_checked(path: str, data: bytes, *, dry_run: bool, removes_only: bool = False) -> FileEdit:
     """Write a sudoers file through visudo -cf, then check the whole tree, restoring the old file on failure.
 
-    With a tree that is already broken nothing is written, unless `removes_only` (the change only takes rules
-    away): then it is written, and since the tree was broken before, not rolled back for still being broken.
+    With a tree that is already broken the file is left as it was, unless `removes_only` (the change only takes
+    rules away): then it is written, and since the tree was broken before, not rolled back for still being broken.
+
+    The tree is checked once, after the rename, and only a failure asks whether it was broken before: two visudo
+    runs per grant instead of three (a third of a sudo grant's time). While the new file is briefly live next to
+    a tree that fails, sudo refuses every rule anyway (a tree visudo rejects is one sudo will not parse).
     """
     if dry_run:
         visudo_check_text(data.decode("utf-8", errors="replace"))
         return write_root_file(path, data, mode=SUDOERS_MODE, dry_run=True)
-    problem = _tree_problem()
-    if problem is not None and not removes_only:
-        raise SudoersInvalid(
-            f"sudo's configuration is already invalid, so {path} was not changed; fix it with `visudo -c`: {problem}"
-        )
     edit = write_root_file(path, data, mode=SUDOERS_MODE, validate=visudo_check_file)
-    if edit.changed and problem is None:
-        _verify_or_restore(edit)
-    return edit
+    if not edit.changed:
+        return edit
+    problem = _tree_problem()
+    if problem is None:
+        return edit
+    _restore(edit)
+    broken_before = _tree_problem()
+    if broken_before is None:
+        raise SudoersInvalid(
+            f"with the new {edit.path} in place, visudo -c rejects the sudoers configuration, so the previous "
+            f"{'content was restored' if edit.before is not None else 'state (no file) was restored'}: {problem}"
+        )
+    if removes_only:
+        return write_root_file(path, data, mode=SUDOERS_MODE, validate=visudo_check_file)
+    raise SudoersInvalid(
+        f"sudo's configuration is already invalid, so {path} was not changed; fix it with `visudo -c`: "
+        f"{broken_before}"
+    )
 
 
 def _check_dropin_name(name: str) -> None:
