@@ -8,7 +8,8 @@
 # 3. builds or reuses a Debian 12 rootfs (tests/system/rootfs.sh, cached in build/rootfs);
 # 4. boots it with systemd-nspawn (--register=no --keep-unit --private-network --volatile=overlay) and, inside:
 #    apt-get install from a local repository, keygen, the dev backend under systemd-run, a config pointing at
-#    it, enable --now, READY and STATUS, grants over the backend and an ssh login as the new user, reload,
+#    it, enable --now, READY and STATUS, grants over the backend and an ssh login as the new user, the audit
+#    trail found with journalctl field filters, reload,
 #    a watchdog restart of a hung agent, the journal, an upgrade (reinstall), stop, remove and purge.
 #
 # Everything runs inside `unshare --mount --pid --fork`, so the container and every process it started die with
@@ -308,6 +309,58 @@ if [ -n "$secrets" ]; then
 else
     ok "journal: no JWT and no Authorization header"
 fi
+
+# --- the audit trail: journald field filters find a request's history (docs/audit.md) -----------------------------
+say "--- audit trail"
+grant_mid=f33b033a953543769449f6852a6b4d59
+revoke_mid=25ecb00d02f340d19fccfff32483f70c
+key_blob=$(awk '{print $2}' <<<"$pubkey")
+key_fp=$(C ssh-keygen -l -E sha256 -f /root/p0-test-key.pub | awk '{print $2}')
+# audit_entries REQUEST_ID: the unit's audit entries for that request, one JSON object per line.
+audit_entries() { C journalctl -u "$unit" REQUEST_ID="$1" -o json --no-pager 2>/dev/null; }
+audit_count_at_least() { [ "$(audit_entries "$1" | grep -c '^{')" -ge "$2" ]; }
+# Checks the entries on stdin: argv = REQUEST_ID, the ACTIONs expected in order, user, fingerprint, key blob, ids.
+read -r -d '' audit_py <<'PY'
+import json, sys
+rid, actions, user, fingerprint, blob, grant_mid, revoke_mid = sys.argv[1:]
+raw = sys.stdin.read()
+entries = [json.loads(line) for line in raw.splitlines() if line.strip()]
+problems = ["the key's base64 blob is in an audit entry"] if blob and blob in raw else []
+if [e.get("ACTION") for e in entries] != actions.split(","):
+    problems.append(f"ACTIONs {[e.get('ACTION') for e in entries]}, expected {actions.split(',')}")
+for e in entries:
+    action = e.get("ACTION")
+    want = {"REQUEST_ID": rid, "COMMAND": "provisionAuthorizedKeys", "TARGET_USER": user, "RESULT": "success",
+            "DRY_RUN": "false", "SYSLOG_IDENTIFIER": "p0-ssh-agent", "_SYSTEMD_UNIT": "p0-ssh-agent.service",
+            "MESSAGE_ID": {"grant": grant_mid, "revoke": revoke_mid}.get(action)}
+    if action == "grant":
+        want["KEY_FINGERPRINT"] = fingerprint
+    problems += [f"{action}: {k}={e.get(k)!r}, expected {v!r}" for k, v in want.items() if e.get(k) != v]
+print("\n".join(problems))
+sys.exit(1 if problems else 0)
+PY
+# audit_history NAME REQUEST_ID ACTIONS: PASS when journalctl -u p0-ssh-agent REQUEST_ID=... returns exactly those.
+audit_history() {
+    local out expected
+    expected=$(tr ',' '\n' <<<"$3" | grep -c .)
+    wait_until 10 audit_count_at_least "$2" "$expected"
+    if out=$(audit_entries "$2" | python3 -c "$audit_py" "$2" "$3" "$user" "$key_fp" "$key_blob" "$grant_mid" "$revoke_mid" 2>&1); then
+        ok "$1"
+    else
+        bad "$1" "$(tr '\n' ' ' <<<"$out" | tail -c 400)"
+    fi
+}
+if [ -n "$key_fp" ] && [ -n "$key_blob" ]; then ok "audit: the test key's fingerprint $key_fp"; else bad "audit: the test key's fingerprint" "ssh-keygen -l failed"; fi
+audit_history "audit: journalctl -u $unit REQUEST_ID=REQkey1 finds the grant (fields, fingerprint, no key)" REQkey1 grant
+backend_call "provisionAuthorizedKeys revoke REQkey1" \
+    "{\"command\":\"provisionAuthorizedKeys\",\"userName\":\"$user\",\"action\":\"revoke\",\"requestId\":\"REQkey1\"}"
+audit_history "audit: the revoke of REQkey1 is its second entry" REQkey1 grant,revoke
+expect_contains "audit: MESSAGE_ID and TARGET_USER filters find the sudo grant" "provisionSudo grant for $user" \
+    "$(C journalctl -u "$unit" MESSAGE_ID=$grant_mid TARGET_USER="$user" -o cat --no-pager)"
+# Granted again under a new request, so the checks after the upgrade and the removal can still log in.
+backend_call "provisionAuthorizedKeys grant REQkey2" \
+    "{\"command\":\"provisionAuthorizedKeys\",\"userName\":\"$user\",\"action\":\"grant\",\"requestId\":\"REQkey2\",\"publicKey\":\"$pubkey\"}"
+expect_contains "ssh login as $user with the key granted again" "($user)" "$(C "${SSH[@]}" "$user@127.0.0.1" id 2>&1)"
 
 # --- reload, watchdog, upgrade -------------------------------------------------------------------------------------
 say "--- reload, watchdog, upgrade"
