@@ -28,10 +28,10 @@ import trio
 from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.core.requests import parse_request
 from p0_ssh_agent.devbackend.server import DevBackend
+from p0_ssh_agent.findings import Finding
 from p0_ssh_agent.guard import doctor_host, doctor_net
 from p0_ssh_agent.guard.doctor import check_ledger, collect, exit_code
 from p0_ssh_agent.guard.doctor_host import (
-    Finding,
     check_nss,
     check_selinux,
     check_sshd,

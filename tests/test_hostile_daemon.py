@@ -8,12 +8,9 @@ damage). /etc, /home and the agent's state directory are hashed before and after
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
-import os
 import socket
-import stat
 import subprocess
 import sys
 import time
@@ -23,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from hostile_corpus import GOOD_ID, GOOD_KEY, GOOD_USER, cases
+from provisioning_support import tree_digest
 from reliability.figures import record
 
 pytestmark = pytest.mark.sandbox
@@ -47,23 +45,6 @@ def post(port: int, data: object) -> tuple[int, dict[str, object]]:
         return response.status, body
     finally:
         connection.close()
-
-
-def tree_digest(*roots: Path) -> dict[str, str]:
-    """path -> sha256 of (type, mode, owner, content or link target) for everything under roots."""
-    digest: dict[str, str] = {}
-    for root in roots:
-        for directory, dirs, files in os.walk(root, followlinks=False):
-            for name in sorted(dirs + files):
-                path = Path(directory, name)
-                info = path.lstat()
-                h = hashlib.sha256(f"{stat.S_IFMT(info.st_mode)}:{info.st_mode}:{info.st_uid}:{info.st_gid}".encode())
-                if stat.S_ISREG(info.st_mode):
-                    h.update(path.read_bytes())
-                elif stat.S_ISLNK(info.st_mode):
-                    h.update(str(path.readlink()).encode())
-                digest[str(path)] = h.hexdigest()
-    return digest
 
 
 @pytest.fixture

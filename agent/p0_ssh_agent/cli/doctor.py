@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from p0_ssh_agent.guard.doctor import Finding
 
-MARKS = {"ok": "ok  ", "warn": "warn", "fail": "FAIL", "skip": "skip"}
-
 
 def _timeout(text: str) -> float:
     try:
@@ -45,17 +43,9 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> argpa
 
 
 def render_text(findings: list[Finding]) -> str:
-    width = max(len(f.name) for f in findings)
-    pad = " " * (width + 9)
-    lines = []
-    for f in findings:
-        lines.append(f"[{MARKS[f.level]}] {f.name.ljust(width)}  {f.detail}")
-        lines += [f"{pad}- {item}" for item in f.items]
-        if f.fix and f.level != "ok":
-            lines.append(f"{pad}fix: {f.fix}")
-    failed = sum(f.level == "fail" for f in findings)
-    lines.append("no check failed" if not failed else f"{failed} check(s) failed")
-    return "\n".join(lines)
+    from p0_ssh_agent.findings import render
+
+    return render(findings, all_clear="no check failed")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,26 +19,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from p0_ssh_agent.errors import AgentError, ExitCode
+from p0_ssh_agent.findings import Finding, render
 
 if TYPE_CHECKING:  # imported inside the functions at run time: they pull in trio
     from p0_ssh_agent.config import AgentConfig
     from p0_ssh_agent.guard.expiry import LiveGrant
     from p0_ssh_agent.guard.reconcile import Drift
 
-Level = Literal["ok", "warn", "fail"]
 SYSTEMCTL_CANDIDATES = ("/usr/bin/systemctl", "/bin/systemctl")
 UNIT = "p0-ssh-agent.service"
 
 
-@dataclass(frozen=True)
-class Check:
-    name: str
-    level: Level
-    detail: str
-    fix: str = ""
+# A status check is a finding like doctor's (one renderer for both); status never reports "skip" or items.
+Check = Finding
 
 
 def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -305,16 +301,7 @@ def exit_code(checks: list[Check]) -> int:
 
 
 def render_text(checks: list[Check]) -> str:
-    marks = {"ok": "ok  ", "warn": "warn", "fail": "FAIL"}
-    width = max(len(c.name) for c in checks)
-    lines = []
-    for c in checks:
-        lines.append(f"[{marks[c.level]}] {c.name.ljust(width)}  {c.detail}")
-        if c.fix and c.level != "ok":
-            lines.append(f"       {' ' * width}  fix: {c.fix}")
-    failed = sum(c.level == "fail" for c in checks)
-    lines.append("all checks passed" if not failed else f"{failed} check(s) failed")
-    return "\n".join(lines)
+    return render(checks, all_clear="all checks passed")
 
 
 def run(args: argparse.Namespace) -> int:

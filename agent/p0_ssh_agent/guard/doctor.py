@@ -19,8 +19,8 @@ import trio
 
 from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.errors import AgentError, ExitCode
+from p0_ssh_agent.findings import Finding
 from p0_ssh_agent.guard.doctor_host import (
-    Finding,
     check_nss,
     check_selinux,
     check_sshd,

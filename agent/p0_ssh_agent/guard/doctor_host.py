@@ -12,12 +12,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from p0_ssh_agent.core.sudoers import DROPIN_DIR, includes_sudoers_d
 from p0_ssh_agent.errors import AgentError
+from p0_ssh_agent.findings import Finding
 from p0_ssh_agent.guard.openssh import SSHD_CANDIDATES
 from p0_ssh_agent.host import proc
 from p0_ssh_agent.host.accounts import HOME_ROOT
@@ -26,7 +25,6 @@ from p0_ssh_agent.host.sudo import SUDOERS, SudoUnavailable, check_sudoers_layou
 from p0_ssh_agent.host.sudo import visudo_check_all as visudo_check_tree
 from p0_ssh_agent.provisioning.keys import AUTHORIZED_KEYS, SSH_DIR
 
-Level = Literal["ok", "warn", "fail", "skip"]
 TOOL_TIMEOUT = 10.0
 # The label sshd is allowed to read under an enforcing targeted policy (sshd_t may not read user_home_t).
 SSH_HOME_TYPE = "ssh_home_t"
@@ -38,17 +36,6 @@ NSCD_CONF = "/etc/nscd.conf"
 NSSWITCH = "/etc/nsswitch.conf"
 # The local-file sources of the passwd database: useradd writes /etc/passwd, and only these read it.
 LOCAL_SOURCES = ("files", "compat")
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One result. `items` lists what it counted (drift, mislabelled paths), for --json and the text report."""
-
-    name: str
-    level: Level
-    detail: str
-    fix: str = ""
-    items: tuple[str, ...] = ()
 
 
 # --- sshd -T ---------------------------------------------------------------------------------------------------

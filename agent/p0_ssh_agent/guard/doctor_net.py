@@ -27,7 +27,7 @@ import trio
 
 from p0_ssh_agent._version import __version__
 from p0_ssh_agent.errors import ConfigError
-from p0_ssh_agent.guard.doctor_host import Finding
+from p0_ssh_agent.findings import Finding
 from p0_ssh_agent.runtime.proxy import ProxyError, authority, open_tunnel_stream, proxy_for
 from p0_ssh_agent.runtime.tunnel import tls_context
 
