@@ -164,8 +164,7 @@ def _write_checked(path: str, data: bytes, *, dry_run: bool, removes_only: bool 
     if removes_only:
         return write_root_file(path, data, mode=SUDOERS_MODE, validate=visudo_check_file)
     raise SudoersInvalid(
-        f"sudo's configuration is already invalid, so {path} was not changed; fix it with `visudo -c`: "
-        f"{broken_before}"
+        f"sudo's configuration is already invalid, so {path} was not changed; fix it with `visudo -c`: {broken_before}"
     )
 
 
