@@ -16,6 +16,13 @@ LEGACY_SUDOERS = Path("/etc/sudoers-p0")
 
 
 @pytest.fixture(autouse=True)
+def _no_audit_into_the_machines_journal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every grant is audited to journald; tests must not write into the journal of the machine they run on.
+    An empty path turns journald off (guard/audit.py); tests of the audit trail set their own socket."""
+    monkeypatch.setenv("P0_SSH_AGENT_JOURNAL_SOCKET", "")
+
+
+@pytest.fixture(autouse=True)
 def _sudoers_left_as_found(request: pytest.FixtureRequest) -> Iterator[None]:
     """Sandbox tests share one /etc: sudoers files a test adds are removed after it, so the next test starts
     from the sandbox's own sudo setup (a drop-in left behind would make another test's "before" wrong)."""

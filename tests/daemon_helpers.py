@@ -33,7 +33,7 @@ AGENT = Path(sys.executable).parent / "p0-ssh-agent"
 ORG, HOST = "e2e-org", "host-7"
 CLIENT_ID = f"{ORG}:{HOST}:ssh"
 # Only PATH: no proxy variables, no NOTIFY_SOCKET or JOURNAL_STREAM from whatever runs the tests.
-BASE_ENV = {"PATH": "/usr/bin:/bin"}
+BASE_ENV = {"PATH": "/usr/bin:/bin", "P0_SSH_AGENT_JOURNAL_SOCKET": ""}  # no audit entries in the host journal
 # Never in any daemon output: a JWT (base64url of '{"' starts every one), a bearer header.
 ALWAYS_SECRET = ("eyJ", "Bearer ")
 

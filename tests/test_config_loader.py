@@ -312,6 +312,7 @@ def test_env_accepts_both_naming_styles_and_text_values(tmp_path: Path) -> None:
         "P0_SSH_AGENT_LABELS": "env=prod, team=x,",
         "P0_SSH_AGENT_ADOPTUSERS": "deploy,ops",
         "P0_SSH_AGENT_TEST_HOOKS": "anything",  # read by the supervisor, not configuration
+        "P0_SSH_AGENT_JOURNAL_SOCKET": "/run/elsewhere.sock",  # read by the audit trail, not configuration
         "P0_SSH_AGENT_PROXY": "",  # empty counts as unset, as viper did
         "UNRELATED": "x",
     }

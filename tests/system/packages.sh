@@ -39,7 +39,10 @@ check_deb() {
     listing_lacks "deb: no pip, setuptools or dev tools in the venv" "$listing" \
         'site-packages/(pip|setuptools|_distutils_hack|pytest|_pytest|mypy|ruff|hypothesis)(/|-)'
     listing_lacks "deb: nothing group- or world-writable" "$listing" '^[-d]....w|^[-d].......w'
-    expect_eq "deb: conffiles" "/etc/default/p0-ssh-agent" "$(dpkg-deb -I "$deb" conffiles 2>/dev/null)"
+    expect_eq "deb: conffiles" "/etc/default/p0-ssh-agent /etc/p0-ssh-agent/policy.cedar" \
+        "$(dpkg-deb -I "$deb" conffiles 2>/dev/null | sort | tr '\n' ' ' | sed 's/ $//')"
+    listing_has "deb: the local policy, 0644 root" "$listing" '^-rw-r--r-- root/root .* \./etc/p0-ssh-agent/policy\.cedar$'
+    listing_has "deb: starter policies in the docs" "$listing" ' \./usr/share/doc/p0-ssh-agent/policies/no-sudo\.cedar$'
 
     work=$(mktemp -d)
     dpkg-deb -x "$deb" "$work/root"
@@ -88,6 +91,7 @@ check_rpm() {
     flags=$(rpm -qp --qf '[%{FILEFLAGS:fflags} %{FILENAMES}\n]' "$rpm" 2>/dev/null)
     listing_has "rpm: config.yaml is a ghost (owned, not shipped)" "$flags" '^g /etc/p0-ssh-agent/config\.yaml$'
     listing_has "rpm: /etc/default/p0-ssh-agent is %config(noreplace)" "$flags" '^cn /etc/default/p0-ssh-agent$'
+    listing_has "rpm: /etc/p0-ssh-agent/policy.cedar is %config(noreplace)" "$flags" '^cn /etc/p0-ssh-agent/policy\.cedar$'
     scripts=$(rpm -qp --scripts "$rpm" 2>/dev/null)
     expect_contains "rpm: %post present" 'postinstall scriptlet (using /bin/sh)' "$scripts"
     expect_contains "rpm: %preun erases only on \$1 = 0" '[ "$1" -eq 0 ]' "$(printf '%s' "$scripts" | sed -n '/^preuninstall/,/^postuninstall/p')"

@@ -362,6 +362,27 @@ backend_call "provisionAuthorizedKeys grant REQkey2" \
     "{\"command\":\"provisionAuthorizedKeys\",\"userName\":\"$user\",\"action\":\"grant\",\"requestId\":\"REQkey2\",\"publicKey\":\"$pubkey\"}"
 expect_contains "ssh login as $user with the key granted again" "($user)" "$(C "${SSH[@]}" "$user@127.0.0.1" id 2>&1)"
 
+# --- the local policy -----------------------------------------------------------------------------------------
+say "--- local policy"
+expect_eq "policy: /etc/p0-ssh-agent/policy.cedar installed 0644 root" "644 root" \
+    "$(C stat -c '%a %U' /etc/p0-ssh-agent/policy.cedar 2>&1)"
+denied=$(C curl -sS --max-time 30 -H 'content-type: application/json' -w '\n%{http_code}' \
+    -d "{\"command\":\"provisionSudo\",\"userName\":\"$user\",\"action\":\"grant\",\"requestId\":\"REQdeny1\",\"sudo\":true,\"runAsUser\":\"root\"}" \
+    "http://127.0.0.1:8081/client/$client_id" 2>&1)
+expect_eq "policy: a sudo rule running as root is answered 403" 403 "$(printf '%s' "$denied" | tail -n 1)"
+expect_contains "policy: the answer names the policy" "forbidden by p0-forbid-run-as-root" "$denied"
+expect_eq "policy: the denial changed nothing (no sudo)" "$user no-sudo" "$(ssh_sudo "$user")"
+wait_until 10 audit_count_at_least REQdeny1 1
+expect_contains "audit: the denial is in the journal with its policy" '"POLICY":"p0-forbid-run-as-root"' \
+    "$(audit_entries REQdeny1 | tr -d ' ')"
+printf '%s' '{"command":"provisionSudo","userName":"x","action":"grant","requestId":"r","sudo":true,"runAsUser":"root"}' \
+    | C_write /root/p0-deny.json 0644
+check_rc=0
+check_out=$(C p0-ssh-agent policy check /root/p0-deny.json 2>&1) || check_rc=$?
+expect_eq "policy check: a run-as-root request is denied offline (exit 1)" 1 "$check_rc"
+expect_contains "policy check: names the policy and its line" \
+    "p0-forbid-run-as-root (/etc/p0-ssh-agent/policy.cedar:32)" "$check_out"
+
 # --- reload, watchdog, upgrade -------------------------------------------------------------------------------------
 say "--- reload, watchdog, upgrade"
 pid_before=$(show MainPID)
