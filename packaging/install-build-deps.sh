@@ -7,7 +7,8 @@
 # systemd version so installing it never upgrades the host's systemd.
 set -euo pipefail
 
-want=(openssh-server openssh-client sudo debootstrap rpm python3-venv iproute2 procps util-linux passwd)
+# gcc and libc6-dev build the slow-NSS LD_PRELOAD shim of the fault-injection tests (tests/fixtures/slow_nss.c).
+want=(openssh-server openssh-client sudo debootstrap rpm python3-venv iproute2 procps util-linux passwd gcc libc6-dev)
 need_nspawn_wanted=1
 if [ "${1:-}" = "--venv-only" ]; then   # `make run` needs only a working venv module
     want=(python3-venv)

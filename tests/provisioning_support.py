@@ -23,7 +23,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,8 +173,11 @@ class Daemon:
 
 
 @contextlib.contextmanager
-def running_daemon(directory: Path, keys: Path, *, adopt_users: tuple[str, ...] = ()) -> Iterator[Daemon]:
-    """Start the dev backend and the agent (not in dry-run), wait until a call goes through, stop both after."""
+def running_daemon(
+    directory: Path, keys: Path, *, adopt_users: tuple[str, ...] = (), agent_env: Mapping[str, str] | None = None
+) -> Iterator[Daemon]:
+    """Start the dev backend and the agent (not in dry-run), wait until a call goes through, stop both after.
+    `agent_env` adds to the agent's environment only (fault injection: LD_PRELOAD)."""
     rpc_port, http_port = free_port(), free_port()
     config_path = write_config(directory, keys, tunnel_port=rpc_port, adopt_users=adopt_users, name="daemon.yaml")
     log_path = directory / "daemon.log"
@@ -205,7 +208,7 @@ def running_daemon(directory: Path, keys: Path, *, adopt_users: tuple[str, ...] 
                     [str(AGENT), "start", "--config", str(config_path)],
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    env=CHILD_ENV,
+                    env={**CHILD_ENV, **(agent_env or {})},
                 )
             )
             daemon = Daemon(http_port, log_path)

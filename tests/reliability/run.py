@@ -26,6 +26,7 @@ TESTS = [
     "tests/test_hostile_daemon.py",
     "tests/test_crash_consistency.py",
     "tests/test_faults.py",
+    "tests/test_slow_nss.py",
     "tests/test_backend_chaos.py",
     "tests/test_soak.py",
 ]
@@ -109,7 +110,8 @@ def render(profile: str, figures: list[dict[str, object]], fuzz: dict[str, str],
         *(f"| {target} | {result} |" for target, result in fuzz.items()),
         "",
         "How each figure is produced: tests/test_hostile_daemon.py, tests/test_crash_consistency.py,",
-        "tests/test_faults.py, tests/test_backend_chaos.py, tests/test_soak.py, tests/fuzz/fuzz_parsers.py.",
+        "tests/test_faults.py, tests/test_slow_nss.py, tests/test_backend_chaos.py, tests/test_soak.py,",
+        "tests/fuzz/fuzz_parsers.py.",
         "The short profile of each runs in `make test` on every CI build.",
         "",
     ]
