@@ -144,9 +144,9 @@ def findings(measurements: list[Measurement]) -> list[str]:
             "Scale: pairing markers with key lines was most of a grant in a 10,000-line authorized_keys. Fixed in "
             "core/authorized_keys.py (exact): lines without the marker prefix are skipped at the cost of a substring "
             "search, and a grant whose marker is nowhere in the file appends without pairing (grant 39 -> 19 ms in "
-            "development runs). What remains: provisioning.engine.Plan.file computes a difflib unified diff of the "
-            "whole file on every real change (about 12 ms at 10,000 lines, measured by stubbing it out), though only "
-            "a dry run shows the plan; and a revoke still pairs every marker (5,000 here)."
+            "development runs). The dry-run plan's unified diff of the whole file (about 12 ms at 10,000 lines) is now "
+            "rendered only when a plan is read, not on every real change. What remains: a revoke still pairs every "
+            "marker (5,000 here), and every edit rewrites and fsyncs the whole file."
         )
     if "footprint" in by_name:
         f = by_name["footprint"].figures
@@ -154,13 +154,16 @@ def findings(measurements: list[Measurement]) -> list[str]:
             f"Footprint: the idle daemon ({f['idle_rss'] / 1048576:.1f} MiB) already holds more than every dependency "
             f"imported at once ({f['all_dependencies_rss'] / 1048576:.1f} MiB): everything it imports (trio alone is "
             "about 24 MiB RSS, cryptography and jose about 9, structlog, which imports asyncio, about 12, ruamel.yaml "
-            "about 4) is on the start path; start-up time is mostly the same imports."
+            "about 4, cedarpy for the local policy, which must be loaded and validated before READY) is on the start "
+            "path; start-up time is mostly the same imports."
         )
     if "fleet" in by_name:
         out.append(
             "Fleet: after a drop the first wait is uniform over [0, 1 s] (Backoff base 1 s), so the whole fleet "
             "tries within the first second. The proposal row (every wait uniform over [0, 30 s] after losing an "
-            "established connection) meets both fleet targets."
+            "established connection) meets both fleet targets, at the price of up to 30 s to come back after any "
+            "single host's blip; issue 3 asks for a 1 s first step after setClientId succeeded, so the change is a "
+            "product decision, not made here."
         )
     return out
 
