@@ -229,6 +229,13 @@ def _worked(destination: str, where: str) -> None:
     log.info("audit_write_recovered", destination=destination, path=where)
 
 
+def open_journal() -> None:
+    """Open the shared journald socket now, at start-up, so the daemon's descriptor count is the same idle as after
+    its first audited request (a steady fd count is how a leak shows; one opened lazily looks like one)."""
+    if journal_socket_path():
+        _sender()
+
+
 def send_journal(datagram: bytes) -> None:
     path = journal_socket_path()
     if not path:

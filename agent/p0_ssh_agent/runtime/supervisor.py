@@ -20,6 +20,7 @@ from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.adapters.sdnotify import Notifier
 from p0_ssh_agent.config import AgentConfig, require_connection_settings
 from p0_ssh_agent.errors import AgentError
+from p0_ssh_agent.guard import audit
 from p0_ssh_agent.guard.tasks import GuardTasks
 from p0_ssh_agent.identity.keys import load_private_key
 from p0_ssh_agent.runtime import status
@@ -97,6 +98,7 @@ class Supervisor:
             heartbeat_interval=float(prepared.config.heartbeat_interval_seconds),
         )
         self.worker = Worker(executor_factory(prepared.config, prepared.state_dir))
+        audit.open_journal()
         # Expiry sweep, offline revoke, reconciliation: they read the current configuration at each round.
         self.guard = GuardTasks(lambda: (self.prepared.config, self.prepared.state_dir))
         self.tunnel = Tunnel(
