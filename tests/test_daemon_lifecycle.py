@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from daemon_helpers import NotifyListener
 from p0_ssh_agent.devbackend.server import DevBackend
 from p0_ssh_agent.identity.keys import generate_keys, load_public_jwk_file
 
@@ -27,27 +28,6 @@ AGENT = Path(sys.executable).parent / "p0-ssh-agent"
 ORG, HOST = "life-org", "host-1"
 CLIENT_ID = f"{ORG}:{HOST}:ssh"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHNLmYVg4wR7L+9IQJslJexzhJmdx/XrwOb60irE5wOE life"
-
-
-class NotifyListener:
-    """A datagram socket standing in for systemd's; abstract (@name) or a path."""
-
-    def __init__(self, address: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
-        self.sock.setblocking(False)
-        self.address = address
-        self.messages: list[str] = []
-
-    def drain(self) -> list[str]:
-        while True:
-            try:
-                self.messages.append(self.sock.recv(4096).decode())
-            except BlockingIOError:
-                return self.messages
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture(params=["path", "abstract"])
