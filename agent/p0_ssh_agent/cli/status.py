@@ -164,9 +164,8 @@ class GuardView:
 def gather_guard(config: AgentConfig, state_dir: Path) -> tuple[list[Check], GuardView | None]:
     """Live grants from the ledger and a read-only reconciliation (no repair, no lock, nothing logged)."""
     from p0_ssh_agent.guard.expiry import live_grants
-    from p0_ssh_agent.guard.reconcile import reconcile
+    from p0_ssh_agent.guard.reconcile import inspect_drift
     from p0_ssh_agent.host.ledger import load_ledger
-    from p0_ssh_agent.provisioning.engine import Engine
 
     now = datetime.now(UTC)
     limit = config.max_grant_seconds
@@ -188,7 +187,7 @@ def gather_guard(config: AgentConfig, state_dir: Path) -> tuple[list[Check], Gua
         checks.insert(0, Check("grants", "warn", detail, f"is the agent running? systemctl status {UNIT}"))
     else:
         checks.insert(0, Check("grants", "ok", f"{len(grants)} live grant(s); {expiry}"))
-    drift = reconcile(Engine(config, state_dir, dry_run=True), repair=False, record=False)
+    drift = inspect_drift(config, state_dir)
     if drift:
         checks.append(
             Check(

@@ -28,8 +28,7 @@ from p0_ssh_agent.guard.doctor_host import (
     check_visudo,
 )
 from p0_ssh_agent.guard.doctor_net import DEFAULT_TIMEOUT, offline_findings, probe_backend
-from p0_ssh_agent.guard.reconcile import reconcile
-from p0_ssh_agent.provisioning.engine import Engine
+from p0_ssh_agent.guard.reconcile import inspect_drift
 from p0_ssh_agent.runtime.statedir import resolve_state_dir
 
 __all__ = ["DEFAULT_TIMEOUT", "Finding", "check_ledger", "collect", "exit_code", "host_findings"]
@@ -41,7 +40,7 @@ def check_ledger(config: AgentConfig, state_dir: Path) -> Finding:
     if not state_dir.exists():
         return Finding("ledger", "ok", f"{state_dir} does not exist yet: nothing granted, nothing to compare")
     try:
-        drift = reconcile(Engine(config, state_dir, dry_run=True), repair=False, record=False)
+        drift = inspect_drift(config, state_dir)
     except AgentError as exc:
         fix = "run doctor as root" if os.geteuid() != 0 else "restore the ledger, or move it aside (see the message)"
         return Finding("ledger", "fail", str(exc), fix)

@@ -39,6 +39,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Literal
 
 from p0_ssh_agent.adapters.logging import get_logger
@@ -51,11 +52,9 @@ from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.guard import audit
 from p0_ssh_agent.guard.openssh import grant_time, stamp_time
 from p0_ssh_agent.host import accounts
-from p0_ssh_agent.host.accounts import UserRecord
 from p0_ssh_agent.host.ledger import KeyEntry, Ledger
-from p0_ssh_agent.host.safefile import edit_in_user_dir
 from p0_ssh_agent.provisioning.engine import Engine, Plan
-from p0_ssh_agent.provisioning.keys import AUTHORIZED_KEYS, SSH_DIR
+from p0_ssh_agent.provisioning.keys import AUTHORIZED_KEYS, SSH_DIR, edit_authorized_keys
 from p0_ssh_agent.provisioning.sudo import DROPIN_PATH, change_rules, current_rules
 
 log = get_logger(__name__)
@@ -119,6 +118,11 @@ def record_drift(drift: Drift, *, mode: str, config: AgentConfig | None = None, 
 
 def _repairable(drift: Drift) -> bool:
     return drift.kind != "unreadable"  # the operator fixes an unreadable file; the agent never tries
+
+
+def inspect_drift(config: AgentConfig, state_dir: Path) -> list[Drift]:
+    """The drift as `status` and `doctor` show it: a dry-run engine (no lock, no repair), nothing logged or audited."""
+    return reconcile(Engine(config, state_dir, dry_run=True), repair=False, record=False)
 
 
 def reconcile(engine: Engine, *, repair: bool, record: bool = True) -> list[Drift]:
@@ -232,21 +236,6 @@ def _forget_entries(ledger: Ledger, user: str, vanished: list[tuple[str, KeyEntr
         ledger.keys.pop(user, None)
 
 
-def _authorized_keys(engine: Engine, record: UserRecord, transform: Callable[[bytes], bytes], *, write: bool) -> bytes:
-    """The file's bytes (b"" when missing) through the same symlink-safe walk as every edit; write: apply transform."""
-    edit = edit_in_user_dir(
-        home=record.home,
-        uid=record.uid,
-        gid=record.gid,
-        subdir=SSH_DIR,
-        filename=AUTHORIZED_KEYS,
-        transform=transform,
-        create=False,
-        dry_run=engine.dry_run or not write,
-    )
-    return edit.before or b""
-
-
 def _reconcile_user(engine: Engine, user: str, repair: bool) -> list[Drift]:
     record = accounts.lookup_user(user)
     home_path = f"~{user}/{SSH_DIR}/{AUTHORIZED_KEYS}"
@@ -267,7 +256,9 @@ def _reconcile_user(engine: Engine, user: str, repair: bool) -> list[Drift]:
         if not owned:
             return []
         try:
-            content = _authorized_keys(engine, record, lambda data: data, write=False)
+            content = (
+                edit_authorized_keys(engine, record, lambda data: data, create=False, read_only=True).before or b""
+            )
         except AgentError as exc:
             return [Drift("unreadable", path, user, None, str(exc))]
         findings = _compare_user(user, owned, content, path, max_seconds)
@@ -275,7 +266,8 @@ def _reconcile_user(engine: Engine, user: str, repair: bool) -> list[Drift]:
             return findings.drift
         try:
             if findings.foreign:
-                _authorized_keys(engine, record, lambda data: _strip_foreign(data, findings.foreign), write=True)
+                foreign = findings.foreign
+                edit_authorized_keys(engine, record, lambda data: _strip_foreign(data, foreign), create=False)
             engine.update_ledger(lambda ledger: _forget_entries(ledger, user, findings.vanished))
         except AgentError as exc:
             log.error("drift_repair_failed", path=path, target_user=user, error=str(exc))

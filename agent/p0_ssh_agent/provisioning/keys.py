@@ -33,10 +33,16 @@ SSH_DIR = ".ssh"
 AUTHORIZED_KEYS = "authorized_keys"
 
 
-def _edit_authorized_keys(
-    engine: Engine, record: UserRecord, transform: Callable[[bytes], bytes], *, create: bool = True
+def edit_authorized_keys(
+    engine: Engine,
+    record: UserRecord,
+    transform: Callable[[bytes], bytes],
+    *,
+    create: bool = True,
+    read_only: bool = False,
 ) -> FileEdit:
-    """Apply `transform` to the user's authorized_keys (create False: a revoke). The caller holds the user's lock."""
+    """Apply `transform` to the user's authorized_keys through the symlink-safe walk every edit takes (create False:
+    a revoke; read_only: only read it, as reconciliation does). The caller holds the user's lock."""
     return edit_in_user_dir(
         home=record.home,
         uid=record.uid,
@@ -45,7 +51,7 @@ def _edit_authorized_keys(
         filename=AUTHORIZED_KEYS,
         transform=transform,
         create=create,
-        dry_run=engine.dry_run,
+        dry_run=engine.dry_run or read_only,
     )
 
 
@@ -123,7 +129,7 @@ def provision_keys(engine: Engine, request: KeyRequest | CaKeyRequest, plan: Pla
             expiry = grant_stamp(granted_at, engine.config.max_grant_seconds)
             line = ca_line(name, key, expiry=expiry) if is_ca else key_line(key, expiry=expiry)
             try:
-                edit = _edit_authorized_keys(engine, record, lambda content: add_block(content, request_id, line))
+                edit = edit_authorized_keys(engine, record, lambda content: add_block(content, request_id, line))
             except UnsafePath:
                 # Refused before anything was written (symlinked ~/.ssh, foreign owner): the ledger must not go on
                 # claiming a grant the host never held (status, reconciliation and revoke-all would chase it).
@@ -138,7 +144,7 @@ def provision_keys(engine: Engine, request: KeyRequest | CaKeyRequest, plan: Pla
         return is_ca_line(content_line) == is_ca
 
     with engine.user_lock(record.uid):
-        removal = _edit_authorized_keys(
+        removal = edit_authorized_keys(
             engine, record, lambda content: remove_block(content, request_id, select=select), create=False
         )
         plan.file(removal)
