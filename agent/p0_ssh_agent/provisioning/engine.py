@@ -21,6 +21,7 @@ import shlex
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.errors import AgentError, PermissionProblem
@@ -130,6 +131,14 @@ class Engine:
     def adopted(self) -> tuple[str, ...]:
         return self.config.adopt_users
 
+    def ownership(self, record: UserRecord, ledger: Ledger) -> Ownership:
+        """The ownership rule alone (root and system accounts are judged by accounts.manage_refusal): in the ledger
+        with the same UID, adoptable (adoptUsers or the Go agent's), in the ledger with another UID, or foreign."""
+        entry = ledger.users.get(record.name)
+        if entry is not None:
+            return "owned" if entry.uid == record.uid else "uid-changed"
+        return "adoptable" if record.name in self.adopted() or is_go_agent_user(record) else "foreign"
+
     def managed_user(self, name: str) -> UserRecord | None:
         """The account if it exists and the agent may change it; None if it does not exist; NotManaged otherwise.
 
@@ -142,21 +151,24 @@ class Engine:
         refusal = accounts.manage_refusal(record, adopted=self.adopted())
         if refusal is not None:
             raise NotManaged(refusal)
-        entry = current.users.get(name)
-        if entry is not None:
-            if entry.uid != record.uid:
-                raise NotManaged(
-                    f"refusing to manage {name}: the agent created it with UID {entry.uid}, but it now has UID "
-                    f"{record.uid} (deleted and re-created by someone else?); remove it from the ledger to adopt it"
-                )
+        claim = self.ownership(record, current)
+        if claim == "owned":
             return record
-        if name in self.adopted() or is_go_agent_user(record):
+        if claim == "uid-changed":
+            raise NotManaged(
+                f"refusing to manage {name}: the agent created it with UID {current.users[name].uid}, but it now has "
+                f"UID {record.uid} (deleted and re-created by someone else?); remove it from the ledger to adopt it"
+            )
+        if claim == "adoptable":
             self.update_ledger(lambda led: led.record_user(name, record.uid, adopted=True))
             return record
         raise NotManaged(
             f"refusing to manage {name}: the account exists but was not created by p0-ssh-agent; "
             "list it under adoptUsers in the configuration to let the agent manage it"
         )
+
+
+Ownership = Literal["owned", "adoptable", "uid-changed", "foreign"]
 
 
 def is_go_agent_user(record: UserRecord) -> bool:

@@ -22,7 +22,7 @@ from p0_ssh_agent.core.requests import (
 from p0_ssh_agent.guard.policy import NO_PERMIT, Decision, Facts, LocalPolicy
 from p0_ssh_agent.host import accounts
 from p0_ssh_agent.protocol.forwarded import CommandResult
-from p0_ssh_agent.provisioning.engine import Engine, is_go_agent_user
+from p0_ssh_agent.provisioning.engine import Engine
 
 GrantRequest = UserRequest | KeyRequest | CaKeyRequest | SudoRequest
 
@@ -41,10 +41,7 @@ def gather_facts(engine: Engine, request: GrantRequest, now: datetime.datetime) 
     groups: tuple[str, ...] = ()
     if record is not None:
         system = accounts.manage_refusal(record) is not None  # UID 0, below UID_MIN, nobody, reserved names
-        entry = engine.read_ledger().users.get(request.user)
-        owned = entry is not None and entry.uid == record.uid
-        adoptable = request.user in engine.adopted() or is_go_agent_user(record)
-        managed = record.uid != 0 and (owned or adoptable)
+        managed = record.uid != 0 and engine.ownership(record, engine.read_ledger()) in ("owned", "adoptable")
         groups = _group_names(request.user, record.gid)
     local = now.astimezone()
     key = (
