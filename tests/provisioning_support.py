@@ -27,12 +27,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandbox.fixtures import CHILD_ENV
+
 AGENT = Path(sys.executable).parent / "p0-ssh-agent"
 VISUDO = "/usr/sbin/visudo"
 ORG, HOST = "e2e-org", "host-1"
 CLIENT_ID = f"{ORG}:{HOST}:ssh"
 DROPIN = Path("/etc/sudoers.d/p0-ssh-agent")
-CHILD_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "HOME": "/root", "P0_SSH_AGENT_JOURNAL_SOCKET": ""}
 # shadow-utils keeps a copy of the previous file next to each account database on every write: that copy tracks
 # "the last write", not the state, so state comparisons leave it (and the lock file useradd touches) out.
 ACCOUNT_BACKUPS = frozenset({"/etc/passwd-", "/etc/shadow-", "/etc/group-", "/etc/gshadow-", "/etc/subuid-",

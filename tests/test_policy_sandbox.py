@@ -16,8 +16,8 @@ from p0_ssh_agent.config import load_config
 from p0_ssh_agent.executor import build_executor
 from p0_ssh_agent.guard.policy import builtin_text
 from p0_ssh_agent.runtime.supervisor import Supervisor, prepare
-from provisioning_support import AGENT, CHILD_ENV, DROPIN, AgentCli, changed, host_state, make_keys, write_config
-from sandbox.fixtures import Sandbox, make_keypair, unique_user_name
+from provisioning_support import AGENT, DROPIN, AgentCli, changed, host_state, make_keys, write_config
+from sandbox.fixtures import CHILD_ENV, Sandbox, make_keypair, unique_user_name
 
 pytestmark = pytest.mark.sandbox
 STARTERS = Path(__file__).resolve().parent.parent / "docs" / "policies"

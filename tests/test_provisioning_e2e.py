@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from provisioning_support import (
-    CHILD_ENV,
     DROPIN,
     AgentCli,
     authorized_keys,
@@ -32,7 +31,7 @@ from provisioning_support import (
     visudo_ok,
     write_config,
 )
-from sandbox.fixtures import SSH, Sandbox, Sshd, TestCA, make_keypair, unique_user_name
+from sandbox.fixtures import CHILD_ENV, SSH, Sandbox, Sshd, TestCA, make_keypair, unique_user_name
 
 pytestmark = pytest.mark.sandbox
 

@@ -35,8 +35,9 @@ SSH_KEYGEN = "/usr/bin/ssh-keygen"
 USERADD = "/usr/sbin/useradd"
 USERDEL = "/usr/sbin/userdel"
 USERMOD = "/usr/sbin/usermod"
-# Children get a predictable environment: no locale surprises in messages the tests match.
-CHILD_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "HOME": "/root"}
+# Children get a predictable environment: no locale surprises in messages the tests match, and an agent started
+# with it audits into no journal (the machine's is not the tests' to write).
+CHILD_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "HOME": "/root", "P0_SSH_AGENT_JOURNAL_SOCKET": ""}
 OUTSIDE_REASON = (
     "needs the namespace sandbox: run `make test`, or `tests/sandbox/enter .venv/bin/pytest ...` as root "
     f"({SANDBOX_ENV} is unset)"
