@@ -178,6 +178,15 @@ _BOOLEAN_MEMBERS = ("sudo",)
 _BY_FOLDED_NAME = {name.casefold(): name for name in (*_STRING_MEMBERS, *_BOOLEAN_MEMBERS)}
 
 
+def public_key_of(request: ProvisioningRequest) -> SshPublicKey | None:
+    """The key a key or CA-key request carries (None for every other request, and for revokes)."""
+    if isinstance(request, KeyRequest):
+        return request.key
+    if isinstance(request, CaKeyRequest):
+        return request.ca_key
+    return None
+
+
 def is_user_name(value: str) -> bool:
     """True for a syntactically valid user name (USER_NAME_RE), reserved or not."""
     return _USER_NAME.fullmatch(value) is not None

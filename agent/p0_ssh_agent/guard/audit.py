@@ -40,6 +40,7 @@ from p0_ssh_agent.core.requests import (
     SessionRequest,
     SudoRequest,
     UserRequest,
+    public_key_of,
 )
 from p0_ssh_agent.core.sshkeys import SshPublicKey
 
@@ -295,14 +296,6 @@ def record(config: AgentConfig | None, event: AuditEvent) -> None:
 # --- provisioning requests ---------------------------------------------------------------------------------------
 
 
-def _key_of(request: ProvisioningRequest) -> SshPublicKey | None:
-    if isinstance(request, KeyRequest):
-        return request.key
-    if isinstance(request, CaKeyRequest):
-        return request.ca_key
-    return None
-
-
 def key_secrets(key: SshPublicKey | None) -> tuple[str, ...]:
     """What must never appear in an entry: the key's line and its base64 blob (the part that identifies it)."""
     return () if key is None else (key.line(), key.line().split()[1])
@@ -320,7 +313,7 @@ def request_event(
     """The event for one request, or None for the read-only commands (they change nothing)."""
     if not isinstance(request, UserRequest | KeyRequest | CaKeyRequest | SudoRequest | SessionRequest):
         return None
-    key = _key_of(request)
+    key = public_key_of(request)
     run_as = ""
     if isinstance(request, SudoRequest) and request.action is Action.GRANT and request.sudo:
         run_as = request.run_as or "ALL"

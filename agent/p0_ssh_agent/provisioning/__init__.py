@@ -76,7 +76,7 @@ def gated_request(context: ExecutionContext, engine: Engine, request: Provisioni
     """The local policy first (grants only), then the change; a denial changes nothing. Every outcome, denial
     included, is one audit entry (blocking)."""
     grant = policy_gate.grant_to_check(request)
-    allowed_by = ""
+    decided_by = ""
     if grant is not None:
         try:
             decision, facts = policy_gate.check(context.policy, engine, grant, datetime.now(UTC))
@@ -84,7 +84,7 @@ def gated_request(context: ExecutionContext, engine: Engine, request: Provisioni
             failed = CommandResult(success=False, error=f"local policy not evaluated: {exc}")
             audit_request(context.config, request, failed, dry_run=context.dry_run)
             return failed
-        allowed_by = decision.policy
+        decided_by = decision.policy
         if not decision.allowed:
             log.warning(
                 "policy_denied",
@@ -95,10 +95,10 @@ def gated_request(context: ExecutionContext, engine: Engine, request: Provisioni
                 reason=decision.reason,
             )
             denied = policy_gate.denial(decision, context.policy, facts)
-            audit_request(context.config, request, denied, dry_run=context.dry_run, policy=allowed_by, denied=True)
+            audit_request(context.config, request, denied, dry_run=context.dry_run, policy=decided_by, denied=True)
             return denied
     result = run_request(engine, request, plan)
-    audit_request(context.config, request, result, dry_run=context.dry_run, policy=allowed_by)
+    audit_request(context.config, request, result, dry_run=context.dry_run, policy=decided_by)
     return result
 
 

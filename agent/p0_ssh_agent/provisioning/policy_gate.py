@@ -18,6 +18,7 @@ from p0_ssh_agent.core.requests import (
     ProvisioningRequest,
     SudoRequest,
     UserRequest,
+    public_key_of,
 )
 from p0_ssh_agent.guard.policy import NO_PERMIT, Decision, Facts, LocalPolicy
 from p0_ssh_agent.host import accounts
@@ -44,13 +45,7 @@ def gather_facts(engine: Engine, request: GrantRequest, now: datetime.datetime) 
         managed = record.uid != 0 and engine.ownership(record, engine.read_ledger()) in ("owned", "adoptable")
         groups = _group_names(request.user, record.gid)
     local = now.astimezone()
-    key = (
-        request.key
-        if isinstance(request, KeyRequest)
-        else request.ca_key
-        if isinstance(request, CaKeyRequest)
-        else None
-    )
+    key = public_key_of(request)
     sudo = isinstance(request, SudoRequest) and (request.sudo or request.run_as is not None)
     run_as = (request.run_as or "ALL") if isinstance(request, SudoRequest) and sudo else ""
     context: dict[str, object] = {
