@@ -129,7 +129,11 @@ def _verify_or_restore(edit: FileEdit) -> None:
     if problem is None:
         return
     _restore(edit)
-    raise SudoersInvalid(
+    raise _restored(edit, problem)
+
+
+def _restored(edit: FileEdit, problem: str) -> SudoersInvalid:
+    return SudoersInvalid(
         f"with the new {edit.path} in place, visudo -c rejects the sudoers configuration, so the previous "
         f"{'content was restored' if edit.before is not None else 'state (no file) was restored'}: {problem}"
     )
@@ -157,10 +161,7 @@ def _write_checked(path: str, data: bytes, *, dry_run: bool, removes_only: bool 
     _restore(edit)
     broken_before = _tree_problem()
     if broken_before is None:
-        raise SudoersInvalid(
-            f"with the new {edit.path} in place, visudo -c rejects the sudoers configuration, so the previous "
-            f"{'content was restored' if edit.before is not None else 'state (no file) was restored'}: {problem}"
-        )
+        raise _restored(edit, problem)
     if removes_only:
         return write_root_file(path, data, mode=SUDOERS_MODE, validate=visudo_check_file)
     raise SudoersInvalid(
