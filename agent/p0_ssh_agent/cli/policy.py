@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     facts = policy_gate.gather_facts(engine, grant, _moment(args.at) if args.at else datetime.now(UTC))
     decision = policy.evaluate(facts)
     request_text = facts.request()
-    resource = facts.entities()[0]["attrs"]
+    resource = facts.resource_attributes()
     if args.json:
         print(
             json.dumps(

@@ -125,17 +125,20 @@ class Facts:
             "context": self.context,
         }
 
+    def resource_attributes(self) -> dict[str, object]:
+        return {
+            "name": self.user,
+            "exists": self.exists,
+            "uid": self.uid,
+            "managed": self.managed,
+            "system": self.system,
+            "groups": list(self.groups),
+        }
+
     def entities(self) -> list[dict[str, object]]:
         user: dict[str, object] = {
             "uid": {"type": "P0::User", "id": self.user},
-            "attrs": {
-                "name": self.user,
-                "exists": self.exists,
-                "uid": self.uid,
-                "managed": self.managed,
-                "system": self.system,
-                "groups": list(self.groups),
-            },
+            "attrs": self.resource_attributes(),
             "parents": [{"type": "P0::Group", "id": group} for group in self.groups],
         }
         groups: list[dict[str, object]] = [
