@@ -6,7 +6,14 @@ refused (upstream-protocol.md §12 item 11, where the Go agent wrote the value v
 * more than one line, NUL or any other control character, and anything over 16 KiB;
 * key options (`command="..."`, `from=`, `restrict`, ...): the agent decides the options, never the caller;
 * a type we do not know, DSA, and certificates (`*-cert-v01@openssh.com` are not keys sshd can trust by value);
-* base64 that is not strict and canonical, and a blob whose own type or structure does not match the line.
+* base64 that is not strict and canonical, and a blob whose own type or structure does not match the line;
+* a blob that is not in the one encoding OpenSSH writes (issue 11 item 4): a zero-padded RSA exponent or modulus
+  (a non-minimal mpint), a NUL in a security key's application, bytes after the last field. OpenSSH *reads* these:
+  it strips the zeroes and the trailing NUL, then fingerprints the key as it would write it. A fingerprint over the
+  bytes as sent would differ from the one `ssh-keygen -l` prints and sshd logs, so a policy that forbids the real
+  fingerprint would let the padded copy through. Refusing them keeps one blob per key, and the hash of that blob
+  is the fingerprint everyone else computes;
+* an ECDSA point that is not on its curve, or that OpenSSH's sshkey_ec_validate_public() would refuse.
 
 `SshPublicKey.line()` renders the key back in one canonical form, and `fingerprint()` gives what
 `ssh-keygen -l -E sha256` prints, which is what we log in place of key material.
@@ -20,6 +27,8 @@ import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from p0_ssh_agent.core.errors import RequestInvalid
 from p0_ssh_agent.core.messages import shown
@@ -72,6 +81,24 @@ _SEPARATOR = re.compile(r"[ \t]+")
 _BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}", re.ASCII)
 _ED25519_KEY_BYTES = 32
 _ECDSA_COORDINATE_BYTES = {"nistp256": 32, "nistp384": 48, "nistp521": 66}
+_ECDSA_CURVES: dict[str, ec.EllipticCurve] = {
+    "nistp256": ec.SECP256R1(),
+    "nistp384": ec.SECP384R1(),
+    "nistp521": ec.SECP521R1(),
+}
+# The group orders (FIPS 186-4 D.1.2), which sshkey_ec_validate_public() bounds the coordinates by. cryptography only
+# exposes them (EllipticCurve.group_order) from version 45 on; the tests compare these with it.
+_ECDSA_GROUP_ORDERS = {
+    "nistp256": 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551,
+    "nistp384": int(
+        "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973", 16
+    ),
+    "nistp521": int(
+        "1FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF"
+        "A51868783BF2F966B7FCC0148F709A5D03BB5C9B8899C47AEBB6FB71E91386409",
+        16,
+    ),
+}
 _RSA_MIN_BITS = 1024  # OpenSSH's SSH_RSA_MINIMUM_MODULUS_SIZE: sshd refuses smaller keys
 _RSA_MAX_BITS = 16384  # OpenSSL's OPENSSL_RSA_MAX_MODULUS_BITS
 
@@ -122,9 +149,15 @@ class _BlobReader:
         return self._blob[start:end]
 
     def positive_mpint(self, what: str) -> int:
+        """A non-negative mpint in its one minimal form (RFC 4251 §5): a leading zero byte only to clear the sign bit.
+
+        OpenSSH's sshbuf_get_bignum2() skips any number of leading zeroes, so a padded copy is the same key to sshd
+        under another blob, hence another fingerprint: refused, never re-encoded (see the module docstring)."""
         raw = self.string(what)
         if raw and raw[0] & 0x80:
             raise ValueError(f"the {what} is negative")
+        if raw and raw[0] == 0 and (len(raw) == 1 or not raw[1] & 0x80):
+            raise ValueError(f"the {what} is zero-padded (a non-minimal mpint); send the key as ssh-keygen writes it")
         return int.from_bytes(raw, "big")
 
     def finish(self) -> None:
@@ -153,12 +186,30 @@ def check_blob(key_type: str, blob: bytes) -> None:
         curve = reader.string("curve name")
         if curve != expected_curve.encode("ascii"):
             raise ValueError(f"the curve name must be {expected_curve}")
-        point = reader.string("ECDSA point")
-        if len(point) != 1 + 2 * _ECDSA_COORDINATE_BYTES[expected_curve] or point[0] != 0x04:
-            raise ValueError(f"the ECDSA point must be an uncompressed {expected_curve} point")
-    if key_type.startswith("sk-") and not reader.string("security key application"):
-        raise ValueError("a security key must name its application (e.g. ssh:)")
+        _check_ecdsa_point(expected_curve, reader.string("ECDSA point"))
+    if key_type.startswith("sk-"):
+        application = reader.string("security key application")
+        if not application:
+            raise ValueError("a security key must name its application (e.g. ssh:)")
+        # OpenSSH reads the application as a C string: "ssh:\0" is "ssh:" to it, with the fingerprint of "ssh:".
+        if b"\0" in application:
+            raise ValueError("the security key application contains a NUL byte")
     reader.finish()
+
+
+def _check_ecdsa_point(curve: str, point: bytes) -> None:
+    """An uncompressed point that OpenSSL loads (on the curve, coordinates below p) and that OpenSSH's
+    sshkey_ec_validate_public() accepts: both coordinates longer than half the order's bits and below order - 1."""
+    if len(point) != 1 + 2 * _ECDSA_COORDINATE_BYTES[curve] or point[0] != 0x04:
+        raise ValueError(f"the ECDSA point must be an uncompressed {curve} point")
+    try:
+        numbers = ec.EllipticCurvePublicKey.from_encoded_point(_ECDSA_CURVES[curve], point).public_numbers()
+    except ValueError:
+        raise ValueError(f"the ECDSA point is not on the {curve} curve") from None
+    order = _ECDSA_GROUP_ORDERS[curve]
+    for name, coordinate in (("x", numbers.x), ("y", numbers.y)):
+        if coordinate.bit_length() <= order.bit_length() // 2 or coordinate >= order - 1:
+            raise ValueError(f"the ECDSA point's {name} coordinate is out of the range OpenSSH accepts")
 
 
 def _bad_comment_character(comment: str) -> str | None:
