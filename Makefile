@@ -50,7 +50,7 @@ system-test: deps-test venv
 
 # Coverage-guided fuzzing of the network-facing parsers, FUZZ_SECONDS per target; the corpus grows in tests/fuzz.
 FUZZ_SECONDS ?= 30
-FUZZ_TARGETS := frame forwarded request keys sudoers config
+FUZZ_TARGETS := frame forwarded request keys publickey sudoers config
 fuzz: venv
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,fuzz]'
 	mkdir -p build/fuzz

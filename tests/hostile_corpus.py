@@ -8,6 +8,7 @@ ones every parser should survive.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 
 # A real ed25519 key (public half only), used where the other fields must be valid.
@@ -15,6 +16,22 @@ GOOD_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHNLmYVg4wR7L+9IQJslJexzhJmdx/Xr
 GOOD_BLOB = GOOD_KEY.split()[1]
 GOOD_USER = "p0hostile"
 GOOD_ID = "req-hostile-1"
+
+
+def _wire(*fields: bytes) -> str:
+    return base64.b64encode(b"".join(len(f).to_bytes(4, "big") + f for f in fields)).decode()
+
+
+_ED25519_POINT = base64.b64decode(GOOD_BLOB)[4 + len("ssh-ed25519") + 4 :]
+_RSA_MODULUS = ((1 << 2047) | 0xF00D).to_bytes(256, "big")
+_OFF_CURVE = b"\x04" + (1).to_bytes(32, "big") + (1).to_bytes(32, "big")  # (1, 1) is not on nistp256
+# Keys that OpenSSH reads as another, canonical key with another fingerprint, or not at all (issue 11 item 4).
+NON_CANONICAL_KEYS = [
+    f"ssh-rsa {_wire(b'ssh-rsa', bytes([0, 1, 0, 1]), bytes(1) + _RSA_MODULUS)}",  # zero-padded exponent
+    f"ssh-rsa {_wire(b'ssh-rsa', bytes([1, 0, 1]), bytes(2) + _RSA_MODULUS)}",  # modulus padded twice
+    f"sk-ssh-ed25519@openssh.com {_wire(b'sk-ssh-ed25519@openssh.com', _ED25519_POINT, b'ssh:' + bytes(1))}",
+    f"ecdsa-sha2-nistp256 {_wire(b'ecdsa-sha2-nistp256', b'nistp256', _OFF_CURVE)}",
+]
 
 CONTROL = ["\n", "\r", "\x00", "\t", "\x1b[31m", "\u2028", "\x7f"]
 
@@ -109,6 +126,7 @@ PUBLIC_KEYS: list[object] = [
     "-----BEGIN OPENSSH PRIVATE KEY-----",
     "# RequestID: other",
     "cert-authority " + GOOD_KEY,
+    *NON_CANONICAL_KEYS,
     42,
     True,
     [GOOD_KEY],

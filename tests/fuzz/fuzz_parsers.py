@@ -9,12 +9,16 @@ finding. Targets:
     forwarded  protocol.forwarded.parse_forwarded_request on any JSON value: InvalidParams only
     request    core.requests.parse_request for every command on any JSON object: RequestInvalid only
     keys       core.authorized_keys: add_block then remove_block gives the input back, byte for byte
+    publickey  core.sshkeys.parse_public_key on a line of any known type over any blob: RequestInvalid only; what
+               parses renders a line that parses to the same key (issue 11 item 4: zero-padded mpints, NULs and
+               off-curve points are refused, never an exception of another kind)
     sudoers    core.sudoers.parse_dropin: ValueError only; what parses renders and reads back to the same grants
     config     config.loader.parse_config_text: ConfigError only
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import sys
@@ -26,6 +30,7 @@ from p0_ssh_agent.config.loader import parse_config_text
 from p0_ssh_agent.core.authorized_keys import add_block, remove_block
 from p0_ssh_agent.core.errors import RequestInvalid
 from p0_ssh_agent.core.requests import Command, parse_request
+from p0_ssh_agent.core.sshkeys import KNOWN_KEY_TYPES, parse_public_key
 from p0_ssh_agent.core.sudoers import parse_dropin, render_dropin
 from p0_ssh_agent.errors import ConfigError
 from p0_ssh_agent.protocol.forwarded import InvalidParams, parse_forwarded_request
@@ -75,6 +80,23 @@ def keys(data: bytes) -> None:
         assert remove_block(added, request_id) == content, (content, request_id)
 
 
+_KEY_TYPES = sorted(KNOWN_KEY_TYPES)
+
+
+def publickey(data: bytes) -> None:
+    provider = atheris.FuzzedDataProvider(data)
+    key_type = _KEY_TYPES[provider.ConsumeIntInRange(0, len(_KEY_TYPES) - 1)]
+    # Most of the time the blob starts with its own type string, so the fuzzer spends its effort on the fields.
+    prefix = len(key_type).to_bytes(4, "big") + key_type.encode() if provider.ConsumeBool() else b""
+    blob = prefix + provider.ConsumeBytes(provider.remaining_bytes())
+    line = f"{key_type} {base64.b64encode(blob).decode()} fuzz"
+    try:
+        key = parse_public_key(line, field="publicKey")
+    except RequestInvalid:
+        return
+    assert parse_public_key(key.line(), field="publicKey") == key, line
+
+
 def sudoers(data: bytes) -> None:
     text = data.decode("utf-8", "replace")
     try:
@@ -95,6 +117,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "forwarded": forwarded,
     "request": request,
     "keys": keys,
+    "publickey": publickey,
     "sudoers": sudoers,
     "config": config,
 }

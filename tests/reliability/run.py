@@ -34,7 +34,7 @@ PROFILES = {
     "short": {"P0_CRASH_OPS": "300", "P0_SOAK_REQUESTS": "3000"},
     "long": {"P0_CRASH_OPS": "1000", "P0_SOAK_REQUESTS": "100000"},
 }
-FUZZ_TARGETS = ("frame", "forwarded", "request", "keys", "sudoers", "config")
+FUZZ_TARGETS = ("frame", "forwarded", "request", "keys", "publickey", "sudoers", "config")
 
 
 def run_tests(profile: str, report: Path) -> tuple[int, float]:
