@@ -6,13 +6,14 @@ refused (upstream-protocol.md §12 item 11, where the Go agent wrote the value v
 * more than one line, NUL or any other control character, and anything over 16 KiB;
 * key options (`command="..."`, `from=`, `restrict`, ...): the agent decides the options, never the caller;
 * a type we do not know, DSA, and certificates (`*-cert-v01@openssh.com` are not keys sshd can trust by value);
-* base64 that is not strict and canonical, and a blob whose own type or structure does not match the line;
+* base64 that is not strict and canonical, and a blob whose own type or structure does not match the line
+  (bytes after the last field included);
 * a blob that is not in the one encoding OpenSSH writes (issue 11 item 4): a zero-padded RSA exponent or modulus
-  (a non-minimal mpint), a NUL in a security key's application, bytes after the last field. OpenSSH *reads* these:
-  it strips the zeroes and the trailing NUL, then fingerprints the key as it would write it. A fingerprint over the
-  bytes as sent would differ from the one `ssh-keygen -l` prints and sshd logs, so a policy that forbids the real
-  fingerprint would let the padded copy through. Refusing them keeps one blob per key, and the hash of that blob
-  is the fingerprint everyone else computes;
+  (a non-minimal mpint), a NUL in a security key's application. OpenSSH *reads* some of these: it strips the
+  zeroes and a final NUL, then fingerprints the key as it would write it. A fingerprint over the bytes as sent
+  would differ from the one `ssh-keygen -l` prints and sshd logs, so a policy that forbids the real fingerprint
+  would let the padded copy through. Refusing them keeps one blob per key, and the hash of that blob is the
+  fingerprint everyone else computes;
 * an ECDSA point that is not on its curve, or that OpenSSH's sshkey_ec_validate_public() would refuse.
 
 `SshPublicKey.line()` renders the key back in one canonical form, and `fingerprint()` gives what
@@ -125,7 +126,10 @@ class SshPublicKey:
         return f"{self.key_type} {encoded} {self.comment}" if self.comment else f"{self.key_type} {encoded}"
 
     def fingerprint(self) -> str:
-        """What `ssh-keygen -l -E sha256` prints: "SHA256:" + unpadded base64 of the blob's SHA-256."""
+        """What `ssh-keygen -l -E sha256` prints: "SHA256:" + unpadded base64 of the blob's SHA-256.
+
+        ssh-keygen hashes the key as it would write it; check_blob() only lets that one encoding through, so the
+        blob as sent is that encoding and the two hashes agree (tests/test_core_sshkeys_canonical.py)."""
         digest = hashlib.sha256(self.blob).digest()
         return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
 
