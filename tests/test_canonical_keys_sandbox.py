@@ -8,14 +8,15 @@ encoding with an error naming the field, before the policy and before any change
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from p0_ssh_agent.guard.policy import builtin_text
-from provisioning_support import AgentCli, authorized_keys, changed, host_state, make_keys, write_config
-from sandbox.fixtures import Sandbox, Sshd, unique_user_name
+from provisioning_support import AGENT, AgentCli, authorized_keys, changed, host_state, make_keys, write_config
+from sandbox.fixtures import CHILD_ENV, Sandbox, Sshd, unique_user_name
 
 pytestmark = pytest.mark.sandbox
 SSH_KEYGEN = "/usr/bin/ssh-keygen"
@@ -97,4 +98,17 @@ def test_a_zero_padded_key_is_refused_before_a_policy_that_forbids_the_key(sandb
         assert "banned-key" not in padded.error  # refused as malformed, before the policy is asked
     assert changed(before, host_state(tmp_path / "state")) == []
     assert not authorized_keys(name).exists() or "ssh-rsa" not in authorized_keys(name).read_text()
+
+    # `policy check` answers the same offline: the key is denied, its padded copy is not a valid request (65).
+    def policy_check(public_key: str) -> subprocess.CompletedProcess[str]:
+        request = tmp_path / "request.json"
+        body = {"command": "provisionAuthorizedKeys", "userName": name, "action": "grant", "requestId": "r1"}
+        request.write_text(json.dumps({**body, "publicKey": public_key}))
+        argv = [str(AGENT), "policy", "check", "--config", str(config), str(request)]
+        return subprocess.run(argv, capture_output=True, text=True, env=CHILD_ENV, timeout=60, check=False)
+
+    checked = policy_check(line)
+    assert checked.returncode == 1 and "forbidden by banned-key" in checked.stdout, checked
+    checked = policy_check(zero_padded(line, field=1))
+    assert checked.returncode == 65 and "publicKey" in checked.stderr and "zero-padded" in checked.stderr, checked
     assert cli.command("provisionUser", name, action="revoke", request_id="req-K1").success
