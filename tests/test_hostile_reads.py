@@ -54,6 +54,7 @@ TOO_BIG = f"more than {MAX_FILE_BYTES}"
 class Measured:
     """One agent process run to its end: exit code, output, and its own peak resident set size."""
 
+    name: str
     returncode: int
     stdout: str
     stderr: str
@@ -90,7 +91,7 @@ def _reap(process: subprocess.Popen[bytes], out: Path, err: Path, *, guard: floa
             process.kill()
         time.sleep(0.02)
     process.returncode = os.waitstatus_to_exitcode(status)
-    return Measured(process.returncode, out.read_text(), err.read_text(), usage.ru_maxrss * 1024)
+    return Measured(out.stem, process.returncode, out.read_text(), err.read_text(), usage.ru_maxrss * 1024)
 
 
 def run_measured(argv: list[str], directory: Path, name: str) -> Measured:
@@ -116,7 +117,7 @@ class Host:
 
 
 @pytest.fixture
-def host(sandbox: Sandbox, tmp_path: Path) -> Host:
+def host(sandbox: Sandbox, tmp_path: Path) -> Iterator[Host]:
     """A JIT user made by the agent, with one key granted under request r-1 (so the ledger has something to
     reconcile against their file)."""
     cli = AgentCli(write_config(tmp_path, make_keys(tmp_path)))
@@ -125,10 +126,13 @@ def host(sandbox: Sandbox, tmp_path: Path) -> Host:
     assert cli.command("provisionUser", user, request_id="r-1").success
     assert cli.command("provisionAuthorizedKeys", user, request_id="r-1", public_key=public).success
     entry = pwd.getpwnam(user)
-    return Host(cli, user, entry.pw_uid, entry.pw_gid, authorized_keys(user), public, tmp_path)
+    yield Host(cli, user, entry.pw_uid, entry.pw_gid, authorized_keys(user), public, tmp_path)
+    # A 64 GiB file left in /home would be in every later runAudit of this sandbox.
+    sandbox.userdel(user)
 
 
 def assert_bounded(measured: Measured) -> None:
+    print(f"peak RSS {measured.peak_rss / (1 << 20):.1f} MiB: {measured.name}")  # for the record, with -s
     assert measured.peak_rss < MEMORY_BOUND, str(measured)
     assert "MemoryError" not in measured.stderr + measured.stdout, str(measured)
 
