@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from p0_ssh_agent.core import audit_text
 from p0_ssh_agent.host import inventory
 from p0_ssh_agent.host.inventory import (
     MAX_OUTPUT_BYTES,
@@ -27,6 +28,7 @@ from p0_ssh_agent.host.inventory import (
     read_lastlog,
     run_audit,
 )
+from p0_ssh_agent.host.plainfile import MAX_FILE_BYTES, FileTooLarge
 
 SSH_KEYGEN = shutil.which("ssh-keygen")
 UNSHARE = shutil.which("unshare")
@@ -281,6 +283,8 @@ def test_run_audit_full_text(tmp_path: Path) -> None:
         "USER:bob\n# p0-ssh-agent: skipped: .ssh/authorized_keys is a symbolic link\n"
         "USER:carol\nssh-ed25519 AAAAcarol c\n"
         "USER:eve\n# p0-ssh-agent: skipped: .ssh is a symbolic link\n"
+        f"USER:frank\n# p0-ssh-agent: skipped: refusing {root}/home/frank/.ssh/authorized_keys: it is a FIFO, "
+        "not a regular file\n"
         "USER:root\nssh-ed25519 AAAAroot root@admin\n"
         "===PASSWD===\n"
         "root:x:0:0:root gecos:/root:/bin/bash\n"
@@ -334,16 +338,101 @@ def test_run_audit_caps_huge_inputs(tmp_path: Path) -> None:
     assert text.startswith("===SSHD_CONFIG===\n")
 
 
-def test_read_capped_stops_at_the_per_file_cap(tmp_path: Path) -> None:
+def test_read_capped_refuses_a_file_above_the_limit_whole(tmp_path: Path) -> None:
+    exact = tmp_path / "exact"
+    exact.write_bytes(b"x" * MAX_FILE_BYTES)
+    assert inventory.read_capped(exact) == b"x" * MAX_FILE_BYTES
     big = tmp_path / "big"
-    big.write_bytes(b"x" * (inventory.MAX_FILE_BYTES + 10))
-    data = inventory.read_capped(big)
-    assert data is not None and len(data) == inventory.MAX_FILE_BYTES
+    big.write_bytes(b"x" * (MAX_FILE_BYTES + 1))
+    with pytest.raises(FileTooLarge, match=f"more than {MAX_FILE_BYTES} bytes"):
+        inventory.read_capped(big)
     link = tmp_path / "link"
-    link.symlink_to(big)
-    assert inventory.read_capped(link, follow=False) is None
+    link.symlink_to(exact)
+    assert inventory.read_capped(link) == b"x" * MAX_FILE_BYTES  # a root-owned file may be a symlink
+    assert inventory.read_capped(link, user_file="link") is None  # a user's may not
     assert inventory.read_capped(tmp_path) is None  # a directory is not a file
     assert inventory.read_capped(tmp_path / "nope") is None
+
+
+def test_run_audit_notes_files_too_big_to_read_instead_of_cutting_them(tmp_path: Path) -> None:
+    root = make_tree(tmp_path)
+    os.truncate(root / "home" / "alice" / ".ssh" / "authorized_keys", 64 << 30)  # sparse: no disk used
+    (root / "etc" / "sudoers.d" / "a-rule").write_bytes(b"# big\n" * MAX_FILE_BYTES)
+    text = run_audit(root=root, passwd=[], groups=[], last_login=lambda: "")
+    keys = f"refusing {root}/home/alice/.ssh/authorized_keys: it holds more than {MAX_FILE_BYTES} bytes"
+    assert f"USER:alice\n# p0-ssh-agent: skipped: {keys}, the most the agent reads; shrink it\nUSER:bob\n" in text
+    rule = f"# p0-ssh-agent: skipped: refusing {root}/etc/sudoers.d/a-rule: it holds more than {MAX_FILE_BYTES}"
+    assert rule in text and "# big" not in text and "\0" not in text
+
+
+def test_run_audit_refuses_a_hard_linked_authorized_keys(tmp_path: Path) -> None:
+    root = make_tree(tmp_path)
+    keys = root / "home" / "carol" / ".ssh" / "authorized_keys"
+    keys.unlink()
+    os.link(root / "etc" / "shadow", keys)  # what fs.protected_hardlinks=0 lets any user do
+    text = run_audit(root=root, passwd=[], groups=[], last_login=lambda: "")
+    assert "SECRET-HASH" not in text
+    assert f"USER:carol\n# p0-ssh-agent: skipped: refusing {keys}: it has 2 hard links" in text
+
+
+FORGED = (
+    "ssh-ed25519 AAAAmine me@laptop\n"
+    "===SUDOERS===\n"
+    "mallory ALL=(ALL) NOPASSWD: ALL\n"
+    "USER:root\n"
+    "ssh-ed25519 AAAAforged root@forged\n"
+    "  === PASSWD ===\n"
+    "user:admin\n"
+    ">===HOST_KEYS===\n"
+    "a comment\r===GROUPS===\n"
+    "x\u2028===LAST_LOGIN==="
+)
+SECTIONS = ["SSHD_CONFIG", "AUTHORIZED_KEYS", "PASSWD", "GROUPS", "SUDOERS", "HOST_KEYS", "LAST_LOGIN"]
+
+
+def markers(text: str) -> list[str]:
+    """What a lenient parser takes for markers: any line (split at every line break str.splitlines knows),
+    stripped, that starts with === or USER:."""
+    found = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("===") or stripped.upper().startswith("USER:"):
+            found.append(stripped)
+    return found
+
+
+def test_run_audit_content_cannot_fake_a_section_or_a_user(tmp_path: Path) -> None:
+    root = make_tree(tmp_path)
+    (root / "home" / "alice" / ".ssh" / "authorized_keys").write_text(FORGED)
+    (root / "etc" / "ssh" / "sshd_config").write_text("===AUTHORIZED_KEYS===\nUSER:alice\n")
+    gecos = passwd("mallory", 70000, "/bin/bash")
+    text = run_audit(
+        root=root,
+        passwd=[pwd.struct_passwd((*gecos[:4], "x\r===SUDOERS===", *gecos[5:]))],
+        groups=[],
+        last_login=lambda: "USER:root\n",
+    )
+    assert markers(text) == [
+        "===SSHD_CONFIG===",
+        "===AUTHORIZED_KEYS===",
+        "USER:alice",
+        "USER:bob",
+        "USER:carol",
+        "USER:eve",
+        "USER:frank",
+        "USER:root",
+        *(f"==={name}===" for name in SECTIONS[2:]),
+    ]
+    alice = text.split("\nUSER:alice\n", 1)[1].split("\nUSER:bob\n", 1)[0] + "\n"
+    assert audit_text.unescape(alice) == FORGED + "\n"  # reversible: the file comes back byte for byte
+    assert alice.startswith("ssh-ed25519 AAAAmine me@laptop\n>===SUDOERS===\nmallory ALL")
+
+
+def test_run_audit_of_ordinary_content_is_unchanged(tmp_path: Path) -> None:
+    root = make_tree(tmp_path)
+    text = run_audit(root=root, passwd=[], groups=[], last_login=lambda: "")
+    assert audit_text.unescape(text) == text  # nothing in the ordinary tree looks like a marker
+    assert "\n>" not in text
 
 
 def test_run_audit_on_this_host_has_every_section_once() -> None:

@@ -20,6 +20,7 @@ from ruamel.yaml import YAML
 
 from p0_ssh_agent.guard.policy import (
     BUILTIN_SOURCE,
+    MAX_POLICY_BYTES,
     NO_PERMIT,
     Facts,
     LocalPolicy,
@@ -158,6 +159,16 @@ def test_unsafe_policy_files_are_refused(tmp_path: Path) -> None:
     binary.chmod(0o644)
     with pytest.raises(PolicyError, match="not UTF-8"):
         load_policy(binary)
+
+
+def test_a_policy_too_big_to_read_whole_is_refused_not_cut(tmp_path: Path) -> None:
+    # Cut at the limit, this would compile without the forbid at its end (the cut falls inside the comment).
+    path = tmp_path / "big.cedar"
+    padding = "// padding\n" * (MAX_POLICY_BYTES // 10)
+    path.write_text(f"{builtin_text()}\n{padding}forbid (principal, action, resource);\n")
+    path.chmod(0o644)
+    with pytest.raises(PolicyError, match=f"{path}: it holds more than {MAX_POLICY_BYTES} bytes"):
+        load_policy(path)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to another UID needs root")

@@ -23,10 +23,12 @@ from pathlib import Path
 import cedarpy
 
 from p0_ssh_agent.errors import ConfigError
+from p0_ssh_agent.host.plainfile import FileTooLarge, read_at_most
 
 BUILTIN_SOURCE = "<built-in default policy>"
 GRANT_ACTIONS = ("provisionUser", "provisionAuthorizedKeys", "provisionCAKeys", "provisionSudo")
 NO_PERMIT = "default-deny"  # the id reported when no permit matched
+MAX_POLICY_BYTES = 1 << 20
 
 _STRING = {"type": "String"}
 _LONG = {"type": "Long"}
@@ -203,7 +205,13 @@ def load_policy(path: Path) -> LocalPolicy:
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         _check_ownership(path, info)
-        data = handle.read(1 << 20)
+        try:
+            # Refused whole above the limit, never cut: a cut policy could have lost the forbid rules at its end.
+            data = read_at_most(handle.fileno(), MAX_POLICY_BYTES, str(path))
+        except FileTooLarge as exc:
+            raise PolicyError(str(exc)) from None
+        except OSError as exc:
+            raise PolicyError(f"{path}: cannot read the policy: {exc.strerror or exc}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -2,6 +2,7 @@
 
     proc        run(argv) with an absolute path, minimal environment and a deadline; which() without PATH
     safefile    edit_in_user_dir (symlink-safe ~/.ssh edits), write_root_file / remove_root_file; FileEdit
+    plainfile   the rules for reading a file a user controls: one link, a limit counted in bytes read
     locks       user_file_lock(uid), global_lock(name): cross-process flock locks
     selinux     restorecon after a write, when SELinux is on
     sudo        the sudoers drop-in and the legacy /etc/sudoers-p0, always checked with visudo

@@ -1,14 +1,18 @@
 """Read-only host inventory for `listUsers` and `runAudit`, collected natively (no shell, no `cat`, no `getent`).
 
 The output formats are upstream's exactly (upstream-protocol.md §6.6, §6.7), because the backend parses them. What
-differs is how the facts are read: files are opened directly with a size cap, users and groups come from NSS through
-`pwd`/`grp`, host-key fingerprints are computed from the `.pub` files, and a user-controlled path is never followed:
-the Go agent ran `cat /home/*/.ssh/authorized_keys` as root, so a user who pointed that file at /etc/shadow had it
-dumped into the audit. Here `~/.ssh` and `authorized_keys` are opened with O_NOFOLLOW relative to directory fds, and
-anything but a regular file is reported as skipped.
+differs is how the facts are read: files are opened directly, users and groups come from NSS through `pwd`/`grp`,
+host-key fingerprints are computed from the `.pub` files, and a user-controlled path is never followed: the Go agent
+ran `cat /home/*/.ssh/authorized_keys` as root, so a user who pointed that file at /etc/shadow had it dumped into the
+audit. Here `~/.ssh` and `authorized_keys` are opened with O_NOFOLLOW relative to directory fds, and the file must
+pass the rule every edit applies (host/plainfile.py: a regular file with one link, so a hard link to /etc/shadow is
+refused too). A file refused, or holding more than plainfile.MAX_FILE_BYTES (counted in bytes read, not taken from
+fstat), is one `# p0-ssh-agent: skipped: <why>` line instead of its content, never a cut-off part of it.
 
-Every collector takes its sources as arguments (a filesystem root, passwd and group entries, a last-login reader) so
-it can be tested on a fake tree; the defaults read the host. Every output is capped at 1 MiB (`cap_output`).
+runAudit's content is escaped (core/audit_text.py) so that a user's file cannot fake a section header or a USER
+line; only marker-like lines change. Every collector takes its sources as arguments (a filesystem root, passwd and
+group entries, a last-login reader) so it can be tested on a fake tree; the defaults read the host. Every output is
+capped at 1 MiB (`cap_output`).
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from p0_ssh_agent.core import audit_text
 from p0_ssh_agent.host import proc
+from p0_ssh_agent.host.plainfile import MAX_FILE_BYTES, UnsafePath, check_plain_file, read_at_most
 
 MAX_OUTPUT_BYTES = 1024 * 1024
 TRUNCATION_MARKER = "...[truncated: output exceeded 1 MiB]"
-MAX_FILE_BYTES = 256 * 1024
+SKIPPED = "# p0-ssh-agent: skipped: "
 NOLOGIN_SHELLS = frozenset({"/sbin/nologin", "/usr/sbin/nologin", "/bin/false", "/usr/bin/false"})
 LASTLOG_CANDIDATES = ("/usr/bin/lastlog", "/usr/sbin/lastlog")
 # glibc's struct lastlog on Linux: int32_t ll_time; char ll_line[32]; char ll_host[256].
@@ -80,33 +86,39 @@ def list_users(entries: Iterable[pwd.struct_passwd] | None = None) -> list[str]:
 # --- file reading -------------------------------------------------------------------------------------------------
 
 
-def read_capped(path: str | Path, *, dir_fd: int | None = None, follow: bool = True) -> bytes | None:
-    """A regular file's first MAX_FILE_BYTES, or None if it is missing, not a regular file, or unreadable.
+def read_capped(path: str | Path, *, dir_fd: int | None = None, user_file: str | None = None) -> bytes | None:
+    """A regular file's content, or None if it is missing, not a regular file, or unreadable. Raises FileTooLarge
+    (an UnsafePath) when it holds more than MAX_FILE_BYTES: counted in bytes read, so a file that grows while it
+    is read is refused too. `user_file`: the file is a user's, shown under that name; then a symlink is not followed
+    and anything but a regular file with one link is UnsafePath (plainfile.check_plain_file, the edits' rule).
 
     O_NONBLOCK keeps a FIFO planted where a file was expected from hanging the reader; the type is checked on the
     opened descriptor, so a swap between a check and the open cannot slip something else in.
     """
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if user_file is None else os.O_NOFOLLOW)
     try:
         fd = os.open(path, flags, dir_fd=dir_fd)
     except OSError:
         return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if user_file is not None:
+            check_plain_file(info, user_file)
+        elif not stat.S_ISREG(info.st_mode):
             return None
-        chunks: list[bytes] = []
-        remaining = MAX_FILE_BYTES
-        while remaining > 0:
-            chunk = os.read(fd, min(remaining, 65536))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        return b"".join(chunks)
+        return read_at_most(fd, MAX_FILE_BYTES, user_file or str(path))
     except OSError:
         return None
     finally:
         os.close(fd)
+
+
+def _file_text(path: Path) -> str:
+    """A root-owned file's text for the audit; a file too big to read whole is one line saying so."""
+    try:
+        return _text(read_capped(path) or b"")
+    except UnsafePath as refused:
+        return f"{SKIPPED}{refused}\n"
 
 
 def _text(data: bytes) -> str:
@@ -125,7 +137,7 @@ def authorized_keys_of(home: Path) -> str | None:
     """`home/.ssh/authorized_keys` as text, a one-line note if it was refused, or None if there is none.
 
     The home directory itself is followed (root or the administrator made it); `.ssh` and `authorized_keys`,
-    which the user controls, are not.
+    which the user controls, are not, and the file must be a regular file with one link (the edits' own rule).
     """
     try:
         home_fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -136,12 +148,15 @@ def authorized_keys_of(home: Path) -> str | None:
             ssh_fd = os.open(".ssh", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=home_fd)
         except OSError:
             if _is_symlink(".ssh", home_fd):
-                return "# p0-ssh-agent: skipped: .ssh is a symbolic link\n"
+                return f"{SKIPPED}.ssh is a symbolic link\n"
             return None
         try:
             if _is_symlink("authorized_keys", ssh_fd):
-                return "# p0-ssh-agent: skipped: .ssh/authorized_keys is a symbolic link\n"
-            data = read_capped("authorized_keys", dir_fd=ssh_fd, follow=False)
+                return f"{SKIPPED}.ssh/authorized_keys is a symbolic link\n"
+            try:
+                data = read_capped("authorized_keys", dir_fd=ssh_fd, user_file=f"{home}/.ssh/authorized_keys")
+            except UnsafePath as refused:
+                return f"{SKIPPED}{refused}\n"
             return None if data is None else _text(data)
         finally:
             os.close(ssh_fd)
@@ -295,22 +310,33 @@ def system_last_login() -> str:
 
 
 class _Section:
-    """Builds the audit text, keeping every section header at the start of its own line."""
+    """Builds the audit text: markers (headers, USER lines) are the agent's, everything added is escaped content."""
 
     def __init__(self) -> None:
         self.parts: list[str] = []
         self.size = 0
 
-    def add(self, text: str) -> None:
+    def _append(self, text: str) -> None:
         if text:
             self.parts.append(text)
             self.size += len(text)
 
-    def header(self, name: str) -> None:
+    def add(self, text: str) -> None:
+        """Content: marker-like lines in it are escaped (core/audit_text.py), so it can never fake a section."""
+        self._append(audit_text.escape(text))
+
+    def _marker(self, line: str) -> None:
         if self.parts and not self.parts[-1].endswith("\n"):
             # `cat` of a file without a final newline glued the next header onto its last line upstream.
-            self.add("\n")
-        self.add(f"==={name}===\n")
+            self._append("\n")
+        self._append(line)
+
+    def header(self, name: str) -> None:
+        self._marker(f"==={name}===\n")
+
+    def user(self, name: str) -> None:
+        # The name is a directory under /home: escaped like content, in case someone made one with a line break.
+        self._marker(f"USER:{audit_text.escape(name)}\n")
 
     def full(self) -> bool:
         return self.size > MAX_OUTPUT_BYTES
@@ -326,11 +352,12 @@ def run_audit(
     groups: Iterable[grp.struct_group] | None = None,
     last_login: Callable[[], str] | None = None,
 ) -> str:
-    """The SSH posture dump of §6.6, section by section, with every file read natively and capped."""
+    """The SSH posture dump of §6.6, section by section, with every file read natively and bounded, and content
+    escaped so that only the agent writes section markers."""
     out = _Section()
     etc = root / "etc"
     out.header("SSHD_CONFIG")
-    out.add(_text(read_capped(etc / "ssh" / "sshd_config") or b""))
+    out.add(_file_text(etc / "ssh" / "sshd_config"))
 
     out.header("AUTHORIZED_KEYS")
     homes = [root / "home" / name for name in _sorted_names(root / "home")] + [root / "root"]
@@ -339,7 +366,7 @@ def run_audit(
             break
         keys = authorized_keys_of(home)
         if keys is not None:
-            out.add(f"USER:{home.name}\n")
+            out.user(home.name)
             out.add(keys)
 
     out.header("PASSWD")
@@ -350,17 +377,17 @@ def run_audit(
         out.add(_group_line(group) + "\n")
 
     out.header("SUDOERS")
-    out.add(_text(read_capped(etc / "sudoers") or b""))
+    out.add(_file_text(etc / "sudoers"))
     for name in _sorted_names(etc / "sudoers.d"):
         if out.full():
             break
-        out.add(_text(read_capped(etc / "sudoers.d" / name) or b""))
+        out.add(_file_text(etc / "sudoers.d" / name))
 
     out.header("HOST_KEYS")
     ssh_dir = etc / "ssh"
     for name in _sorted_names(ssh_dir):
         if fnmatch.fnmatchcase(name, "ssh_host_*_key.pub"):
-            for line in fingerprint_lines(_text(read_capped(ssh_dir / name) or b"")):
+            for line in fingerprint_lines(_file_text(ssh_dir / name)):
                 out.add(line + "\n")
 
     out.header("LAST_LOGIN")

@@ -13,10 +13,14 @@ also when the content is already right. Labels are restored with restorecon when
 
 Callers serialise edits with host/locks.py. Everything here blocks: async callers run it in a worker thread.
 
+Every file is checked and read by host/plainfile.py's two rules, the ones runAudit applies too: a regular file
+with one link (check_plain_file), read up to a limit counted in bytes read, not taken from fstat (read_at_most).
+
     AgentError
     ├── FileEditFailed      an I/O error (missing home, disk full, ...): names the path and the OS error
     └── PermissionProblem
         └── UnsafePath      a symlink, hard link, foreign owner, wrong type, or a group/world-writable directory
+            └── FileTooLarge    more than the limit could be read from it
 """
 
 from __future__ import annotations
@@ -31,11 +35,29 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import NoReturn
 
-from p0_ssh_agent.errors import AgentError, PermissionProblem
+from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.host import selinux
+from p0_ssh_agent.host.plainfile import (
+    MAX_FILE_BYTES,
+    FileTooLarge,
+    UnsafePath,
+    check_plain_file,
+    file_kind,
+    read_at_most,
+)
 
-# authorized_keys and sudoers files are small; a bigger one is a user stuffing their file to exhaust our memory.
-MAX_FILE_BYTES = 4 * 1024 * 1024
+__all__ = [
+    "MAX_FILE_BYTES",
+    "FileEdit",
+    "FileEditFailed",
+    "FileTooLarge",
+    "UnsafePath",
+    "edit_in_user_dir",
+    "read_root_file",
+    "remove_root_file",
+    "write_root_file",
+]
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO a user put in place of the file must not hang us; we refuse it right after.
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -53,10 +75,6 @@ class FileEdit:
     changed: bool
 
 
-class UnsafePath(PermissionProblem):
-    """A path the agent refuses to write through: symlink, hard link, foreign owner, wrong type, loose directory."""
-
-
 class FileEditFailed(AgentError):
     """The edit failed for an ordinary reason (missing directory, I/O error); the message names the path."""
 
@@ -64,21 +82,6 @@ class FileEditFailed(AgentError):
 def _check_component(name: str, what: str) -> None:
     if not name or name in (".", "..") or "/" in name or "\0" in name:
         raise ValueError(f"{what} must be a single path component, got {name!r}")
-
-
-def _kind(mode: int) -> str:
-    for test, text in (
-        (stat.S_ISLNK, "a symlink"),
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISREG, "a regular file"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-    ):
-        if test(mode):
-            return text
-    return "an unknown kind of file"
 
 
 def _refuse_entry(name: str, shown: str, expected: str, dir_fd: int | None) -> NoReturn:
@@ -93,7 +96,7 @@ def _refuse_entry(name: str, shown: str, expected: str, dir_fd: int | None) -> N
         except OSError:
             target = "?"
         raise UnsafePath(f"refusing {shown}: it is a symlink (to {target}); replace it with {expected}")
-    raise UnsafePath(f"refusing {shown}: it is {_kind(info.st_mode)}, not {expected}")
+    raise UnsafePath(f"refusing {shown}: it is {file_kind(info.st_mode)}, not {expected}")
 
 
 def _open_dir(name: str, shown: str, dir_fd: int | None = None) -> int | None:
@@ -129,26 +132,17 @@ def _enforce(fd: int, info: os.stat_result, uid: int, gid: int, mode: int) -> No
         os.fchmod(fd, mode)
 
 
-def _check_regular(info: os.stat_result, shown: str, owners: Collection[int], max_bytes: int) -> None:
-    if not stat.S_ISREG(info.st_mode):
-        raise UnsafePath(f"refusing {shown}: it is {_kind(info.st_mode)}, not a regular file")
-    if info.st_nlink > 1:
-        raise UnsafePath(
-            f"refusing {shown}: it has {info.st_nlink} hard links, so writing it could change another file "
-            f"(find them with: find / -xdev -samefile {shown}); remove the extra links"
-        )
+def _check_owner(info: os.stat_result, shown: str, owners: Collection[int]) -> None:
     if info.st_uid not in owners:
         wanted = " or ".join(f"uid {uid}" for uid in sorted(set(owners)))
         raise UnsafePath(f"refusing {shown}: it is owned by uid {info.st_uid}, not {wanted}")
-    if info.st_size > max_bytes:
-        raise UnsafePath(f"refusing {shown}: it is {info.st_size} bytes, more than {max_bytes}")
 
 
 def _read_regular(
     dir_fd: int, name: str, shown: str, owners: Collection[int], max_bytes: int = MAX_FILE_BYTES
 ) -> tuple[int, os.stat_result, bytes] | None:
-    """Open and read an existing regular file with one link and an allowed owner; None if it does not exist.
-    The caller closes the returned fd."""
+    """Open and read an existing regular file with one link and an allowed owner, of at most max_bytes; None if
+    it does not exist. The caller closes the returned fd."""
     try:
         fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
     except FileNotFoundError:
@@ -159,11 +153,9 @@ def _read_regular(
         raise FileEditFailed(f"cannot open {shown}: {exc.strerror}") from None
     try:
         info = os.fstat(fd)  # the file we opened, not whatever the name points at by now
-        _check_regular(info, shown, owners, max_bytes)
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
-        return fd, info, b"".join(chunks)
+        check_plain_file(info, shown)
+        _check_owner(info, shown, owners)
+        return fd, info, read_at_most(fd, max_bytes, shown)
     except OSError as exc:
         os.close(fd)
         raise FileEditFailed(f"cannot read {shown}: {exc.strerror}") from None
@@ -185,14 +177,13 @@ def _remove_stale_temps(dir_fd: int, name: str) -> None:
     Only exact temp names of ours are touched, and unlink never follows a link or removes a directory.
     """
     pattern = re.compile(rf"\.{re.escape(name)}\.(?:p0tmp|tmp)\.[0-9a-f]{{16}}")
-    try:
-        entries = os.listdir(dir_fd)
-    except OSError:
-        return
-    for entry in entries:
-        if pattern.fullmatch(entry):
-            with contextlib.suppress(OSError):
-                os.unlink(entry, dir_fd=dir_fd)
+    # scandir, not listdir: a user's ~/.ssh may hold millions of names, and a list of them all is memory they choose.
+    # Unlinking while iterating is allowed (POSIX readdir) and keeps even a list of the matches out of memory.
+    with contextlib.suppress(OSError), os.scandir(dir_fd) as entries:
+        for entry in entries:
+            if pattern.fullmatch(entry.name):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.name, dir_fd=dir_fd)
 
 
 def _replace(
