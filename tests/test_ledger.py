@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 from p0_ssh_agent.core.sudoers import parse_dropin, render_dropin
 from p0_ssh_agent.errors import ExitCode
 from p0_ssh_agent.host.ledger import (
+    MAX_LEDGER_BYTES,
     SCHEMA,
     KeyEntry,
     KeyKind,
     Ledger,
-    MAX_LEDGER_BYTES,
     LedgerCorrupt,
     LedgerFull,
     SudoEntry,
