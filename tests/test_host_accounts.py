@@ -162,3 +162,9 @@ def test_lock_unlock_delete_refuse_system_accounts_and_missing_users() -> None:
     assert lock_user("daemon", dry_run=True, adopted=["daemon"])[0][1:] == ["-L", "-e", "1", "daemon"]
     assert unlock_user("daemon", dry_run=True, adopted=["daemon"])[0][1:] == ["-U", "-e", "", "daemon"]
     assert delete_user("daemon", dry_run=True, adopted=["daemon"])[0][1:] == ["-r", "daemon"]
+
+
+@pytest.mark.parametrize("name", ["_p0svc", "mysql", "systemd-p0"])
+def test_create_user_refuses_names_no_new_account_may_have(name: str, tmp_path: Path) -> None:
+    with pytest.raises(AccountRefused, match=f"{name}"):
+        create_user(name, uid=FREE_BASE, dry_run=True, home_root=str(tmp_path))

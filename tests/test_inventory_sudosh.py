@@ -8,6 +8,7 @@ cross-user leak of §12 item 15.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import shutil
@@ -17,22 +18,22 @@ from pathlib import Path
 import pytest
 
 from p0_ssh_agent.core.requests import RequestInvalid, SudoshRequest, parse_request
-from p0_ssh_agent.errors import DataError
-from p0_ssh_agent.host.inventory import MAX_OUTPUT_BYTES, TRUNCATION_MARKER
-from p0_ssh_agent.host.sudosh import (
-    SudoshLogMissing,
+from p0_ssh_agent.core.sudosh_events import (
     audit_events_json,
-    collect_sudosh,
     command_lines,
     go_float,
     looks_like_prompt,
     sanitize_terminal_line,
     session_duration_ns,
-    session_files,
-    wrap_base64,
 )
+from p0_ssh_agent.errors import DataError
+from p0_ssh_agent.host.inventory import MAX_OUTPUT_BYTES, TRUNCATION_MARKER, cap_output
+from p0_ssh_agent.host.sudosh import SudoshLogMissing, collect_sudosh, session_files, wrap_base64
 
 BASE64 = shutil.which("base64")
+# The files below are written by whoever runs the tests: trust them as the agent trusts root's (the default, root
+# and the named user, is exercised through the real CLI in test_sudosh_sandbox.py).
+export = functools.partial(collect_sudosh, owners={0, os.geteuid()})
 BANNER = (
     "=== Exporting sudosh session recordings ===\n"
     "Searching for recordings:\n"
@@ -97,8 +98,8 @@ def test_session_files_rule() -> None:
 def test_user_a_never_receives_user_a_b_recordings(log_dir: Path) -> None:
     mine = record(log_dir, "a-root", 1710000000, "AAAA", b"a$ id\n")
     theirs = record(log_dir, "a-b-root", 1710000001, "BBBB", b"a-b$ cat /secret\n")
-    out_a = collect_sudosh("a", log_dir=str(log_dir))
-    out_ab = collect_sudosh("a-b", log_dir=str(log_dir))
+    out_a = export("a", log_dir=str(log_dir))
+    out_ab = export("a-b", log_dir=str(log_dir))
     assert blocks(out_a) == [mine]
     assert blocks(out_ab) == [theirs]
     assert "cat /secret" not in out_a
@@ -110,24 +111,24 @@ def test_user_a_never_receives_user_a_b_recordings(log_dir: Path) -> None:
 
 def test_no_recordings(log_dir: Path) -> None:
     record(log_dir, "bob-root", 1710000000, "x", b"bob$ ls\n")
-    assert collect_sudosh("alice", 5, 10, log_dir=str(log_dir)) == (
+    assert export("alice", 5, 10, log_dir=str(log_dir)) == (
         banner("alice", 5, 10) + "Found 0 matching session(s)\n\nNo recordings found matching criteria\n"
     )
 
 
 def test_missing_log_dir(tmp_path: Path) -> None:
     with pytest.raises(SudoshLogMissing) as info:
-        collect_sudosh("alice", log_dir=str(tmp_path / "nope"))
+        export("alice", log_dir=str(tmp_path / "nope"))
     assert str(info.value) == f"ERROR: Log directory {tmp_path / 'nope'} does not exist"
     (tmp_path / "file").write_text("")
     with pytest.raises(SudoshLogMissing):
-        collect_sudosh("alice", log_dir=str(tmp_path / "file"))
+        export("alice", log_dir=str(tmp_path / "file"))
 
 
 @pytest.mark.parametrize("user", ["", "Alice", "a b", "../x", "a/b", "-rf", "x" * 40])
 def test_invalid_user_is_refused(log_dir: Path, user: str) -> None:
     with pytest.raises(DataError):
-        collect_sudosh(user, log_dir=str(log_dir))
+        export(user, log_dir=str(log_dir))
 
 
 def test_one_session_exact_text(log_dir: Path) -> None:
@@ -135,7 +136,7 @@ def test_one_session_exact_text(log_dir: Path) -> None:
     timing = b"0.5 20\n1.5 7\n"
     name = record(log_dir, "alice-root", 1710000000, "testsession", script, timing=timing)
     events = audit_events_json(name, "alice", script, timing)
-    assert collect_sudosh("alice", log_dir=str(log_dir)) == (
+    assert export("alice", log_dir=str(log_dir)) == (
         banner("alice")
         + "Found 1 matching session(s)\n\n"
         + "=== EXPORT_START ===\nSESSIONS_COUNT: 1\n\n"
@@ -165,7 +166,7 @@ def test_time_range_is_inclusive_and_missing_timing_warns(log_dir: Path) -> None
     last = record(log_dir, "alice-alice", 200, "l", b"")
     late = record(log_dir, "alice-root", 201, "z", b"")
     record(log_dir, "alice-root", 150, "lonely", b"x$ ls\n", timing=None)
-    text = collect_sudosh("alice", 100, 200, log_dir=str(log_dir))
+    text = export("alice", 100, 200, log_dir=str(log_dir))
     assert blocks(text) == [last, first]  # name order, as the shell glob lists them
     assert early not in text and late not in text
     assert "WARNING: Timing file missing for alice-root-time-150-lonely, skipping\n" in text
@@ -184,7 +185,7 @@ def test_symlinks_and_fifos_are_not_exported(tmp_path: Path, log_dir: Path) -> N
     os.mkfifo(log_dir / "alice-root-time-1710000001-fifo")
     record(log_dir, "alice-root", 1710000002, "tlink", b"alice$ ls\n", timing=None)
     (log_dir / "alice-root-time-1710000002-tlink").symlink_to(secret)
-    text = collect_sudosh("alice", log_dir=str(log_dir))
+    text = export("alice", log_dir=str(log_dir))
     assert blocks(text) == []
     assert "VERY-SECRET" not in text and base64.b64encode(secret.read_bytes()).decode()[:20] not in text
     assert "Timing file missing for alice-root-time-1710000001-fifo" in text
@@ -205,7 +206,7 @@ def test_output_is_capped_at_one_mebibyte(log_dir: Path) -> None:
     big = b"alice$ yes\n" + b"y\n" * (MAX_OUTPUT_BYTES // 2)
     for stamp in range(1710000000, 1710000004):
         record(log_dir, "alice-root", stamp, "big", big)
-    text = collect_sudosh("alice", log_dir=str(log_dir))
+    text = export("alice", log_dir=str(log_dir))
     assert len(text.encode()) <= MAX_OUTPUT_BYTES
     assert text.endswith("\n" + TRUNCATION_MARKER + "\n")
     assert text.startswith(banner("alice") + "Found 4 matching session(s)\n")
@@ -381,3 +382,53 @@ def test_time_bounds_refused(value: str) -> None:
     with pytest.raises(RequestInvalid) as info:
         parse_request("collectSudoshRecordings", {"userName": "alice", "startTime": value})
     assert "startTime" in str(info.value)
+
+
+# --- trust and bounds -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="gives files to other owners: needs root")
+def test_only_files_of_trusted_owners_with_safe_modes_are_exported(tmp_path: Path, log_dir: Path) -> None:
+    mine = record(log_dir, "alice-root", 1710000000, "good", b"alice$ id\n")
+    planted = record(log_dir, "alice-root", 1710000001, "planted", b"alice$ rm -rf /\n")
+    os.chown(log_dir / planted, 4321, 4321)
+    timing_planted = record(log_dir, "alice-root", 1710000002, "tplanted", b"alice$ ls\n")
+    os.chown(log_dir / timing_planted.replace("-script-", "-time-"), 4321, -1)
+    loose = record(log_dir, "alice-root", 1710000003, "loose", b"alice$ ls\n")
+    (log_dir / loose).chmod(0o664)
+    (tmp_path / "shadow").write_bytes(b"root:$6$VERY-SECRET:19000::::::\n")
+    linked = "alice-root-script-1710000004-link"
+    (log_dir / linked).hardlink_to(tmp_path / "shadow")
+    (log_dir / "alice-root-time-1710000004-link").write_bytes(b"1 1\n")
+
+    text = collect_sudosh("alice", log_dir=str(log_dir), owners={0})
+    assert blocks(text) == [mine]
+    assert "rm -rf" not in text and "VERY-SECRET" not in text
+    assert f"WARNING: {planted} is owned by uid 4321, not root or alice: not a recording of alice, skipping" in text
+    assert f"WARNING: {timing_planted.replace('-script-', '-time-')} is owned by uid 4321" in text
+    assert f"WARNING: {loose} is writable by group or others (mode 0664)" in text
+    assert f"WARNING: {linked} is a file with 2 hard links" in text
+    assert "Found 1 matching session(s)" in text
+    # The same files, trusted as the named user's own (sudosh as alice's login shell writes them as alice):
+    assert blocks(collect_sudosh("alice", log_dir=str(log_dir), owners={0, 4321})) == [mine, planted, timing_planted]
+
+
+@pytest.mark.parametrize("limit", [200, 700, 1500, 4096, 20000])
+def test_the_capped_export_is_the_whole_export_capped(log_dir: Path, limit: int) -> None:
+    """Text is produced only until the cap; what is kept must be exactly what capping the whole text keeps."""
+    record(log_dir, "alice-root", 1710000000, "a", b"alice$ ls\n" * 40, timing=b"0.5 1\n" * 40)
+    record(log_dir, "alice-root", 1710000001, "b", "alice$ \u00e9cho \U0001f600\n".encode() * 300)
+    record(log_dir, "alice-root", 1710000002, "nolog", b"x", timing=None)
+    whole = export("alice", log_dir=str(log_dir), limit=10 * MAX_OUTPUT_BYTES)
+    assert TRUNCATION_MARKER not in whole
+    assert export("alice", log_dir=str(log_dir), limit=limit) == cap_output(whole, limit)
+
+
+def test_many_planted_names_are_listed_within_the_cap(log_dir: Path) -> None:
+    """Files without a timing file each print a warning: only the first ones fit, and only they are kept."""
+    for stamp in range(3000):
+        (log_dir / f"alice-root-script-{stamp}-x").write_bytes(b"")
+    text = export("alice", log_dir=str(log_dir), limit=4096)
+    assert text.endswith(TRUNCATION_MARKER + "\n")
+    first = sorted(f"alice-root-time-{stamp}-x" for stamp in range(3000))[:5]
+    assert all(f"Timing file missing for {name}, skipping" in text for name in first)

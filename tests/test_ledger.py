@@ -16,11 +16,13 @@ from hypothesis import strategies as st
 from p0_ssh_agent.core.sudoers import parse_dropin, render_dropin
 from p0_ssh_agent.errors import ExitCode
 from p0_ssh_agent.host.ledger import (
+    MAX_LEDGER_BYTES,
     SCHEMA,
     KeyEntry,
     KeyKind,
     Ledger,
     LedgerCorrupt,
+    LedgerFull,
     SudoEntry,
     UserEntry,
     from_json,
@@ -114,6 +116,38 @@ def test_a_failed_save_keeps_the_old_ledger_whole(state_dir: Path) -> None:
     assert "File too large" in done.stdout
     assert (state_dir / "ledger.json").read_bytes() == old
     assert [entry.name for entry in state_dir.iterdir()] == ["ledger.json"]
+
+
+def ledger_of_size(size: int) -> Ledger:
+    """sample() padded (through one long fingerprint, which the reader accepts) to exactly `size` bytes of JSON."""
+    ledger = sample()
+    base = len(to_json(ledger).encode())
+    ledger.record_key("alice", "req-pad", "key", "SHA256:", now=T0)
+    padding = size - len(to_json(ledger).encode())
+    assert padding >= 0 and size > base
+    ledger.forget_keys("alice", "req-pad")
+    ledger.record_key("alice", "req-pad", "key", "SHA256:" + "A" * padding, now=T0)
+    assert len(to_json(ledger).encode()) == size
+    return ledger
+
+
+def test_the_largest_ledger_that_loads_is_the_largest_that_saves(state_dir: Path) -> None:
+    """One limit both ways: a ledger save_ledger writes is one load_ledger reads back, and one byte more is
+    refused before anything is written (it used to be written, after which every grant and revoke failed)."""
+    largest = ledger_of_size(MAX_LEDGER_BYTES)
+    save_ledger(largest, state_dir)
+    assert load_ledger(state_dir) == largest
+    old = (state_dir / "ledger.json").read_bytes()
+
+    with pytest.raises(LedgerFull) as refused:
+        save_ledger(ledger_of_size(MAX_LEDGER_BYTES + 1), state_dir)
+    message = str(refused.value)
+    assert str(state_dir / "ledger.json") in message
+    assert f"{MAX_LEDGER_BYTES + 1} bytes" in message and "64 MiB" in message
+    assert "nothing was written" in message
+    assert (state_dir / "ledger.json").read_bytes() == old
+    assert [entry.name for entry in state_dir.iterdir()] == ["ledger.json"]  # no temp file either
+    assert load_ledger(state_dir) == largest
 
 
 def test_uid_high_water_survives_deletion_and_hand_edits(state_dir: Path) -> None:

@@ -1,21 +1,26 @@
 """The namespace sandbox itself: marked tests skip outside it, the `sandbox` fixture refuses a fake one, and inside
 it real useradd, keys, certificates and ssh logins work on a copy of /etc that the host never sees.
 
-The host side (fingerprints of passwd/shadow/group/gshadow/sudoers before and after a run) is checked by
-tests/sandbox/enter after every run and exercised end to end by tests/sandbox/selfcheck."""
+/root and /var/lib are the sandbox's too (an agent with default settings keeps its ledger in /var/lib/p0-ssh-agent):
+each test proves the mount before it writes there. The host side (fingerprints of passwd/shadow/group/gshadow/
+sudoers, the agent's state directory and /root before and after a run) is checked by tests/sandbox/enter after
+every run and exercised end to end by tests/sandbox/selfcheck."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import re
+import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from sandbox.fixtures import SANDBOX_ENV, Sandbox, Sshd, TestCA, unique_user_name
+from provisioning_support import AGENT, make_keys
+from sandbox.fixtures import CHILD_ENV, SANDBOX_ENV, Sandbox, Sshd, TestCA, pwd_entry, unique_user_name
 
 TESTS_DIR = Path(__file__).resolve().parent
 USER_NAME_RE = r"^[a-z_][a-z0-9_-]{0,31}$"
@@ -156,3 +161,71 @@ def test_certificate_login_through_a_cert_authority_line(
         assert sshd.ssh(name, key, "true", cert=wrong).returncode == 255
     finally:
         sandbox.userdel(name)
+
+
+# --- /root and /var/lib (the agent's default state directory) ---------------------------------------------------
+
+
+def var_lib_upper_layer(sandbox: Sandbox) -> Path:
+    """The tmpfs layer that takes every write to /var/lib, after proving /var/lib is that overlay. Nothing may be
+    written under /var/lib before this returns: on a host it would be the host's."""
+    fields = subprocess.run(
+        ["/usr/bin/findmnt", "-n", "-o", "FSTYPE,OPTIONS", "--mountpoint", "/var/lib"],
+        capture_output=True, text=True, check=False,
+    ).stdout.split()  # fmt: skip
+    assert fields and fields[0] == "overlay", f"/var/lib is not an overlay here: {fields}"
+    options = dict(option.partition("=")[::2] for option in fields[1].split(","))
+    upper = Path(options["upperdir"])
+    assert upper.is_relative_to(sandbox.root), upper
+    assert options["lowerdir"] == "/var/lib"
+    return upper
+
+
+@pytest.mark.sandbox
+def test_root_is_an_empty_copy_with_roots_owner_and_mode(sandbox: Sandbox) -> None:
+    inside = Path("/root").stat()
+    copy = (sandbox.root / "mnt_root").stat()
+    assert (inside.st_dev, inside.st_ino) == (copy.st_dev, copy.st_ino), "/root is the host's"
+    assert (inside.st_uid, inside.st_gid, stat.S_IMODE(inside.st_mode)) == (0, 0, 0o700)
+    marker = Path("/root", unique_user_name())
+    marker.write_text("written inside the sandbox\n")
+    try:
+        assert (sandbox.root / "mnt_root" / marker.name).read_text() == "written inside the sandbox\n"
+    finally:
+        marker.unlink()
+
+
+@pytest.mark.sandbox
+def test_a_write_under_var_lib_lands_in_the_sandbox(sandbox: Sandbox) -> None:
+    upper = var_lib_upper_layer(sandbox)
+    state = Path("/var/lib/p0-ssh-agent")
+    existed = state.exists()
+    marker = state / unique_user_name()
+    state.mkdir(exist_ok=True)
+    try:
+        marker.write_text("x\n")
+        assert (upper / "p0-ssh-agent" / marker.name).read_text() == "x\n"  # the scratch layer holds it
+    finally:
+        marker.unlink()
+        if not existed:
+            state.rmdir()
+
+
+@pytest.mark.sandbox
+def test_an_agent_with_default_settings_keeps_its_ledger_in_the_sandbox(sandbox: Sandbox, tmp_path: Path) -> None:
+    """No stateDir in the config: the ledger goes to /var/lib/p0-ssh-agent, which must be the sandbox's."""
+    upper = var_lib_upper_layer(sandbox)
+    state = Path("/var/lib/p0-ssh-agent")
+    assert not state.exists(), "the sandbox starts without agent state"
+    config = tmp_path / "config.yaml"
+    config.write_text(f"orgId: o\nhostId: h\ntunnelHost: ws://127.0.0.1:9\nkeyPath: {make_keys(tmp_path)}\n")
+    name = unique_user_name()
+    argv = [str(AGENT), "command", "--config", str(config), "--command", "provisionUser", "--username", name]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, env=CHILD_ENV, timeout=120, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert f'"{name}"' in (upper / "p0-ssh-agent" / "ledger.json").read_text()
+    finally:
+        if pwd_entry(name) is not None:
+            sandbox.userdel(name)
+        shutil.rmtree(state, ignore_errors=True)

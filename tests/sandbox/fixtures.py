@@ -1,8 +1,9 @@
 """pytest fixtures for tests that need real useradd, visudo and sshd, safely.
 
-`make test` runs the whole suite under `tests/sandbox/enter`, so /etc is a throwaway copy and /home, /run, /var/log
-are scratch directories (test-harness.md §3). Tests marked `sandbox` are skipped, with the reason, when pytest runs
-outside it. The `sandbox` fixture proves we are inside before a test may change anything:
+`make test` runs the whole suite under `tests/sandbox/enter`, so /etc is a throwaway copy, /home, /root, /run and
+/var/log are scratch directories and /var/lib is an overlay whose writes stay in the sandbox (test-harness.md §3).
+Tests marked `sandbox` are skipped, with the reason, when pytest runs outside it. The `sandbox` fixture proves we
+are inside before a test may change anything:
 
     sandbox      Sandbox: .root, .run(), .useradd(), .userdel(), .install_key()
     sshd         (session) a real sshd on 127.0.0.1:<free port>, UsePAM no; .ssh(user, key, *argv, cert=None)

@@ -1,7 +1,9 @@
 # Shared by tests/sandbox/enter and tests/sandbox/selfcheck (sourced, not run).
 #
 # host_fingerprint prints one line per host file the test suite must never change: the account and sudo files
-# that useradd/userdel/visudo/the agent edit, and the top level of /home. `enter` records it before building the
+# that useradd/userdel/visudo/the agent edit, the top level of /home, the agent's default state directory (the
+# ledger an agent started with default settings writes) and root's home (children run with HOME=/root; root's
+# ~/.ssh is a login). `enter` records it before building the
 # sandbox and compares it after the command ends, so any leak out of the sandbox fails the run.
 
 P0_SANDBOX_GUARDED_FILES=(
@@ -23,4 +25,21 @@ host_fingerprint() {
     find /etc/sudoers.d -mindepth 1 -type f -exec sha256sum {} + 2>/dev/null | LC_ALL=C sort
     # Home directories: name, type, owner and mode (useradd -m / userdel -r would add or remove one).
     find /home /var/mail -mindepth 1 -maxdepth 1 -printf 'home %p %y %U:%G %m\n' 2>/dev/null | LC_ALL=C sort
+    # The agent's state: every entry with its content. Absent on a host that does not run the agent, and it must
+    # stay absent (it would be a ledger written on the host).
+    if [[ -e /var/lib/p0-ssh-agent || -L /var/lib/p0-ssh-agent ]]; then
+        find /var/lib/p0-ssh-agent -printf 'state %p %y %U:%G %m %s\n' 2>/dev/null | LC_ALL=C sort
+        find /var/lib/p0-ssh-agent -type f -exec sha256sum {} + 2>/dev/null | LC_ALL=C sort
+    else
+        echo 'absent /var/lib/p0-ssh-agent'
+    fi
+    # Root's home: its own owner and mode, the names at its top (not their times: a shell or a cache on the host
+    # may touch those while the tests run), and ~/.ssh in full.
+    find /root -maxdepth 1 -printf 'root %p %y %U:%G %m\n' 2>/dev/null | LC_ALL=C sort
+    if [[ -e /root/.ssh || -L /root/.ssh ]]; then
+        find /root/.ssh -printf 'root-ssh %p %y %U:%G %m %s\n' 2>/dev/null | LC_ALL=C sort
+        find /root/.ssh -type f -exec sha256sum {} + 2>/dev/null | LC_ALL=C sort
+    else
+        echo 'absent /root/.ssh'
+    fi
 }

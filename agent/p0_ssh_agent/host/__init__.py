@@ -9,7 +9,8 @@
     ledger      what the agent owns (users, keys, sudo grants, UID high-water mark), as JSON in the state dir
     accounts    users: lookup, UID allocation, create / lock / unlock / delete
     sessions    ending a user's live sessions
-    inventory   runAudit / listUsers; sudosh: the recordings export
+    inventory   runAudit / listUsers
+    sudosh      collectSudoshRecordings: only trusted recordings, built only up to the output cap
 
 Everything here blocks (files, flock, subprocesses): async callers run it with trio.to_thread.run_sync.
 """

@@ -37,6 +37,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+from p0_ssh_agent.core.new_accounts import new_account_refusal
 from p0_ssh_agent.core.requests import RESERVED_USER_NAMES, USER_NAME_RE, is_user_name
 from p0_ssh_agent.errors import AgentError, DataError
 from p0_ssh_agent.host import proc
@@ -222,6 +223,15 @@ def _check_name(name: str) -> None:
         raise DataError(f"invalid user name {name[:40]!r}: must match {USER_NAME_RE}")
 
 
+def check_new_account_name(name: str) -> None:
+    """AccountRefused unless the agent may create an account called `name` (core.new_accounts: no leading "_",
+    no service account name). Only creation is judged so: adopted accounts keep the names they have."""
+    _check_name(name)
+    refusal = new_account_refusal(name)
+    if refusal is not None:
+        raise AccountRefused(refusal)
+
+
 def _creation_conflict(name: str, uid: int, home_root: str) -> str | None:
     if user_exists_in_nss(name):
         return f"user {name} already exists"
@@ -291,7 +301,8 @@ def create_user(
     """Create `name` with UID = GID = `uid`, its own group, a home, `shell` and password "*".
 
     Returns the record as NSS shows it (None in a dry run) and the commands run (or that would run). Refuses
-    (AccountConflict) when the name, UID, GID, group name or home is taken; rolls back a failed useradd.
+    (AccountConflict) when the name, UID, GID, group name or home is taken, and (AccountRefused) a name a new account
+    may not have; rolls back a failed useradd.
     """
     _check_name(name)
     if not Path(shell).is_absolute():
@@ -305,6 +316,7 @@ def create_user(
     conflict = _creation_conflict(name, uid, home_root)
     if conflict is not None:
         raise AccountConflict(f"cannot create user {name}: {conflict}")
+    check_new_account_name(name)  # after the conflicts: "user root already exists" says more than "reserved"
     if dry_run:
         return None, argvs
     try:

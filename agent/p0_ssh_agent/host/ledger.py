@@ -32,13 +32,15 @@ from typing import Any, Literal, cast
 
 from p0_ssh_agent.core.requests import REQUEST_ID_RE, is_user_name
 from p0_ssh_agent.core.sudoers import SudoGrant
-from p0_ssh_agent.errors import ConfigError
+from p0_ssh_agent.errors import AgentError, ConfigError
 from p0_ssh_agent.host.safefile import read_root_file, write_root_file
 
 SCHEMA = 1
 LEDGER_NAME = "ledger.json"
 LEDGER_MODE = 0o600
-# Far above any real ledger (about 150 bytes per grant), far below what would hurt to parse.
+# Far above any real ledger (about 150 bytes per grant), far below what would hurt to parse. The one limit for both
+# directions: save_ledger refuses to write what load_ledger would refuse to read, or a grant that pushed the ledger
+# over it would succeed once and then make every later grant and revoke fail.
 MAX_LEDGER_BYTES = 64 * 1024 * 1024
 KeyKind = Literal["key", "ca"]
 _REQUEST_ID = re.compile(REQUEST_ID_RE, re.ASCII)
@@ -46,6 +48,10 @@ _REQUEST_ID = re.compile(REQUEST_ID_RE, re.ASCII)
 
 class LedgerCorrupt(ConfigError):
     """ledger.json exists but cannot be used; it was left untouched."""
+
+
+class LedgerFull(AgentError):
+    """The changed ledger would exceed MAX_LEDGER_BYTES; it was not written, so the change did not happen."""
 
 
 def utc_now() -> str:
@@ -291,7 +297,19 @@ def load_ledger(state_dir: Path) -> Ledger:
 
 
 def save_ledger(ledger: Ledger, state_dir: Path) -> None:
-    """Write the ledger atomically: after a crash the file holds the old ledger or the new one, never a mix."""
-    write_root_file(
-        str(ledger_path(state_dir)), to_json(ledger).encode("utf-8"), mode=LEDGER_MODE, max_bytes=MAX_LEDGER_BYTES
-    )
+    """Write the ledger atomically: after a crash the file holds the old ledger or the new one, never a mix.
+
+    LedgerFull, before anything is written, if the result would be larger than load_ledger accepts. Every change is
+    recorded in the ledger before the host is changed (see provisioning/), so the request that would grow it past
+    the limit fails with the host and the ledger as they were.
+    """
+    path = ledger_path(state_dir)
+    data = to_json(ledger).encode("utf-8")
+    if len(data) > MAX_LEDGER_BYTES:
+        raise LedgerFull(
+            f"refusing to save the ledger {path}: it would be {len(data)} bytes, more than the "
+            f"{MAX_LEDGER_BYTES // (1024 * 1024)} MiB the agent reads back ({len(ledger.users)} users, "
+            f"{sum(len(per_user) for per_user in ledger.keys.values())} key requests, {len(ledger.sudo)} sudo rules); "
+            "nothing was written and the request was not carried out: revoke grants that are no longer needed"
+        )
+    write_root_file(str(path), data, mode=LEDGER_MODE, max_bytes=MAX_LEDGER_BYTES)

@@ -28,6 +28,8 @@ def _grant(engine: Engine, name: str, plan: Plan) -> CommandResult:
     record = engine.managed_user(name)
     if record is not None:
         return _reactivate(engine, name, plan)
+    # Before the ledger records the intent: a name no new account may have changes nothing at all.
+    accounts.check_new_account_name(name)
     with engine.lock("accounts"):
         if accounts.lookup_user(name) is not None:  # created meanwhile by another process holding the lock
             return _reactivate(engine, name, plan)
