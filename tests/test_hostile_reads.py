@@ -6,7 +6,7 @@ used) or grow the file the moment the agent starts reading it (inotify tells the
 was small. Every public reader of the file is driven as an operator or the backend would drive it: a grant and a
 revoke through `p0-ssh-agent command`, runAudit through `command` and through the daemon, reconciliation through
 `status`, `doctor` and the daemon's start-up pass. Each must refuse with a clear error and stay within
-MEMORY_BOUND of peak RSS (os.wait4's rusage of exactly that process); no timing is asserted.
+MEMORY_BOUND of peak RSS (measured by tests/peak_rss.py for exactly that process); no timing is asserted.
 
 The same user also writes lines that look like runAudit's section markers into the file, or makes it a hard link to
 a root-only file: runAudit (through `command` and the daemon) must show their lines escaped under their own USER
@@ -35,6 +35,7 @@ import pytest
 
 from p0_ssh_agent.core.audit_text import unescape
 from p0_ssh_agent.host.safefile import MAX_FILE_BYTES
+from peak_rss import measured_argv, read_peak_rss
 from provisioning_support import AGENT, CLIENT_ID, AgentCli, authorized_keys, free_port, make_keys, write_config
 from sandbox.fixtures import CHILD_ENV, Sandbox, make_keypair, unique_user_name
 
@@ -73,25 +74,26 @@ class Measured:
 
 def _start(argv: list[str], directory: Path, name: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
     out, err = directory / f"{name}.out", directory / f"{name}.err"
-    capped = [PRLIMIT, f"--as={ADDRESS_SPACE_CAP}", "--", *argv]  # prlimit execs argv: same PID, for wait4
+    capped = [PRLIMIT, f"--as={ADDRESS_SPACE_CAP}", "--", *argv]  # prlimit execs argv: the same process
     with out.open("wb") as stdout, err.open("wb") as stderr:
-        process = subprocess.Popen(capped, stdout=stdout, stderr=stderr, env=CHILD_ENV)
+        process = subprocess.Popen(measured_argv(_rss_file(out), capped), stdout=stdout, stderr=stderr, env=CHILD_ENV)
     return process, out, err
 
 
+def _rss_file(out: Path) -> Path:
+    return out.with_suffix(".rss")
+
+
 def _reap(process: subprocess.Popen[bytes], out: Path, err: Path, *, guard: float = 120) -> Measured:
-    """Wait for the process with wait4, which reports the rusage of that very process (RUSAGE_CHILDREN would be
-    the maximum over every child this pytest ever reaped). The guard only keeps a hung run from hanging the suite."""
-    deadline = time.monotonic() + guard
-    while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() > deadline:
-            process.kill()
-        time.sleep(0.02)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return Measured(out.stem, process.returncode, out.read_text(), err.read_text(), usage.ru_maxrss * 1024)
+    """Wait for the measuring wrapper (tests/peak_rss.py), which reports the peak RSS of exactly the agent's process
+    (wait4 on a process forked from pytest would report pytest's size). The guard only keeps a hung run from hanging
+    the suite."""
+    try:
+        returncode = process.wait(timeout=guard)
+    except subprocess.TimeoutExpired:
+        process.terminate()  # forwarded to the agent by the wrapper
+        returncode = process.wait(timeout=30)
+    return Measured(out.stem, returncode, out.read_text(), err.read_text(), read_peak_rss(_rss_file(out)))
 
 
 def run_measured(argv: list[str], directory: Path, name: str) -> Measured:

@@ -11,25 +11,18 @@ import base64
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from peak_rss import measured_argv, read_peak_rss
 from provisioning_support import AGENT, make_keys, write_config
 from sandbox.fixtures import CHILD_ENV, Sandbox, unique_user_name
 
 pytestmark = pytest.mark.sandbox
 
 LOG_DIR = Path("/var/log/sudosh")
-# Runs argv with stdout into a file and prints the largest resident set any child reached (getrusage, in KiB).
-MEASURED = """
-import resource, subprocess, sys
-with open(sys.argv[1], "wb") as out:
-    code = subprocess.run(sys.argv[2:], stdout=out, stderr=subprocess.STDOUT, check=False).returncode
-print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-"""
 # The agent's own size (Python, trio, the config) is some 50-70 MiB; the whole export under the cap adds a few tens.
 # Before the export was streamed this recording took 500-700 MiB.
 PEAK_RSS_BOUND_KIB = 256 * 1024
@@ -58,11 +51,13 @@ def recording(log_dir: Path, name: str, script: bytes, *, owner: int, timing: by
 def export(config: Path, user: str, out: Path) -> tuple[dict[str, object], int]:
     """`p0-ssh-agent command --command collectSudoshRecordings`: its result and its peak RSS in KiB."""
     argv = [str(AGENT), "command", "--config", str(config), "--command", "collectSudoshRecordings", "--username", user]
-    done = subprocess.run(
-        [sys.executable, "-c", MEASURED, str(out), *argv],
-        capture_output=True, text=True, env=CHILD_ENV, timeout=300, check=True,
-    )  # fmt: skip
-    code, peak = (int(field) for field in done.stdout.split())
+    rss_file = out.with_suffix(".rss")
+    with out.open("wb") as stdout_file:
+        code = subprocess.run(
+            measured_argv(rss_file, argv), stdout=stdout_file, stderr=subprocess.STDOUT, env=CHILD_ENV, timeout=300,
+            check=False,
+        ).returncode  # fmt: skip
+    peak = read_peak_rss(rss_file) // 1024
     stdout = out.read_text()
     _head, marker, tail = stdout.partition("Execution Result:\n")
     assert marker and code == 0, stdout[-3000:]
