@@ -94,6 +94,8 @@ class Worker:
         self._idle = trio.Event()
         self._idle.set()
         self._nursery: trio.Nursery | None = None
+        # Told each answered request (key, outcome, seconds, result): the metrics (runtime/health.py).
+        self.on_answered: Callable[[JobKey, str, float, CommandResult], None] | None = None
 
     @property
     def pending(self) -> int:
@@ -142,6 +144,8 @@ class Worker:
     async def _answer_now(self, key: JobKey, reply: Reply, result: CommandResult, outcome: str) -> None:
         await reply(result)
         _log_line(key, outcome, 0.0)
+        if self.on_answered is not None:
+            self.on_answered(key, outcome, 0.0, result)
 
     def _job_started(self) -> None:
         self._pending += 1
@@ -173,6 +177,8 @@ class Worker:
             outcome = _outcome(result, inflight.result is None, duplicate)
             await reply(result)
             _log_line(key, outcome, (time.monotonic() - started) * 1000)
+            if self.on_answered is not None:
+                self.on_answered(key, outcome, time.monotonic() - started, result)
         finally:
             self._job_finished()
 
