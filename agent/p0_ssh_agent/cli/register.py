@@ -3,9 +3,10 @@
 Without --url it prints the request (upstream-protocol.md §9.2) and the base64 registration code to paste in the
 P0 UI; with --org-id and --host-id (and --tunnel-host) from the P0 UI it also writes them into the configuration,
 so that keygen -> register -> paste the code -> `systemctl enable --now` is the whole flow. With --url and a
-token it POSTs `{"key": <code>}` and writes orgId, hostId, tunnelHost, environmentId and keyPath from the answer (§9.3) into the configuration, atomically and keeping its comments, after
-validating every value with the loader's own rules. The private key never leaves the host; the token never
-appears in output, errors or logs, and is never sent anywhere but the given URL (redirects are refused).
+token it POSTs `{"key": <code>}` and writes orgId, hostId, tunnelHost, environmentId and keyPath from the answer
+(§9.3) into the configuration, atomically and keeping its comments, after validating every value with the
+loader's own rules. The private key never leaves the host; the token never appears in output, errors or logs,
+and is never sent anywhere but the given URL (redirects are refused).
 """
 
 from __future__ import annotations
