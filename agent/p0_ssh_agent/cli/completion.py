@@ -87,8 +87,8 @@ def generate(parser: argparse.ArgumentParser) -> str:
         hints.append(_case(n, f'case "$2" in {branches} *) echo "none" ;; esac'))
     positional = [_case(n, f'echo "{n.positional}"') for n in tree if n.positional != "none"]
     subcommands = [_case(n, f'echo "{" ".join(n.subcommands)}"') for n in tree if n.subcommands]
-    return f"""# bash completion for p0-ssh-agent. Generated from its argparse tree by p0_ssh_agent.cli.completion: do not
-# edit, regenerate (python -m p0_ssh_agent.cli.completion > packaging/p0-ssh-agent.bash-completion).
+    return f"""# bash completion for p0-ssh-agent, generated from its argparse tree by p0_ssh_agent.cli.completion.
+# Do not edit; regenerate: python -m p0_ssh_agent.cli.completion > packaging/p0-ssh-agent.bash-completion
 
 _p0_ssh_agent_words() {{
     case "$1" in
