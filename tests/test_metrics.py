@@ -129,3 +129,10 @@ def test_replace_file_leaves_no_temporary_file_when_it_fails(tmp_path: Path) -> 
     finally:
         os.close(fd)
     assert [p.name for p in tmp_path.iterdir()] == ["target"]
+
+
+def test_docs_list_every_metric() -> None:
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text()
+    for family in text_string_to_metric_families(Metrics().render()):
+        name = family.name + ("_total" if family.type == "counter" else "")
+        assert f"`{name}`" in docs, name

@@ -10,6 +10,7 @@ command. Timeouts only stop a broken build from hanging the suite; nothing here 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import socket
@@ -26,6 +27,7 @@ from daemon_helpers import AGENT, BASE_ENV, CLIENT_ID, AgentProcess, DevDriver, 
 from p0_ssh_agent.devbackend.server import DevBackend
 
 GUARD = 30.0
+DEFAULT_POLICY = Path(__file__).resolve().parents[1] / "agent" / "p0_ssh_agent" / "guard" / "default_policy.cedar"
 
 
 @dataclass
@@ -125,7 +127,7 @@ async def test_connected_exits_0_and_says_what_systemd_says(
     setup: Setup, dev: DevBackend, nursery: trio.Nursery
 ) -> None:
     nursery.start_soon(setup.notify.keep_draining)
-    config = setup.config(dev.rpc_url)
+    config = setup.config(dev.rpc_url, policyFile=str(DEFAULT_POLICY))
     setup.start(config)
     document = await status_becomes(config, 0)
     state = agent_state(document)
@@ -134,24 +136,32 @@ async def test_connected_exits_0_and_says_what_systemd_says(
     assert state["connected_since"] is not None
     assert state["last_set_client_id"] == {"at": state["last_set_client_id"]["at"], "answer": {"ok": True}}  # type: ignore[index]
     assert str(state["config_digest"]).startswith("sha256:") and state["config_file"] == str(config)
-    assert str(state["policy_digest"]).startswith("sha256:") and state["reload_failed"] is False
+    assert state["policy_file"] == str(DEFAULT_POLICY) and state["reload_failed"] is False
+    assert state["policy_digest"] == "sha256:" + hashlib.sha256(DEFAULT_POLICY.read_bytes()).hexdigest()
     assert state["grants_in_force"] == 0 and state["managed_users"] == 0
     # `systemctl status` shows the last STATUS=; `status` shows the same words.
     assert setup.statuses()[-1] == state["status_text"]
     assert state["status_text"] in check(document, "agent")["detail"]
 
-    await DevDriver(dev).call(
-        {"path": "", "headers": {}, "method": "POST", "params": {}, "data": {"command": "listUsers"}}
-    )
-    with trio.fail_after(GUARD):  # the file is refreshed after the request: wait for the new content
-        while not metrics(setup).get("p0_ssh_agent_requests"):
+    for data in (
+        {"command": "listUsers"},
+        # The shipped default policy refuses sudo as root, in dry-run too: a denial for the metrics.
+        {"command": "provisionSudo", "userName": "alice", "action": "grant", "requestId": "r1", "runAsUser": "root"},
+    ):
+        await DevDriver(dev).call({"path": "", "headers": {}, "method": "POST", "params": {}, "data": data})
+    with trio.fail_after(GUARD):  # the file is refreshed after the requests: wait for the new content
+        while len(metrics(setup).get("p0_ssh_agent_requests", [])) < 2:
             await trio.sleep(0.1)
     families = metrics(setup)
     assert families["p0_ssh_agent_connected"] == [("p0_ssh_agent_connected", {}, 1.0)]
-    labels = {"command": "listUsers", "outcome": "ok", "decision": "allow"}
-    assert families["p0_ssh_agent_requests"] == [("p0_ssh_agent_requests_total", labels, 1.0)]
+    assert sorted((labels["command"], labels["outcome"], labels["decision"], value)
+                  for _, labels, value in families["p0_ssh_agent_requests"]) == [
+        ("listUsers", "ok", "allow", 1.0),
+        ("provisionSudo", "failed", "deny", 1.0),
+    ]  # fmt: skip
+    assert families["p0_ssh_agent_policy_denials"] == [("p0_ssh_agent_policy_denials_total", {}, 1.0)]
     duration = {name: value for name, _, value in families["p0_ssh_agent_request_duration_seconds"]}
-    assert duration["p0_ssh_agent_request_duration_seconds_count"] == 1.0
+    assert duration["p0_ssh_agent_request_duration_seconds_count"] == 2.0
 
 
 async def test_refused_with_401_exits_150(setup: Setup, dev: DevBackend) -> None:
@@ -248,3 +258,13 @@ async def test_the_status_line_after_a_good_reload_no_longer_says_reload_failed(
         while setup.notify.events().count("RELOADING=1") == reloads or setup.notify.events()[-1] != "READY=1":
             await trio.sleep(0.05)
     assert setup.statuses()[-1].startswith(f"connected to {dev.rpc_url} since ")
+
+
+def test_docs_list_every_exit_code() -> None:
+    from p0_ssh_agent.cli import status_live
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "status.md").read_text()
+    codes = {value for name, value in vars(status_live).items() if name.startswith("EXIT_")}
+    assert codes == {0, 1, 3, 4, 78, 150, 151}
+    for code in codes:
+        assert f"\n| {code} |" in docs, code
