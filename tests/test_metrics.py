@@ -9,8 +9,10 @@ import os
 import stat
 from pathlib import Path
 
+import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from p0_ssh_agent.runtime.livestate import LiveRead, read_live_state
 from p0_ssh_agent.runtime.metrics import DURATION_BUCKETS, Metrics, command_label
 from p0_ssh_agent.runtime.publisher import Publisher, replace_file
 
@@ -136,3 +138,39 @@ def test_docs_list_every_metric() -> None:
     for family in text_string_to_metric_families(Metrics().render()):
         name = family.name + ("_total" if family.type == "counter" else "")
         assert f"`{name}`" in docs, name
+
+
+async def test_a_second_agent_on_the_same_runtime_dir_neither_writes_nor_removes_the_firsts_files(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    runtime = tmp_path / "run"
+
+    def publisher(tag: bytes) -> Publisher:
+        return Publisher(
+            runtime, runtime / "p0-ssh-agent.prom", metrics_gid=None, state=lambda: tag, metrics=lambda: tag
+        )
+
+    first = publisher(b"first\n")
+    await nursery.start(first.run)
+    assert (runtime / "status.json").read_bytes() == b"first\n"
+    assert read_live_state(runtime).running is True
+    second = publisher(b"second\n")
+    with trio.CancelScope() as scope:
+        await nursery.start(second.run)  # gives up on the lock after a while, and says so in the log
+        second.write_now()
+        scope.cancel()
+    assert (runtime / "status.json").read_bytes() == b"first\n"
+    assert (runtime / "p0-ssh-agent.prom").read_bytes() == b"first\n"
+    nursery.cancel_scope.cancel()
+
+
+async def test_a_clean_stop_removes_the_files_and_releases_the_lock(tmp_path: Path) -> None:
+    runtime = tmp_path / "run"
+    publisher = Publisher(runtime, runtime / "p0-ssh-agent.prom", metrics_gid=None, state=lambda: b"{}",
+                          metrics=lambda: b"")  # fmt: skip
+    async with trio.open_nursery() as nursery:
+        await nursery.start(publisher.run)
+        assert read_live_state(runtime).running is True
+        nursery.cancel_scope.cancel()
+    assert sorted(p.name for p in runtime.iterdir()) == ["agent.lock"]
+    assert read_live_state(runtime) == LiveRead(False, None, "")

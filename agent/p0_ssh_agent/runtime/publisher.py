@@ -133,8 +133,8 @@ class Publisher:
         self._give_up(f"another agent holds {self.runtime_dir / LOCK_FILE}")
 
     def _give_up(self, why: str) -> None:
-        log.warning("live_state_unavailable", runtime_dir=str(self.runtime_dir), error=why,
-                    hint="p0-ssh-agent status cannot see this agent; set runtimeDir")  # fmt: skip
+        hint = "p0-ssh-agent status cannot see this agent; set runtimeDir"
+        log.warning("live_state_unavailable", runtime_dir=str(self.runtime_dir), error=why, hint=hint)
         self._close()
 
     def write_now(self) -> None:

@@ -227,8 +227,8 @@ class Supervisor:
         self.guard.reloaded()
         # The metrics file may move or change group at once; runtimeDir holds the lock, so it needs a restart.
         self.publisher.metrics_file, self.publisher.metrics_gid = new.metrics_file, new.metrics_gid
-        self.health.reloaded(new.config, new.state_dir, url=new.tunnel.url, client_id=new.tunnel.client_id,
-                             executor=executor)  # fmt: skip
+        tunnel = new.tunnel
+        self.health.reloaded(new.config, new.state_dir, url=tunnel.url, client_id=tunnel.client_id, executor=executor)
         self._send_status()  # a standing reload failure is gone from STATUS= now
         self._notifier.ready()
         log.info("reloaded", reconnect=tunnel_changed(old.tunnel, new.tunnel))
