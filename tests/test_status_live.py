@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,3 +269,34 @@ def test_docs_list_every_exit_code() -> None:
     assert codes == {0, 1, 3, 4, 78, 150, 151}
     for code in codes:
         assert f"\n| {code} |" in docs, code
+
+
+SETPRIV = Path("/usr/bin/setpriv")
+
+
+def status_as_nobody(config: Path) -> subprocess.CompletedProcess[str]:
+    """`status --json` as uid 65534, with a copy of the configuration it can read (tmp_path is root's only)."""
+    readable = Path(tempfile.mkdtemp(prefix="p0-status-nobody-"))
+    try:
+        readable.chmod(0o755)
+        copy = readable / "config.yaml"
+        copy.write_text(config.read_text())
+        copy.chmod(0o644)
+        argv = [str(SETPRIV), "--reuid=65534", "--regid=65534", "--clear-groups", str(AGENT), "status", "--json"]
+        return subprocess.run(
+            [*argv, "--config", str(copy)], capture_output=True, text=True, env=BASE_ENV, check=False, timeout=60
+        )
+    finally:
+        shutil.rmtree(readable)
+
+
+@pytest.mark.skipif(not SETPRIV.exists(), reason="needs setpriv (util-linux) to run status as nobody")
+async def test_not_root_cannot_tell_and_exits_4(setup: Setup, dev: DevBackend) -> None:
+    """The live state is root's: `status` run as nobody says so (4), it does not guess "not running"."""
+    config = setup.config(dev.rpc_url)
+    setup.start(config)
+    await status_becomes(config, 0)
+    done = await trio.to_thread.run_sync(status_as_nobody, config)
+    assert done.returncode == 4, done.stdout + done.stderr
+    document = json.loads(done.stdout)
+    assert document["state"] == "unknown" and "run status as root" in check(document, "agent")["fix"]

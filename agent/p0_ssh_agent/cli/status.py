@@ -142,6 +142,8 @@ def collect(
         public = load_public_jwk(config.key_path)
     except AgentError as exc:
         checks.append(Check("keys", "fail", str(exc), _key_fix(config.key_path)))
+    except OSError as exc:  # not root: the key directory is 0700 (status must report this, not crash)
+        checks.append(Check("keys", "fail", f"{config.key_path}: {exc.strerror}", "run status as root"))
     else:
         if {k: public.get(k) for k in ("x", "y")} != {k: key.public_jwk.get(k) for k in ("x", "y")}:
             checks.append(
@@ -156,7 +158,7 @@ def collect(
             checks.append(Check("keys", "ok", f"ES384 P-384 key, thumbprint {key.thumbprint}"))
 
     state_dir = resolve_state_dir(config.state_dir, env)
-    if state_dir.exists():
+    if os.path.lexists(state_dir) or not os.access(state_dir.parent, os.X_OK):  # unsearchable: let lstat say why
         checks.append(_mode_check("state directory", state_dir, max_mode=0o700, want_uid=uid))
     else:
         checks.append(Check("state directory", "warn", f"{state_dir} does not exist yet; the agent creates it"))
@@ -189,10 +191,12 @@ def gather_guard(config: AgentConfig, state_dir: Path) -> tuple[list[Check], Gua
     checks = [
         Check("offline revoke", "ok", f"after {offline}s without the backend" if offline else "off (the default)")
     ]
-    if not state_dir.exists():
+    if not os.path.lexists(state_dir) and os.access(state_dir.parent, os.X_OK):
         return [Check("grants", "ok", f"none yet; {expiry}"), *checks], GuardView(now, [], [])
     try:
         grants = live_grants(load_ledger(state_dir), limit)
+    except OSError as exc:  # not root: the state directory is 0700
+        return [Check("grants", "fail", f"{state_dir}: {exc.strerror}", "run status as root"), *checks], None
     except AgentError as exc:
         fix = "run status as root" if os.geteuid() != 0 else "restore the ledger, or move it aside (see the message)"
         return [Check("grants", "fail", str(exc), fix), *checks], None
