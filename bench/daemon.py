@@ -60,7 +60,8 @@ def write_config(directory: Path, rpc_url: str) -> Path:
     config = directory / "config.yaml"
     config.write_text(
         f"orgId: {ORG}\nhostId: {HOST}\ntunnelHost: {rpc_url}\nkeyPath: {keys}\n"
-        f"stateDir: {directory / 'state'}\ndryRun: true\nheartbeatIntervalSeconds: 60\n"
+        f"stateDir: {directory / 'state'}\nruntimeDir: {directory / 'run'}\n"
+        "dryRun: true\nheartbeatIntervalSeconds: 60\n"
     )
     return config
 

@@ -63,6 +63,8 @@ def write_config(directory: Path, url: str, key_dir: Path, **extra: object) -> P
         "tunnelHost": url,
         "keyPath": str(key_dir),
         "stateDir": str(directory / "state"),
+        # The live state and metrics go here, never to the machine's /run/p0-ssh-agent (other agents may run).
+        "runtimeDir": str(directory / "run"),
         "dryRun": True,
         **extra,
     }

@@ -69,6 +69,7 @@ def write_config(
         f"tunnelHost: ws://127.0.0.1:{tunnel_port}",
         f"keyPath: {keys}",
         f"stateDir: {directory / 'state'}",
+        f"runtimeDir: {directory / 'run'}",
         "heartbeatIntervalSeconds: 30",
     ]
     if adopt_users:

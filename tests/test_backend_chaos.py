@@ -82,7 +82,8 @@ async def test_agent_survives_a_misbehaving_backend(tmp_path: Path) -> None:
         config = tmp_path / "config.yaml"
         config.write_text(
             f"orgId: {ORG}\nhostId: {HOST}\ntunnelHost: {backend.rpc_url}\nkeyPath: {keys}\n"
-            f"stateDir: {tmp_path / 'state'}\ndryRun: true\nheartbeatIntervalSeconds: 2\n"
+            f"stateDir: {tmp_path / 'state'}\nruntimeDir: {tmp_path / 'run'}\n"
+            "dryRun: true\nheartbeatIntervalSeconds: 2\n"
         )
         agent = _start_agent(config, log_path)
         try:

@@ -85,9 +85,17 @@ def test_missing_org_id_is_refused_for_start(tmp_path: Path) -> None:
         require_connection_settings(config)
     assert info.value.exit_code == 78
     assert str(info.value) == (
-        f"{path}: orgId is not set; run 'p0-ssh-agent register', or set orgId in {path} "
-        "(or P0_SSH_AGENT_ORGID, or --org-id)"
+        f"{path}: orgId is not set; run 'p0-ssh-agent register' (with --url, or with --org-id and --host-id), "
+        f"or set orgId in {path} (or P0_SSH_AGENT_ORGID or --org-id)"
     )
+
+
+def test_an_unregistered_config_names_every_missing_key_at_once(tmp_path: Path) -> None:
+    path = write(tmp_path, COMPLETE.replace('orgId: "acme"\n', "").replace("hostId:", "# hostId:"))
+    with pytest.raises(ConfigError) as info:
+        require_connection_settings(load_config(path, env={}))
+    assert str(info.value).startswith(f"{path}: orgId and hostId are not set; run 'p0-ssh-agent register'")
+    assert "--org-id and --host-id" in str(info.value)
 
 
 def test_ws_to_a_public_host_is_refused_at_the_value(tmp_path: Path) -> None:

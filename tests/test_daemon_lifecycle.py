@@ -42,6 +42,7 @@ def write_config(tmp_path: Path, url: str, keys: Path, *, heartbeat: int = 60) -
     config = tmp_path / "config.yaml"
     config.write_text(
         f"orgId: {ORG}\nhostId: {HOST}\ntunnelHost: {url}\nkeyPath: {keys}\nstateDir: {tmp_path / 'state'}\n"
+        f"runtimeDir: {tmp_path / 'run'}\n"
         f"dryRun: true\nheartbeatIntervalSeconds: {heartbeat}\n"
     )
     return config

@@ -677,3 +677,15 @@ def test_doctor_on_a_granted_host_changes_nothing(sandbox: Sandbox, tmp_path: Pa
     assert ledger.level == "warn" and any(item.startswith(f"key_missing {user} req-doc") for item in ledger.items)
     assert found["sudoers includedir"].level == "ok" and found["sudoers valid"].level == "ok"
     assert found["nsswitch"].level == "ok"
+
+
+async def test_an_incomplete_configuration_is_named_first(tmp_path: Path) -> None:
+    """Before registration (issue 15): doctor says which keys are missing and how to get them."""
+    config = tmp_path / "config.yaml"
+    config.write_text(f"keyPath: {tmp_path / 'keys'}\nstateDir: {tmp_path}/state\n")
+    done = await doctor("--config", str(config), "--offline", "--json")
+    document = json.loads(done.stdout)
+    first = document["checks"][0]
+    assert first["name"] == "config" and first["level"] == "fail"
+    assert "orgId and hostId are not set" in first["detail"] and "--org-id" in first["fix"]
+    assert done.returncode == 1

@@ -72,7 +72,7 @@ def test_unit_has_comments_only_on_their_own_lines() -> None:
         ("Service", "StateDirectory", "p0-ssh-agent"),
         ("Service", "StateDirectoryMode", "0700"),
         ("Service", "RuntimeDirectory", "p0-ssh-agent"),
-        ("Service", "RuntimeDirectoryMode", "0700"),
+        ("Service", "RuntimeDirectoryMode", "0755"),  # node_exporter reaches the metrics file; files stay 0600/0640
         ("Service", "ProtectSystem", "strict"),
         ("Service", "ProtectHome", "no"),
         ("Service", "NoNewPrivileges", "yes"),

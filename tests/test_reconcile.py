@@ -286,10 +286,10 @@ def test_status_lists_live_grants_with_age_and_expiry_and_the_drift(engine: Engi
     config = tmp_path / "config.yaml"
     config.write_text(
         f"orgId: org\nhostId: host\nkeyPath: {keys}\nstateDir: {engine.state_dir}\nmaxGrantSeconds: 3600\n"
-        "offlineRevokeAfterSeconds: 86400\n"
+        f"offlineRevokeAfterSeconds: 86400\nruntimeDir: {tmp_path / 'run'}\n"
     )
     done = status(config, "--json")
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == 3, done.stdout + done.stderr  # 3: no agent runs here; the setup checks pass
     document = json.loads(done.stdout)
     grants = sorted((g["kind"], g["user"], g["request_id"]) for g in document["grants"])
     assert grants == [("ca", user, "rec-1"), ("key", user, "rec-1"), ("sudo", user, "rec-1")]
@@ -303,7 +303,8 @@ def test_status_lists_live_grants_with_age_and_expiry_and_the_drift(engine: Engi
     keys_file(user).write_bytes(keys_file(user).read_bytes() + b"# RequestID: rec-1\n" + USER_OWN)
     before = keys_file(user).read_bytes()
     text = status(config)
-    assert text.returncode == 0, text.stdout + text.stderr  # drift is a warning
+    assert text.returncode == 3, text.stdout + text.stderr  # drift is a warning: only the agent check fails
+    assert "1 check(s) failed" in text.stdout and "[FAIL] agent" in text.stdout
     assert "live grants (3):" in text.stdout and "rec-1" in text.stdout and "(in 5" in text.stdout
     assert "drift (1):" in text.stdout and "foreign_line" in text.stdout and "[warn] drift" in text.stdout
     assert keys_file(user).read_bytes() == before  # status only looks

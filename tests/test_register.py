@@ -226,6 +226,9 @@ def test_request_builder_is_pure_and_omits_empty_labels() -> None:
         (["--url", "https://p0.example.com/register"], "--url needs the registration token"),
         (["--url", "https://p0.example.com/register", "--auth", "two words"], "copy it again from the P0 UI"),
         (["--url", "https://p0.example.com/register", "--auth", f"{TOKEN}\r\nX-Evil: 1"], "line breaks"),
+        (["--url", "https://p0.example.com/register", "--auth", TOKEN, "--org-id", "acme"], "for the print mode"),
+        (["--org-id", "a:b"], "--org-id:"),
+        (["--host-id", "h", "--tunnel-host", "ws://p0.example.com"], "--tunnel-host:"),
     ],
 )
 def test_bad_arguments_change_nothing(
@@ -237,6 +240,50 @@ def test_bad_arguments_change_nothing(
     assert fragment in err
     assert not keys.exists()  # refused before any key was made
     assert not (tmp_path / "config.yaml").exists()
+
+
+# --- without --url, with --org-id/--host-id: print, and write the configuration (issue 15) -----------------------
+
+
+def test_print_mode_with_ids_writes_a_config_that_start_and_status_accept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, keys = tmp_path / "etc" / "config.yaml", tmp_path / "keys"
+    argv = ["-c", str(config), "--key-path", str(keys), "--org-id", "acme", "--host-id", "host-42"]
+    code, out, _ = register(capsys, *argv, "--tunnel-host", "wss://tunnel.example.com/ws")
+    assert code == 0
+    request = json.loads(printed(out)[0])
+    assert (request["orgId"], request["hostId"], request["clientId"]) == ("acme", "host-42", "acme:host-42:ssh")
+    assert f"wrote {config}" in out and "systemctl enable --now p0-ssh-agent" in out
+    loaded = load_config(config, env={})
+    assert (loaded.org_id, loaded.host_id, loaded.tunnel_host) == ("acme", "host-42", "wss://tunnel.example.com/ws")
+    assert loaded.key_path == keys and loaded.heartbeat_interval_seconds == 60
+    # `status` now gets past the configuration: the only thing it lacks is a running agent.
+    assert main(["status", "-c", str(config)]) == 3
+    assert "[ok  ] config" in capsys.readouterr().out
+
+
+def test_print_mode_updates_an_existing_config_keeping_comments(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, keys = tmp_path / "config.yaml", tmp_path / "keys"
+    config.write_text(EXISTING)
+    code, out, _ = register(capsys, "-c", str(config), "--key-path", str(keys), "--host-id", "host-42")
+    assert code == 0
+    text = config.read_text()
+    assert text.startswith("# managed by hand: keep this comment\n")
+    assert 'orgId: "old-org"  # first org' in text and 'hostId: "host-42"' in text and "dryRun: true" in text
+    assert "still missing" not in out
+    request = json.loads(printed(out)[0])
+    assert request["clientId"] == "old-org:host-42:ssh"
+
+
+def test_print_mode_says_what_is_still_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "config.yaml"
+    code, out, _ = register(capsys, "-c", str(config), "--key-path", str(tmp_path / "keys"), "--org-id", "acme")
+    assert code == 0 and "still missing: hostId" in out
+    assert main(["status", "-c", str(config)]) == 78
+    assert "hostId is not set" in capsys.readouterr().out
 
 
 # --- with --url: send, then write the configuration ------------------------------------------------------------

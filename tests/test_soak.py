@@ -79,7 +79,7 @@ async def test_soak_memory_and_descriptors_stay_flat(tmp_path: Path) -> None:
         config = tmp_path / "config.yaml"
         config.write_text(
             f"orgId: {ORG}\nhostId: {HOST}\ntunnelHost: {backend.rpc_url}\nkeyPath: {keys}\n"
-            f"stateDir: {tmp_path / 'state'}\ndryRun: true\n"
+            f"stateDir: {tmp_path / 'state'}\nruntimeDir: {tmp_path / 'run'}\ndryRun: true\n"
         )
         agent = _start_agent(config, log_path)
         try:

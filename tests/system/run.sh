@@ -227,6 +227,28 @@ else
     bad "StatusText says 'connected to'" "got '$(show StatusText)'"
 fi
 
+# --- `p0-ssh-agent status` on the running unit, and with the backend stopped (issue 15) --------------------------
+# status_rc: the exit code of `p0-ssh-agent status` in the container.
+status_rc() { local rc=0; C p0-ssh-agent status >/dev/null 2>&1 || rc=$?; echo "$rc"; }
+status_is() { [ "$(status_rc)" = "$1" ]; }
+status_checks() {
+    say "--- status"
+    expect_eq "status after enable --now: exit 0 (running and connected)" 0 "$(status_rc)"
+    expect_eq "status --json says what STATUS= says" "$(show StatusText)" \
+        "$(C p0-ssh-agent status --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["agent"]["state"]["status_text"])' 2>&1)"
+    expect_eq "live state and metrics: 0600 and 0640 in a 0755 runtime directory" "755 600 640" \
+        "$(C stat -c %a /run/p0-ssh-agent /run/p0-ssh-agent/status.json /run/p0-ssh-agent/p0-ssh-agent.prom | tr '\n' ' ' | sed 's/ $//')"
+    expect_contains "metrics: connected 1" "p0_ssh_agent_connected 1" "$(C cat /run/p0-ssh-agent/p0-ssh-agent.prom 2>&1)"
+    check "bash completion installed" C test -f /usr/share/bash-completion/completions/p0-ssh-agent
+    C systemctl stop p0-dev-backend
+    if wait_until 60 status_is 151; then ok "status with the backend stopped: exit 151 (unreachable)"; else bad "status with the backend stopped: exit 151" "exit $(status_rc): $(show StatusText)"; fi
+    expect_contains "metrics: connected 0 with the backend stopped" "p0_ssh_agent_connected 0" "$(C cat /run/p0-ssh-agent/p0-ssh-agent.prom 2>&1)"
+    C systemd-run --unit p0-dev-backend --property Restart=no \
+        /usr/bin/p0-ssh-agent dev-backend --public-key /etc/p0-ssh-agent/keys/jwk.public.json >/dev/null 2>&1
+    if wait_until 60 status_is 0; then ok "status after the backend is back: exit 0"; else bad "status after the backend is back: exit 0" "exit $(status_rc): $(show StatusText)"; fi
+}
+status_checks
+
 # --- the unit's sandbox against the agent's tools ----------------------------------------------------------------
 # The agent's own grants below are the real proof; this probe also runs while the agent cannot apply changes yet,
 # and checks the other direction: what the sandbox must forbid. Its units carry every [Service] line of the

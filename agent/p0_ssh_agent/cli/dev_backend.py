@@ -22,20 +22,59 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> argpa
         parents=parents,
         help="run a P0-compatible test backend (for tests and troubleshooting)",
         description=(
-            "A tunnel server that behaves like P0's: WebSocket side for agents (JWT checked like braekhus), "
-            "HTTP side where POST /client/<orgId>:<hostId>:ssh becomes a call to that agent."
+            "A stand-in for P0's tunnel server, to try the agent without P0. It listens on two ports. Agents "
+            "connect to the WebSocket port (--rpc-listen) exactly as they connect to P0: with a token signed by "
+            "their key, which is checked against a public key given here (--public-key, or --client per agent). "
+            "Then an HTTP POST to /client/<orgId>:<hostId>:ssh on the HTTP port (--http-listen), with a JSON "
+            'body such as {"command": "listUsers"}, is handed to that agent as a request, and the '
+            "agent's answer comes back as the HTTP response: what P0 does when it grants or revokes access."
+        ),
+        epilog=(
+            "Example: p0-ssh-agent dev-backend --public-key /etc/p0-ssh-agent/keys/jwk.public.json & "
+            "p0-ssh-agent start --tunnel-host ws://127.0.0.1:8079 --dry-run; "
+            "curl -d '{\"command\":\"listUsers\"}' -H 'content-type: application/json' "
+            "http://127.0.0.1:8081/client/ORG:HOST:ssh. Loopback only, unless --allow-remote."
         ),
     )
-    parser.add_argument("--rpc-listen", type=_host_port, default=("127.0.0.1", 8079), metavar="HOST:PORT")
-    parser.add_argument("--http-listen", type=_host_port, default=("127.0.0.1", 8081), metavar="HOST:PORT")
-    parser.add_argument("--public-key", metavar="PATH", help="jwk.public.json trusted for any client id")
     parser.add_argument(
-        "--client", action="append", default=[], metavar="ID=PATH", help="trust PATH for client ID (repeatable)"
+        "--rpc-listen",
+        type=_host_port,
+        default=("127.0.0.1", 8079),
+        metavar="HOST:PORT",
+        help="where agents connect, their tunnelHost ws://HOST:PORT (default 127.0.0.1:8079)",
     )
-    parser.add_argument("--call-timeout-ms", type=int, default=5000, help="how long a call may take (default 5000)")
-    parser.add_argument("--forward-timeout-ms", type=int, help="send options.timeoutMillis with every call")
+    parser.add_argument(
+        "--http-listen",
+        type=_host_port,
+        default=("127.0.0.1", 8081),
+        metavar="HOST:PORT",
+        help="where requests for agents are POSTed (default 127.0.0.1:8081)",
+    )
+    parser.add_argument("--public-key", metavar="PATH", help="an agent's jwk.public.json, accepted for any client id")
+    parser.add_argument(
+        "--client",
+        action="append",
+        default=[],
+        metavar="ID=PATH",
+        help="accept the key in PATH for client id ID only (repeatable)",
+    )
+    parser.add_argument(
+        "--call-timeout-ms",
+        type=int,
+        default=5000,
+        metavar="MS",
+        help="how long an agent may take to answer (default 5000)",
+    )
+    parser.add_argument(
+        "--forward-timeout-ms",
+        type=int,
+        metavar="MS",
+        help="send this timeout hint (options.timeoutMillis) with every request",
+    )
     parser.add_argument("--allow-remote", action="store_true", help="listen on non-loopback addresses")
-    parser.add_argument("--demo", action="store_true", help="also start an agent in dry-run and send a grant")
+    parser.add_argument(
+        "--demo", action="store_true", help="also start an agent in dry-run against it and send it a grant"
+    )
     parser.add_argument("--demo-once", action="store_true", help="like --demo, but exit after the grant")
     return parser
 

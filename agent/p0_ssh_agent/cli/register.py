@@ -1,10 +1,12 @@
 """`p0-ssh-agent register`: build the registration request; optionally send it and write the configuration.
 
 Without --url it prints the request (upstream-protocol.md §9.2) and the base64 registration code to paste in the
-P0 UI. With --url and a token it POSTs `{"key": <code>}` and writes orgId, hostId, tunnelHost, environmentId
-and keyPath from the answer (§9.3) into the configuration, atomically and keeping its comments, after
-validating every value with the loader's own rules. The private key never leaves the host; the token never
-appears in output, errors or logs, and is never sent anywhere but the given URL (redirects are refused).
+P0 UI; with --org-id and --host-id (and --tunnel-host) from the P0 UI it also writes them into the configuration,
+so that keygen -> register -> paste the code -> `systemctl enable --now` is the whole flow. With --url and a
+token it POSTs `{"key": <code>}` and writes orgId, hostId, tunnelHost, environmentId and keyPath from the answer
+(§9.3) into the configuration, atomically and keeping its comments, after validating every value with the
+loader's own rules. The private key never leaves the host; the token never appears in output, errors or logs,
+and is never sent anywhere but the given URL (redirects are refused).
 """
 
 from __future__ import annotations
@@ -51,6 +53,13 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> argpa
     parser.add_argument("--hostname", help="hostname to register (default: config hostname, else this host's)")
     parser.add_argument("--label", action="append", metavar="KEY=VALUE", help="label to send (repeatable)")
     parser.add_argument("--key-path", metavar="DIR", help="key directory (default: config keyPath)")
+    parser.add_argument("--org-id", help="without --url: P0 organisation id to write into the configuration (orgId)")
+    parser.add_argument(
+        "--host-id", help="without --url: host id from the P0 UI to write into the configuration (hostId)"
+    )
+    parser.add_argument(
+        "--tunnel-host", metavar="URL", help="without --url: tunnel server to write into the configuration (tunnelHost)"
+    )
     parser.add_argument("--output", choices=("json", "yaml"), default="json", help="format of the printed request")
     address = parser.add_mutually_exclusive_group()
     address.add_argument("--public-ip", metavar="IP", help="public IP address the P0 CLI should connect to")
@@ -270,6 +279,28 @@ def _print_request(request: dict[str, object], code: str, output: str) -> None:
     print("\nnext: paste the code in the P0 UI, or run this again with --url and --auth (or $P0_REGISTRATION_TOKEN)")
 
 
+PRINT_MODE_KEYS = (("orgId", "org_id"), ("hostId", "host_id"), ("tunnelHost", "tunnel_host"))
+
+
+def print_mode_updates(args: argparse.Namespace) -> dict[str, str]:
+    """--org-id/--host-id/--tunnel-host, checked with the loader's rules; only without --url (there P0's answer
+    says what they are, and two sources could disagree)."""
+    from p0_ssh_agent.config.model import KEY_BY_NAME
+    from p0_ssh_agent.config.values import ValueProblem, convert
+
+    given = {name: getattr(args, attr) for name, attr in PRINT_MODE_KEYS if getattr(args, attr) is not None}
+    if given and args.url:
+        raise UsageError(
+            "--org-id, --host-id and --tunnel-host are for the print mode; with --url P0's answer sets them"
+        )
+    for name, value in given.items():
+        try:
+            convert(KEY_BY_NAME[name], value)
+        except ValueProblem as exc:
+            raise UsageError(f"{KEY_BY_NAME[name].flag_name}: {exc}") from None
+    return given
+
+
 def _token(args: argparse.Namespace) -> str | None:
     """The token to send (only with --url): --auth, else $P0_REGISTRATION_TOKEN."""
     if not args.url:
@@ -290,6 +321,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Everything the operator can get wrong is checked before anything is created or sent.
     token = _token(args)
+    written = print_mode_updates(args)
     public_ip = ""
     if args.public_ip:
         try:
@@ -301,6 +333,7 @@ def run(args: argparse.Namespace) -> int:
         "hostname": args.hostname,
         "labels": args.label,
         "keyPath": str(Path(args.key_path).absolute()) if args.key_path else None,
+        **written,
     }
     config = load_config(config_path, overrides=overrides, missing_ok=True)
 
@@ -324,6 +357,15 @@ def run(args: argparse.Namespace) -> int:
     code = registration_code(request)
     if args.url is None or token is None:
         _print_request(request, code, args.output)
+        if written:
+            updates: dict[str, object] = {"version": "1.0", **written, "keyPath": str(config.key_path)}
+            write_config(config_path, updates, defaults={"heartbeatIntervalSeconds": 60})
+            print(f"\nwrote {config_path}: " + ", ".join(f"{k}={v}" for k, v in updates.items()))
+            still = [name for name, value in (("orgId", config.org_id), ("hostId", config.host_id)) if not value]
+            if still:
+                print(f"still missing: {' and '.join(still)} (run again with --org-id/--host-id from the P0 UI)")
+            else:
+                print(f"then, once the code is in the P0 UI: {NEXT_STEP.removeprefix('next: ')}")
         return 0
 
     answer = post_registration(args.url, token, code, args.timeout)

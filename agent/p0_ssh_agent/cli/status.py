@@ -1,8 +1,10 @@
-"""`p0-ssh-agent status`: is this host set up correctly? Computes a list of checks, then renders text or JSON.
+"""`p0-ssh-agent status`: is the agent running and connected, and is this host set up correctly? Computes a list
+of checks, then renders text or JSON.
 
 Read-only: it creates nothing (not even the state directory) and never prints key material, only the key's
-RFC 7638 thumbprint and SSH key fingerprints. Exit 0 when every check passes (warnings allowed), 78 when the
-configuration itself is unusable, 1 when any other check fails.
+RFC 7638 thumbprint and SSH key fingerprints. The running agent is read from its live state in the runtime
+directory (cli/status_live.py, which also has the exit codes): 0 only when the agent runs, is connected and
+every check passes (warnings allowed).
 
 It also lists the live grants from the ledger (age, expiry under maxGrantSeconds) and the drift a read-only
 reconciliation finds between the ledger and the host (guard/reconcile.py); drift is a warning, never a failure.
@@ -21,8 +23,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from p0_ssh_agent.errors import AgentError, ExitCode
+from p0_ssh_agent.cli.status_live import agent_checks, live_json, overall_exit, state_word
+from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.findings import Finding, render
+from p0_ssh_agent.runtime.livestate import LiveRead, read_live_state, resolve_runtime_dir
 
 if TYPE_CHECKING:  # imported inside the functions at run time: they pull in trio
     from p0_ssh_agent.config import AgentConfig
@@ -85,6 +89,13 @@ def _key_fix(key_dir: Path) -> str:
 class Status:
     checks: list[Check]
     guard: GuardView | None = None  # live grants and drift; None when the configuration is unusable
+    live: LiveRead | None = None  # the running agent's state; None when the configuration is unusable
+    live_code: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        config_failed = any(c.name == "config" and c.level == "fail" for c in self.checks)
+        return overall_exit(self.live_code, self.checks, config_failed)
 
 
 def gather(
@@ -115,6 +126,10 @@ def collect(
         return Status(checks)
     source = str(config.source) if config.source else "defaults, environment and flags (no file)"
     checks.append(Check("config", "ok", f"{source}: client id {config.client_id}, tunnel {config.tunnel_host}"))
+    runtime_dir = resolve_runtime_dir(config.runtime_dir)
+    live = read_live_state(runtime_dir)
+    live_checks, live_code = agent_checks(live, runtime_dir)
+    checks.extend(live_checks)
     if config.dry_run:
         checks.append(Check("dry-run", "warn", "dryRun is on: requests are planned, nothing changes on the host"))
 
@@ -127,6 +142,8 @@ def collect(
         public = load_public_jwk(config.key_path)
     except AgentError as exc:
         checks.append(Check("keys", "fail", str(exc), _key_fix(config.key_path)))
+    except OSError as exc:  # not root: the key directory is 0700 (status must report this, not crash)
+        checks.append(Check("keys", "fail", f"{config.key_path}: {exc.strerror}", "run status as root"))
     else:
         if {k: public.get(k) for k in ("x", "y")} != {k: key.public_jwk.get(k) for k in ("x", "y")}:
             checks.append(
@@ -141,14 +158,14 @@ def collect(
             checks.append(Check("keys", "ok", f"ES384 P-384 key, thumbprint {key.thumbprint}"))
 
     state_dir = resolve_state_dir(config.state_dir, env)
-    if state_dir.exists():
+    if os.path.lexists(state_dir) or not os.access(state_dir.parent, os.X_OK):  # unsearchable: let lstat say why
         checks.append(_mode_check("state directory", state_dir, max_mode=0o700, want_uid=uid))
     else:
         checks.append(Check("state directory", "warn", f"{state_dir} does not exist yet; the agent creates it"))
     guard_checks, guard = gather_guard(config, state_dir)
     checks.extend(guard_checks)
     checks.extend(_systemd_checks(run or _run))
-    return Status(checks, guard)
+    return Status(checks, guard, live, live_code)
 
 
 # --- guardrails: live grants, expiry, drift (issue 6) ----------------------------------------------------------
@@ -174,10 +191,12 @@ def gather_guard(config: AgentConfig, state_dir: Path) -> tuple[list[Check], Gua
     checks = [
         Check("offline revoke", "ok", f"after {offline}s without the backend" if offline else "off (the default)")
     ]
-    if not state_dir.exists():
+    if not os.path.lexists(state_dir) and os.access(state_dir.parent, os.X_OK):
         return [Check("grants", "ok", f"none yet; {expiry}"), *checks], GuardView(now, [], [])
     try:
         grants = live_grants(load_ledger(state_dir), limit)
+    except OSError as exc:  # not root: the state directory is 0700
+        return [Check("grants", "fail", f"{state_dir}: {exc.strerror}", "run status as root"), *checks], None
     except AgentError as exc:
         fix = "run status as root" if os.geteuid() != 0 else "restore the ledger, or move it aside (see the message)"
         return [Check("grants", "fail", str(exc), fix), *checks], None
@@ -293,12 +312,6 @@ def _systemd_checks(run: Callable[[list[str]], tuple[int, str]]) -> list[Check]:
     return checks
 
 
-def exit_code(checks: list[Check]) -> int:
-    if any(c.name == "config" and c.level == "fail" for c in checks):
-        return int(ExitCode.CONFIG)
-    return int(ExitCode.FAILURE) if any(c.level == "fail" for c in checks) else int(ExitCode.OK)
-
-
 def render_text(checks: list[Check]) -> str:
     return render(checks, all_clear="all checks passed")
 
@@ -306,8 +319,15 @@ def render_text(checks: list[Check]) -> str:
 def run(args: argparse.Namespace) -> int:
     status = collect(args.config, os.environ)
     checks = status.checks
+    code = status.exit_code
     if args.json:
-        document: dict[str, Any] = {"ok": exit_code(checks) == 0, "checks": [asdict(c) for c in checks]}
+        document: dict[str, Any] = {
+            "ok": code == 0,
+            "exit_code": code,
+            "state": state_word(code, status.live),
+            "checks": [asdict(c) for c in checks],
+            "agent": live_json(status.live),
+        }
         if status.guard is not None:
             document.update(guard_json(status.guard))
         print(json.dumps(document, indent=2))
@@ -315,4 +335,4 @@ def run(args: argparse.Namespace) -> int:
         print(render_text(checks))
         if status.guard is not None:
             print("\n" + render_guard(status.guard))
-    return exit_code(checks)
+    return code

@@ -251,13 +251,19 @@ def require_connection_settings(config: AgentConfig) -> None:
         ("tunnelHost", config.tunnel_host),
         ("keyPath", str(config.key_path) if config.key_path else None),
     )
+    missing = [name for name, value in settings if value is None or value == ""]
+    if missing:
+        # Every missing key at once: an unregistered host lacks both orgId and hostId, and saying one at a time
+        # sends the admin round twice.
+        names = " and ".join(missing) if len(missing) <= 2 else ", ".join(missing[:-1]) + " and " + missing[-1]
+        flags = ", ".join(f"{ENV_PREFIX}{name.upper()} or {KEY_BY_NAME[name].flag_name}" for name in missing)
+        raise ConfigError(
+            f"{where}: {names} {'is' if len(missing) == 1 else 'are'} not set; run 'p0-ssh-agent register' "
+            f"(with --url, or with --org-id and --host-id), or set {' and '.join(missing)} in {file_hint} "
+            f"(or {flags})"
+        )
     for name, value in settings:
         key = KEY_BY_NAME[name]
-        if value is None or value == "":
-            raise ConfigError(
-                f"{where}: {name} is not set; run 'p0-ssh-agent register', or set {name} in {file_hint} "
-                f"(or {ENV_PREFIX}{name.upper()}, or {key.flag_name})"
-            )
         try:
             convert(key, value)  # for tunnelHost this is the rule that keeps the token off clear-text links
         except ValueProblem as exc:

@@ -44,6 +44,10 @@ class AgentConfig:
     reconcile: str = "report"  # reconcile: report | repair (drift between the ledger and the host)
     reconcile_interval_seconds: int = 3600  # reconcileIntervalSeconds: periodic reconciliation
     audit_file: Path | None = None  # auditFile: JSON-lines audit trail, for hosts without journald
+    # Health (issue 15): the live state `status` reads, and the metrics textfile for node_exporter.
+    runtime_dir: Path | None = None  # runtimeDir: status.json and agent.lock (None: /run/p0-ssh-agent)
+    metrics_file: Path | None = None  # metricsFile: Prometheus textfile (None: <runtimeDir>/p0-ssh-agent.prom)
+    metrics_group: str | None = None  # metricsGroup: group that may read the metrics file (e.g. prometheus)
     source: Path | None = None  # the file this came from (None: defaults, environment and flags only)
 
     @property
@@ -113,6 +117,9 @@ KEYS: tuple[Key, ...] = (
     Key("reconcile", "reconcile", "reconcile_mode"),
     Key("reconcileIntervalSeconds", "reconcile_interval_seconds", "positive_int"),
     Key("auditFile", "audit_file", "absolute_path"),
+    Key("runtimeDir", "runtime_dir", "absolute_path"),
+    Key("metricsFile", "metrics_file", "absolute_path"),
+    Key("metricsGroup", "metrics_group", "text"),
     # Old Go agents wrote logPath (and the oldest keygenPath); neither was ever used (logs go to journald).
     # Accepted, so files written by those agents keep loading.
     Key("logPath", "", "ignored", ("keygenPath",)),

@@ -247,10 +247,17 @@ class _Members:
         return self._booleans.get(member, False)
 
 
-def _user(members: _Members, *, allow_reserved: bool = False) -> str:
+MISSING_USER_DETAIL = "userName missing or empty"
+
+
+def _user(members: _Members, *, allow_reserved: bool = False, looked_up: bool = False) -> str:
+    """`looked_up`: the Go agent looks the user up by name for this command (key grants) instead of checking the
+    name's syntax, so an empty name gets its "user  not found" there; our detail follows the Go prefix."""
     name = members.text("userName")
     if not name:
-        raise RequestInvalid("userName", "invalid userName: missing or empty")
+        if looked_up:
+            raise RequestInvalid("userName", messages.user_not_found("", MISSING_USER_DETAIL))
+        raise RequestInvalid("userName", f"{messages.invalid_user_name(USER_NAME_RE)} ({MISSING_USER_DETAIL})")
     if not is_user_name(name):
         raise RequestInvalid(
             "userName", f"{messages.invalid_user_name(USER_NAME_RE)} (userName {messages.shown(name)})"
@@ -314,13 +321,13 @@ def _user_request(command: Command, members: _Members) -> UserRequest:
 
 
 def _key_request(command: Command, members: _Members) -> KeyRequest:
-    user, action = _user(members), _action(members)
+    user, action = _user(members, looked_up=True), _action(members)
     request_id = _request_id(members, required=True) or ""
     return KeyRequest(command, user, action, request_id, _key(members, "publicKey", action))
 
 
 def _ca_key_request(command: Command, members: _Members) -> CaKeyRequest:
-    user, action = _user(members), _action(members)
+    user, action = _user(members, looked_up=True), _action(members)
     request_id = _request_id(members, required=True) or ""
     return CaKeyRequest(command, user, action, request_id, _key(members, "caPublicKey", action))
 

@@ -74,6 +74,8 @@ async def run_demo(backend: DevBackend, once: bool) -> int:
                     "heartbeatIntervalSeconds": 5,
                     "dryRun": True,
                     "stateDir": str(base / "state"),
+                    # Its live state stays in the scratch directory, not in a real agent's /run/p0-ssh-agent.
+                    "runtimeDir": str(base / "run"),
                 },
             )
             argv = [sys.executable, "-m", "p0_ssh_agent", "start", "--config", str(config), "--dry-run"]

@@ -25,6 +25,7 @@ import socket
 import stat
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -282,9 +283,16 @@ def append_line(path: Path, line: bytes) -> None:
     _worked("file", str(path))
 
 
+# Told every event recorded, before it is sent (the daemon's metrics count denials, expiries and drift from here,
+# runtime/health.py). May be called from worker threads.
+OBSERVERS: list[Callable[[AuditEvent], None]] = []
+
+
 def record(config: AgentConfig | None, event: AuditEvent) -> None:
     """Send one event to journald and, with auditFile set, to the JSON-lines file. Never raises."""
     try:
+        for observer in OBSERVERS:
+            observer(event)
         fields = event.fields()
         send_journal(journal_datagram(fields))
         if config is not None and config.audit_file is not None:

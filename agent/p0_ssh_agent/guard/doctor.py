@@ -17,7 +17,7 @@ from pathlib import Path
 
 import trio
 
-from p0_ssh_agent.config import AgentConfig
+from p0_ssh_agent.config import AgentConfig, require_connection_settings
 from p0_ssh_agent.errors import AgentError, ExitCode
 from p0_ssh_agent.findings import Finding
 from p0_ssh_agent.guard.doctor_host import (
@@ -55,6 +55,15 @@ def check_ledger(config: AgentConfig, state_dir: Path) -> Finding:
     )
 
 
+def check_config(config: AgentConfig) -> Finding:
+    """A file that loads but lacks what `start` needs (an unregistered host): say which keys, and how to get them."""
+    try:
+        require_connection_settings(config)
+    except AgentError as exc:
+        return Finding("config", "fail", str(exc), "p0-ssh-agent register --url URL (or --org-id ORG --host-id HOST)")
+    return Finding("config", "ok", f"client id {config.client_id}, tunnel {config.tunnel_host}")
+
+
 def host_findings() -> list[Finding]:
     found = []
     if os.geteuid() != 0:
@@ -73,7 +82,7 @@ def collect(
     config: AgentConfig, env: Mapping[str, str], *, offline: bool = False, timeout: float = DEFAULT_TIMEOUT
 ) -> list[Finding]:
     """Every finding, host checks first. Runs its own trio loop for the network: call it from sync code."""
-    found = [*host_findings(), check_ledger(config, resolve_state_dir(config.state_dir, env))]
+    found = [check_config(config), *host_findings(), check_ledger(config, resolve_state_dir(config.state_dir, env))]
     if offline:
         return found + offline_findings()
     network = trio.run(

@@ -119,6 +119,7 @@ class CommandResult:
     error: str = ""
     output: str | None = None
     http_status: int | None = None  # overrides 200/500, e.g. 403 for a policy denial, 503 when busy
+    policy_denied: bool = False  # the local policy refused it (counted in the metrics; not sent)
 
     def __post_init__(self) -> None:
         # braekhus copies `status` straight into the HTTP response: a non-HTTP number would fail there, not here.

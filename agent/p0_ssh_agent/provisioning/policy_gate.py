@@ -102,4 +102,4 @@ def denial(decision: Decision, policy: LocalPolicy, facts: Facts) -> CommandResu
             f"; refusing to manage {facts.user}: the account exists but was not created by p0-ssh-agent; "
             "list it under adoptUsers in the configuration to let the agent manage it"
         )
-    return CommandResult(success=False, error=error, http_status=403)
+    return CommandResult(success=False, error=error, http_status=403, policy_denied=True)

@@ -6,9 +6,7 @@ Outputs are capped at 1 MiB with a truncation marker (host.inventory.cap_output)
 
 from __future__ import annotations
 
-import json
-
-from p0_ssh_agent.core import messages
+from p0_ssh_agent.core import gojson, messages
 from p0_ssh_agent.core.requests import AuditRequest, ListUsersRequest, SudoshRequest
 from p0_ssh_agent.host import inventory, sudosh
 from p0_ssh_agent.protocol.forwarded import CommandResult
@@ -20,8 +18,10 @@ def run_read_only(request: ReadOnlyRequest) -> CommandResult:
     """Blocking: call it from a worker thread."""
     if isinstance(request, ListUsersRequest):
         names = inventory.list_users()
-        # Upstream answered "null" for an empty list (§12 item 19); "[]" parses the same for any JSON reader.
-        return CommandResult(success=True, message=messages.users_found(len(names)), output=json.dumps(names))
+        # Go's json.Marshal, byte for byte (core/gojson.py), except for one thing: upstream answered "null" for an
+        # empty list (§12 item 19); "[]" means the same to any reader that expects a list.
+        output = gojson.marshal_strings(names)
+        return CommandResult(success=True, message=messages.users_found(len(names)), output=output)
     if isinstance(request, AuditRequest):
         return CommandResult(success=True, message=messages.AUDIT_COMPLETED, output=inventory.run_audit())
     try:

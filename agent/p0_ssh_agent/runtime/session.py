@@ -84,6 +84,8 @@ class Session:
         self._end_reason: str | None = None
         self._scope: trio.CancelScope | None = None
         self._reader_scope = trio.CancelScope()
+        # The latest answer to setClientId (the first call or a heartbeat), for the live state (runtime/health.py).
+        self.last_answer: tuple[datetime, object] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------------------
     async def run(self, on_registered: Callable[[], None]) -> str:
@@ -93,10 +95,11 @@ class Session:
             nursery.start_soon(self._read_loop)
             nursery.start_soon(self._liveness_loop)
             try:
-                await self.call("setClientId", {"clientId": self.settings.client_id})
+                answer = await self.call("setClientId", {"clientId": self.settings.client_id})
             except RpcCallError as exc:
                 self._end(f"setClientId failed: {exc}")
             else:
+                self.last_answer = (datetime.now(UTC), answer)
                 on_registered()
                 nursery.start_soon(self._heartbeat_loop)
         self._closed = True
@@ -218,10 +221,11 @@ class Session:
         while True:
             await trio.sleep(self.settings.heartbeat_interval)
             try:
-                await self.call("setClientId", {"clientId": self.settings.client_id})
+                answer = await self.call("setClientId", {"clientId": self.settings.client_id})
             except RpcCallError as exc:
                 self._end(f"heartbeat failed: {exc}")
                 return
+            self.last_answer = (datetime.now(UTC), answer)
 
     async def _liveness_loop(self) -> None:
         while True:

@@ -8,6 +8,7 @@ or SIGINT end the process; SIGHUP reloads the configuration in place.
 
 from __future__ import annotations
 
+import grp
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -19,12 +20,15 @@ import trio
 from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.adapters.sdnotify import Notifier
 from p0_ssh_agent.config import AgentConfig, require_connection_settings
-from p0_ssh_agent.errors import AgentError
+from p0_ssh_agent.errors import AgentError, ConfigError
 from p0_ssh_agent.guard import audit
 from p0_ssh_agent.guard.tasks import GuardTasks
 from p0_ssh_agent.identity.keys import load_private_key
 from p0_ssh_agent.runtime import status
+from p0_ssh_agent.runtime.health import Health
+from p0_ssh_agent.runtime.livestate import METRICS_FILE, resolve_runtime_dir
 from p0_ssh_agent.runtime.proxy import proxy_for
+from p0_ssh_agent.runtime.publisher import Publisher
 from p0_ssh_agent.runtime.session import SessionSettings
 from p0_ssh_agent.runtime.statedir import ensure_state_dir, resolve_state_dir
 from p0_ssh_agent.runtime.tunnel import Tunnel, TunnelSettings
@@ -50,6 +54,18 @@ class Prepared:
     config: AgentConfig
     tunnel: TunnelSettings
     state_dir: Path
+    runtime_dir: Path = Path("/run/p0-ssh-agent")
+    metrics_file: Path = Path("/run/p0-ssh-agent") / METRICS_FILE
+    metrics_gid: int | None = None
+
+
+def metrics_gid(group: str | None) -> int | None:
+    if not group:
+        return None
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(f"metricsGroup {group!r}: no such group on this host (create it, or fix the name)") from None
 
 
 def prepare(config: AgentConfig, env: Mapping[str, str], previous: Prepared | None = None) -> Prepared:
@@ -64,7 +80,9 @@ def prepare(config: AgentConfig, env: Mapping[str, str], previous: Prepared | No
         ca_file=str(config.tunnel_ca_file) if config.tunnel_ca_file else None,
         proxy=proxy_for(config.tunnel_host, config_proxy=config.proxy, env=env),
     )
-    return Prepared(config, tunnel, state_dir)
+    runtime_dir = resolve_runtime_dir(config.runtime_dir)
+    metrics_file = config.metrics_file or runtime_dir / METRICS_FILE
+    return Prepared(config, tunnel, state_dir, runtime_dir, metrics_file, metrics_gid(config.metrics_group))
 
 
 def tunnel_changed(old: TunnelSettings, new: TunnelSettings) -> bool:
@@ -101,15 +119,44 @@ class Supervisor:
         audit.open_journal()
         # Expiry sweep, offline revoke, reconciliation: they read the current configuration at each round.
         self.guard = GuardTasks(lambda: (self.prepared.config, self.prepared.state_dir))
-        self.tunnel = Tunnel(
-            prepared.tunnel, self.session_settings, self.worker, self.report, on_link=self.guard.link_changed
+        self.health = Health(
+            prepared.config,
+            prepared.state_dir,
+            url=prepared.tunnel.url,
+            client_id=prepared.tunnel.client_id,
+            executor=self.worker.executor,
         )
+        self.worker.on_answered = self.health.request_done
+        self.tunnel = Tunnel(
+            prepared.tunnel,
+            self.session_settings,
+            self.worker,
+            self.report,
+            on_link=self.guard.link_changed,
+            health=self.health,
+        )
+        self.health.answer_source = lambda: self.tunnel.session.last_answer if self.tunnel.session else None
+        self.publisher = Publisher(
+            prepared.runtime_dir,
+            prepared.metrics_file,
+            metrics_gid=prepared.metrics_gid,
+            state=self.health.state_bytes,
+            metrics=self.health.metrics_bytes,
+            refresh=self.health.refresh_ledger,
+        )
+        self.health.poke = self.publisher.poke
 
     @property
     def status_text(self) -> str:
         return self._status
 
     def report(self, text: str) -> None:
+        """The connection's text (from the tunnel, or stopping); STATUS= adds a standing reload failure."""
+        self.health.link_text(text)
+        self._send_status()
+
+    def _send_status(self) -> None:
+        text = self.health.status_text
         if text == self._status:
             return
         self._status = text
@@ -121,8 +168,16 @@ class Supervisor:
         hooks = self._env.get(TEST_HOOKS_ENV) == "1"
         if hooks:
             wanted.append(signal.SIGUSR2)
+        audit.OBSERVERS.append(self.health.audit_event)
+        try:
+            return await self._run(wanted, hooks)
+        finally:
+            audit.OBSERVERS.remove(self.health.audit_event)
+
+    async def _run(self, wanted: list[signal.Signals], hooks: bool) -> int:
         with trio.open_signal_receiver(*wanted) as signals:
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.publisher.run)
                 await nursery.start(self.worker.run)
                 await nursery.start(self._watchdog)
                 await nursery.start(self.guard.run)  # runs with or without the backend
@@ -157,7 +212,8 @@ class Supervisor:
             executor = self._executor_factory(new.config, new.state_dir)
         except AgentError as exc:
             log.error("reload_failed", error=str(exc))
-            self.report(status.reload_failed(str(exc)))
+            self.health.reload_failed(str(exc))
+            self._send_status()
             self._notifier.ready()
             return
         old = self.prepared
@@ -169,6 +225,11 @@ class Supervisor:
             log.info("tunnel_settings_changed", url=status.display_url(new.tunnel.url))
             self.tunnel.reconnect(new.tunnel)
         self.guard.reloaded()
+        # The metrics file may move or change group at once; runtimeDir holds the lock, so it needs a restart.
+        self.publisher.metrics_file, self.publisher.metrics_gid = new.metrics_file, new.metrics_gid
+        tunnel = new.tunnel
+        self.health.reloaded(new.config, new.state_dir, url=tunnel.url, client_id=tunnel.client_id, executor=executor)
+        self._send_status()  # a standing reload failure is gone from STATUS= now
         self._notifier.ready()
         log.info("reloaded", reconnect=tunnel_changed(old.tunnel, new.tunnel))
 

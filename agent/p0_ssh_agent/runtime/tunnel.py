@@ -14,6 +14,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import trio
@@ -31,6 +32,9 @@ from p0_ssh_agent.runtime.backoff import AUTH_BACKOFF_CAP, Backoff
 from p0_ssh_agent.runtime.proxy import ProxySettings, connect_websocket
 from p0_ssh_agent.runtime.session import Activity, Session, SessionSettings
 from p0_ssh_agent.runtime.worker import Worker
+
+if TYPE_CHECKING:
+    from p0_ssh_agent.runtime.health import Health
 
 log = get_logger(__name__)
 
@@ -93,8 +97,10 @@ class Tunnel:
         report: Callable[[str], None],
         *,
         on_link: Callable[[bool], None] | None = None,
+        health: Health | None = None,
     ) -> None:
         self.settings = settings
+        self._health = health  # told each attempt, success and end, with its reason (runtime/health.py)
         # Told True when setClientId succeeds and False when that session ends (guard/tasks.py: offline revoke,
         # reconcile after a reconnect).
         self._on_link = on_link
@@ -134,7 +140,10 @@ class Tunnel:
     async def _attempt(self) -> tuple[float, str]:
         """One connection attempt, run to its end. Returns (delay, status text) for the wait that follows."""
         url = self.settings.url
+        if self._health is not None:
+            self._health.connecting()
         self._report(status.connecting(url))
+        http_status: int | None = None
         try:
             reason = await self._connect_and_serve()
         except Exception as raised:  # one connection's failure, whatever it is, must never end the agent
@@ -142,9 +151,12 @@ class Tunnel:
             exc = _unwrap(raised)
             if isinstance(exc, ConnectionRejected):
                 reason = status.rejected(exc.status_code, url)
+                http_status = exc.status_code
                 if exc.status_code in (401, 403):
                     delay = self._auth_backoff.next_delay()
                     log.error("handshake_unauthorized", status=exc.status_code, hint=reason)
+                    if self._health is not None:
+                        self._health.ended(reason, http_status)
                     return delay, status.unauthorized(exc.status_code, url, delay)
                 log.error("handshake_rejected", status=exc.status_code, hint=reason)
             elif isinstance(exc, OSError | trio.TooSlowError | HandshakeError | trio.BrokenResourceError | AgentError):
@@ -152,6 +164,8 @@ class Tunnel:
                 log.warning("connect_failed", reason=reason)
             else:
                 reason = _unexpected(exc, raised)
+        if self._health is not None and not self._closing:
+            self._health.ended(reason, http_status)
         delay = self._backoff.next_delay()
         return delay, status.retrying(delay, reason)
 
@@ -187,7 +201,10 @@ class Tunnel:
             self._backoff.reset()
             self._auth_backoff.reset()
             self.connected_once.set()
-            self._report(status.connected(url, datetime.now(UTC)))
+            since = datetime.now(UTC)
+            if self._health is not None:
+                self._health.connected(since)
+            self._report(status.connected(url, since))
             log.info("connected", url=status.display_url(url), client_id=self.settings.client_id)
             if self._on_link is not None:
                 linked = True

@@ -6,8 +6,10 @@ Guarantees (issue 3, upstream-protocol.md §12 item 17):
 - Requests for different users run in parallel; requests for the same target user run one at a time.
 - A second delivery of the same (command, requestId, action, user) while the first is still running waits for
   the first and gets its result, so backend retries after a timeout never apply a change twice concurrently.
-- Each job is answered before the backend gives up (`options.timeoutMillis`, minus a margin). The change itself
-  keeps running to completion: a host edit is never abandoned half-way; a retry then picks up its result.
+- Each job is answered when its change is done (at most DEFAULT_ANSWER_SECONDS), whatever `options.timeoutMillis`
+  says, as P0's Go agent does: the tunnel server retries its own timeouts but not an answer, so an early 504 would
+  end the call for good, while a retry after its timeout merges with the change still running (docs/connection.md).
+  A host edit is never abandoned half-way either way.
 """
 
 from __future__ import annotations
@@ -29,12 +31,9 @@ log = get_logger(__name__)
 
 Reply = Callable[[CommandResult], Awaitable[None]]
 
-# Without a hint from the backend we do not know its timeout (the P0 backend's callOptions are UNKNOWN,
-# upstream-protocol.md §13), so we do not invent a short one; this cap only bounds a stuck command.
+# We do not know the backend's timeout (the P0 backend's callOptions are UNKNOWN, upstream-protocol.md §13), and
+# its timeoutMillis hint is not a reason to give up early (module docstring); this cap only bounds a stuck command.
 DEFAULT_ANSWER_SECONDS = 120.0
-# Answer this much before the backend's own deadline so the reply is still in flight in time.
-REPLY_MARGIN_SECONDS = 0.25
-MIN_ANSWER_SECONDS = 0.1
 
 
 class Executor(Protocol):
@@ -56,9 +55,8 @@ class _UserLock:
 
 
 def answer_deadline_seconds(request: ForwardedRequest) -> float:
-    if request.timeout_millis is None:
-        return DEFAULT_ANSWER_SECONDS
-    return max(MIN_ANSWER_SECONDS, request.timeout_millis / 1000 - REPLY_MARGIN_SECONDS)
+    """The hint `request.timeout_millis` is deliberately not used (module docstring)."""
+    return DEFAULT_ANSWER_SECONDS
 
 
 def busy_result() -> CommandResult:
@@ -96,6 +94,8 @@ class Worker:
         self._idle = trio.Event()
         self._idle.set()
         self._nursery: trio.Nursery | None = None
+        # Told each answered request (key, outcome, seconds, result): the metrics (runtime/health.py).
+        self.on_answered: Callable[[JobKey, str, float, CommandResult], None] | None = None
 
     @property
     def pending(self) -> int:
@@ -144,6 +144,8 @@ class Worker:
     async def _answer_now(self, key: JobKey, reply: Reply, result: CommandResult, outcome: str) -> None:
         await reply(result)
         _log_line(key, outcome, 0.0)
+        if self.on_answered is not None:
+            self.on_answered(key, outcome, 0.0, result)
 
     def _job_started(self) -> None:
         self._pending += 1
@@ -175,6 +177,8 @@ class Worker:
             outcome = _outcome(result, inflight.result is None, duplicate)
             await reply(result)
             _log_line(key, outcome, (time.monotonic() - started) * 1000)
+            if self.on_answered is not None:
+                self.on_answered(key, outcome, time.monotonic() - started, result)
         finally:
             self._job_finished()
 
