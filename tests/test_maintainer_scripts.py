@@ -49,7 +49,8 @@ echo key >/etc/p0-ssh-agent/keys/jwk.private.json
 printf '%s' "$LEDGER" >/var/lib/p0-ssh-agent/ledger.json
 # OLD_OPT: "debris" = what a 0.1.0 venv could leave once dpkg removed its files; "venv" = a venv still installed.
 case "$OLD_OPT" in
-    debris) mkdir -p /opt/p0-ssh-agent/venv/lib/python3.11/__pycache__ && echo x >/opt/p0-ssh-agent/venv/lib/python3.11/__pycache__/x.pyc ;;
+    debris) debris=/opt/p0-ssh-agent/venv/lib/python3.11/__pycache__
+        mkdir -p "$debris" && echo x >"$debris/x.pyc" ;;
     venv) mkdir -p /opt/p0-ssh-agent/venv/bin && echo x >/opt/p0-ssh-agent/venv/bin/p0-ssh-agent ;;
 esac
 set +e
