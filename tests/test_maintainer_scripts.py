@@ -73,8 +73,11 @@ LIVE_LEDGER.record_key("p0alice", "REQ1", "key", "SHA256:aaaa", now="2026-01-01T
 LIVE_LEDGER.record_key("p0bob", "REQ2", "ca", "SHA256:bbbb", now="2026-01-01T00:00:00Z")
 LIVE_LEDGER.record_sudo("REQ3", "p0alice", None, now="2026-01-01T00:00:00Z")
 LIVE = to_json(LIVE_LEDGER)
-# After `p0-ssh-agent revoke-all`: nothing left.
+# After `p0-ssh-agent revoke-all`: nothing left, or (userRevokeMode lock) the locked accounts without any grant.
 EMPTY = to_json(Ledger())
+ACCOUNTS_ONLY = Ledger()
+ACCOUNTS_ONLY.record_user("p0alice", 60001, now="2026-01-01T00:00:00Z")
+LOCKED_ACCOUNTS_ONLY = to_json(ACCOUNTS_ONLY)
 
 
 @dataclass(frozen=True)
@@ -262,6 +265,8 @@ def test_removal_names_the_live_grants_and_revoke_all(tmp_path: Path, script: st
         # Nothing granted (or everything revoked): removal is silent.
         ("debian/prerm", ("remove",), EMPTY),
         ("packaging/rpm/preremove.sh", ("0",), EMPTY),
+        ("debian/prerm", ("remove",), LOCKED_ACCOUNTS_ONLY),
+        ("packaging/rpm/preremove.sh", ("0",), LOCKED_ACCOUNTS_ONLY),
         # No ledger at all (never started): silent too.
         ("debian/prerm", ("remove",), ""),
         # An upgrade keeps the grants served: no warning.
@@ -284,8 +289,9 @@ def test_deb_purge_keeps_the_ledger_while_grants_are_live(tmp_path: Path) -> Non
     assert "p0-ssh-agent revoke-all" in outcome.stderr
 
 
-def test_deb_purge_after_revoke_all_deletes_the_empty_ledger(tmp_path: Path) -> None:
-    outcome = run_script(tmp_path, "debian/postrm", "purge", ledger=EMPTY)
+@pytest.mark.parametrize("ledger", [EMPTY, LOCKED_ACCOUNTS_ONLY])
+def test_deb_purge_after_revoke_all_deletes_the_ledger(tmp_path: Path, ledger: str) -> None:
+    outcome = run_script(tmp_path, "debian/postrm", "purge", ledger=ledger)
     assert (outcome.returncode, outcome.survivors, outcome.stderr) == (0, (), "")
 
 

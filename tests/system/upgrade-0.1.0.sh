@@ -93,7 +93,8 @@ EOF
         "$(C p0-ssh-agent status 2>&1)"
     # RUNTIME (issue 12, items 1-3): until the package carries its own runtime, the new package still is a venv in
     # /opt, so there is no old runtime to be gone. The coordinator drops this branch once that work is merged.
-    if dpkg-deb -c "$next_deb" | grep -q ' \./opt/p0-ssh-agent/'; then
+    # (A here-string: under pipefail, `dpkg-deb -c | grep -q` fails when grep stops reading early.)
+    if grep -q ' \./opt/p0-ssh-agent/' <<<"$(dpkg-deb -c "$next_deb")"; then
         say "NOTE: the $next package still ships /opt/p0-ssh-agent (the venv layout): 'nothing of the old runtime left' is checked once the bundled runtime is merged"
     else
         expect_eq "upgrade from $old_release_version: nothing of the old runtime is left in /opt" "" \
