@@ -4,9 +4,11 @@ each. Its output is printed (pytest shows it on failure, or always with -s / -rP
 passed and the script says so. A suite the package cannot apply to yet ends with "SKIP: <reason>", reported here
 as a skip with that reason.
 
-Needs root, debootstrap, systemd-nspawn and rpm (packaging/install-build-deps.sh, which `make test` runs), and
-the package registries for the first build of the rootfs and the packages. Takes about a minute with cached
-packages and rootfs, about four minutes without.
+Needs root, debootstrap, systemd-nspawn, rpm, apt-utils, createrepo-c, gnupg and dnf
+(packaging/install-build-deps.sh, which `make test` runs), and the package registries for the first build of the
+rootfs and the packages. With cached packages and rootfs each suite takes two to three minutes; without, the
+bookworm run also builds the packages three times (this tree, the same tree as the next version, the 0.1.0
+release from git history) and debootstraps, about ten minutes on a busy two-core machine.
 """
 
 from __future__ import annotations

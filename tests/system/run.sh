@@ -195,6 +195,10 @@ say "--- install from the repository"
 add_apt_source
 apt_update_clean "apt-get update: the signed repository, no warning"
 apt_refuses_tampered
+if [ "$suite" = trixie ]; then
+    expect_eq "Debian 13: apt verified it with sqv (gpgv is not even installed)" sqv \
+        "$(C sh -c 'command -v sqv >/dev/null && ! command -v gpgv >/dev/null && echo sqv')"
+fi
 # RUNTIME (issue 12, items 1-3): until the package carries its own runtime it depends on python3.11, which
 # Debian 13 does not have. The coordinator removes this skip once the bundled-runtime work is merged.
 if [ "$suite" = trixie ] && grep -q 'python3\.11' <<<"$(dpkg-deb -f "$deb" Depends)"; then
