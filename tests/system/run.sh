@@ -504,6 +504,16 @@ expect_eq "purge: the grants still work" "$user sudo" "$(ssh_sudo "$user")"
 # --- reinstall, revoke-all, purge: what the messages tell an admin to do ------------------------------------------
 say "--- reinstall, revoke-all, purge"
 check "apt-get install -y p0-ssh-agent (again)" C env DEBIAN_FRONTEND=noninteractive apt-get install -y -q p0-ssh-agent
+# What a purge by 0.1.0 left behind (the ledger deleted, the grants in place): doctor finds the grants anyway.
+C_write /etc/p0-ssh-agent/config.yaml 0640 <<EOF
+orgId: "$org_id"
+hostId: "$host_id"
+tunnelHost: "ws://127.0.0.1:8079"
+EOF
+C mv /var/lib/p0-ssh-agent/ledger.json /root/ledger.json.aside
+orphans=$(C p0-ssh-agent doctor --offline --json 2>&1 | python3 -c 'import json, sys; c = {x["name"]: x for x in json.load(sys.stdin)["checks"]}["orphans"]; print(c["level"], *sorted(i.split(" /")[0] for i in c["items"]))' 2>&1)
+expect_eq "doctor without the ledger: the sudo rule and the key line are orphans" "warn key $user REQkey2 sudo $user REQsudo2" "$orphans"
+C mv /root/ledger.json.aside /var/lib/p0-ssh-agent/ledger.json
 check "p0-ssh-agent revoke-all finds the grants in the kept ledger" C p0-ssh-agent revoke-all
 expect_contains "after revoke-all: $user cannot log in" "Permission denied" "$(ssh_sudo "$user")"
 expect_eq "after revoke-all: no agent sudo rule left" "" "$(C sh -c 'ls /etc/sudoers.d/p0-ssh-agent 2>/dev/null; grep -s NOPASSWD /etc/sudoers.d/p0-ssh-agent')"
