@@ -105,3 +105,22 @@ check_dnf_repo() {
     fi
     rm -rf "$work"
 }
+
+# check_dnf_upgrade REPO OLD NEW: with both versions in the repository, OLD installed by name, then `dnf upgrade`
+# takes NEW, signature checks on (the payload side of an rpm upgrade; the scriptlets' order is unit-tested).
+check_dnf_upgrade() {
+    local repo=$1 old=$2 new=$3 work rpm rc=0 out
+    work=$(mktemp -d /tmp/p0-dnf.XXXXXX)
+    rpm=$(ls "$repo"/rpm/p0-ssh-agent-"$old"*.rpm 2>/dev/null | head -1)
+    mkdir -p "$work/root/etc/yum.repos.d"
+    stub_rpm "$rpm" "$work/stub" 2>/dev/null
+    rpm --root "$work/root" --initdb
+    rpm --root "$work/root" -i "$work/stub/p0-test-distribution-stub.rpm" >/dev/null 2>&1
+    cp "$repo/p0-ssh-agent.repo" "$work/root/etc/yum.repos.d/"
+    rpm --root "$work/root" --import "$repo/p0-ssh-agent.asc"
+    out=$(dnf_in "$work/root" install "p0-ssh-agent-$old" 2>&1 && dnf_in "$work/root" upgrade p0-ssh-agent 2>&1) || rc=$?
+    expect_eq "dnf upgrade from $old to $new from the signed repository" "0 p0-ssh-agent-$new-1.x86_64" \
+        "$rc $(rpm --root "$work/root" -q p0-ssh-agent 2>&1)"
+    [ "$rc" -eq 0 ] || printf '%s\n' "$out" | tail -n 5 | sed 's/^/    /'
+    rm -rf "$work"
+}

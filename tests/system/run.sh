@@ -7,7 +7,7 @@
 #    same tree as the next patch version (the upgrade), cached in build/system/next-VERSION;
 # 2. checks the .deb and the .rpm structurally on the host (tests/system/packages.sh);
 # 3. publishes the signed apt and dnf repositories with packaging/repo.sh (tests/system/repo.sh) and, on bookworm,
-#    installs the .rpm from the dnf one with `dnf --installroot` (tests/system/dnf.sh);
+#    installs the .rpm from the dnf one with `dnf --installroot`, later upgrades it there (tests/system/dnf.sh);
 # 4. builds or reuses a Debian rootfs of SUITE (tests/system/rootfs.sh, cached in build/rootfs[-SUITE]);
 # 5. boots it with systemd-nspawn (--register=no --keep-unit --private-network --volatile=overlay) and, inside:
 #    the repository as an apt source with Signed-By:, apt-get update without a warning, `apt-get install
@@ -455,6 +455,7 @@ backend_call "provisionSudo grant REQsudo2 (live across the upgrade)" \
 expect_eq "before the upgrade: $user logs in and has sudo" "$user sudo" "$(ssh_sudo "$user")"
 ledger_before=$(C sha256sum /etc/p0-ssh-agent/config.yaml /etc/p0-ssh-agent/keys/jwk.private.json 2>&1)
 publish "the repository gains version $next" "$deb" "$rpm" "$next_deb" "$next_rpm"
+[ "$suite" = bookworm ] && check_dnf_upgrade "$repo_in_container" "$version" "$next"
 apt_update_clean "apt-get update after the new version was published: no warning"
 pid_before=$(show MainPID)
 upgrade_out=$(C env DEBIAN_FRONTEND=noninteractive apt-get upgrade -y -q 2>&1)
