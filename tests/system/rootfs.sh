@@ -1,21 +1,26 @@
 #!/bin/bash
-# Builds (or reuses) the Debian 12 rootfs the system test boots with systemd-nspawn.
+# Builds (or reuses) the Debian rootfs the system test boots with systemd-nspawn.
 #
-#   tests/system/rootfs.sh DIR
+#   tests/system/rootfs.sh DIR [SUITE]      SUITE: bookworm (Debian 12, the default) or trixie (Debian 13)
 #
 # The rootfs is cached: DIR.stamp records what went into it, and a rootfs whose stamp matches is reused as is
 # (the test boots it with --volatile=overlay, so it never changes). Anything else is rebuilt from scratch with
 # debootstrap from the Debian mirror in this machine's apt sources (override with P0_DEBIAN_MIRROR).
 set -euo pipefail
 
-dir=${1:?usage: rootfs.sh DIR}
-suite=bookworm
+dir=${1:?usage: rootfs.sh DIR [SUITE]}
+suite=${2:-bookworm}
 hostname=p0-system-test
 # What the test needs inside: a booting systemd, the package's dependencies (so apt resolves everything from
-# the rootfs and the local repository, with no network), sshd and ssh to log in, curl to talk to the dev
-# backend, apt-utils for apt-ftparchive (the local repository), man-db so `systemd-analyze verify` can check
-# the unit's Documentation=man: page.
-packages=systemd,systemd-sysv,dbus,python3.11,sudo,passwd,openssh-server,openssh-client,iproute2,procps,curl,apt-utils,man-db
+# the rootfs and the test's repository, with no network), sshd and ssh to log in, curl to talk to the dev
+# backend, man-db so `systemd-analyze verify` can check the unit's Documentation=man: page. On bookworm also
+# python3.11, which the 0.1.0 package (a venv) and, until the bundled runtime, today's package depend on;
+# trixie has no python3.11 at all.
+case "$suite" in
+    bookworm) packages=systemd,systemd-sysv,dbus,python3.11,sudo,passwd,openssh-server,openssh-client,iproute2,procps,curl,apt-utils,man-db ;;
+    trixie) packages=systemd,systemd-sysv,dbus,sudo,passwd,openssh-server,openssh-client,iproute2,procps,curl,man-db ;;
+    *) echo "rootfs: unknown suite '$suite' (bookworm or trixie)" >&2; exit 64 ;;
+esac
 # Bump when the customisation below changes, so cached rootfs are rebuilt.
 recipe=2
 stamp_text="suite=$suite recipe=$recipe hostname=$hostname packages=$packages"
@@ -25,9 +30,9 @@ if [ -d "$dir" ] && [ -f "$dir.stamp" ] && [ "$(cat "$dir.stamp")" = "$stamp_tex
     exit 0
 fi
 
-# The first Debian mirror for $suite in the host's apt sources (deb822 .sources or one-line .list).
+# The first Debian mirror for suite $1 in the host's apt sources (deb822 .sources or one-line .list).
 host_mirror() {
-    local f
+    local f suite=$1
     for f in /etc/apt/sources.list.d/*.sources; do
         [ -f "$f" ] || continue
         awk -v suite="$suite" '
@@ -40,7 +45,8 @@ host_mirror() {
     cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk -v suite="$suite" '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i !~ /^\[/ && $i ~ /:\/\//) { if ($(i+1) == suite) print $i; break } }'
 }
 # (|| true: a missing sources file, or head closing the pipe early, is not an error here.)
-mirror=${P0_DEBIAN_MIRROR:-$( (host_mirror | grep -v -- '-security' | head -1) || true)}
+# A Debian 12 host lists only bookworm; the same mirror serves trixie.
+mirror=${P0_DEBIAN_MIRROR:-$( ( (host_mirror "$suite"; host_mirror bookworm) | grep -v -- '-security' | head -1) || true)}
 [ -n "$mirror" ] || { echo "rootfs: no Debian $suite mirror in /etc/apt/sources*; set P0_DEBIAN_MIRROR" >&2; exit 1; }
 
 echo "rootfs: debootstrap $suite from $mirror into $dir (about a minute)"

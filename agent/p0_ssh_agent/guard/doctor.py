@@ -2,8 +2,9 @@
 
 `status` asks "is the agent set up?"; doctor asks "will a grant work?": sshd's effective settings, sudo's
 includes and visudo, SELinux labels, the name service (guard/doctor_host.py), the proxy, TLS and clock skew
-against the backend (guard/doctor_net.py), and drift between the ledger and the host (guard/reconcile.py, in
-report mode). Read-only throughout: no file, lock, ledger entry or log record is written.
+against the backend (guard/doctor_net.py), drift between the ledger and the host (guard/reconcile.py, in report
+mode), and grants on the host that no ledger knows about (guard/doctor_orphans.py). Read-only throughout: no
+file, lock, ledger entry or log record is written.
 
 Exit status: 0 when no finding fails (warnings and skips allowed), 1 when one does; a configuration that cannot
 be loaded is exit 78 before any check runs (cli/doctor.py).
@@ -28,6 +29,7 @@ from p0_ssh_agent.guard.doctor_host import (
     check_visudo,
 )
 from p0_ssh_agent.guard.doctor_net import DEFAULT_TIMEOUT, offline_findings, probe_backend
+from p0_ssh_agent.guard.doctor_orphans import check_orphans
 from p0_ssh_agent.guard.reconcile import inspect_drift
 from p0_ssh_agent.runtime.statedir import resolve_state_dir
 
@@ -82,7 +84,8 @@ def collect(
     config: AgentConfig, env: Mapping[str, str], *, offline: bool = False, timeout: float = DEFAULT_TIMEOUT
 ) -> list[Finding]:
     """Every finding, host checks first. Runs its own trio loop for the network: call it from sync code."""
-    found = [check_config(config), *host_findings(), check_ledger(config, resolve_state_dir(config.state_dir, env))]
+    state_dir = resolve_state_dir(config.state_dir, env)
+    found = [check_config(config), *host_findings(), check_ledger(config, state_dir), check_orphans(config, state_dir)]
     if offline:
         return found + offline_findings()
     network = trio.run(
