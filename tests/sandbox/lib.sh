@@ -43,3 +43,18 @@ host_fingerprint() {
         echo 'absent /root/.ssh'
     fi
 }
+
+# overlay_writes_away DIR LAYERS: mount an overlay over DIR whose lower layer is DIR itself (read as it is) and whose
+# upper layer is a new tmpfs at LAYERS (an empty directory), so every write under DIR lands in memory and vanishes
+# with the mount namespace. The upper layer is a tmpfs of its own because overlayfs cannot write into every
+# filesystem (not into another overlay, which / is in most containers); tmpfs always works. Returns non-zero if
+# the overlay did not come up.
+overlay_writes_away() {
+    local dir=$1 layers=$2
+    mount -t tmpfs -o mode=700,nosuid,nodev p0-overlay-layers "$layers" || return 1
+    mkdir "$layers/upper" "$layers/work"
+    chown --reference="$dir" "$layers/upper"
+    chmod --reference="$dir" "$layers/upper"
+    mount -t overlay -o "lowerdir=$dir,upperdir=$layers/upper,workdir=$layers/work" p0-overlay "$dir" || return 1
+    [[ $(findmnt -n -o FSTYPE --mountpoint "$dir") == overlay ]]
+}

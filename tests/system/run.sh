@@ -56,6 +56,14 @@ source "$here/dnf.sh"
 source "$here/upgrade-0.1.0.sh"
 
 cd "$root" || exit 1
+# Nothing this test runs may write the machine's /root: Debian's rpm keeps its database in $HOME/.rpmdb (every
+# `rpm -qp` creates it), gpg its trustdb in ~/.gnupg. /root is an overlay here whose writes land in a tmpfs and
+# vanish with this namespace; reads (pip's cache) still see the real /root.
+# shellcheck source=tests/sandbox/lib.sh
+source "$root/tests/sandbox/lib.sh"
+# The layers' mount point stays behind empty: the tmpfs on it dies with the namespace.
+mkdir -p build/system-root-layers
+overlay_writes_away /root build/system-root-layers || { echo "system-test: the overlay over /root did not come up" >&2; exit 70; }
 # One system test at a time per checkout: they share build/rootfs, build/ and dist/.
 mkdir -p build
 exec 9>build/.system-test.lock
