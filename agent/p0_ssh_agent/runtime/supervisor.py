@@ -23,7 +23,7 @@ from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.guard import audit
 from p0_ssh_agent.guard.tasks import GuardTasks
 from p0_ssh_agent.identity.keys import load_private_key
-from p0_ssh_agent.runtime import status
+from p0_ssh_agent.runtime import limits, status
 from p0_ssh_agent.runtime.proxy import proxy_for
 from p0_ssh_agent.runtime.session import SessionSettings
 from p0_ssh_agent.runtime.statedir import ensure_state_dir, resolve_state_dir
@@ -121,6 +121,8 @@ class Supervisor:
         hooks = self._env.get(TEST_HOOKS_ENV) == "1"
         if hooks:
             wanted.append(signal.SIGUSR2)
+        # Every blocking host call runs in one of these threads: the unit's TasksMax= and LimitNOFILE= count them.
+        trio.to_thread.current_default_thread_limiter().total_tokens = limits.HOST_THREADS
         with trio.open_signal_receiver(*wanted) as signals:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.worker.run)
