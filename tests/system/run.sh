@@ -226,6 +226,18 @@ if wait_until 30 connected; then
 else
     bad "StatusText says 'connected to'" "got '$(show StatusText)'"
 fi
+# Resource ceilings (issue 11 item 7): what systemd loaded, then what the running agent really gets from its cgroup
+# and its rlimits (a unit value the kernel never sees would bound nothing).
+expect_eq "MemoryMax TasksMax LimitNOFILE as the unit sets them" "402653184 256 2048" \
+    "$(show MemoryMax) $(show TasksMax) $(show LimitNOFILE)"
+# cgroup_file V2NAME V1CONTROLLER V1NAME: one of the agent's cgroup files, unified (v2) or per controller (v1).
+cgroup_file() {
+    C sh -c 'cat "/sys/fs/cgroup$1/$2" 2>/dev/null || cat "/sys/fs/cgroup/$3$1/$4"' _ "$(show ControlGroup)" "$@" 2>&1
+}
+expect_eq "in force: the agent's cgroup memory and pids limits" "402653184 256" \
+    "$(cgroup_file memory.max memory memory.limit_in_bytes) $(cgroup_file pids.max pids pids.max)"
+expect_eq "in force: the agent's open-files limit (soft hard)" "2048 2048" \
+    "$(C awk '/^Max open files/ { print $4, $5 }' "/proc/$(show MainPID)/limits" 2>&1)"
 
 # --- the unit's sandbox against the agent's tools ----------------------------------------------------------------
 # The agent's own grants below are the real proof; this probe also runs while the agent cannot apply changes yet,

@@ -60,6 +60,17 @@ REPLY_ENCODING = (6 * STRING_BYTES_PER_CHAR + 6 + 6) * MAX_OUTPUT_BYTES + STRING
 HOST_THREADS = 40
 CHILDREN_PER_THREAD = 2
 CHILD_PROCESS = 2 * MIB
+# Tasks (threads and processes) in the service's cgroup at most: the event loop's thread, then per host thread
+# itself, its tool and the tool's helpers. The unit's TasksMax= is sized from it.
+MAX_TASKS = 1 + HOST_THREADS * (2 + CHILDREN_PER_THREAD)
+# Descriptors one host call holds at most: starting a tool (three pipes and exec's error pipe, both ends: 8), the
+# nested locks (accounts, uid-N, sudoers, ledger, and the lock directory while opening one: 5), a home edit's
+# directory walk (/home, the home, ~/.ssh, the file, its temp file: 5), the ledger (its directory, file and temp
+# file: 3), a /proc sweep (the directory and one pidfd: 2); rounded up. BASE_FDS: stdio, epoll, trio's wakeup
+# socketpair, the WebSocket, the notify and journal sockets, the configuration and key while they are read.
+FDS_PER_THREAD = 24
+BASE_FDS = 32
+MAX_FDS = BASE_FDS + HOST_THREADS * FDS_PER_THREAD
 
 LIBRARY_QUEUE_BYTES = (MESSAGE_QUEUE_SIZE + 2) * STRING_BYTES_PER_CHAR * MAX_FRAME_BYTES
 READER_BYTES = STRING_BYTES_PER_CHAR * MAX_FRAME_BYTES + 2 * MAX_FRAME_HELD
