@@ -17,6 +17,7 @@ from ruamel.yaml import YAML
 from p0_ssh_agent._version import __version__
 from p0_ssh_agent.cli import SUBCOMMANDS
 from p0_ssh_agent.config.loader import load_config
+from p0_ssh_agent.runtime import limits
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "p0-ssh-agent.service"
@@ -202,3 +203,14 @@ def test_nfpm_contents_point_at_files_that_exist_or_that_the_build_makes() -> No
 
 def test_version_is_plain_semver_so_deb_and_rpm_order_it_like_pep_440() -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+", __version__)
+
+
+def test_unit_resource_ceilings_cover_the_agents_own_worst_case() -> None:
+    """MemoryMax=, TasksMax= and LimitNOFILE= are sized from runtime/limits.py (issue 11 item 7): each leaves a margin
+    over the worst case, so they stop a bug, never the agent doing what its bounds allow."""
+    memory_max = single("Service", "MemoryMax")
+    assert memory_max.endswith("M")
+    idle = 57 * limits.MIB  # the daemon's measured idle RSS (tests/test_backend_flood.py records it)
+    assert int(memory_max[:-1]) * limits.MIB >= 1.25 * (idle + limits.WORST_CASE_BYTES)
+    assert int(single("Service", "TasksMax")) >= 1.5 * limits.MAX_TASKS
+    assert int(single("Service", "LimitNOFILE")) >= 2 * limits.MAX_FDS

@@ -4,6 +4,7 @@ input never raises and always yields an answer that is itself a valid JSON-RPC e
 from __future__ import annotations
 
 import json
+import tracemalloc
 
 import pytest
 from hypothesis import given, settings
@@ -15,6 +16,8 @@ from p0_ssh_agent.protocol.jsonrpc import (
     INVALID_PARAMS,
     INVALID_REQUEST,
     MAX_FRAME_BYTES,
+    MAX_FRAME_VALUES,
+    MAX_NESTING,
     METHOD_NOT_FOUND,
     PARSE_ERROR,
     Invalid,
@@ -154,9 +157,13 @@ def test_nesting_at_the_limit_is_accepted_and_one_deeper_is_not() -> None:
 
 
 def test_very_deep_nesting_is_rejected_before_json_recursion() -> None:
-    # 200k levels would overflow json's recursion (RecursionError) if it ever reached json.loads.
-    assert_error("[" * 200_000 + "]" * 200_000, PARSE_ERROR)
-    assert_error('{"a":' * 100_000 + "1" + "}" * 100_000, PARSE_ERROR)
+    # 200k levels would overflow json's recursion (RecursionError) if it ever reached json.loads; with that many
+    # brackets the value cap refuses them first, without a character-by-character scan.
+    assert_error("[" * 200_000 + "]" * 200_000, INVALID_REQUEST)
+    assert_error('{"a":' * 100_000 + "1" + "}" * 100_000, INVALID_REQUEST)
+    # Under the value cap, the nesting limit is what refuses.
+    assert_error("[" * (MAX_NESTING + 1) + "]" * (MAX_NESTING + 1), PARSE_ERROR)
+    assert_error('{"a":' * (MAX_NESTING + 1) + "1" + "}" * (MAX_NESTING + 1), PARSE_ERROR)
 
 
 def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
@@ -325,3 +332,56 @@ def test_valid_requests_round_trip_and_replies_echo_the_id(request_id: int | str
     assert incoming == Request(request_id, method, params)
     reply = parse_frame(encode_result(request_id, params))
     assert reply == Response(request_id, params, None)
+
+
+# --- what a parsed frame may hold (issue 11 item 7) -----------------------------------------------------------------
+
+
+def _call_with(pad: str) -> str:
+    return '{"jsonrpc":"2.0","id":1,"method":"call","params":{"data":{"command":"x","pad":' + pad + "}}}"
+
+
+def test_a_frame_with_more_values_than_the_cap_is_refused_before_it_is_parsed() -> None:
+    tracemalloc.start()
+    try:
+        incoming = assert_error(_call_with("[" + "[]," * MAX_FRAME_VALUES + "0]"), INVALID_REQUEST)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert incoming.reason == "too many values"
+    assert peak < 1_000_000  # never parsed: parsed, these 30 KB would be about 1.3 MB of lists
+    # Separators inside strings do not count: a long string full of commas is one value.
+    assert isinstance(parse_frame(_call_with('"' + "a,b:c[d{" * (MAX_FRAME_VALUES // 2) + '"')), Request)
+
+
+HOSTILE_SHAPES = {
+    # Each packs as many Python objects (or as wide a string) into a frame as it can.
+    "long ASCII string": '"' + "x" * (MAX_FRAME_BYTES - 200) + '"',
+    "one emoji widens a long string": '"\U0001f600' + "x" * (MAX_FRAME_BYTES - 200) + '"',
+    "an escaped emoji widens it too": '"\\ud83d\\ude00' + "x" * (MAX_FRAME_BYTES - 200) + '"',
+    "empty objects": "[" + "{}," * (MAX_FRAME_VALUES // 2 - 20) + "0]",
+    "empty lists": "[" + "[]," * (MAX_FRAME_VALUES // 2 - 20) + "0]",
+    "lists in lists": "[" + "[[]]," * (MAX_FRAME_VALUES // 3 - 20) + "0]",
+    "deep lists": "[" + ("[" * 60 + "]" * 60 + ",") * (MAX_FRAME_VALUES // 61 - 2) + "0]",
+    "floats": "[" + "1e5," * (MAX_FRAME_VALUES - 20) + "0]",
+    "short strings": "[" + '"ab",' * (MAX_FRAME_VALUES - 20) + "0]",
+    "distinct keys": "{" + "".join(f'"k{i:x}":{{}},' for i in range(MAX_FRAME_VALUES // 3 - 20)) + '"z":0}',
+    "wide keys": "{"
+    + "".join(f'"{i:x}\U0001f600":"\U0001f600",' for i in range(MAX_FRAME_VALUES // 3 - 20))
+    + '"z":0}',
+}
+
+
+@pytest.mark.parametrize("shape", HOSTILE_SHAPES)
+def test_held_bytes_bounds_what_a_parsed_frame_keeps(shape: str) -> None:
+    """The in-flight budget is spent by held_bytes: it must cover what the parsed request really keeps."""
+    frame = _call_with(HOSTILE_SHAPES[shape])
+    assert len(frame.encode()) <= MAX_FRAME_BYTES
+    tracemalloc.start()
+    try:
+        incoming = parse_frame(frame)
+        kept, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert isinstance(incoming, Request), incoming
+    assert kept <= incoming.held_bytes, (shape, kept, incoming.held_bytes)

@@ -24,6 +24,7 @@ from trio_websocket import WebSocketConnection, wrap_client_stream, wrap_server_
 from p0_ssh_agent.protocol.forwarded import CommandResult, ForwardedRequest
 from p0_ssh_agent.protocol.jsonrpc import MAX_FRAME_BYTES
 from p0_ssh_agent.runtime.jobs import JobKey
+from p0_ssh_agent.runtime.limits import IN_FLIGHT_BUDGET
 from p0_ssh_agent.runtime.session import CALL_TIMEOUT_SECONDS, Activity, Session, SessionSettings
 from p0_ssh_agent.runtime.tunnel import LIBRARY_MAX_MESSAGE_BYTES, ActivityStream
 from p0_ssh_agent.runtime.worker import Worker
@@ -83,12 +84,15 @@ class Harness:
     reason: list[str]
     ended_at: list[float]
     executor: ScriptedExecutor
+    worker: Worker
 
 
 @asynccontextmanager
-async def connected(heartbeat: float = 60.0, *, server_pings: bool = True) -> AsyncIterator[Harness]:
+async def connected(
+    heartbeat: float = 60.0, *, server_pings: bool = True, executor: ScriptedExecutor | None = None
+) -> AsyncIterator[Harness]:
     client_stream, server_stream = trio.testing.memory_stream_pair()
-    executor = ScriptedExecutor()
+    executor = executor or ScriptedExecutor()
     worker = Worker(executor)
     activity = Activity()
     async with trio.open_nursery() as nursery:
@@ -121,7 +125,7 @@ async def connected(heartbeat: float = 60.0, *, server_pings: bool = True) -> As
             ended.set()
 
         nursery.start_soon(run_session)
-        yield Harness(server, session, ended, reason, ended_at, executor)
+        yield Harness(server, session, ended, reason, ended_at, executor, worker)
         nursery.cancel_scope.cancel()
 
 
@@ -356,11 +360,14 @@ async def test_binary_frames_are_ignored(autojump_clock: object) -> None:
         assert h.executor.seen == ["listUsers"]
 
 
-async def test_oversized_frames_are_refused_and_the_session_goes_on(autojump_clock: object) -> None:
+async def test_frames_over_the_byte_limit_are_refused_and_the_session_goes_on(autojump_clock: object) -> None:
     async with connected() as h:
         await h.server.answer_set_client_id()
-        frame = json.dumps(call_frame(6, {"command": "listUsers", "pad": "x" * MAX_FRAME_BYTES}))
-        assert len(frame) > MAX_FRAME_BYTES
+        # Fewer characters than the limit (what the WebSocket library counts), more UTF-8 bytes (what the parser
+        # counts): refused politely.
+        pad = "\u00e9" * (MAX_FRAME_BYTES // 2 + 16)
+        frame = json.dumps(call_frame(6, {"command": "listUsers", "pad": pad}), ensure_ascii=False)
+        assert len(frame) <= MAX_FRAME_BYTES < len(frame.encode())
         await h.server.send(frame)
         refusal = await h.server.next_frame()
         assert refusal["id"] is None and error_of(refusal)["code"] == -32600
@@ -369,4 +376,64 @@ async def test_oversized_frames_are_refused_and_the_session_goes_on(autojump_clo
         reply = await h.server.next_frame()
         assert reply["id"] == 7
         assert h.executor.seen == ["listUsers"]  # the oversized call never ran
+        assert not h.ended.is_set()
+
+
+async def test_a_frame_over_the_library_limit_closes_the_connection_with_1009(autojump_clock: object) -> None:
+    """The library would have to keep such a frame whole in memory to hand it over: it closes instead, the session
+    ends saying why, and the tunnel reconnects (test_tunnel.py)."""
+    async with connected() as h:
+        await h.server.answer_set_client_id()
+        frame = json.dumps(call_frame(6, {"command": "listUsers", "pad": "x" * MAX_FRAME_BYTES}))
+        assert len(frame) > LIBRARY_MAX_MESSAGE_BYTES == MAX_FRAME_BYTES
+        await h.server.send(frame)
+        await h.ended.wait()
+        assert h.reason == [f"the server sent a frame over {MAX_FRAME_BYTES} characters (code 1009)"]
+        assert h.executor.seen == []
+
+
+class HeldExecutor(ScriptedExecutor):
+    """Every execution waits until the test opens `gate`, as behind a slow useradd."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = trio.Event()
+
+    async def execute(self, request: ForwardedRequest, key: JobKey) -> CommandResult:
+        self.seen.append(key.command)
+        await self.gate.wait()
+        return CommandResult(success=True, message=f"did {key.command}")
+
+
+async def test_a_flood_of_large_calls_never_takes_more_than_the_in_flight_budget(autojump_clock: object) -> None:
+    """40 calls of about 1 MiB each, one wide character making Python hold each at 4 MiB, while nothing finishes:
+    the agent takes in what fits in its budget, answers the rest 503 busy at once, and answers the calls it took
+    once they finish. The budget's high-water mark never passes its limit."""
+    executor = HeldExecutor()
+    async with connected(executor=executor) as h:
+        await h.server.answer_set_client_id()
+        pad = "\U0001f600" + "p" * (MAX_FRAME_BYTES - 1024)
+        calls = 40
+        for n in range(calls):
+            await h.server.send(
+                json.dumps(
+                    call_frame(n, {"command": "provisionUser", "userName": f"u{n}", "pad": pad}), ensure_ascii=False
+                )
+            )
+        busy: list[object] = []
+        while len(busy) + len(executor.seen) < calls:
+            reply = await h.server.next_frame()
+            assert result_of(reply)["status"] == 503, reply
+            busy.append(reply["id"])
+        budget = h.worker.budget
+        taken = len(executor.seen)
+        assert 0 < taken < calls
+        assert budget.peak <= budget.limit == IN_FLIGHT_BUDGET
+        # The budget, not the count of calls, is what stopped them: one more 4 MiB call would not have fit.
+        assert budget.peak + 4 * MAX_FRAME_BYTES > budget.limit
+        executor.gate.set()
+        answered = {(await h.server.next_frame())["id"] for _ in range(taken)}
+        assert answered.isdisjoint(busy) and len(answered) == taken
+        await trio.testing.wait_all_tasks_blocked()
+        assert budget.used == 0  # every share came back
         assert not h.ended.is_set()

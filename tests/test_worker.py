@@ -15,9 +15,11 @@ import pytest
 import trio
 import trio.testing
 
+from p0_ssh_agent.host.inventory import MAX_OUTPUT_BYTES
 from p0_ssh_agent.protocol.forwarded import CommandResult, ForwardedRequest, parse_forwarded_request
 from p0_ssh_agent.runtime.jobs import JobKey
-from p0_ssh_agent.runtime.worker import DEFAULT_ANSWER_SECONDS, Executor, Reply, Worker
+from p0_ssh_agent.runtime.limits import answer_chars_allowed
+from p0_ssh_agent.runtime.worker import DEFAULT_ANSWER_SECONDS, TRUNCATED, Executor, Reply, Worker, fit_answer
 
 
 def forwarded(
@@ -103,8 +105,8 @@ async def running(executor: Executor, *, max_pending: int = 1024) -> AsyncIterat
         nursery.cancel_scope.cancel()
 
 
-def submit(worker: Worker, replies: Replies, name: str, request: ForwardedRequest) -> None:
-    worker.submit(request, replies.slot(name))
+async def submit(worker: Worker, replies: Replies, name: str, request: ForwardedRequest) -> None:
+    await worker.submit(request, replies.slot(name))
 
 
 async def test_same_user_is_serialised_in_arrival_order(autojump_clock: object) -> None:
@@ -112,7 +114,7 @@ async def test_same_user_is_serialised_in_arrival_order(autojump_clock: object) 
     async with running(executor) as worker:
         # One at a time, as the reader hands them over (it reaches a checkpoint between frames).
         for name, request_id in (("a", "r1"), ("b", "r2"), ("c", "r3")):
-            submit(worker, replies, name, forwarded("alice", request_id))
+            await submit(worker, replies, name, forwarded("alice", request_id))
             await trio.testing.wait_all_tasks_blocked()
         assert executor.started() == ["r1/grant"]  # r2 and r3 wait for alice's lock
         executor.gate("r3/grant").set()  # opening later gates first changes nothing
@@ -139,8 +141,8 @@ async def test_same_user_is_serialised_in_arrival_order(autojump_clock: object) 
 async def test_different_users_run_in_parallel(autojump_clock: object) -> None:
     executor, replies = GatedExecutor(), Replies()
     async with running(executor) as worker:
-        submit(worker, replies, "a", forwarded("alice", "r1"))
-        submit(worker, replies, "b", forwarded("bob", "r2"))
+        await submit(worker, replies, "a", forwarded("alice", "r1"))
+        await submit(worker, replies, "b", forwarded("bob", "r2"))
         await trio.testing.wait_all_tasks_blocked()
         assert sorted(executor.started()) == ["r1/grant", "r2/grant"]
         executor.gate("r2/grant").set()  # bob's finishes first although alice's started first
@@ -155,8 +157,8 @@ async def test_requests_without_a_user_do_not_queue_behind_each_other(autojump_c
     # listUsers and runAudit carry no userName: they used to share one lock named "-" and run one at a time.
     executor, replies = GatedExecutor(), Replies()
     async with running(executor) as worker:
-        submit(worker, replies, "a", forwarded("", "r1", command="listUsers"))
-        submit(worker, replies, "b", forwarded("", "r2", command="runAudit"))
+        await submit(worker, replies, "a", forwarded("", "r1", command="listUsers"))
+        await submit(worker, replies, "b", forwarded("", "r2", command="runAudit"))
         await trio.testing.wait_all_tasks_blocked()
         assert sorted(executor.started()) == ["r1/grant", "r2/grant"]
         executor.gate("r2/grant").set()
@@ -169,12 +171,12 @@ async def test_requests_without_a_user_do_not_queue_behind_each_other(autojump_c
 async def test_a_duplicate_delivery_gets_the_first_result_and_runs_once(autojump_clock: object) -> None:
     executor, replies = GatedExecutor(), Replies()
     async with running(executor) as worker:
-        submit(worker, replies, "first", forwarded("alice", "r1"))
+        await submit(worker, replies, "first", forwarded("alice", "r1"))
         await trio.testing.wait_all_tasks_blocked()
-        submit(worker, replies, "again", forwarded("alice", "r1"))
-        submit(worker, replies, "again2", forwarded("alice", "r1"))
+        await submit(worker, replies, "again", forwarded("alice", "r1"))
+        await submit(worker, replies, "again2", forwarded("alice", "r1"))
         # Same request id but another action (or command) is a different request: it runs after, on its own.
-        submit(worker, replies, "revoke", forwarded("alice", "r1", action="revoke"))
+        await submit(worker, replies, "revoke", forwarded("alice", "r1", action="revoke"))
         await trio.testing.wait_all_tasks_blocked()
         assert executor.started() == ["r1/grant"]
         executor.gate("r1/grant").set()
@@ -193,9 +195,9 @@ async def test_a_redelivery_after_the_first_finished_runs_again(autojump_clock: 
     executor, replies = GatedExecutor(), Replies()
     executor.gate("r1/grant").set()
     async with running(executor) as worker:
-        submit(worker, replies, "first", forwarded("alice", "r1"))
+        await submit(worker, replies, "first", forwarded("alice", "r1"))
         await worker.drain()
-        submit(worker, replies, "later", forwarded("alice", "r1"))
+        await submit(worker, replies, "later", forwarded("alice", "r1"))
         await worker.drain()
         assert executor.runs == {"r1/grant": 2}
         assert replies.result("later").message == "done r1/grant #2"
@@ -205,7 +207,7 @@ async def test_a_full_queue_answers_busy_at_once(autojump_clock: object) -> None
     executor, replies = GatedExecutor(), Replies()
     async with running(executor, max_pending=4) as worker:
         for n in range(10):
-            submit(worker, replies, f"j{n}", forwarded(f"user{n}", f"r{n}"))
+            await submit(worker, replies, f"j{n}", forwarded(f"user{n}", f"r{n}"))
             await trio.testing.wait_all_tasks_blocked()
         busy = [name for name, answers in replies.got.items() if answers[0][1].http_status == 503]
         accepted = executor.started()
@@ -220,7 +222,7 @@ async def test_a_full_queue_answers_busy_at_once(autojump_clock: object) -> None
             gate.set()
         await worker.drain()
         executor.gate("r-late/grant").set()
-        submit(worker, replies, "late", forwarded("late", "r-late"))
+        await submit(worker, replies, "late", forwarded("late", "r-late"))
         await worker.drain()
         assert replies.result("late").success
 
@@ -233,11 +235,11 @@ async def test_timeout_millis_is_ignored_and_a_retry_merges_with_the_running_cha
     and the retry it sends gets the one execution's result, as does the first delivery."""
     executor, replies = GatedExecutor(hold=60.0), Replies()
     async with running(executor) as worker:
-        submit(worker, replies, "slow", forwarded("alice", "r1", timeout_ms=timeout_ms))
+        await submit(worker, replies, "slow", forwarded("alice", "r1", timeout_ms=timeout_ms))
         await trio.sleep(timeout_ms / 1000 + 5)
         assert replies.got == {}  # nothing answered at (or after) the hint
         assert executor.events == ["start r1/grant"]
-        submit(worker, replies, "retry", forwarded("alice", "r1", timeout_ms=timeout_ms))
+        await submit(worker, replies, "retry", forwarded("alice", "r1", timeout_ms=timeout_ms))
         await worker.drain()
         assert executor.events == ["start r1/grant", "end r1/grant"]
         for name in ("slow", "retry"):
@@ -248,7 +250,7 @@ async def test_timeout_millis_is_ignored_and_a_retry_merges_with_the_running_cha
 async def test_without_timeout_millis_the_answer_waits_for_the_change(autojump_clock: object) -> None:
     executor, replies = GatedExecutor(hold=DEFAULT_ANSWER_SECONDS - 10), Replies()
     async with running(executor) as worker:
-        submit(worker, replies, "slow", forwarded("alice", "r1"))
+        await submit(worker, replies, "slow", forwarded("alice", "r1"))
         await worker.drain()
         assert replies.result("slow").success
         assert replies.at("slow") == pytest.approx(DEFAULT_ANSWER_SECONDS - 10)
@@ -257,10 +259,10 @@ async def test_without_timeout_millis_the_answer_waits_for_the_change(autojump_c
 async def test_drain_on_shutdown_lets_in_flight_jobs_finish(autojump_clock: object) -> None:
     executor, replies = GatedExecutor(hold=10.0), Replies()
     async with running(executor) as worker:
-        submit(worker, replies, "inflight", forwarded("alice", "r1"))
+        await submit(worker, replies, "inflight", forwarded("alice", "r1"))
         await trio.testing.wait_all_tasks_blocked()
         worker.stop_accepting()
-        submit(worker, replies, "refused", forwarded("bob", "r2"))
+        await submit(worker, replies, "refused", forwarded("bob", "r2"))
         await trio.testing.wait_all_tasks_blocked()
         refused = replies.result("refused")
         assert replies.at("refused") == 0.0 and refused.http_status == 503 and "shutting down" in refused.error
@@ -274,7 +276,7 @@ async def test_drain_on_shutdown_lets_in_flight_jobs_finish(autojump_clock: obje
 async def test_drain_waits_for_a_change_whose_answer_already_timed_out(autojump_clock: object) -> None:
     executor, replies = GatedExecutor(hold=DEFAULT_ANSWER_SECONDS + 30), Replies()
     async with running(executor) as worker:
-        submit(worker, replies, "slow", forwarded("alice", "r1"))
+        await submit(worker, replies, "slow", forwarded("alice", "r1"))
         await trio.sleep(DEFAULT_ANSWER_SECONDS + 5)
         assert replies.result("slow").http_status == 504
         worker.stop_accepting()
@@ -287,8 +289,78 @@ async def test_a_crashing_executor_answers_failure_and_the_worker_lives_on(autoj
     replies = Replies()
     async with running(CrashingExecutor()) as worker:
         for n in range(3):
-            submit(worker, replies, f"j{n}", forwarded("alice", f"r{n}"))
+            await submit(worker, replies, f"j{n}", forwarded("alice", f"r{n}"))
         await worker.drain()
         for n in range(3):
             result = replies.result(f"j{n}")
             assert not result.success and result.error == "internal error: RuntimeError"
+
+
+# --- the in-flight budget (issue 11 item 7) -------------------------------------------------------------------------
+
+
+async def test_a_timed_out_change_keeps_its_share_of_the_budget_until_it_ends(autojump_clock: object) -> None:
+    """The execution still holds the request after its answer went out: the budget must still count it."""
+    executor, replies = GatedExecutor(hold=DEFAULT_ANSWER_SECONDS + 30), Replies()
+    async with running(executor) as worker:
+        await worker.submit(forwarded("alice", "r1"), replies.slot("slow"), held_bytes=1000)
+        taken = worker.budget.used
+        assert taken >= 1000
+        await trio.sleep(DEFAULT_ANSWER_SECONDS + 5)
+        assert replies.result("slow").http_status == 504
+        assert worker.budget.used == taken
+        await worker.drain()
+        assert worker.budget.used == 0
+
+
+async def test_a_call_that_does_not_fit_the_budget_is_answered_busy(autojump_clock: object) -> None:
+    executor, replies = GatedExecutor(), Replies()
+    worker = Worker(executor, budget_bytes=1_000_000)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker.run)
+        await worker.submit(forwarded("alice", "r1"), replies.slot("fits"), held_bytes=500_000)
+        await worker.submit(forwarded("bob", "r2"), replies.slot("too big"), held_bytes=500_000)
+        await trio.testing.wait_all_tasks_blocked()
+        assert executor.started() == ["r1/grant"]
+        assert replies.result("too big").http_status == 503 and replies.at("too big") == 0.0
+        assert worker.budget.peak <= worker.budget.limit
+        executor.gate("r1/grant").set()
+        await worker.drain()
+        assert replies.result("fits").success and worker.budget.used == 0
+        nursery.cancel_scope.cancel()
+
+
+@dataclass
+class LoudExecutor:
+    """Answers with `size` characters of output (or of message), whatever the command."""
+
+    size: int
+    in_output: bool = True
+
+    async def execute(self, request: ForwardedRequest, key: JobKey) -> CommandResult:
+        text = "y" * self.size
+        if self.in_output:
+            return CommandResult(success=True, message="ok", output=text)
+        return CommandResult(success=False, error=text)
+
+
+@pytest.mark.parametrize("in_output", [True, False])
+async def test_an_answer_is_cut_to_its_commands_allowance(autojump_clock: object, in_output: bool) -> None:
+    replies = Replies()
+    async with running(LoudExecutor(MAX_OUTPUT_BYTES * 2, in_output)) as worker:
+        await submit(worker, replies, "grant", forwarded("alice", "r1"))
+        await submit(worker, replies, "audit", forwarded("", "r2", command="runAudit"))
+        await worker.drain()
+    for name, command in (("grant", "provisionUser"), ("audit", "runAudit")):
+        result = replies.result(name)
+        size = len(result.message) + len(result.error) + len(result.output or "")
+        assert size <= answer_chars_allowed(command)
+        assert (result.output or result.error).endswith(TRUNCATED)
+    assert answer_chars_allowed("provisionUser") < answer_chars_allowed("runAudit")
+
+
+def test_fit_answer_keeps_answers_that_fit() -> None:
+    result = CommandResult(success=True, message="m" * 10, output="o" * 10)
+    assert fit_answer(result, 20) is result
+    cut = fit_answer(result, 19)
+    assert len(cut.message) + len(cut.output or "") <= 19

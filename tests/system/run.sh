@@ -285,6 +285,33 @@ if wait_until 30 connected; then
 else
     bad "StatusText says 'connected to'" "got '$(show StatusText)'"
 fi
+# Resource ceilings (issue 11 item 7): what systemd loaded, then what the running agent really gets from its cgroup
+# and its rlimits (a unit value the kernel never sees would bound nothing).
+expect_eq "MemoryMax TasksMax LimitNOFILE as the unit sets them" "402653184 256 2048" \
+    "$(show MemoryMax) $(show TasksMax) $(show LimitNOFILE)"
+# The cgroup limits, read where the running agent's cgroup is: unified (v2), or per controller (v1). On a host
+# with the legacy hierarchy the container may have no controller of its own to apply them with: that is reported
+# as SKIP with the agent's cgroup, never counted as a pass (on a unified host the check is binding).
+agent_cgroups=$(C cat "/proc/$(show MainPID)/cgroup" 2>&1)
+if C test -f /sys/fs/cgroup/cgroup.controllers; then
+    v2_path=$(sed -n 's/^0:://p' <<<"$agent_cgroups")
+    expect_eq "in force: the agent's cgroup memory.max and pids.max" "402653184 256" \
+        "$(C cat "/sys/fs/cgroup$v2_path/memory.max" "/sys/fs/cgroup$v2_path/pids.max" 2>&1 | tr '\n' ' ' | sed 's/ $//')"
+else
+    for pair in memory:memory.limit_in_bytes:402653184 pids:pids.max:256; do
+        IFS=: read -r controller file expected <<<"$pair"
+        path=$(sed -n "s/^[0-9]*:$controller:\(.*\)/\1/p" <<<"$agent_cgroups")
+        if [[ $path == */$unit ]] && C test -f "/sys/fs/cgroup/$controller$path/$file"; then
+            expect_eq "in force: the agent's $controller cgroup $file" "$expected" \
+                "$(C cat "/sys/fs/cgroup/$controller$path/$file" 2>&1)"
+        else
+            say "SKIP in force: $controller limit: cgroup v1 host whose $controller controller systemd does not" \
+                "manage in this container (the agent's $controller cgroup is '${path:-none}', not its unit's)"
+        fi
+    done
+fi
+expect_eq "in force: the agent's open-files limit (soft hard)" "2048 2048" \
+    "$(C awk '/^Max open files/ { print $4, $5 }' "/proc/$(show MainPID)/limits" 2>&1)"
 
 # --- `p0-ssh-agent status` on the running unit, and with the backend stopped (issue 15) --------------------------
 # status_rc: the exit code of `p0-ssh-agent status` in the container.

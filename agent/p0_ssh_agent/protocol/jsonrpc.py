@@ -4,17 +4,31 @@ One JSON object per WebSocket text frame, no batches (upstream-protocol.md §3.1
 anything it cannot accept becomes `Invalid`, carrying the error frame to send back (or None when the JSON-RPC
 spec says not to answer). The reader can therefore feed it hostile bytes without a try block, and a bad frame
 never closes the connection.
+
+Each accepted request carries `held_bytes`, an upper bound on the memory its parsed form holds, computed from the
+text before it is parsed: every string at STRING_BYTES_PER_CHAR per character (Python stores a string at the
+width of its widest character) plus BYTES_PER_VALUE per JSON value. A frame may hold at most MAX_FRAME_VALUES
+values, so no frame under MAX_FRAME_BYTES can parse into much more than itself (without that cap, a megabyte of
+`[[]],` parses into 30 MiB of lists). The runtime spends its in-flight budget by `held_bytes`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 MAX_FRAME_BYTES = 1_048_576
 MAX_NESTING = 64
+# Keys count as values. A real call has a few dozen (the forwarded headers, the request's fields).
+MAX_FRAME_VALUES = 10_000
+STRING_BYTES_PER_CHAR = 4
+# The largest object one JSON value becomes, with its slot in the parent (an empty dict: 64 bytes, a list
+# holding one empty list: 120 for two values) and the allocator's rounding; tests/test_protocol_jsonrpc.py measures
+# hostile shapes against it.
+BYTES_PER_VALUE = 128
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -30,6 +44,8 @@ class Request:
     id: JsonId
     method: str
     params: object
+    # An upper bound on the memory `params` holds (module docstring); bookkeeping, not part of the message.
+    held_bytes: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +127,22 @@ def _nesting_depth(text: str) -> int:
     return deepest
 
 
+# A JSON string literal (an unterminated one is left alone: the frame is then no JSON and json.loads refuses it).
+_STRING_LITERAL = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_VALUE_STARTS = ",:[{"
+
+
+def _value_count_bound(text: str) -> int:
+    """At least the number of JSON values (keys included) in `text`: every value but the first follows a comma,
+    a colon or an opening bracket. Counted in the raw text first (C speed; separators inside strings only make it
+    larger); only a frame over the cap pays for removing its strings and counting again."""
+    count = 1 + sum(text.count(char) for char in _VALUE_STARTS)
+    if count <= MAX_FRAME_VALUES:
+        return count
+    skeleton = _STRING_LITERAL.sub('""', text)
+    return 1 + sum(skeleton.count(char) for char in _VALUE_STARTS)
+
+
 def _valid_id(value: object) -> bool:
     # bool is an int subclass in Python but not a JSON-RPC id; floats are discouraged by the spec and braekhus
     # (json-rpc-2.0) only issues integers.
@@ -135,6 +167,12 @@ def parse_frame(text: str | bytes) -> Incoming:
         return Invalid(
             encode_error(None, INVALID_REQUEST, f"frame larger than {MAX_FRAME_BYTES} bytes"), "oversized frame"
         )
+    values = _value_count_bound(text)
+    if values > MAX_FRAME_VALUES:
+        return Invalid(
+            encode_error(None, INVALID_REQUEST, f"frame with more than {MAX_FRAME_VALUES} JSON values"),
+            "too many values",
+        )
     try:
         message = loads_strict(text)
     except (ValueError, RecursionError) as exc:
@@ -143,7 +181,11 @@ def parse_frame(text: str | bytes) -> Incoming:
         return Invalid(encode_error(None, INVALID_REQUEST, "batches are not supported"), "batch")
     if not isinstance(message, dict):
         return Invalid(encode_error(None, INVALID_REQUEST, "invalid request"), "not an object")
-    return _classify(message)
+    incoming = _classify(message)
+    if isinstance(incoming, Request):
+        held = STRING_BYTES_PER_CHAR * len(text) + BYTES_PER_VALUE * values
+        return Request(incoming.id, incoming.method, incoming.params, held)
+    return incoming
 
 
 def _classify(message: dict[str, Any]) -> Incoming:

@@ -28,14 +28,10 @@ import trio_websocket
 
 from p0_ssh_agent._version import __version__
 from p0_ssh_agent.errors import AgentError, ConfigError
+from p0_ssh_agent.runtime.limits import MESSAGE_QUEUE_SIZE
 
 # A CONNECT answer is a status line and a few headers; a proxy that sends more is broken or hostile.
 MAX_RESPONSE_HEAD_BYTES = 16 * 1024
-# trio-websocket's reader task blocks when its message queue is full, and while blocked it reads nothing, so
-# it answers no pings: with the library default of 1, one slow consumer stalls the connection until the
-# server's liveness check drops it (engineering.md). 64 frames absorb any burst a reader that only parses and
-# enqueues can fall behind by, while bounding memory to 64 * max_message_size.
-MESSAGE_QUEUE_SIZE = 64
 
 _STATUS_LINE = re.compile(r"HTTP/1\.[01] (\d{3})(?: (.*))?")
 _HEAD_END = re.compile(rb"\r?\n\r?\n")

@@ -34,6 +34,8 @@ log = get_logger(__name__)
 SEND_TIMEOUT_SECONDS = 10.0
 CALL_TIMEOUT_SECONDS = 10.0
 LIVENESS_TIMEOUT_SECONDS = 30.0  # braekhus pings every 5 s; its own client gives up after 30 s (§3.4)
+# The close code trio-websocket sends, and reports to us, when a message exceeds its max_message_size.
+MESSAGE_TOO_BIG = 1009
 
 
 class RpcCallError(Exception):
@@ -122,14 +124,17 @@ class Session:
             self._scope.cancel()
 
     # --- sending ------------------------------------------------------------------------------------------
-    async def send(self, text: str) -> bool:
-        """Send one frame; one lock keeps frames whole. False when the connection is gone."""
+    async def send(self, frame: str | Callable[[], str]) -> bool:
+        """Send one frame; one lock keeps frames whole. False when the connection is gone.
+
+        A callable is called for the text only once the lock is ours: answers waiting their turn then hold their
+        result, not its JSON, and only one answer at a time exists encoded (runtime/limits.py REPLY_ENCODING)."""
         if self._closed:
             return False
         try:
             async with self._send_lock:
                 with trio.fail_after(SEND_TIMEOUT_SECONDS):
-                    await self._ws.send_message(text)
+                    await self._ws.send_message(frame if isinstance(frame, str) else frame())
         except (ConnectionClosed, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._end(f"send failed: {type(exc).__name__}")
             return False
@@ -160,12 +165,16 @@ class Session:
         with self._reader_scope:
             while self._reading:
                 try:
-                    frame = await self._ws.get_message()
+                    # Parsed at once and not kept: while _dispatch waits, only the parsed request is held.
+                    incoming = jsonrpc.parse_frame(await self._ws.get_message())
                 except ConnectionClosed as exc:
                     code = exc.reason.code if exc.reason is not None else "none"
-                    self._end(f"connection closed by server (code {code})")
+                    if code == MESSAGE_TOO_BIG:
+                        self._end(f"the server sent a frame over {jsonrpc.MAX_FRAME_BYTES} characters (code {code})")
+                    else:
+                        self._end(f"connection closed by server (code {code})")
                     return
-                await self._dispatch(jsonrpc.parse_frame(frame))
+                await self._dispatch(incoming)
 
     async def _dispatch(self, incoming: jsonrpc.Incoming) -> None:
         if isinstance(incoming, jsonrpc.Response):
@@ -210,12 +219,16 @@ class Session:
         command = command_name(forwarded)
         rpc_id = request.id
 
-        async def reply(result: CommandResult) -> None:
+        def encoded(result: CommandResult) -> str:
             body = forwarded_response(result, client_id=self.settings.client_id, command=command, now=datetime.now(UTC))
-            if not await self.send(jsonrpc.encode_result(rpc_id, body)):
+            return jsonrpc.encode_result(rpc_id, body)
+
+        async def reply(result: CommandResult) -> None:
+            if not await self.send(lambda: encoded(result)):
                 log.warning("reply_dropped", id=rpc_id, reason="connection closed before the answer was ready")
 
-        self._worker.submit(forwarded, reply)
+        # Returns at once, or after a busy answer has been written: then this reader waits, and so does the backend.
+        await self._worker.submit(forwarded, reply, held_bytes=request.held_bytes)
 
     async def _heartbeat_loop(self) -> None:
         while True:

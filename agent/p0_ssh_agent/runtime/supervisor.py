@@ -24,7 +24,7 @@ from p0_ssh_agent.errors import AgentError, ConfigError
 from p0_ssh_agent.guard import audit
 from p0_ssh_agent.guard.tasks import GuardTasks
 from p0_ssh_agent.identity.keys import load_private_key
-from p0_ssh_agent.runtime import status
+from p0_ssh_agent.runtime import limits, status
 from p0_ssh_agent.runtime.health import Health
 from p0_ssh_agent.runtime.livestate import METRICS_FILE, resolve_runtime_dir
 from p0_ssh_agent.runtime.proxy import proxy_for
@@ -168,6 +168,8 @@ class Supervisor:
         hooks = self._env.get(TEST_HOOKS_ENV) == "1"
         if hooks:
             wanted.append(signal.SIGUSR2)
+        # Every blocking host call runs in one of these threads: the unit's TasksMax= and LimitNOFILE= count them.
+        trio.to_thread.current_default_thread_limiter().total_tokens = limits.HOST_THREADS
         audit.OBSERVERS.append(self.health.audit_event)
         try:
             return await self._run(wanted, hooks)

@@ -40,9 +40,11 @@ log = get_logger(__name__)
 
 CONNECT_TIMEOUT_SECONDS = 30.0
 CLOSE_TIMEOUT_SECONDS = 2.0
-# Frames up to MAX_FRAME_BYTES are parsed and refused politely; only far larger ones make the library drop the
-# connection (it must buffer a whole message before we can look at it).
-LIBRARY_MAX_MESSAGE_BYTES = 16 * MAX_FRAME_BYTES
+# The library must buffer a whole message before we can look at it, so its limit is the agent's frame limit:
+# a frame over it closes the connection (1009, the agent reconnects) instead of sitting in memory to be refused.
+# The library counts characters, the parser UTF-8 bytes: a frame of at most MAX_FRAME_BYTES characters but more
+# bytes still gets the parser's polite -32600 refusal.
+LIBRARY_MAX_MESSAGE_BYTES = MAX_FRAME_BYTES
 
 
 @dataclass(frozen=True)

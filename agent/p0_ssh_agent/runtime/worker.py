@@ -1,8 +1,13 @@
 """The provisioning worker: runs `call` requests off the WebSocket reader.
 
 Guarantees (issue 3, upstream-protocol.md §12 item 17):
-- `submit` never blocks: the reader hands a job over and goes back to reading. When too many jobs are pending
-  the caller is answered "busy" at once instead of queueing without bound.
+- `submit` never waits for a job: the reader hands it over and goes back to reading. A job that cannot be taken
+  (too many in flight, or its bytes do not fit in the in-flight budget, runtime/limits.py) is answered "busy"
+  inside `submit`: the reader waits only for that answer to be written, so a backend that sends faster than it
+  reads our answers is slowed by its own socket instead of growing a queue of answers.
+- What the jobs in flight hold is bounded: each takes its parsed frame's `held_bytes` plus its answer's allowance
+  from one byte budget, and gives it back when its answer is sent and its execution has ended; answers are cut
+  to their allowance.
 - Requests for different users run in parallel; requests for the same target user run one at a time.
 - A second delivery of the same (command, requestId, action, user) while the first is still running waits for
   the first and gets its result, so backend retries after a timeout never apply a change twice concurrently.
@@ -15,6 +20,7 @@ Guarantees (issue 3, upstream-protocol.md §12 item 17):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -25,6 +31,8 @@ import trio
 
 from p0_ssh_agent.adapters.logging import get_logger, log_request_line
 from p0_ssh_agent.protocol.forwarded import CommandResult, ForwardedRequest
+from p0_ssh_agent.protocol.jsonrpc import STRING_BYTES_PER_CHAR
+from p0_ssh_agent.runtime import limits
 from p0_ssh_agent.runtime.jobs import JobKey, job_key
 
 log = get_logger(__name__)
@@ -52,6 +60,56 @@ class _InFlight:
 class _UserLock:
     lock: trio.Lock = field(default_factory=trio.Lock)
     users: int = 0
+
+
+class InFlightBudget:
+    """The bytes the calls in flight may hold: a share is taken whole or not at all, and comes back when its
+    last holder (the job answering, the execution it started) lets go."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+
+    def try_take(self, amount: int) -> Share | None:
+        if self.used + amount > self.limit:
+            return None
+        self.used += amount
+        self.peak = max(self.peak, self.used)
+        return Share(self, amount)
+
+
+class Share:
+    def __init__(self, budget: InFlightBudget, amount: int) -> None:
+        self._budget = budget
+        self.amount = amount
+        self._holders = 1
+
+    def hold(self) -> None:
+        self._holders += 1
+
+    def release(self) -> None:
+        self._holders -= 1
+        if self._holders == 0:
+            self._budget.used -= self.amount
+
+
+TRUNCATED = "...[truncated: the answer was larger than the agent keeps for one request]"
+
+
+def fit_answer(result: CommandResult, allowed_chars: int) -> CommandResult:
+    """`result` with its texts cut so that together they hold at most `allowed_chars` characters."""
+    if len(result.message) + len(result.error) + len(result.output or "") <= allowed_chars:
+        return result
+    message = _cut(result.message, allowed_chars // 4)
+    error = _cut(result.error, allowed_chars // 4)
+    output = None if result.output is None else _cut(result.output, allowed_chars - len(message) - len(error))
+    log.warning("answer_truncated", allowed_chars=allowed_chars)
+    return dataclasses.replace(result, message=message, error=error, output=output)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: max(0, limit - len(TRUNCATED))] + TRUNCATED[: max(0, limit)]
 
 
 def answer_deadline_seconds(request: ForwardedRequest) -> float:
@@ -83,9 +141,17 @@ def timeout_result(seconds: float) -> CommandResult:
 
 
 class Worker:
-    def __init__(self, executor: Executor, *, max_pending: int = 1024, max_parallel: int = 64) -> None:
+    def __init__(
+        self,
+        executor: Executor,
+        *,
+        max_pending: int = limits.MAX_JOBS,
+        max_parallel: int = 64,
+        budget_bytes: int = limits.IN_FLIGHT_BUDGET,
+    ) -> None:
         self._executor = executor
         self._max_pending = max_pending
+        self.budget = InFlightBudget(budget_bytes)
         self._limiter = trio.CapacityLimiter(max_parallel)
         self._pending = 0
         self._inflight: dict[tuple[str, str, str, str], _InFlight] = {}
@@ -123,29 +189,32 @@ class Worker:
         """Wait until every accepted job has been answered and every change has finished."""
         await self._idle.wait()
 
-    def submit(self, request: ForwardedRequest, reply: Reply) -> None:
-        """Hand a job to the worker without blocking. Answers busy/stopping at once when it cannot be taken."""
+    async def submit(self, request: ForwardedRequest, reply: Reply, *, held_bytes: int = 0) -> None:
+        """Hand a job to the worker; returns once it runs on its own, or once the busy/stopping answer for a job
+        that cannot be taken has been given (module docstring). `held_bytes` is what the parsed request holds."""
         nursery = self._started_nursery()
         key = job_key(request)
+        share = None
         if not self._accepting:
-            nursery.start_soon(self._answer_now, key, reply, stopping_result(), "stopping")
-            return
-        if self._pending >= self._max_pending:
-            nursery.start_soon(self._answer_now, key, reply, busy_result(), "busy")
+            refusal, outcome = stopping_result(), "stopping"
+        else:
+            refusal, outcome = busy_result(), "busy"
+            if self._pending < self._max_pending:
+                allowance = STRING_BYTES_PER_CHAR * limits.answer_chars_allowed(key.command)
+                share = self.budget.try_take(held_bytes + allowance)
+        if share is None:
+            await reply(refusal)
+            _log_line(key, outcome, 0.0)
+            if self.on_answered is not None:
+                self.on_answered(key, outcome, 0.0, refusal)
             return
         self._job_started()
-        nursery.start_soon(self._run_job, request, key, reply)
+        nursery.start_soon(self._run_job, request, key, reply, share)
 
     def _started_nursery(self) -> trio.Nursery:
         if self._nursery is None:
             raise RuntimeError("Worker.run must be started before jobs are submitted")
         return self._nursery
-
-    async def _answer_now(self, key: JobKey, reply: Reply, result: CommandResult, outcome: str) -> None:
-        await reply(result)
-        _log_line(key, outcome, 0.0)
-        if self.on_answered is not None:
-            self.on_answered(key, outcome, 0.0, result)
 
     def _job_started(self) -> None:
         self._pending += 1
@@ -157,7 +226,7 @@ class Worker:
         if self._pending == 0:
             self._idle.set()
 
-    async def _run_job(self, request: ForwardedRequest, key: JobKey, reply: Reply) -> None:
+    async def _run_job(self, request: ForwardedRequest, key: JobKey, reply: Reply, share: Share) -> None:
         started = time.monotonic()
         nursery = self._started_nursery()
         try:
@@ -169,7 +238,8 @@ class Worker:
                 if dedupe:
                     self._inflight[dedupe] = inflight
                 self._job_started()  # the execution is its own unit of work: drain waits for it too
-                nursery.start_soon(self._execute, request, key, inflight)
+                share.hold()  # it holds the request until it ends, which may be after this job has answered
+                nursery.start_soon(self._execute, request, key, inflight, share)
             deadline = answer_deadline_seconds(request)
             with trio.move_on_after(deadline):
                 await inflight.done.wait()
@@ -180,12 +250,14 @@ class Worker:
             if self.on_answered is not None:
                 self.on_answered(key, outcome, time.monotonic() - started, result)
         finally:
+            share.release()
             self._job_finished()
 
-    async def _execute(self, request: ForwardedRequest, key: JobKey, inflight: _InFlight) -> None:
+    async def _execute(self, request: ForwardedRequest, key: JobKey, inflight: _InFlight, share: Share) -> None:
         try:
             async with self._user_lock(key.lock_name), self._limiter:
-                inflight.result = await self._executor.execute(request, key)
+                result = await self._executor.execute(request, key)
+            inflight.result = fit_answer(result, limits.answer_chars_allowed(key.command))
         except Exception as exc:  # one broken request must never take the worker down
             log.exception("request_crashed", request_id=key.request_id, command=key.command)
             inflight.result = CommandResult(success=False, error=f"internal error: {type(exc).__name__}")
@@ -194,6 +266,7 @@ class Worker:
             if dedupe and self._inflight.get(dedupe) is inflight:
                 del self._inflight[dedupe]
             inflight.done.set()
+            share.release()
             self._job_finished()
 
     def _user_lock(self, user: str | None) -> contextlib.AbstractAsyncContextManager[object]:
