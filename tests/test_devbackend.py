@@ -95,6 +95,7 @@ class FakeAgent:
     name: str
     status: int = 200
     answer: bool = True
+    output: str = ""
     calls: list[dict[str, object]] = field(default_factory=list)
 
     async def serve(self) -> None:
@@ -104,15 +105,18 @@ class FakeAgent:
             except ConnectionClosed:
                 return
             frame = json.loads(message)
-            assert frame["method"] == "call"
+            assert frame.get("method") == "call", str(frame)[:300]
             self.calls.append(frame)
             if not self.answer:
                 continue
+            data: dict[str, object] = {"success": self.status == 200, "who": self.name}
+            if self.output:
+                data["output"] = self.output
             result = {
                 "headers": {"content-type": "application/json", "x-agent": self.name},
                 "status": self.status,
                 "statusText": "whatever",
-                "data": {"success": self.status == 200, "who": self.name},
+                "data": data,
             }
             await self.ws.send_message(jsonrpc.encode_result(frame["id"], result))
 
@@ -277,6 +281,23 @@ async def test_post_becomes_a_call_and_the_response_becomes_the_http_answer(keys
     assert answer.status == 500
     assert answer.headers["x-agent"] == "agent" and answer.headers["content-type"] == "application/json"
     assert answer.json() == {"success": False, "who": "agent"}
+
+
+async def test_an_answer_frame_over_1_mib_reaches_the_caller(keys: Keys) -> None:
+    """runAudit's output is capped at 1 MiB of text, but in its JSON answer every control character is six bytes
+    (\\u0001): a capped audit of a file full of them is a frame of several MiB. P0's tunnel server (Node's `ws`,
+    maxPayload 100 MiB by default) takes it; the dev backend dropped every frame over trio-websocket's 1 MiB."""
+    output = "\x01" * (512 << 10)  # 512 Ki characters: 3 MiB once JSON-escaped
+    async with backend_running(keys) as backend, agent_socket(backend, bearer(make_token(keys.agent, CLIENT_ID))) as ws:
+        await set_client_id(ws)
+        agent = FakeAgent(ws, "agent", output=output)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(agent.serve)
+            answer = await post(backend, f"/client/{CLIENT_ID}", {"command": "runAudit"})
+            nursery.cancel_scope.cancel()
+    assert answer.status == 200
+    document = answer.json()
+    assert isinstance(document, dict) and document["output"] == output
 
 
 async def test_forward_timeout_becomes_options_timeout_millis(keys: Keys) -> None:

@@ -18,6 +18,7 @@ import uuid
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
@@ -31,6 +32,13 @@ log = get_logger("p0_ssh_agent.devbackend")
 
 _BEARER = re.compile(r"Bearer (.*)")
 _CLIENT_PATH = re.compile(r"/client/([^/]+)(.*)")
+
+
+# What P0's tunnel server takes from an agent in one frame. INFERRED: upstream-protocol.md names no limit; braekhus
+# serves WebSockets with Node's `ws`, whose `maxPayload` defaults to 100 MiB. The tolerant reading: the dev backend
+# takes as much, so an answer the real server would forward (a capped runAudit whose control characters JSON
+# escapes to six bytes each runs to several MiB) is not dropped here (trio-websocket's default is 1 MiB).
+TUNNEL_SERVER_MAX_PAYLOAD = 100 * 1024 * 1024
 
 
 class CallFailed(Exception):
@@ -106,7 +114,10 @@ class DevBackend:
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            server = await nursery.start(serve_websocket, self._on_upgrade, self.rpc_host, self.rpc_port, None)
+            server = await nursery.start(
+                partial(serve_websocket, max_message_size=TUNNEL_SERVER_MAX_PAYLOAD),
+                self._on_upgrade, self.rpc_host, self.rpc_port, None,
+            )  # fmt: skip
             self.rpc_port = server.port
             self.http_port = await nursery.start(serve_http, self._on_http, self.http_host, self.http_port)
             log.info("dev_backend_listening", rpc=f"ws://{self.rpc_host}:{self.rpc_port}", http=self.http_url)
@@ -186,7 +197,11 @@ class DevBackend:
             except ConnectionClosed:
                 return
             channel.frames.append((trio.current_time(), frame))
-            incoming = jsonrpc.parse_frame(frame)
+            # braekhus's json-rpc-2.0 parses whatever `ws` delivered: no value count of its own (a frame of N bytes
+            # holds fewer than N values, so this limit never binds).
+            incoming = jsonrpc.parse_frame(
+                frame, max_bytes=TUNNEL_SERVER_MAX_PAYLOAD, max_values=TUNNEL_SERVER_MAX_PAYLOAD
+            )
             if isinstance(incoming, jsonrpc.Request):
                 await self._on_client_request(channel, incoming)
             elif isinstance(incoming, jsonrpc.Response) and isinstance(incoming.id, int):
