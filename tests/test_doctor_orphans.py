@@ -66,7 +66,10 @@ def test_grants_left_without_a_ledger_are_reported_with_their_fix(sandbox: Sandb
     state.mkdir(mode=0o700)
     user = unique_user_name()
     grant(state, user, "req-orphan")
-    assert doctor_findings(tmp_path, state)["orphans"]["level"] == "ok", "the ledger knows every grant"
+    known = doctor_findings(tmp_path, state)["orphans"]
+    # The sandbox is shared: an earlier test's leftovers are real orphans; none may be this test's grants, which
+    # the ledger holds.
+    assert not [i for i in known.get("items") or [] if f" {user} " in str(i)], f"the ledger knows every grant: {known}"  # type: ignore[attr-defined]
 
     shutil.rmtree(state)  # what a purge did before issue 12: the ledger gone, the grants in place
     watched = (Path("/etc/sudoers.d"), Path("/home"), Path("/etc/passwd"))
