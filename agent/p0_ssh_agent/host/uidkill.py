@@ -34,6 +34,14 @@ import contextlib
 import os
 import signal
 import time
+import warnings
+
+# Python 3.12+ warns on every fork() in a process with threads (the daemon's worker threads), because a child that
+# runs Python code may meet a lock another thread held. This child runs system call wrappers only, and a child that
+# hangs anyway is killed at REAP_SECONDS; the warning would only be noise in the journal.
+warnings.filterwarnings(
+    "ignore", message=r"This process .* is multi-threaded", category=DeprecationWarning, module=__name__
+)
 
 KILLER_GID = 65534  # nogroup: the child opens nothing but its own /proc status, and signals are checked by UID only
 REAP_SECONDS = 5.0
