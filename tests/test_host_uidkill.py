@@ -105,7 +105,7 @@ def start() -> Iterator[Starter]:
 
 @pytest.fixture
 def uids() -> tuple[int, int]:
-    base = 3_600_000 + (os.getpid() % 100_000) * 2
+    base = 4_200_000 + (os.getpid() % 100_000) * 2  # apart from test_host_sessions.py's 3,000,000-4,000,000
     assert not processes_of(base) and not processes_of(base + 1)
     return base, base + 1
 
@@ -167,7 +167,7 @@ def test_capabilities_kept_across_the_switch_refuse_the_kill() -> None:
         "import subprocess, sys, time\n"
         "from p0_ssh_agent.host import uidkill\n"
         "bystander = subprocess.Popen(['/bin/sleep', '1000'])\n"
-        "reason = uidkill.kill_all_as(3_599_999)\n"
+        "reason = uidkill.kill_all_as(4_199_999)\n"
         "time.sleep(0.2)\n"
         "print(reason)\n"
         "print('bystander', 'alive' if bystander.poll() is None else 'killed')\n"
