@@ -17,6 +17,7 @@ After a revoke that answers success, no process of the UID may be left. "Left" i
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pwd
 import signal
@@ -27,7 +28,12 @@ from pathlib import Path
 
 import pytest
 
-from provisioning_support import AgentCli, make_keys, write_config
+from p0_ssh_agent.config import AgentConfig
+from p0_ssh_agent.core.requests import parse_request
+from p0_ssh_agent.protocol.forwarded import CommandResult
+from p0_ssh_agent.provisioning import run_request
+from p0_ssh_agent.provisioning.engine import Engine, Plan
+from provisioning_support import AgentCli, make_keys, shadow_entry, write_config
 from sandbox.fixtures import CHILD_ENV, Sandbox, unique_user_name
 
 pytestmark = pytest.mark.sandbox
@@ -197,3 +203,61 @@ def test_user_revoke_delete_outruns_a_fork_chain(
     with pytest.raises(KeyError):
         pwd.getpwnam(name)
     assert seen_alive(uid) == []
+
+
+# --- the answer when processes outlive SIGKILL ------------------------------------------------------------------
+# No real process can be made to outlive SIGKILL on demand (uninterruptible sleep needs a dead NFS server), so the
+# handlers run here with a hand-written process table that reports one; the account work is real.
+
+STUCK_PID = 4242
+
+
+class StuckProcesses:
+    """One process of the user that every signal reaches and none ends."""
+
+    def pids(self, uid: int) -> list[int]:
+        return [STUCK_PID]
+
+    def signal(self, pid: int, uid: int, sig: signal.Signals) -> bool:
+        return True
+
+    def kill_all_as(self, uid: int) -> str | None:
+        return None
+
+
+def handle(engine: Engine, command: str, user: str, action: str) -> CommandResult:
+    data: dict[str, object] = {"command": command, "userName": user, "action": action, "requestId": "req-S1"}
+    return run_request(engine, parse_request(command, data), Plan())
+
+
+def engines(state: Path, mode: str) -> tuple[Engine, Engine]:
+    """(the host's engine, the same with the stuck process table)."""
+    state.mkdir(mode=0o700, exist_ok=True)
+    real = Engine(AgentConfig(state_dir=state, user_revoke_mode=mode), state, dry_run=False)
+    return real, dataclasses.replace(real, processes=StuckProcesses())
+
+
+def test_a_session_revoke_with_survivors_fails_and_names_them(sandbox: Sandbox, tmp_path: Path) -> None:
+    real, stuck = engines(tmp_path / "state", "lock")
+    name = unique_user_name()
+    assert handle(real, "provisionUser", name, "grant").success
+    ended = handle(stuck, "provisionSession", name, "revoke")
+    assert not ended.success
+    assert ended.error == f"1 processes of user {name} survived SIGKILL for 5 s (PIDs {STUCK_PID})"
+
+
+def test_a_delete_revoke_with_survivors_locks_instead_and_fails(sandbox: Sandbox, tmp_path: Path) -> None:
+    real, stuck = engines(tmp_path / "state", "delete")
+    name = unique_user_name()
+    assert handle(real, "provisionUser", name, "grant").success
+    revoked = handle(stuck, "provisionUser", name, "revoke")
+    assert not revoked.success
+    assert revoked.error == (
+        f"User {name} locked, not deleted: 1 processes of user {name} survived SIGKILL for 5 s (PIDs {STUCK_PID})"
+    )
+    fields = shadow_entry(name)  # still there, and locked: nothing new starts as the user meanwhile
+    assert fields[1].startswith("!") and fields[7] == "1"
+    retried = handle(real, "provisionUser", name, "revoke")  # the backend's retry, once the process is gone
+    assert retried.success and retried.message.startswith(f"User {name} deleted")
+    with pytest.raises(KeyError):
+        pwd.getpwnam(name)

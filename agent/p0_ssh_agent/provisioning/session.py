@@ -21,10 +21,10 @@ def provision_session(engine: Engine, request: SessionRequest, plan: Plan) -> Co
     if record is None:
         return CommandResult(success=False, error=messages.session_lookup_failed(name, f"user: unknown user {name}"))
     if engine.dry_run:
-        count = len(sessions.user_processes(record.uid))
+        count = len(engine.processes.pids(record.uid))
         plan.note(f"end every session and process of {name} (UID {record.uid}): {count} now")
         return CommandResult(success=True, message=messages.dry_run(request.command.value, name))
-    result = sessions.terminate_user_sessions(record.uid, name=name)
+    result = sessions.terminate_user_sessions(record.uid, name=name, processes=engine.processes)
     if not result.ended:
         return CommandResult(success=False, error=result.message)
     return CommandResult(success=True, message=result.message)

@@ -111,8 +111,8 @@ def _revoke(engine: Engine, request: UserRequest, plan: Plan) -> CommandResult:
 def _end_sessions(engine: Engine, uid: int, name: str, plan: Plan) -> tuple[bool, str]:
     """(whether no process of the user is left, what to say); a dry run only notes how many there are now."""
     if engine.dry_run:
-        count = len(sessions.user_processes(uid))
+        count = len(engine.processes.pids(uid))
         plan.note(f"end every session and process of {name} (UID {uid}): {count} now")
         return True, f"would end {count} processes"
-    result = sessions.terminate_user_sessions(uid, name=name)
+    result = sessions.terminate_user_sessions(uid, name=name, processes=engine.processes)
     return result.ended, result.message
