@@ -16,6 +16,7 @@ from p0_ssh_agent.errors import PermissionProblem
 from p0_ssh_agent.host.sessions import parse_status, terminate_user_sessions, user_processes
 
 SETPRIV = shutil.which("setpriv")
+PYTHON = "/usr/bin/python3"
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or SETPRIV is None, reason="needs root and setpriv to start processes as other UIDs"
 )
@@ -35,6 +36,16 @@ class Spawner:
         self.children.append(child)
         self._wait_started(child.pid, uid)
         return child
+
+    def start_python(self, code: str, uid: int) -> subprocess.Popen[bytes]:
+        """Python code run by root; it is ready once /proc shows `uid` in one of its UID slots."""
+        child = subprocess.Popen([PYTHON, "-I", "-S", "-c", code])
+        self.children.append(child)
+        for _ in range(1000):  # a guard of about 10 s, not a timing assertion
+            if uid in parse_status(Path(f"/proc/{child.pid}/status").read_text())[1]:
+                return child
+            time.sleep(0.01)
+        raise AssertionError(f"process {child.pid} never took UID {uid}")
 
     @staticmethod
     def _wait_started(pid: int, uid: int) -> None:
@@ -110,12 +121,22 @@ def test_processes_ignoring_sigterm_are_killed(spawner: Spawner, uids: tuple[int
     assert result.message == f"Successfully terminated 1 processes for user {target}"
 
 
-def test_processes_holding_uid_0_are_never_signalled(spawner: Spawner, uids: tuple[int, int]) -> None:
+def test_setuid_programs_the_user_started_are_ended(spawner: Spawner, uids: tuple[int, int]) -> None:
+    """Real UID the user's, effective root (passwd, su): the user may signal it, and userdel calls it busy."""
     target, _ = uids
-    setuid_like = spawner.start(target, euid=0)  # like sudo or su started by the user: effective UID 0
+    setuid_like = spawner.start(target, euid=0)
     result = terminate_user_sessions(target, use_logind=False)
-    assert alive(setuid_like)
-    assert result.found == 0
+    setuid_like.wait()
+    assert (result.found, result.remaining, result.ended) == (1, 0, True)
+
+
+def test_root_borrowing_the_users_uid_is_never_signalled(spawner: Spawner, uids: tuple[int, int]) -> None:
+    """Real and saved UID root, effective the user's (sshd reading authorized_keys): root's, not the user's."""
+    target, _ = uids
+    borrower = spawner.start_python(f"import os, time; os.setresuid(0, {target}, 0); time.sleep(1000)", target)
+    result = terminate_user_sessions(target, use_logind=False)
+    assert alive(borrower)
+    assert result.found == 0 and result.ended
     assert result.message == f"No active processes found for user {target}"
 
 

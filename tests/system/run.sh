@@ -13,7 +13,7 @@
 #    the repository as an apt source with Signed-By:, apt-get update without a warning, `apt-get install
 #    p0-ssh-agent`, keygen, the dev backend under systemd-run, a config pointing at it, enable --now, READY and
 #    STATUS, grants over the backend and an ssh login as the new user, the audit trail found with journalctl
-#    field filters, reload, a watchdog restart of a hung agent, the journal, an upgrade to the next version from
+#    field filters, fork chains that a revoke still ends, reload, a watchdog restart of a hung agent, the journal, an upgrade to the next version from
 #    the repository with the grants kept, stop, remove (the live grants named), purge (the ledger kept while they
 #    live), reinstall, revoke-all and a purge that leaves nothing; on bookworm then the upgrade from the 0.1.0
 #    release (tests/system/upgrade-0.1.0.sh).
@@ -490,6 +490,64 @@ check_out=$(C p0-ssh-agent policy check /root/p0-deny.json 2>&1) || check_rc=$?
 expect_eq "policy check: a run-as-root request is denied offline (exit 1)" 1 "$check_rc"
 expect_contains "policy check: names the policy and its line" \
     "p0-forbid-run-as-root (/etc/p0-ssh-agent/policy.cedar:32)" "$check_out"
+
+# --- a fork chain cannot outrun a revoke (issue 11 item 5) ------------------------------------------------------
+# Fork chains as a JIT user (each generation forks the next and exits, SIGTERM ignored), started from outside any
+# session or user slice, the way a cron job's would run: logind cannot end them, only the agent's kill(-1) sent as
+# the user, from inside the hardened unit (CAP_SETUID, the seccomp filter, NoNewPrivileges). Bounded by prlimit
+# and by a lifetime the chain checks itself; the container dies with this script in any case.
+say "--- fork chain against the revoke"
+chain_user=p0chain
+read -r -d '' chain_py <<'PY'
+import os, signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
+stop = time.time() + 120
+def chain():
+    while time.time() < stop:
+        try:
+            if os.fork():
+                os._exit(0)
+        except OSError:
+            pass
+    os._exit(0)
+for _ in range(4):
+    if os.fork() == 0:
+        chain()
+PY
+# seen_alive: how many PIDs of the user twenty /proc scans saw (one scan can miss a chain between generations).
+read -r -d '' seen_py <<'PY'
+import os, pwd, sys, time
+uid, seen = pwd.getpwnam(sys.argv[1]).pw_uid, set()
+for _ in range(20):
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            status = open(f"/proc/{pid}/status").read()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if str(uid) in fields["Uid"].split() and not fields["State"].strip().startswith("Z"):
+            seen.add(pid)
+    time.sleep(0.01)
+print(len(seen))
+PY
+seen_alive() { C python3.11 -I -c "$seen_py" "$chain_user"; }
+start_chains() {
+    C prlimit --nproc=64 -- setpriv --reuid "$chain_user" --regid "$chain_user" --clear-groups -- \
+        python3.11 -I -S -c "$chain_py" >/dev/null 2>&1
+    wait_until 30 chains_up
+}
+chains_up() { [ "$(seen_alive)" -ge 4 ]; }
+backend_call "provisionUser grant $chain_user" \
+    "{\"command\":\"provisionUser\",\"userName\":\"$chain_user\",\"action\":\"grant\",\"requestId\":\"REQchain1\"}"
+if start_chains; then ok "fork chains run as $chain_user"; else bad "fork chains run as $chain_user" "seen: $(seen_alive)"; fi
+backend_call "provisionSession revoke with fork chains running answers success" \
+    "{\"command\":\"provisionSession\",\"userName\":\"$chain_user\",\"action\":\"revoke\",\"requestId\":\"REQchain1\"}"
+expect_eq "after provisionSession revoke, no process of $chain_user is left" 0 "$(seen_alive)"
+if start_chains; then ok "fork chains run as $chain_user again"; else bad "fork chains run as $chain_user again" "seen: $(seen_alive)"; fi
+backend_call "provisionUser revoke (lock) with fork chains running answers success" \
+    "{\"command\":\"provisionUser\",\"userName\":\"$chain_user\",\"action\":\"revoke\",\"requestId\":\"REQchain1\"}"
+expect_eq "after provisionUser revoke (lock), no process of $chain_user is left" 0 "$(seen_alive)"
 
 # --- reload, watchdog, upgrade -------------------------------------------------------------------------------------
 say "--- reload, watchdog, upgrade"

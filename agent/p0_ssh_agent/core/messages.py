@@ -133,6 +133,19 @@ def termination_signals_sent(count: int, name: str) -> str:
     return f"Termination signals sent to {count} processes for user {name}"
 
 
+SURVIVORS_SHOWN = 20
+
+
+def processes_survived(name: str, pids: tuple[int, ...], seconds: float, unkillable: str | None) -> str:
+    """Not upstream's: the Go agent answered success whatever was left. A revoke that leaves processes says so."""
+    shown = ", ".join(str(pid) for pid in pids[:SURVIVORS_SHOWN]) + (", ..." if len(pids) > SURVIVORS_SHOWN else "")
+    left = f"{len(pids)} processes of user {name} survived SIGKILL for {seconds:g} s (PIDs {shown})" if pids else ""
+    cause = f"could not send kill(-1) as the user: {unkillable}" if unkillable else ""
+    if left and cause:
+        return f"{left}; {cause}"
+    return left or f"{cause}, so a process hiding from /proc scans (a fork chain) may be left for user {name}"
+
+
 def find_processes_failed(reason: str) -> str:
     return f"failed to find user processes: {reason}"
 

@@ -25,7 +25,7 @@ from typing import Literal
 
 from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.errors import AgentError, PermissionProblem
-from p0_ssh_agent.host import accounts, locks
+from p0_ssh_agent.host import accounts, locks, sessions
 from p0_ssh_agent.host.accounts import UserRecord
 from p0_ssh_agent.host.ledger import Ledger, LedgerCorrupt, load_ledger, save_ledger
 from p0_ssh_agent.host.safefile import FileEdit
@@ -82,6 +82,9 @@ class Engine:
     config: AgentConfig
     state_dir: Path
     dry_run: bool
+    # Where users' processes are found and ended: the host's. Tests of what a revoke answers when processes
+    # outlive SIGKILL pass a table of their own (no real process can be made unkillable on demand).
+    processes: sessions.ProcessTable = field(default_factory=sessions.HostProcesses)
 
     # --- locks ------------------------------------------------------------------------------------------------
 

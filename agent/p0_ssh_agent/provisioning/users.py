@@ -88,10 +88,17 @@ def _revoke(engine: Engine, request: UserRequest, plan: Plan) -> CommandResult:
     if mode == "lock":
         for argv in accounts.lock_user(name, dry_run=engine.dry_run, adopted=engine.adopted()):
             plan.command(argv)
-        ended = _end_sessions(engine, record.uid, name, plan)
-        return CommandResult(success=True, message=f"User {name} locked and expired; {ended}")
-    ended = _end_sessions(engine, record.uid, name, plan)
+        ended, outcome = _end_sessions(engine, record.uid, name, plan)
+        if not ended:
+            return CommandResult(success=False, error=f"User {name} locked and expired, but {outcome}")
+        return CommandResult(success=True, message=f"User {name} locked and expired; {outcome}")
+    ended, outcome = _end_sessions(engine, record.uid, name, plan)
     sudo.remove_user_rules(engine, name, plan)  # a later account of the same name must not inherit them
+    if not ended:
+        # userdel refuses (exit 8) while processes are left. Locked meanwhile, so nothing new starts as the user;
+        # the backend's retry of the revoke deletes the account.
+        accounts.lock_user(name, adopted=engine.adopted())
+        return CommandResult(success=False, error=f"User {name} locked, not deleted: {outcome}")
     try:
         argvs = accounts.delete_user(name, dry_run=engine.dry_run, adopted=engine.adopted())
     except accounts.UserBusy:
@@ -100,12 +107,14 @@ def _revoke(engine: Engine, request: UserRequest, plan: Plan) -> CommandResult:
     for argv in argvs:
         plan.command(argv)
     engine.update_ledger(lambda ledger: ledger.forget_user(name))
-    return CommandResult(success=True, message=f"User {name} deleted; {ended}")
+    return CommandResult(success=True, message=f"User {name} deleted; {outcome}")
 
 
-def _end_sessions(engine: Engine, uid: int, name: str, plan: Plan) -> str:
+def _end_sessions(engine: Engine, uid: int, name: str, plan: Plan) -> tuple[bool, str]:
+    """(whether no process of the user is left, what to say); a dry run only notes how many there are now."""
     if engine.dry_run:
-        count = len(sessions.user_processes(uid))
+        count = len(engine.processes.pids(uid))
         plan.note(f"end every session and process of {name} (UID {uid}): {count} now")
-        return f"would end {count} processes"
-    return sessions.terminate_user_sessions(uid, name=name).message
+        return True, f"would end {count} processes"
+    result = sessions.terminate_user_sessions(uid, name=name, processes=engine.processes)
+    return result.ended, result.message
