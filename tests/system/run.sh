@@ -13,10 +13,10 @@
 #    the repository as an apt source with Signed-By:, apt-get update without a warning, `apt-get install
 #    p0-ssh-agent`, keygen, the dev backend under systemd-run, a config pointing at it, enable --now, READY and
 #    STATUS, grants over the backend and an ssh login as the new user, the audit trail found with journalctl
-#    field filters, fork chains that a revoke still ends, reload, a watchdog restart of a hung agent, the journal, an upgrade to the next version from
-#    the repository with the grants kept, stop, remove (the live grants named), purge (the ledger kept while they
-#    live), reinstall, revoke-all and a purge that leaves nothing; on bookworm then the upgrade from the 0.1.0
-#    release (tests/system/upgrade-0.1.0.sh).
+#    field filters, fork chains that a revoke still ends, reload, a watchdog restart of a hung agent, the journal,
+#    an upgrade to the next version from the repository with the grants kept, stop, remove (the live grants
+#    named), purge (the ledger kept while they live), reinstall, revoke-all and a purge that leaves nothing; on
+#    bookworm then the upgrade from the 0.1.0 release (tests/system/upgrade-0.1.0.sh).
 #
 # Everything runs inside `unshare --mount --pid --fork`, so the container and every process it started die with
 # this script, whatever happens to it; nothing is written to the host's /etc, /home or /run.
