@@ -47,26 +47,8 @@ CHAIN_LIFETIME = 120  # seconds: a chain that somehow outlives its test still en
 SCANS = 20  # observations of "nothing left", spread over ~0.2 s and more: a live chain is seen in most of them
 BYSTANDERS = 150
 
-# Runs as the JIT user. The first process starts CHAINS chains and exits; in each chain a generation forks the next
-# and exits, ignoring SIGTERM and SIGHUP. At the nproc ceiling fork fails and the generation simply tries again.
-CHAIN = f"""
-import os, signal, time
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
-signal.signal(signal.SIGHUP, signal.SIG_IGN)
-stop = time.time() + {CHAIN_LIFETIME}
-def chain():
-    while time.time() < stop:
-        try:
-            if os.fork():
-                os._exit(0)
-        except OSError:
-            pass
-    os._exit(0)
-for _ in range({CHAINS}):
-    if os.fork() == 0:
-        chain()
-os._exit(0)
-"""
+# Runs as the JIT user (the program is shared with the booted system test): CHAINS chains that outrun a sweep.
+CHAIN = (Path(__file__).parent / "fixtures" / "fork_chain.py").read_text()
 
 
 def processes_of(uid: int) -> list[int]:
@@ -135,7 +117,8 @@ def start_chains(sandbox: Sandbox, bystanders: list[subprocess.Popen[bytes]]) ->
         entry = pwd.getpwnam(user)
         uids.append(entry.pw_uid)
         argv = [PRLIMIT, f"--nproc={USER_NPROC}", "--", SETPRIV, "--reuid", str(entry.pw_uid), "--regid",
-                str(entry.pw_gid), "--clear-groups", "--", PYTHON, "-I", "-S", "-c", CHAIN]  # fmt: skip
+                str(entry.pw_gid), "--clear-groups", "--",
+                PYTHON, "-I", "-S", "-c", CHAIN, str(CHAINS), str(CHAIN_LIFETIME)]  # fmt: skip
         first = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=CHILD_ENV)
         first.wait(timeout=60)
         deadline = time.monotonic() + 30  # readiness: the chains are running (not a timing assertion)

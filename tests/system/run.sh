@@ -498,23 +498,8 @@ expect_contains "policy check: names the policy and its line" \
 # and by a lifetime the chain checks itself; the container dies with this script in any case.
 say "--- fork chain against the revoke"
 chain_user=p0chain
-read -r -d '' chain_py <<'PY'
-import os, signal, time
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
-signal.signal(signal.SIGHUP, signal.SIG_IGN)
-stop = time.time() + 120
-def chain():
-    while time.time() < stop:
-        try:
-            if os.fork():
-                os._exit(0)
-        except OSError:
-            pass
-    os._exit(0)
-for _ in range(4):
-    if os.fork() == 0:
-        chain()
-PY
+# The same fork chain as the sandbox suite's (tests/fixtures/fork_chain.py): 4 chains that end after 120 s.
+chain_py=$(cat "$root/tests/fixtures/fork_chain.py")
 # seen_alive: how many PIDs of the user twenty /proc scans saw (one scan can miss a chain between generations).
 read -r -d '' seen_py <<'PY'
 import os, pwd, sys, time
@@ -534,7 +519,7 @@ PY
 seen_alive() { C python3.11 -I -c "$seen_py" "$chain_user"; }
 start_chains() {
     C prlimit --nproc=64 -- setpriv --reuid "$chain_user" --regid "$chain_user" --clear-groups -- \
-        python3.11 -I -S -c "$chain_py" >/dev/null 2>&1
+        python3.11 -I -S -c "$chain_py" 4 120 >/dev/null 2>&1
     wait_until 30 chains_up
 }
 chains_up() { [ "$(seen_alive)" -ge 4 ]; }
