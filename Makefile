@@ -42,8 +42,11 @@ unit: venv
 sandbox-test: deps-test venv
 	tests/sandbox/enter $(BIN)/pytest -q -m 'not system' tests
 
-package: deps-run
-	bash packaging/build.sh
+# ARCH=arm64 cross-compiles the runtime (packaging/runtime/build-runtime.sh) and smoke-tests it under qemu-user.
+ARCH ?= amd64
+package:
+	@bash packaging/install-build-deps.sh --package $(ARCH)
+	ARCH=$(ARCH) bash packaging/build.sh
 
 system-test: deps-test venv
 	$(BIN)/pytest -q -m system tests

@@ -173,10 +173,10 @@ expect_eq "without config.yaml, a start is skipped by ConditionPathExists" "inac
 # --- the unit: verify and security --------------------------------------------------------------------------------
 say "--- unit"
 # Installed, so ExecStart= and the Documentation= man page exist: any output at all is a finding.
-verify_out=$(C systemd-analyze verify /lib/systemd/system/$unit 2>&1)
+verify_out=$(C systemd-analyze verify /usr/lib/systemd/system/$unit 2>&1)
 verify_rc=$?
 expect_eq "systemd-analyze verify: exit 0, no output" "0 " "$verify_rc $verify_out"
-exposure_line=$(C systemd-analyze security --offline=yes --no-pager /lib/systemd/system/$unit 2>&1 | grep 'Overall exposure level')
+exposure_line=$(C systemd-analyze security --offline=yes --no-pager /usr/lib/systemd/system/$unit 2>&1 | grep 'Overall exposure level')
 exposure=$(printf '%s' "$exposure_line" | sed -n 's/.*: \([0-9.]*\) .*/\1/p')
 say "    systemd-analyze security: ${exposure_line#→ }"
 if [ -n "$exposure" ] && awk -v e="$exposure" 'BEGIN { exit !(e <= 3.0) }'; then
@@ -241,7 +241,7 @@ ssh_sudo() {
         'printf "%s " "$(id -un)"; if sudo -n true 2>/dev/null; then echo sudo; else echo no-sudo; fi' 2>&1
 }
 C_write /root/p0-sandbox-probe.sh 0644 <"$here/sandbox-probe.sh"
-sandbox_lines=$(sed -n '/^\[Service\]/,/^\[/p' "/proc/$leader/root/lib/systemd/system/$unit" \
+sandbox_lines=$(sed -n '/^\[Service\]/,/^\[/p' "/proc/$leader/root/usr/lib/systemd/system/$unit" \
     | grep -E '^[A-Za-z]+=' \
     | grep -vE '^(Type|NotifyAccess|ExecStart|ExecReload|Restart|RestartSec|RestartPreventExitStatus|WatchdogSec|Timeout[A-Za-z]*Sec|StateDirectory[A-Za-z]*|RuntimeDirectory[A-Za-z]*|EnvironmentFile|Environment)=')
 # run_probe PHASE ARGS...: the probe as a oneshot unit with the agent's sandbox; every step becomes a check.
@@ -408,10 +408,10 @@ else
     bad "upgrade restarted the running agent" "MainPID $pid_before -> $pid_after, $(show ActiveState)"
 fi
 expect_eq "upgrade kept the unit enabled" enabled "$(C systemctl is-enabled "$unit" 2>&1)"
-# PYTHONDONTWRITEBYTECODE and a read-only /opt: nothing may have been written into the package's files.
+# -B and a read-only /usr: nothing may have been written into the package's files.
 expect_eq "dpkg --verify: installed files unchanged after running" "" "$(C dpkg --verify p0-ssh-agent 2>&1)"
-expect_eq "no stray .pyc under /opt written at run time" "" \
-    "$(C find /opt/p0-ssh-agent -name '*.pyc' -newer /var/lib/dpkg/info/p0-ssh-agent.list | head -3)"
+expect_eq "no stray .pyc under /usr/lib/p0-ssh-agent written at run time" "" \
+    "$(C find /usr/lib/p0-ssh-agent -name '*.pyc' -newer /var/lib/dpkg/info/p0-ssh-agent.list | head -3)"
 
 # --- stop, remove, purge ----------------------------------------------------------------------------------------
 say "--- stop, remove, purge"
@@ -427,8 +427,8 @@ check "apt-get purge -y p0-ssh-agent" C env DEBIAN_FRONTEND=noninteractive apt-g
 C systemctl daemon-reload
 expect_eq "purge: package gone" "" "$(C dpkg-query -W -f='${Status}' p0-ssh-agent 2>/dev/null)"
 expect_eq "purge: systemd no longer knows the unit" "not-found" "$(show LoadState)"
-leftovers=$(C sh -c 'for p in /var/lib/p0-ssh-agent /etc/p0-ssh-agent /etc/default/p0-ssh-agent /opt/p0-ssh-agent \
-    /usr/bin/p0-ssh-agent /lib/systemd/system/p0-ssh-agent.service; do [ -e "$p" ] || [ -L "$p" ] && echo "$p"; done')
+leftovers=$(C sh -c 'for p in /var/lib/p0-ssh-agent /etc/p0-ssh-agent /etc/default/p0-ssh-agent /usr/lib/p0-ssh-agent \
+    /usr/bin/p0-ssh-agent /usr/lib/systemd/system/p0-ssh-agent.service; do [ -e "$p" ] || [ -L "$p" ] && echo "$p"; done')
 expect_eq "purge: no state, configuration, keys, application or unit left" "" "$leftovers"
 
 say ""
