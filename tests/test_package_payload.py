@@ -72,7 +72,7 @@ def _newest_source_mtime() -> float:
 def packages() -> tuple[Path, Path]:
     current = DEB.exists() and RPM.exists() and min(DEB.stat().st_mtime, RPM.stat().st_mtime) > _newest_source_mtime()
     if not current:
-        subprocess.run(["bash", "packaging/build.sh"], cwd=ROOT, check=True, timeout=3600)
+        subprocess.run(["/bin/bash", "packaging/build.sh"], cwd=ROOT, check=True, timeout=3600)
     return DEB, RPM
 
 
@@ -95,20 +95,20 @@ class Payload:
 @pytest.fixture(scope="session")
 def deb_payload(packages: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Payload:
     root = tmp_path_factory.mktemp("deb")
-    subprocess.run(["dpkg-deb", "-x", str(packages[0]), str(root)], check=True)
+    subprocess.run(["/usr/bin/dpkg-deb", "-x", str(packages[0]), str(root)], check=True)
     return Payload(root)
 
 
 @pytest.fixture(scope="session")
 def rpm_payload(packages: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Payload:
     root = tmp_path_factory.mktemp("rpm")
-    cpio = subprocess.run(["rpm2cpio", str(packages[1])], check=True, capture_output=True).stdout
-    subprocess.run(["cpio", "-idm", "--quiet"], input=cpio, cwd=root, check=True)
+    cpio = subprocess.run(["/usr/bin/rpm2cpio", str(packages[1])], check=True, capture_output=True).stdout
+    subprocess.run(["/usr/bin/cpio", "-idm", "--quiet"], input=cpio, cwd=root, check=True)
     return Payload(root)
 
 
 def _readelf(*args: str) -> str:
-    return subprocess.run(["readelf", "-W", *args], capture_output=True, text=True, check=True).stdout
+    return subprocess.run(["/usr/bin/readelf", "-W", *args], capture_output=True, text=True, check=True).stdout
 
 
 def _glibc_versions(elf: Path) -> set[tuple[int, ...]]:
@@ -120,10 +120,16 @@ def _needed(elf: Path) -> set[str]:
     return set(re.findall(r"\(NEEDED\)\s+Shared library: \[([^]]+)\]", _readelf("--dynamic", str(elf))))
 
 
+def _deb_field(deb: Path, name: str) -> str:
+    return subprocess.run(
+        ["/usr/bin/dpkg-deb", "-f", str(deb), name], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
 def _libc_floor(packages: tuple[Path, Path]) -> tuple[int, ...]:
-    depends = subprocess.run(["dpkg-deb", "-f", str(packages[0]), "Depends"], capture_output=True, text=True)
-    match = re.search(r"libc6 \(>= ([0-9.]+)\)", depends.stdout)
-    assert match, f"no libc6 (>= ...) in Depends: {depends.stdout}"
+    depends = _deb_field(packages[0], "Depends")
+    match = re.search(r"libc6 \(>= ([0-9.]+)\)", depends)
+    assert match, f"no libc6 (>= ...) in Depends: {depends}"
     return tuple(int(n) for n in match.group(1).split("."))
 
 
@@ -239,10 +245,7 @@ def test_bundled_openssl_has_no_trust_store_and_the_agent_finds_the_distribution
 
 
 def test_deb_metadata_depends_on_no_python(packages: tuple[Path, Path]) -> None:
-    fields = {
-        name: subprocess.run(["dpkg-deb", "-f", str(packages[0]), name], capture_output=True, text=True).stdout.strip()
-        for name in ("Depends", "Architecture", "Version")
-    }
+    fields = {name: _deb_field(packages[0], name) for name in ("Depends", "Architecture", "Version")}
     assert "python" not in fields["Depends"], fields
     assert fields["Depends"].startswith("libc6 (>= 2.31)"), fields
     assert {"sudo", "passwd"} <= {d.strip().split(" ")[0] for d in fields["Depends"].split(",")}
@@ -251,7 +254,8 @@ def test_deb_metadata_depends_on_no_python(packages: tuple[Path, Path]) -> None:
 
 def test_rpm_metadata_requires_no_python_and_has_a_changelog(packages: tuple[Path, Path]) -> None:
     def query(*args: str) -> str:
-        return subprocess.run(["rpm", "-qp", *args, str(packages[1])], capture_output=True, text=True).stdout
+        command = ["/usr/bin/rpm", "-qp", *args, str(packages[1])]
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
     requires = query("--requires")
     assert "python" not in requires, requires
@@ -289,7 +293,7 @@ def test_sbom_names_the_runtime_and_every_bundled_distribution(deb_payload: Payl
 @pytest.mark.skipif(shutil.which("lintian") is None, reason="lintian is missing: packaging/install-build-deps.sh")
 def test_lintian_shows_no_error_and_every_override_is_used(packages: tuple[Path, Path]) -> None:
     result = subprocess.run(
-        ["lintian", "--fail-on", "error", "--show-overrides", "--tag-display-limit", "0", str(packages[0])],
+        ["/usr/bin/lintian", "--fail-on", "error", "--show-overrides", "--tag-display-limit", "0", str(packages[0])],
         capture_output=True,
         text=True,
         check=False,
@@ -304,7 +308,7 @@ def test_lintian_shows_no_error_and_every_override_is_used(packages: tuple[Path,
 @pytest.mark.skipif(shutil.which("rpmlint") is None, reason="rpmlint is missing: packaging/install-build-deps.sh")
 def test_rpmlint_shows_no_error_outside_the_overrides(packages: tuple[Path, Path]) -> None:
     result = subprocess.run(
-        ["rpmlint", "-r", str(ROOT / "packaging/p0-ssh-agent.rpmlintrc"), str(packages[1])],
+        ["/usr/bin/rpmlint", "-r", str(ROOT / "packaging/p0-ssh-agent.rpmlintrc"), str(packages[1])],
         capture_output=True,
         text=True,
         check=False,
