@@ -120,6 +120,9 @@ log "downloading $machine wheels under constraints.txt"
 rm -rf "$site/bin"
 find "$site" -depth -type d \( -name tests -o -name _tests -o -name test -o -name __pycache__ \) -exec rm -rf {} +
 find "$site" -name 'direct_url.json' -delete
+# Type stubs are for type checkers, not for the interpreter; trio's _tools regenerate trio's own sources.
+find "$site" -name '*.pyi' -delete
+rm -rf "$site/trio/_tools"
 rm -rf "$site"/pip "$site"/pip-*.dist-info "$site"/setuptools "$site"/setuptools-*.dist-info "$site"/_distutils_hack
 
 # --- 4. launcher, bytecode, strip -----------------------------------------------------------------------------
@@ -154,6 +157,9 @@ unshare --mount --propagation private -- bash -c '
     mount --bind "$2" "$1/stage"
     chroot "$1" find /stage -name "*.so*" -type f -exec "$3" --strip-unneeded {} +
 ' _ "$buildroot" "$site" "$strip_tool"
+
+# Shared objects are not programs (Debian policy 8.1; lintian shared-library-is-executable): 0644 like the rest.
+find "$stage$prefix" -type f -name '*.so*' -exec chmod 0644 {} +
 
 # --- 5. checks on what will ship ------------------------------------------------------------------------------
 # A source or build path from this machine inside the package would break it, or at least leak.

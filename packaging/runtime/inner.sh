@@ -80,7 +80,8 @@ build_python=()
 cross_cache=()
 if [ "$arch" = arm64 ]; then
     build_python=(--with-build-python=/build/host-python/bin/python$short)
-    cross_cache=(ac_cv_file__dev_ptmx=yes ac_cv_file__dev_ptc=no)
+    # configure cannot run test programs for the target: the answers for Linux.
+    cross_cache=(ac_cv_file__dev_ptmx=yes ac_cv_file__dev_ptc=no ac_cv_buggy_getaddrinfo=no)
 fi
 # No PGO (--enable-optimizations runs the test suite under instrumentation: too slow for a cold CI build on two
 # cores) and no LTO (docs/install.md has the measurements). -O2 as Debian builds its own.
@@ -104,6 +105,7 @@ cp -L "$multiarch_lib/libffi.so.7" "$multiarch_lib/liblzma.so.5" "$multiarch_lib
 # --- trim ------------------------------------------------------------------------------------------------------
 stdlib=$prefix/lib/python$short
 rm -rf "$prefix/include" "$prefix/share" "$prefix/ssl" "$prefix/lib/pkgconfig" "$prefix/lib/cmake" \
+    "$prefix/lib/engines-3" "$prefix/lib/ossl-modules" "$prefix/lib/libssl.so" "$prefix/lib/libcrypto.so" \
     "$prefix"/lib/libssl.a "$prefix"/lib/libcrypto.a "$prefix"/lib/libpython*.a \
     "$stdlib"/config-"$short"-* "$stdlib/test" "$stdlib/idlelib" "$stdlib/tkinter" "$stdlib/turtledemo" \
     "$stdlib/turtle.py" "$stdlib/ensurepip" "$stdlib/lib2to3" "$stdlib/site-packages"/*

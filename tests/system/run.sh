@@ -62,7 +62,7 @@ unit=p0-ssh-agent.service
 
 # --- build or reuse the packages --------------------------------------------------------------------------------
 stale_sources() {
-    find agent packaging systemd debian nfpm.yaml pyproject.toml constraints.txt CHANGELOG.md README.md \
+    find agent packaging systemd debian docs nfpm.yaml pyproject.toml constraints.txt CHANGELOG.md README.md \
         -type f -newer "$1" -not -path '*/__pycache__/*' -not -name '*.pyc' -print -quit 2>/dev/null
 }
 rebuild=${P0_SYSTEM_TEST_REBUILD:-auto}
