@@ -88,6 +88,8 @@ stage=$build/stage
 rm -rf "$stage"
 mkdir -p "$stage/usr/lib/p0-ssh-agent" "$stage/usr/bin" "$stage/usr/share/doc/p0-ssh-agent"
 cp -a "$runtime/python" "$stage$prefix"
+# Bytecode is made below, for every file, in one mode: none may come from the cache.
+find "$stage$prefix" -name __pycache__ -prune -exec rm -rf {} +
 site=$stage$prefix/lib/python$short/site-packages
 
 # --- 3. wheels ------------------------------------------------------------------------------------------------
@@ -143,7 +145,9 @@ chmod 0755 "$stage/usr/bin/p0-ssh-agent"
 # unchecked-hash pycs stay valid whatever mtimes dpkg or rpm set; -s/-p record the installed paths in them
 # (tracebacks name /usr/lib/..., not the build directory).
 log "byte-compiling"
-"$native_python" -I -m compileall -q -j 0 --invalidation-mode unchecked-hash -s "$stage" -p / \
+# -B: the build interpreter must not leave timestamp pycs in the cached runtime (they would be copied next time);
+# -f: compile every file, whatever __pycache__ holds.
+"$native_python" -I -B -m compileall -q -f -j 0 --invalidation-mode unchecked-hash -s "$stage" -p / \
     "$stage$prefix/lib/python$short" >/dev/null
 
 # Strip the dependencies' shared objects (the runtime's own are stripped in its build) with the build root's
@@ -184,13 +188,13 @@ if [ "$arch" != amd64 ]; then
     [ -n "$qemu" ] && smoke=("$qemu" "${smoke[@]}")
 fi
 if [ "$arch" = amd64 ] || [ ${#smoke[@]} -gt 1 ]; then
-    "${smoke[@]}" -I -c '
+    "${smoke[@]}" -I -B -c '
 import ssl, sys, ctypes, lzma, bz2, zlib
 import cedarpy, cryptography, jose, ruamel.yaml, structlog, trio, trio_websocket
 from p0_ssh_agent._version import __version__
 sys.exit(0 if __version__ == sys.argv[1] else f"built {__version__}, expected {sys.argv[1]}")
 ' "$version" || die "the staged runtime does not import the agent"
-    log "smoke test passed ($("${smoke[@]}" -I -c 'import ssl; print(ssl.OPENSSL_VERSION)'))"
+    log "smoke test passed ($("${smoke[@]}" -I -B -c 'import ssl; print(ssl.OPENSSL_VERSION)'))"
 else
     log "no qemu-$machine-static: the $arch runtime was not smoke-tested here"
 fi
@@ -198,6 +202,12 @@ fi
 # --- 6. SBOM, changelog, man page and packages ----------------------------------------------------------------
 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || stat -c %Y agent/p0_ssh_agent/_version.py)}
 export SOURCE_DATE_EPOCH
+# The documentation, staged for the .deb (nfpm leaves `type: doc` entries out of a .deb, so nfpm.yaml lists them
+# one by one as %doc for the .rpm only; tests/test_package_payload.py checks both packages hold the same files).
+doc=$stage/usr/share/doc/p0-ssh-agent
+mkdir -p "$doc/policies"
+cp docs/*.md CHANGELOG.md packaging/config.example.yaml "$doc/"
+cp docs/policies/*.cedar "$doc/policies/"
 "$host_python" packaging/runtime/sbom.py --version "$version" --arch "$arch" \
     --components "$runtime/components.txt" --site "$site" >"$stage/usr/share/doc/p0-ssh-agent/sbom.cdx.json"
 "$host_python" packaging/changelog.py CHANGELOG.md "$version" >"$build/changelog.yml"

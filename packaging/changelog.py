@@ -1,10 +1,11 @@
 #!/usr/bin/python3
 """CHANGELOG.md (Keep a Changelog) to the chglog YAML that nfpm turns into changelog.Debian.gz and %changelog.
 
-    packaging/changelog.py CHANGELOG.md VERSION > build/changelog.yml
+    packaging/changelog.py CHANGELOG.md VERSION [RELEASE] > build/changelog.yml
 
 One entry per released section ("## [X.Y.Z] - YYYY-MM-DD"); the "Unreleased" section becomes VERSION's entry,
-dated SOURCE_DATE_EPOCH, unless VERSION has a section of its own. Each bullet's first sentence is one line of the
+dated SOURCE_DATE_EPOCH, unless VERSION has a section of its own. Entries carry the package version
+VERSION-RELEASE (RELEASE: nfpm.yaml's, default 1), as Debian and rpm changelogs do. Each bullet's first sentence is one line of the
 package changelog (the full text stays in /usr/share/doc/p0-ssh-agent/CHANGELOG.md). Stdlib only; emits JSON,
 which is YAML, so no YAML library is needed on the build machine.
 """
@@ -46,6 +47,7 @@ def sections(markdown: str) -> list[tuple[str, str | None, list[str]]]:
 
 def main() -> int:
     markdown, version = Path(sys.argv[1]).read_text(), sys.argv[2]
+    release = sys.argv[3] if len(sys.argv) > 3 else "1"
     build_date = datetime.fromtimestamp(int(os.environ.get("SOURCE_DATE_EPOCH", "0")), UTC)
     found = sections(markdown)
     has_own = any(name == version for name, _, _ in found)
@@ -60,14 +62,14 @@ def main() -> int:
         notes = [first_sentence(b) for b in bullets] or ["No user-visible change."]
         entries.append(
             {
-                "semver": name,
+                "semver": f"{name}-{release}",
                 "date": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "packager": PACKAGER,
                 "deb": {"urgency": "medium", "distributions": ["stable"]},
                 "changes": [{"commit": "", "note": note} for note in notes],
             }
         )
-    if not any(entry["semver"] == version for entry in entries):
+    if not any(entry["semver"] == f"{version}-{release}" for entry in entries):
         print(f"changelog: no section for {version} and no [Unreleased] section in {sys.argv[1]}", file=sys.stderr)
         return 1
     json.dump(entries, sys.stdout, indent=1)

@@ -191,6 +191,7 @@ def test_nfpm_contents_point_at_files_that_exist_or_that_the_build_makes() -> No
         "build/stage/usr/lib/p0-ssh-agent",
         "build/stage/usr/bin/p0-ssh-agent",
         "build/stage/usr/share/doc/p0-ssh-agent/sbom.cdx.json",
+        "build/stage/usr/share/doc/p0-ssh-agent",
         "build/p0-ssh-agent.8.gz",
     }
     assert nfpm["changelog"] == "build/changelog.yml", "packaging/changelog.py writes it from CHANGELOG.md"
@@ -233,7 +234,7 @@ def test_package_changelog_has_an_entry_for_this_version(tmp_path: Path) -> None
         env={"SOURCE_DATE_EPOCH": "1700000000"},
     )
     entries = YAML(typ="safe").load(result.stdout)
-    assert entries[0]["semver"] == __version__
+    assert entries[0]["semver"] == f"{__version__}-1", "Debian and rpm changelogs name the package version"
     assert entries[0]["changes"], "the entry has no change lines"
     assert all(len(change["note"]) <= 72 for entry in entries for change in entry["changes"])
 

@@ -78,7 +78,7 @@ check_rpm() {
         "$(rpm -qp --qf '%{NAME} %{VERSION} %{RELEASE} %{ARCH}' "$rpm" 2>/dev/null)"
     local requires
     requires=$(rpm -qpR "$rpm" 2>/dev/null | grep -v '^rpmlib(' | sort | tr '\n' ' ')
-    expect_eq "rpm: requires (no Python)" "glibc >= 2.31 shadow-utils sudo zlib " "$requires"
+    expect_eq "rpm: requires (no Python)" "glibc >= 2.31 libz.so.1()(64bit) shadow-utils sudo " "$requires"
     local listing flags scripts
     listing=$(rpm -qplv "$rpm" 2>/dev/null)
     listing_has "rpm: /etc/p0-ssh-agent 0750" "$listing" '^drwxr-x--- .* root +root .* /etc/p0-ssh-agent$'
