@@ -67,8 +67,9 @@ if ! unshare --mount --propagation private -- bash -c '
     mount --bind "$work" "$root/build"
     mount --bind "$out/python" "$root/usr/lib/p0-ssh-agent/python"
     if [ -n "$build_python_dir" ]; then
+        # Under the root'"'"'s /build itself: a mount made on $work now would not show through the bind above.
         mkdir -p "$work/host-python"
-        mount --bind -o ro "$build_python_dir/python" "$work/host-python"
+        mount --bind -o ro "$build_python_dir/python" "$root/build/host-python"
     fi
     mount -t proc proc "$root/proc"
     mount -t tmpfs tmpfs "$root/tmp"
