@@ -186,21 +186,32 @@ for info in "$site"/*.dist-info; do
 done
 [ ${#missing[@]} -eq 0 ] || die "bundled distributions missing from debian/copyright: ${missing[*]}"
 
-# The staged interpreter imports the agent and every dependency, and reports the version asked for; on arm64
-# through qemu-user when it is installed (binfmt or the static binary named explicitly).
+# The staged interpreter imports the agent and every dependency and reports the version asked for, then the
+# launcher's --version, keygen and a dry-run `command`, as an admin would run them; on arm64 under qemu-user,
+# with the build root as the target's root (its arm64 glibc is 2.31, the floor the package claims).
 smoke=("$stage$prefix/bin/python$short")
+smoke_env=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C)
 if [ "$arch" != amd64 ]; then
     qemu=$(command -v "qemu-$machine-static" || command -v "qemu-$machine" || true)
-    [ -n "$qemu" ] && smoke=("$qemu" "${smoke[@]}")
+    [ -n "$qemu" ] && smoke=("$qemu" "${smoke[@]}") && smoke_env+=(QEMU_LD_PREFIX="$buildroot")
 fi
 if [ "$arch" = amd64 ] || [ ${#smoke[@]} -gt 1 ]; then
-    "${smoke[@]}" -I -B -c '
+    "${smoke_env[@]}" "${smoke[@]}" -I -B -c '
 import ssl, sys, ctypes, lzma, bz2, zlib
 import cedarpy, cryptography, jose, ruamel.yaml, structlog, trio, trio_websocket
 from p0_ssh_agent._version import __version__
 sys.exit(0 if __version__ == sys.argv[1] else f"built {__version__}, expected {sys.argv[1]}")
 ' "$version" || die "the staged runtime does not import the agent"
-    log "smoke test passed ($("${smoke[@]}" -I -B -c 'import ssl; print(ssl.OPENSSL_VERSION)'))"
+    smoke_dir=$(mktemp -d)
+    agent=("${smoke_env[@]}" "${smoke[@]}" -I -B "$stage/usr/bin/p0-ssh-agent")
+    printf 'orgId: smoke\nhostId: smoke\ntunnelHost: wss://p0.invalid\nkeyPath: %s\nstateDir: %s\ndryRun: true\n' \
+        "$smoke_dir/keys" "$smoke_dir/state" >"$smoke_dir/config.yaml"
+    "${agent[@]}" --version | grep -qx "p0-ssh-agent $version" || die "smoke: --version"
+    "${agent[@]}" keygen --key-path "$smoke_dir/keys" >/dev/null || die "smoke: keygen"
+    "${agent[@]}" command -c "$smoke_dir/config.yaml" --command provisionUser --username smokeuser --dry-run \
+        | grep -q '"success": true' || die "smoke: dry-run command"
+    rm -rf "$smoke_dir"
+    log "smoke test passed: import, --version, keygen, dry-run command ($("${smoke_env[@]}" "${smoke[@]}" -I -B -c 'import ssl; print(ssl.OPENSSL_VERSION)'))"
 else
     log "no qemu-$machine-static: the $arch runtime was not smoke-tested here"
 fi
