@@ -43,8 +43,11 @@ unit: venv
 sandbox-test: deps-test venv
 	tests/sandbox/enter $(BIN)/pytest -q -m 'not system' tests
 
-package: deps-run
-	bash packaging/build.sh
+# ARCH=arm64 cross-compiles the runtime (packaging/runtime/build-runtime.sh) and smoke-tests it under qemu-user.
+ARCH ?= amd64
+package:
+	@bash packaging/install-build-deps.sh --package $(ARCH)
+	ARCH=$(ARCH) bash packaging/build.sh
 
 # Signed apt and dnf repositories of every package in dist/, in dist/repo (packaging/repo.sh, docs/install.md).
 # A test key unless P0_REPO_GPG_HOME and P0_REPO_KEY_ID name the release key; P0_REPO_URL is where it is served.

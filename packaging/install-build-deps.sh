@@ -8,14 +8,22 @@
 set -euo pipefail
 
 # gcc and libc6-dev build the slow-NSS LD_PRELOAD shim of the fault-injection tests (tests/fixtures/slow_nss.c).
-# apt-utils (apt-ftparchive), createrepo-c, gnupg and rpm build and sign the repositories of `make repo`; dnf installs
-# the .rpm from the signed dnf repository into a scratch root in the system test.
+# debootstrap builds the Debian 11 root the bundled runtime is compiled in (packaging/runtime/buildroot.sh) and
+# the system test's rootfs; binutils (readelf) checks the payload's glibc ceiling; lintian and rpmlint check the
+# packages (tests/test_package_payload.py). apt-utils (apt-ftparchive), createrepo-c, gnupg and rpm build and sign
+# the repositories of `make repo`; dnf installs the .rpm from the signed dnf repository into a scratch root in the
+# system test.
 want=(openssh-server openssh-client sudo debootstrap rpm python3-venv iproute2 procps util-linux passwd gcc libc6-dev
-    apt-utils createrepo-c gnupg dnf)
+    apt-utils createrepo-c gnupg dnf binutils lintian rpmlint)
 need_nspawn_wanted=1
 if [ "${1:-}" = "--venv-only" ]; then   # `make run` needs only a working venv module
     want=(python3-venv)
     need_nspawn_wanted=0
+elif [ "${1:-}" = "--package" ]; then   # `make package`: the runtime build and the checks of packaging/build.sh
+    want=(python3-venv debootstrap binutils)
+    need_nspawn_wanted=0
+    # ARCH=arm64: the cross-built runtime is smoke-tested under qemu-user.
+    [ "${2:-amd64}" = amd64 ] || want+=(qemu-user-static)
 fi
 missing=()
 for pkg in "${want[@]}"; do

@@ -189,7 +189,15 @@ def test_man_page_lists_every_subcommand() -> None:
 def test_nfpm_contents_point_at_files_that_exist_or_that_the_build_makes() -> None:
     nfpm = YAML(typ="safe").load((ROOT / "nfpm.yaml").read_text())
     assert nfpm["version"] == "${P0_VERSION}", "the version comes from _version.py, through packaging/build.sh"
-    built_by_build_sh = {"build/stage/opt/p0-ssh-agent", "build/p0-ssh-agent.8.gz"}
+    assert nfpm["arch"] == "${P0_ARCH}", "one package per architecture: packaging/build.sh sets P0_ARCH"
+    built_by_build_sh = {
+        "build/stage/usr/lib/p0-ssh-agent",
+        "build/stage/usr/bin/p0-ssh-agent",
+        "build/stage/usr/share/doc/p0-ssh-agent/sbom.cdx.json",
+        "build/stage/usr/share/doc/p0-ssh-agent",
+        "build/p0-ssh-agent.8.gz",
+    }
+    assert nfpm["changelog"] == "build/changelog.yml", "packaging/changelog.py writes it from CHANGELOG.md"
     for entry in nfpm["contents"]:
         source = entry.get("src")
         if source is None or entry.get("type") == "symlink":
@@ -201,6 +209,37 @@ def test_nfpm_contents_point_at_files_that_exist_or_that_the_build_makes() -> No
     scripts = [*nfpm["overrides"]["deb"]["scripts"].values(), *nfpm["overrides"]["rpm"]["scripts"].values()]
     for script in scripts:
         assert (ROOT / script).stat().st_mode & 0o111, f"{script} is not executable"
+
+
+def test_nfpm_depends_on_no_python_and_the_unit_is_in_usr_lib() -> None:
+    nfpm = YAML(typ="safe").load((ROOT / "nfpm.yaml").read_text())
+    for packager in ("deb", "rpm"):
+        depends = nfpm["overrides"][packager]["depends"]
+        assert not [d for d in depends if "python" in d], depends
+    units = [e["dst"] for e in nfpm["contents"] if e.get("src") == "systemd/p0-ssh-agent.service"]
+    assert units == ["/usr/lib/systemd/system/p0-ssh-agent.service"]
+
+
+def test_every_doc_is_shipped() -> None:
+    nfpm = YAML(typ="safe").load((ROOT / "nfpm.yaml").read_text())
+    shipped = {e["src"] for e in nfpm["contents"] if e.get("type") == "doc"}
+    docs = [*sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "docs/policies").glob("*.cedar"))]
+    missing = [str(p.relative_to(ROOT)) for p in docs if str(p.relative_to(ROOT)) not in shipped]
+    assert not missing, f"not in nfpm.yaml's contents (the man page points to /usr/share/doc): {missing}"
+
+
+def test_package_changelog_has_an_entry_for_this_version(tmp_path: Path) -> None:
+    result = subprocess.run(
+        ["/usr/bin/python3", str(ROOT / "packaging/changelog.py"), str(ROOT / "CHANGELOG.md"), __version__],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"SOURCE_DATE_EPOCH": "1700000000"},
+    )
+    entries = YAML(typ="safe").load(result.stdout)
+    assert entries[0]["semver"] == f"{__version__}-1", "Debian and rpm changelogs name the package version"
+    assert entries[0]["changes"], "the entry has no change lines"
+    assert all(len(change["note"]) <= 72 for entry in entries for change in entry["changes"])
 
 
 def test_version_is_plain_semver_so_deb_and_rpm_order_it_like_pep_440() -> None:

@@ -90,7 +90,7 @@ unit=p0-ssh-agent.service
 
 # --- build or reuse the packages --------------------------------------------------------------------------------
 stale_sources() {
-    find agent packaging systemd debian nfpm.yaml pyproject.toml constraints.txt CHANGELOG.md README.md \
+    find agent packaging systemd debian docs nfpm.yaml pyproject.toml constraints.txt CHANGELOG.md README.md \
         -type f -newer "$1" -not -path '*/__pycache__/*' -not -name '*.pyc' -print -quit 2>/dev/null
 }
 rebuild=${P0_SYSTEM_TEST_REBUILD:-auto}
@@ -207,14 +207,6 @@ if [ "$suite" = trixie ]; then
     expect_eq "Debian 13: apt verified it with sqv (gpgv is not even installed)" sqv \
         "$(C sh -c 'command -v sqv >/dev/null && ! command -v gpgv >/dev/null && echo sqv')"
 fi
-# RUNTIME (issue 12, items 1-3): until the package carries its own runtime it depends on python3.11, which
-# Debian 13 does not have. The coordinator removes this skip once the bundled-runtime work is merged.
-if [ "$suite" = trixie ] && grep -q 'python3\.11' <<<"$(dpkg-deb -f "$deb" Depends)"; then
-    say "SKIP: the .deb depends on python3.11 ($(dpkg-deb -f "$deb" Depends)), which Debian 13 does not have: needs the bundled runtime (issue 12 items 1-3)"
-    summary
-    [ "$failed" -eq 0 ]
-    exit
-fi
 check "apt-get install -y p0-ssh-agent" C env DEBIAN_FRONTEND=noninteractive apt-get install -y -q p0-ssh-agent
 expect_eq "installed version" "install ok installed $version-1" \
     "$(C dpkg-query -W -f='${Status} ${Version}' p0-ssh-agent 2>&1)"
@@ -232,10 +224,10 @@ expect_eq "without config.yaml, a start is skipped by ConditionPathExists" "inac
 # --- the unit: verify and security --------------------------------------------------------------------------------
 say "--- unit"
 # Installed, so ExecStart= and the Documentation= man page exist: any output at all is a finding.
-verify_out=$(C systemd-analyze verify /lib/systemd/system/$unit 2>&1)
+verify_out=$(C systemd-analyze verify /usr/lib/systemd/system/$unit 2>&1)
 verify_rc=$?
 expect_eq "systemd-analyze verify: exit 0, no output" "0 " "$verify_rc $verify_out"
-exposure_line=$(C systemd-analyze security --offline=yes --no-pager /lib/systemd/system/$unit 2>&1 | grep 'Overall exposure level')
+exposure_line=$(C systemd-analyze security --offline=yes --no-pager /usr/lib/systemd/system/$unit 2>&1 | grep 'Overall exposure level')
 exposure=$(printf '%s' "$exposure_line" | sed -n 's/.*: \([0-9.]*\) .*/\1/p')
 say "    systemd-analyze security: ${exposure_line#→ }"
 if [ -n "$exposure" ] && awk -v e="$exposure" 'BEGIN { exit !(e <= 3.0) }'; then
@@ -349,7 +341,7 @@ ssh_sudo() {
         'printf "%s " "$(id -un)"; if sudo -n true 2>/dev/null; then echo sudo; else echo no-sudo; fi' 2>&1
 }
 C_write /root/p0-sandbox-probe.sh 0644 <"$here/sandbox-probe.sh"
-sandbox_lines=$(sed -n '/^\[Service\]/,/^\[/p' "/proc/$leader/root/lib/systemd/system/$unit" \
+sandbox_lines=$(sed -n '/^\[Service\]/,/^\[/p' "/proc/$leader/root/usr/lib/systemd/system/$unit" \
     | grep -E '^[A-Za-z]+=' \
     | grep -vE '^(Type|NotifyAccess|ExecStart|ExecReload|Restart|RestartSec|RestartPreventExitStatus|WatchdogSec|Timeout[A-Za-z]*Sec|StateDirectory[A-Za-z]*|RuntimeDirectory[A-Za-z]*|EnvironmentFile|Environment)=')
 # run_probe PHASE ARGS...: the probe as a oneshot unit with the agent's sandbox; every step becomes a check.
@@ -516,10 +508,13 @@ for _ in range(20):
     time.sleep(0.01)
 print(len(seen))
 PY
-seen_alive() { C python3.11 -I -c "$seen_py" "$chain_user"; }
+# Inside the container: the package's own interpreter, the one Python every target has once it is installed
+# (Debian 13 has no python3.11).
+container_python=/usr/lib/p0-ssh-agent/python/bin/python3
+seen_alive() { C "$container_python" -I -c "$seen_py" "$chain_user"; }
 start_chains() {
     C prlimit --nproc=64 -- setpriv --reuid "$chain_user" --regid "$chain_user" --clear-groups -- \
-        python3.11 -I -S -c "$chain_py" 4 120 >/dev/null 2>&1
+        "$container_python" -I -S -c "$chain_py" 4 120 >/dev/null 2>&1
     wait_until 30 chains_up
 }
 chains_up() { [ "$(seen_alive)" -ge 4 ]; }
@@ -573,10 +568,10 @@ expect_eq "upgrade kept the configuration and the host key" "$ledger_before" \
     "$(C sha256sum /etc/p0-ssh-agent/config.yaml /etc/p0-ssh-agent/keys/jwk.private.json 2>&1)"
 if wait_until 30 connected; then ok "reconnected after the upgrade"; else bad "reconnected after the upgrade" "$(show StatusText)"; fi
 expect_eq "after the upgrade: the grants are kept ($user logs in, sudo -n true works)" "$user sudo" "$(ssh_sudo "$user")"
-# PYTHONDONTWRITEBYTECODE and a read-only /opt: nothing may have been written into the package's files.
+# -B and a read-only /usr: nothing may have been written into the package's files.
 expect_eq "dpkg --verify: installed files unchanged after running" "" "$(C dpkg --verify p0-ssh-agent 2>&1)"
-expect_eq "no stray .pyc under /opt written at run time" "" \
-    "$(C find /opt/p0-ssh-agent -name '*.pyc' -newer /var/lib/dpkg/info/p0-ssh-agent.list | head -3)"
+expect_eq "no stray .pyc under /usr/lib/p0-ssh-agent written at run time" "" \
+    "$(C find /usr/lib/p0-ssh-agent -name '*.pyc' -newer /var/lib/dpkg/info/p0-ssh-agent.list | head -3)"
 
 # --- stop, remove, purge ----------------------------------------------------------------------------------------
 say "--- stop, remove, purge"
@@ -621,7 +616,7 @@ expect_eq "after revoke-all: no agent sudo rule left" "" "$(C sh -c 'ls /etc/sud
 purge_out=$(C env DEBIAN_FRONTEND=noninteractive apt-get purge -y -q p0-ssh-agent 2>&1)
 expect_eq "purge after revoke-all: no warning" "" "$(grep 'p0-ssh-agent:' <<<"$purge_out")"
 leftovers=$(C sh -c 'for p in /var/lib/p0-ssh-agent /etc/p0-ssh-agent /etc/default/p0-ssh-agent /opt/p0-ssh-agent \
-    /usr/bin/p0-ssh-agent /lib/systemd/system/p0-ssh-agent.service /usr/lib/systemd/system/p0-ssh-agent.service; do [ -e "$p" ] || [ -L "$p" ] && echo "$p"; done')
+    /usr/lib/p0-ssh-agent /usr/bin/p0-ssh-agent /lib/systemd/system/p0-ssh-agent.service /usr/lib/systemd/system/p0-ssh-agent.service; do [ -e "$p" ] || [ -L "$p" ] && echo "$p"; done')
 expect_eq "purge: no state, configuration, keys, application or unit left" "" "$leftovers"
 
 # --- upgrade from the 0.1.0 release (issue 12 item 6), on Debian 12 where 0.1.0 installs -------------------------

@@ -91,15 +91,8 @@ EOF
     expect_eq "upgrade from $old_release_version: $old_user still logs in and has sudo" "$old_user sudo" "$(ssh_sudo "$old_user")"
     expect_contains "upgrade from $old_release_version: the new agent reads the old ledger (status lists the grants)" "live grant" \
         "$(C p0-ssh-agent status 2>&1)"
-    # RUNTIME (issue 12, items 1-3): until the package carries its own runtime, the new package still is a venv in
-    # /opt, so there is no old runtime to be gone. The coordinator drops this branch once that work is merged.
-    # (A here-string: under pipefail, `dpkg-deb -c | grep -q` fails when grep stops reading early.)
-    if grep -q ' \./opt/p0-ssh-agent/' <<<"$(dpkg-deb -c "$next_deb")"; then
-        say "NOTE: the $next package still ships /opt/p0-ssh-agent (the venv layout): 'nothing of the old runtime left' is checked once the bundled runtime is merged"
-    else
-        expect_eq "upgrade from $old_release_version: nothing of the old runtime is left in /opt" "" \
-            "$(C sh -c 'ls -d /opt/p0-ssh-agent 2>/dev/null; dpkg -S /opt/p0-ssh-agent 2>/dev/null')"
-        expect_eq "upgrade from $old_release_version: the agent no longer runs on the distribution's python3.11" "" \
-            "$(C readlink "/proc/$(show MainPID)/exe" | grep 'python3\.11')"
-    fi
+    expect_eq "upgrade from $old_release_version: nothing of the old runtime is left in /opt" "" \
+        "$(C sh -c 'ls -d /opt/p0-ssh-agent 2>/dev/null; dpkg -S /opt/p0-ssh-agent 2>/dev/null')"
+    expect_contains "upgrade from $old_release_version: the agent runs on the bundled runtime, not the distribution's python3.11" \
+        /usr/lib/p0-ssh-agent/python/bin/python3. "$(C readlink "/proc/$(show MainPID)/exe")"
 }

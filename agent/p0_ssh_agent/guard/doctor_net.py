@@ -29,7 +29,7 @@ from p0_ssh_agent._version import __version__
 from p0_ssh_agent.errors import ConfigError
 from p0_ssh_agent.findings import Finding
 from p0_ssh_agent.runtime.proxy import ProxyError, authority, open_tunnel_stream, proxy_for
-from p0_ssh_agent.runtime.tunnel import tls_context
+from p0_ssh_agent.runtime.trust import ca_bundle, tls_context
 
 NETWORK_CHECKS = ("proxy", "tls", "clock")
 DEFAULT_TIMEOUT = 10.0
@@ -170,9 +170,10 @@ def _name_of(cert: dict[str, Any], field: str) -> str:
 async def _tls(
     raw: trio.abc.Stream, target: Target, ca_file: Path | None, seconds: float
 ) -> tuple[Finding, trio.abc.Stream]:
-    trust = f"tunnelCaFile {ca_file}" if ca_file else "the system trust store"
+    system_store = ca_bundle(None) or "OpenSSL's default paths"
+    trust = f"tunnelCaFile {ca_file}" if ca_file else f"the system trust store ({system_store})"
     try:
-        context = tls_context(str(ca_file) if ca_file else None) or ssl.create_default_context()
+        context = tls_context(str(ca_file) if ca_file else None)
     except (OSError, ssl.SSLError) as exc:
         fix = "point tunnelCaFile at a readable PEM file holding the backend's CA"
         return Finding("tls", "fail", f"cannot load tunnelCaFile {ca_file}: {exc}", fix), raw

@@ -31,6 +31,7 @@ from p0_ssh_agent.runtime import status
 from p0_ssh_agent.runtime.backoff import AUTH_BACKOFF_CAP, Backoff
 from p0_ssh_agent.runtime.proxy import ProxySettings, connect_websocket
 from p0_ssh_agent.runtime.session import Activity, Session, SessionSettings
+from p0_ssh_agent.runtime.trust import tls_context
 from p0_ssh_agent.runtime.worker import Worker
 
 if TYPE_CHECKING:
@@ -56,11 +57,6 @@ class TunnelSettings:
     key: AgentKey
     ca_file: str | None
     proxy: ProxySettings | None
-
-
-def tls_context(ca_file: str | None) -> ssl.SSLContext | None:
-    """None means the system trust store; a `tunnelCaFile` replaces it (a private CA pins the backend)."""
-    return ssl.create_default_context(cafile=ca_file) if ca_file else None
 
 
 class ActivityStream(trio.abc.Stream):
