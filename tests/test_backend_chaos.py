@@ -93,8 +93,15 @@ async def test_agent_survives_a_misbehaving_backend(tmp_path: Path) -> None:
             # Garbage, binary and oversized frames: refused or ignored; the agent keeps (or regains) the connection.
             for frame in ("{not json", b"\x00\x01binary", '{"jsonrpc":"2.0","id":1,"method":"call","params":7}'):
                 await backend.send_raw(CLIENT_ID, frame)
-            await backend.send_raw(CLIENT_ID, '{"jsonrpc":"2.0","method":"call","params":"' + "x" * (2 << 20) + '"}')
+            oversized = '{"jsonrpc":"2.0","method":"call","params":"' + "x" * (2 << 20) + '"}'
+            # The agent refuses it (1009) and must hang up that TCP connection: trio-websocket leaves the stream
+            # open after a 1009, and a backend still writing the frame into the abandoned socket blocked for ever.
+            with trio.fail_after(30):
+                await backend.send_raw(CLIENT_ID, oversized)
             await answered(backend, within=40)
+            with trio.fail_after(30):
+                while len(backend.channels) > 1:  # the old connection ended on the backend's side too
+                    await trio.sleep(0.1)
 
             # The connection drops right after a call went out: the call fails, the agent comes back, a retry works.
             async with trio.open_nursery() as racing:

@@ -172,18 +172,33 @@ class Tunnel:
         refuse_clear_text(settings.url)
         activity = Activity()
         token = make_token(settings.key, settings.client_id)
+        streams: list[ActivityStream] = []
+
+        def wrap(stream: trio.abc.Stream) -> ActivityStream:
+            wrapped = ActivityStream(stream, activity)
+            streams.append(wrapped)
+            return wrapped
+
         async with trio.open_nursery() as nursery:
-            ws = await connect_websocket(
-                settings.url,
-                headers=[(b"authorization", f"Bearer {token}".encode())],
-                ssl_context=tls_context(settings.ca_file),
-                proxy=settings.proxy,
-                connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                max_message_size=LIBRARY_MAX_MESSAGE_BYTES,
-                nursery=nursery,
-                stream_wrapper=lambda stream: ActivityStream(stream, activity),
-            )
-            reason = await self._serve(ws, activity)
+            try:
+                ws = await connect_websocket(
+                    settings.url,
+                    headers=[(b"authorization", f"Bearer {token}".encode())],
+                    ssl_context=tls_context(settings.ca_file),
+                    proxy=settings.proxy,
+                    connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                    max_message_size=LIBRARY_MAX_MESSAGE_BYTES,
+                    nursery=nursery,
+                    stream_wrapper=wrap,
+                )
+                reason = await self._serve(ws, activity)
+            finally:
+                # The connection is over, however it ended, so its TCP (or TLS) stream is closed here. trio-websocket
+                # does not always do it: after refusing a message over max_message_size it sends close 1009, marks
+                # the connection closed and stops reading, and a later aclose() returns at once. The socket stayed
+                # open, one per oversized frame, and a backend still writing that frame blocked on it for ever.
+                for stream in streams:
+                    await trio.aclose_forcefully(stream)
             nursery.cancel_scope.cancel()
         return reason
 
