@@ -152,9 +152,10 @@ chmod 0755 "$stage/usr/bin/p0-ssh-agent"
 # (tracebacks name /usr/lib/..., not the build directory).
 log "byte-compiling"
 # -B: the build interpreter must not leave timestamp pycs in the cached runtime (they would be copied next time);
-# -f: compile every file, whatever __pycache__ holds.
+# -f: compile every file, whatever __pycache__ holds. -q prints only what failed to compile, and that must be seen
+# (a docstring with a lone surrogate compiles on 3.11 and not on 3.13).
 "$native_python" -I -B -m compileall -q -f -j 0 --invalidation-mode unchecked-hash -s "$stage" -p / \
-    "$stage$prefix/lib/python$short" >/dev/null
+    "$stage$prefix/lib/python$short"
 
 # Strip the dependencies' shared objects (the runtime's own are stripped in its build) with the build root's
 # binutils, which know both architectures.

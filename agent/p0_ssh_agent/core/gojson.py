@@ -23,7 +23,7 @@ def marshal_strings(values: list[str]) -> str:
 
 def _as_go_string(value: str) -> str:
     """Go writes each invalid UTF-8 byte as U+FFFD. Python's pwd hands such bytes over as surrogate escapes
-    (\udc80-\udcff): turn them back into bytes and let the decoder replace them the same way."""
+    (\\udc80-\\udcff): turn them back into bytes and let the decoder replace them the same way."""
     try:
         return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     except UnicodeEncodeError:  # a surrogate that is not an escaped byte: no Go string holds one
