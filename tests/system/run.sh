@@ -581,7 +581,10 @@ C rm -rf /etc/systemd/system/$unit.d
 remove_out=$(C env DEBIAN_FRONTEND=noninteractive apt-get remove -y -q p0-ssh-agent 2>&1)
 expect_eq "apt-get remove -y p0-ssh-agent: removed" "" "$(C dpkg-query -W -f='${db:Status-Abbrev}' p0-ssh-agent 2>/dev/null | grep '^ii')"
 # One key (REQkey2) and one sudo rule (REQsudo2) for the one account p0alice.
-expect_contains "remove: the live grants are named" "2 live grant(s) stay on this host: 1 key line(s), 1 sudo rule(s), for 1 account(s)" "$remove_out"
+# Two accounts the agent manages: p0alice, who holds the two grants, and $chain_user, created for the fork-chain
+# checks and locked (not deleted: userRevokeMode lock) by their revoke, so still in the ledger.
+expect_contains "remove: the live grants are named" \
+    "2 live grant(s) stay on this host: 1 key line(s), 1 sudo rule(s), for 2 account(s) the agent manages" "$remove_out"
 expect_contains "remove: the way to revoke them is named" "p0-ssh-agent revoke-all" "$remove_out"
 expect_eq "remove: no enablement symlink left" "" "$(C find /etc/systemd/system -name "$unit" 2>&1)"
 expect_eq "remove: configuration, keys and state are kept" "yes" \
