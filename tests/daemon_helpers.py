@@ -41,6 +41,13 @@ ALWAYS_SECRET = ("eyJ", "Bearer ")
 # --- the agent ---------------------------------------------------------------------------------------------
 
 
+def start_agent(config: Path, log_path: Path, env: Mapping[str, str] = BASE_ENV) -> subprocess.Popen[bytes]:
+    """`p0-ssh-agent start --config CONFIG` with stdout and stderr in log_path, in `env` (by default BASE_ENV: no
+    audit entries in the host's journal, nothing inherited from whatever runs the tests)."""
+    with log_path.open("w") as log:
+        return subprocess.Popen([str(AGENT), "start", "--config", str(config)], stdout=log, stderr=log, env=env)
+
+
 def keygen(key_dir: Path) -> dict[str, object]:
     """Keys the way an operator makes them; returns the public JWK."""
     subprocess.run(

@@ -10,13 +10,13 @@ agent's own 10 s heartbeat timeout and 30 s silence rule), so this takes about a
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 import trio
 import trio.lowlevel
 
+from daemon_helpers import start_agent
 from p0_ssh_agent.devbackend.server import CallFailed, DevBackend
 from p0_ssh_agent.identity.keys import generate_keys, load_public_jwk_file
 from reliability.figures import record
@@ -36,11 +36,6 @@ def _rss_kib(pid: int) -> int:
 
 def _forwarded(data: dict[str, object]) -> dict[str, object]:
     return {"path": "", "headers": {}, "method": "POST", "params": {}, "data": data}
-
-
-def _start_agent(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("w") as log:
-        return subprocess.Popen([str(AGENT), "start", "--config", str(config)], stdout=log, stderr=log)
 
 
 async def answered(backend: DevBackend, within: float) -> dict[str, object]:
@@ -85,7 +80,7 @@ async def test_agent_survives_a_misbehaving_backend(tmp_path: Path) -> None:
             f"stateDir: {tmp_path / 'state'}\nruntimeDir: {tmp_path / 'run'}\n"
             "dryRun: true\nheartbeatIntervalSeconds: 2\n"
         )
-        agent = _start_agent(config, log_path)
+        agent = start_agent(config, log_path)
         try:
             await answered(backend, within=30)
             rss_start = _rss_kib(agent.pid)

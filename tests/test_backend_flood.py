@@ -16,7 +16,6 @@ import contextlib
 import fcntl
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from daemon_helpers import start_agent
 from p0_ssh_agent.devbackend.server import CallFailed, DevBackend
 from p0_ssh_agent.identity.keys import generate_keys, load_public_jwk_file
 from p0_ssh_agent.protocol.jsonrpc import MAX_FRAME_BYTES
@@ -47,11 +47,6 @@ def vm_kib(pid: int, field: str) -> int:
         if line.startswith(f"{field}:"):
             return int(line.split()[1])
     raise AssertionError(f"no {field} in /proc/{pid}/status")
-
-
-def start_agent(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("w") as log:
-        return subprocess.Popen([str(AGENT), "start", "--config", str(config)], stdout=log, stderr=log, env=CHILD_ENV)
 
 
 def flood_frame(rpc_id: int) -> str:
@@ -117,7 +112,7 @@ async def test_a_flooding_backend_cannot_grow_the_agent_past_its_memory_bound(sa
             f"orgId: {ORG}\nhostId: {HOST}\ntunnelHost: {backend.rpc_url}\nkeyPath: {keys}\n"
             f"stateDir: {state_dir}\nheartbeatIntervalSeconds: 30\n"
         )
-        agent = start_agent(config, log_path)
+        agent = start_agent(config, log_path, CHILD_ENV)
         try:
             with trio.fail_after(30):
                 while True:

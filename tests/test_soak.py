@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import trio
 
+from daemon_helpers import start_agent
 from p0_ssh_agent.devbackend.server import CallFailed, DevBackend
 from p0_ssh_agent.identity.keys import generate_keys, load_public_jwk_file
 from reliability.figures import record
@@ -81,7 +81,7 @@ async def test_soak_memory_and_descriptors_stay_flat(tmp_path: Path) -> None:
             f"orgId: {ORG}\nhostId: {HOST}\ntunnelHost: {backend.rpc_url}\nkeyPath: {keys}\n"
             f"stateDir: {tmp_path / 'state'}\nruntimeDir: {tmp_path / 'run'}\ndryRun: true\n"
         )
-        agent = _start_agent(config, log_path)
+        agent = start_agent(config, log_path)
         try:
             with trio.fail_after(60):
                 await backend.wait_registered(CLIENT_ID)
@@ -145,8 +145,3 @@ async def test_soak_memory_and_descriptors_stay_flat(tmp_path: Path) -> None:
     assert end_rss <= warm_rss * 1.25 + 8 * 1024, f"RSS grew from {warm_rss} KiB to {end_rss} KiB"
     text = log_path.read_text()
     assert "Traceback" not in text and "request_crashed" not in text, text[-3000:]
-
-
-def _start_agent(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("w") as log:
-        return subprocess.Popen([str(AGENT), "start", "--config", str(config)], stdout=log, stderr=log)
