@@ -132,6 +132,26 @@ def start_chains(sandbox: Sandbox, bystanders: list[subprocess.Popen[bytes]]) ->
     assert all(process.poll() is None for process in bystanders), "a revoke ended processes of another user"
 
 
+def test_the_fork_chain_starts_every_chain_at_a_tight_nproc_ceiling(sandbox: Sandbox) -> None:
+    """The fixture itself: its first process must not die of EAGAIN before every chain runs (CI saw "the fork
+    chains never came up" once the first chain's zombies had filled the ceiling). At CHAINS + 1 slots the race was
+    lost in most runs; the start gate makes it deterministic."""
+    unused_uid = 3_999_999_000  # no account: the chains need only a UID of their own
+    with pytest.raises(KeyError):
+        pwd.getpwuid(unused_uid)
+    argv = [PRLIMIT, f"--nproc={CHAINS + 1}", "--", SETPRIV, "--reuid", str(unused_uid), "--regid", str(unused_uid),
+            "--clear-groups", "--", PYTHON, "-I", "-S", "-c", CHAIN, str(CHAINS), "5"]  # fmt: skip
+    try:
+        for _ in range(5):
+            launched = subprocess.run(
+                argv, check=False, stdin=subprocess.DEVNULL, capture_output=True, env=CHILD_ENV, timeout=60
+            )
+            assert launched.returncode == 0, launched.stderr.decode(errors="replace")
+            kill_everything_of(unused_uid)
+    finally:
+        kill_everything_of(unused_uid)
+
+
 @pytest.fixture
 def make_cli(tmp_path: Path, sandbox: Sandbox) -> Callable[[str], AgentCli]:
     keys = make_keys(tmp_path)
