@@ -20,7 +20,6 @@ from p0_ssh_agent.host.accounts import (
     allocate_uid,
     create_user,
     delete_user,
-    is_manageable,
     lock_user,
     lookup_user,
     manage_refusal,
@@ -61,8 +60,8 @@ def test_manage_refusal() -> None:
     assert "reserved" in (manage_refusal(record("systemd-timesync", 5000), min_uid=1000) or "")
     assert manage_refusal(record("alice", 65536), min_uid=1000) is None
     assert manage_refusal(record("bob", 1500), min_uid=2000) is not None
-    assert is_manageable(record("carol", 70000), min_uid=1000)
-    assert not is_manageable(record("dave", 0), min_uid=1000)
+    assert manage_refusal(record("carol", 70000), min_uid=1000) is None
+    assert manage_refusal(record("dave", 0), min_uid=1000) is not None
 
 
 def test_allocate_uid_starts_after_the_high_water_mark_and_wraps(tmp_path: Path) -> None:

@@ -188,7 +188,7 @@ def test_sudo_grants_render_the_dropin() -> None:
 def test_users_are_recorded_with_their_origin() -> None:
     ledger = sample()
     assert ledger.users["legacy"] == UserEntry(1500, T0, adopted=True)
-    assert ledger.owns_user("alice") and not ledger.owns_user("root")
+    assert "alice" in ledger.users and "root" not in ledger.users
 
 
 # --- unusable ledgers are refused and left untouched -------------------------------------------------------

@@ -98,15 +98,6 @@ class Status:
         return overall_exit(self.live_code, self.checks, config_failed)
 
 
-def gather(
-    config_path: str | None,
-    env: Mapping[str, str],
-    *,
-    run: Callable[[list[str]], tuple[int, str]] | None = None,
-) -> list[Check]:
-    return collect(config_path, env, run=run).checks
-
-
 def collect(
     config_path: str | None,
     env: Mapping[str, str],

@@ -146,10 +146,6 @@ def processes_survived(name: str, pids: tuple[int, ...], seconds: float, unkilla
     return left or f"{cause}, so a process hiding from /proc scans (a fork chain) may be left for user {name}"
 
 
-def find_processes_failed(reason: str) -> str:
-    return f"failed to find user processes: {reason}"
-
-
 # --- read-only commands (§6.6, §6.7, §6.8) --------------------------------------------------------------------
 
 AUDIT_COMPLETED = "Audit completed successfully"
@@ -157,10 +153,6 @@ AUDIT_TIMED_OUT = "audit script timed out after 1m0s"
 SUDOSH_COLLECTED = "Sudosh recordings collected successfully"
 SUDOSH_TIMED_OUT = "recordings export timed out after 2m0s"
 SUDOSH_NO_RECORDINGS = "No recordings found matching criteria"
-
-
-def audit_failed(reason: str, stderr: str) -> str:
-    return f"audit script failed: {reason}: {stderr}"
 
 
 def users_found(count: int) -> str:

@@ -163,10 +163,6 @@ def manage_refusal(record: UserRecord, *, min_uid: int | None = None, adopted: C
     return None
 
 
-def is_manageable(record: UserRecord, *, min_uid: int | None = None, adopted: Collection[str] = ()) -> bool:
-    return manage_refusal(record, min_uid=min_uid, adopted=adopted) is None
-
-
 def _home_owners(home_root: str) -> set[int]:
     """UIDs and GIDs that own something directly under home_root: a leftover home keeps its owner's IDs busy."""
     owners: set[int] = set()

@@ -86,9 +86,6 @@ class Ledger:
     sudo: dict[str, SudoEntry] = field(default_factory=dict)
     uid_high_water: int = 0
 
-    def owns_user(self, name: str) -> bool:
-        return name in self.users
-
     def record_user(self, name: str, uid: int, *, adopted: bool = False, now: str | None = None) -> None:
         self.users[name] = UserEntry(uid, now or utc_now(), adopted)
         if not adopted:  # an adopted account's UID was not handed out by us
