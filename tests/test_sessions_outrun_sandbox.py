@@ -51,6 +51,12 @@ BYSTANDERS = 150
 CHAIN = (Path(__file__).parent / "fixtures" / "fork_chain.py").read_text()
 
 
+def chain_argv(uid: int, gid: int, *, nproc: int, lifetime: int) -> list[str]:
+    """CHAINS fork chains as uid:gid (no supplementary groups) under an nproc ceiling, ending after `lifetime` s."""
+    return [PRLIMIT, f"--nproc={nproc}", "--", SETPRIV, "--reuid", str(uid), "--regid", str(gid), "--clear-groups",
+            "--", PYTHON, "-I", "-S", "-c", CHAIN, str(CHAINS), str(lifetime)]  # fmt: skip
+
+
 def processes_of(uid: int) -> list[int]:
     """Live (non-zombie) processes with `uid` in any UID slot, read independently of the agent's own scanner."""
     pids = []
@@ -116,9 +122,7 @@ def start_chains(sandbox: Sandbox, bystanders: list[subprocess.Popen[bytes]]) ->
     def start(user: str) -> int:
         entry = pwd.getpwnam(user)
         uids.append(entry.pw_uid)
-        argv = [PRLIMIT, f"--nproc={USER_NPROC}", "--", SETPRIV, "--reuid", str(entry.pw_uid), "--regid",
-                str(entry.pw_gid), "--clear-groups", "--",
-                PYTHON, "-I", "-S", "-c", CHAIN, str(CHAINS), str(CHAIN_LIFETIME)]  # fmt: skip
+        argv = chain_argv(entry.pw_uid, entry.pw_gid, nproc=USER_NPROC, lifetime=CHAIN_LIFETIME)
         first = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=CHILD_ENV)
         first.wait(timeout=60)
         deadline = time.monotonic() + 30  # readiness: the chains are running (not a timing assertion)
@@ -139,17 +143,15 @@ def test_the_fork_chain_starts_every_chain_at_a_tight_nproc_ceiling(sandbox: San
     unused_uid = 3_999_999_000  # no account: the chains need only a UID of their own
     with pytest.raises(KeyError):
         pwd.getpwuid(unused_uid)
-    argv = [PRLIMIT, f"--nproc={CHAINS + 1}", "--", SETPRIV, "--reuid", str(unused_uid), "--regid", str(unused_uid),
-            "--clear-groups", "--", PYTHON, "-I", "-S", "-c", CHAIN, str(CHAINS), "5"]  # fmt: skip
-    try:
-        for _ in range(5):
+    argv = chain_argv(unused_uid, unused_uid, nproc=CHAINS + 1, lifetime=5)
+    for _ in range(5):
+        try:
             launched = subprocess.run(
                 argv, check=False, stdin=subprocess.DEVNULL, capture_output=True, env=CHILD_ENV, timeout=60
             )
             assert launched.returncode == 0, launched.stderr.decode(errors="replace")
+        finally:
             kill_everything_of(unused_uid)
-    finally:
-        kill_everything_of(unused_uid)
 
 
 @pytest.fixture
