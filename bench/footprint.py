@@ -21,7 +21,7 @@ from bench.calls import NO_COMMAND, _agent_call, drive, dry_run_grant
 from bench.daemon import CLIENT_ID, agent_and_backend, forwarded, spawn_agent, stop_agent, write_config
 from bench.stats import Measurement, Target
 from p0_ssh_agent.devbackend.server import DevBackend
-from p0_ssh_agent.identity.keys import load_public_jwk_file
+from p0_ssh_agent.identity.signing_key import load_public_jwk_file
 
 MIB = 1024 * 1024
 IDLE_SETTLE_SECONDS = 2.0

@@ -135,18 +135,18 @@ def findings(measurements: list[Measurement]) -> list[str]:
             "ledger files: a provisioning/ledger design change, left to its owner.",
             "Sudo grant: two visudo runs per grant (the new file with -cf before it goes live, the whole tree after "
             "the rename; the third, a tree check before, now runs only when the check after fails) and the ledger "
-            "write, against one visudo in the baseline; both checks are the point of host/sudo.py, so 1.2x is out "
-            "of reach by design.",
+            "write, against one visudo in the baseline; both checks are the point of host/sudoers_install.py, so "
+            "1.2x is out of reach by design.",
             "provisionUser runs groupadd then useradd (two processes); a single `useradd -U -u UID` is the baseline.",
         ]
     if "scale" in by_name:
         out.append(
             "Scale: pairing markers with key lines was most of a grant in a 10,000-line authorized_keys. Fixed in "
-            "core/authorized_keys.py (exact): lines without the marker prefix are skipped at the cost of a substring "
-            "search, and a grant whose marker is nowhere in the file appends without pairing (grant 39 -> 19 ms in "
-            "development runs). The dry-run plan's unified diff of the whole file (about 12 ms at 10,000 lines) is now "
-            "rendered only when a plan is read, not on every real change. What remains: a revoke still pairs every "
-            "marker (5,000 here), and every edit rewrites and fsyncs the whole file."
+            "core/authorized_keys_format.py (exact): lines without the marker prefix are skipped at the cost of a "
+            "substring search, and a grant whose marker is nowhere in the file appends without pairing (grant 39 -> "
+            "19 ms in development runs). The dry-run plan's unified diff of the whole file (about 12 ms at 10,000 "
+            "lines) is now rendered only when a plan is read, not on every real change. What remains: a revoke still "
+            "pairs every marker (5,000 here), and every edit rewrites and fsyncs the whole file."
         )
     if "footprint" in by_name:
         f = by_name["footprint"].figures

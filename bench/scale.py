@@ -22,11 +22,11 @@ from bench.sshkeys import public_key_line
 from bench.stats import Measurement, Target
 from p0_ssh_agent.core.sudoers import SudoGrant, render_dropin
 from p0_ssh_agent.host import accounts
-from p0_ssh_agent.host.sudo import install_dropin
+from p0_ssh_agent.host.sudoers_install import install_dropin
 from p0_ssh_agent.provisioning import HANDLERS
 from p0_ssh_agent.provisioning.context import ExecutionContext
 from p0_ssh_agent.provisioning.engine import Engine, Plan
-from p0_ssh_agent.provisioning.sudo import remove_user_rules
+from p0_ssh_agent.provisioning.sudo_rules import remove_user_rules
 
 KEY_FILE_LINES = (10, 1_000, 10_000)
 SUDO_RULES = 1_000

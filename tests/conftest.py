@@ -18,7 +18,7 @@ LEGACY_SUDOERS = Path("/etc/sudoers-p0")
 @pytest.fixture(autouse=True)
 def _no_audit_into_the_machines_journal(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every grant is audited to journald; tests must not write into the journal of the machine they run on.
-    An empty path turns journald off (guard/audit.py); tests of the audit trail set their own socket."""
+    An empty path turns journald off (host/audit_trail.py); tests of the audit trail set their own socket."""
     monkeypatch.setenv("P0_SSH_AGENT_JOURNAL_SOCKET", "")
 
 

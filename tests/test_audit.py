@@ -1,5 +1,5 @@
-"""The audit trail (guard/audit.py): journald's native protocol received on a real AF_UNIX datagram socket and parsed
-here independently (both field forms), each event type's MESSAGE_ID, no key material or credential in any entry,
+"""The audit trail (host/audit_trail.py): journald's native protocol received on a real AF_UNIX datagram socket and
+parsed here independently (both field forms), each event type's MESSAGE_ID, no key material or credential in any entry,
 the JSON-lines file (mode, symlink refusal, whole lines under concurrent writers), and failures that never raise.
 
 `JournalSink` and `journal_sink` are reused by tests/test_expiry.py and tests/test_reconcile.py.
@@ -40,7 +40,7 @@ from p0_ssh_agent.core.requests import (
     UserRequest,
 )
 from p0_ssh_agent.core.sshkeys import parse_public_key
-from p0_ssh_agent.guard import audit
+from p0_ssh_agent.host import audit_trail
 from p0_ssh_agent.protocol.forwarded import CommandResult
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,13 +112,13 @@ class JournalSink:
 @pytest.fixture(autouse=True)
 def no_host_journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests that do not ask for `journal` must not write into the journal of the machine running them."""
-    monkeypatch.setenv(audit.JOURNAL_SOCKET_ENV, str(tmp_path / "no-journald-here"))
+    monkeypatch.setenv(audit_trail.JOURNAL_SOCKET_ENV, str(tmp_path / "no-journald-here"))
 
 
 def journal_sink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[JournalSink]:
     """The body of a `journal` fixture (other test modules define theirs with `yield from journal_sink(...)`)."""
     sink = JournalSink(tmp_path)
-    monkeypatch.setenv(audit.JOURNAL_SOCKET_ENV, str(sink.path))
+    monkeypatch.setenv(audit_trail.JOURNAL_SOCKET_ENV, str(sink.path))
     yield sink
     sink.close()
 
@@ -135,9 +135,9 @@ def log_output() -> Iterator[io.StringIO]:
     handlers, level = list(root.handlers), root.level
     out = io.StringIO()
     configure_logging(stream=out, env={})
-    audit._failing.clear()
+    audit_trail._failing.clear()
     yield out
-    audit._failing.clear()
+    audit_trail._failing.clear()
     for handler in list(root.handlers):
         if handler not in handlers:
             root.removeHandler(handler)
@@ -157,22 +157,24 @@ OK = CommandResult(success=True, message="done")
 
 
 def test_field_encoding_simple_and_binary_form() -> None:
-    data = audit.journal_datagram([("MESSAGE", "hello world"), ("ERROR", "line one\nline two"), ("EMPTY", "")])
+    data = audit_trail.journal_datagram([("MESSAGE", "hello world"), ("ERROR", "line one\nline two"), ("EMPTY", "")])
     assert data == (
         b"MESSAGE=hello world\n" + b"ERROR\n" + struct.pack("<Q", 17) + b"line one\nline two\n" + b"EMPTY=\n"
     )
     assert parse_datagram(data) == {"MESSAGE": "hello world", "ERROR": "line one\nline two", "EMPTY": ""}
     with pytest.raises(ValueError, match="field name"):
-        audit.journal_datagram([("lower", "x")])
+        audit_trail.journal_datagram([("lower", "x")])
 
 
 def test_every_event_type_has_its_fixed_message_id_and_docs_list_them(journal: JournalSink) -> None:
-    assert {event.value: mid for event, mid in audit.MESSAGE_IDS.items()} == PINNED_IDS
+    assert {event.value: mid for event, mid in audit_trail.MESSAGE_IDS.items()} == PINNED_IDS
     assert all(re.fullmatch(r"[0-9a-f]{32}", mid) for mid in PINNED_IDS.values())
     assert len(set(PINNED_IDS.values())) == len(PINNED_IDS)
-    for event in audit.Event:
-        audit.record(None, audit.AuditEvent(event, "request", "abc", "cmd", "grant", "alice", "success", "s"))
-    assert [e["MESSAGE_ID"] for e in journal.entries()] == [PINNED_IDS[event.value] for event in audit.Event]
+    for event in audit_trail.Event:
+        audit_trail.record(
+            None, audit_trail.AuditEvent(event, "request", "abc", "cmd", "grant", "alice", "success", "s")
+        )
+    assert [e["MESSAGE_ID"] for e in journal.entries()] == [PINNED_IDS[event.value] for event in audit_trail.Event]
     docs = (ROOT / "docs" / "audit.md").read_text()
     for name, mid in PINNED_IDS.items():
         assert re.search(rf"`{re.escape(name)}`.*`{mid}`", docs), f"docs/audit.md does not list {name} {mid}"
@@ -183,7 +185,7 @@ def test_every_event_type_has_its_fixed_message_id_and_docs_list_them(journal: J
 
 def test_a_key_grant_is_one_entry_with_the_fixed_fields_and_the_fingerprint_only(journal: JournalSink) -> None:
     key = parse_public_key(KEY_A, field="publicKey")
-    audit.audit_request(AgentConfig(), key_request(), OK, dry_run=False)
+    audit_trail.audit_request(AgentConfig(), key_request(), OK, dry_run=False)
     [entry] = journal.entries()
     assert entry == {
         "MESSAGE": f"provisionAuthorizedKeys grant for alice (request abc, key {key.fingerprint()}): success",
@@ -209,14 +211,16 @@ def test_a_key_grant_is_one_entry_with_the_fixed_fields_and_the_fingerprint_only
 def test_ca_keys_sudo_users_sessions_and_revokes(journal: JournalSink) -> None:
     ca = parse_public_key(KEY_B, field="caPublicKey")
     config = AgentConfig()
-    audit.audit_request(config, CaKeyRequest(Command.CA_KEYS, "alice", Action.GRANT, "r1", ca), OK, dry_run=False)
+    audit_trail.audit_request(config, CaKeyRequest(Command.CA_KEYS, "alice", Action.GRANT, "r1", ca), OK, dry_run=False)
     sudo = SudoRequest(Command.SUDO, "alice", Action.GRANT, "r2", sudo=True, run_as="postgres")
-    audit.audit_request(config, sudo, OK, dry_run=False)
+    audit_trail.audit_request(config, sudo, OK, dry_run=False)
     sudo_all = SudoRequest(Command.SUDO, "alice", Action.GRANT, "r3", sudo=True, run_as=None)
-    audit.audit_request(config, sudo_all, OK, dry_run=False)
-    audit.audit_request(config, UserRequest(Command.PROVISION_USER, "alice", Action.REVOKE, "r4"), OK, dry_run=False)
-    audit.audit_request(config, SessionRequest(Command.SESSION, "alice", Action.REVOKE, None), OK, dry_run=False)
-    audit.audit_request(config, key_request(Action.REVOKE), OK, dry_run=False)
+    audit_trail.audit_request(config, sudo_all, OK, dry_run=False)
+    audit_trail.audit_request(
+        config, UserRequest(Command.PROVISION_USER, "alice", Action.REVOKE, "r4"), OK, dry_run=False
+    )
+    audit_trail.audit_request(config, SessionRequest(Command.SESSION, "alice", Action.REVOKE, None), OK, dry_run=False)
+    audit_trail.audit_request(config, key_request(Action.REVOKE), OK, dry_run=False)
     entries = journal.entries()
     assert entries[0]["KEY_FINGERPRINT"] == ca.fingerprint() and entries[0]["COMMAND"] == "provisionCAKeys"
     assert (entries[1]["RUN_AS"], entries[2]["RUN_AS"]) == ("postgres", "ALL")
@@ -229,10 +233,10 @@ def test_ca_keys_sudo_users_sessions_and_revokes(journal: JournalSink) -> None:
 def test_denied_failed_and_dry_run(journal: JournalSink) -> None:
     config = AgentConfig()
     refused = CommandResult(success=False, error="denied by local policy: no sudo as root", http_status=403)
-    audit.audit_request(config, key_request(), refused, dry_run=False, policy="policy0", denied=True)
+    audit_trail.audit_request(config, key_request(), refused, dry_run=False, policy="policy0", denied=True)
     failed = CommandResult(success=False, error="useradd failed:\nuseradd: cannot lock /etc/passwd")
-    audit.audit_request(config, key_request(), failed, dry_run=False)
-    audit.audit_request(config, key_request(), OK, dry_run=True)
+    audit_trail.audit_request(config, key_request(), failed, dry_run=False)
+    audit_trail.audit_request(config, key_request(), OK, dry_run=True)
     denied, failure, dry = journal.entries()
     assert (denied["MESSAGE_ID"], denied["RESULT"], denied["PRIORITY"]) == (PINNED_IDS["denied"], "denied", "4")
     assert denied["POLICY"] == "policy0" and denied["ERROR"] == refused.error
@@ -251,7 +255,7 @@ def test_read_only_commands_are_not_audited(journal: JournalSink) -> None:
         AuditRequest(Command.RUN_AUDIT),
         SudoshRequest(Command.COLLECT_SUDOSH, "alice", 0, 10),
     ):
-        audit.audit_request(config, request, OK, dry_run=False)
+        audit_trail.audit_request(config, request, OK, dry_run=False)
     assert journal.entries() == []
 
 
@@ -260,7 +264,7 @@ def test_no_key_jwt_or_authorization_header_even_when_an_error_quotes_them(
 ) -> None:
     config = AgentConfig(audit_file=tmp_path / "audit.jsonl")
     error = f"could not add {KEY_A}\nAuthorization: Bearer {JWT}\ntoken {JWT} Proxy-Authorization: Basic dXNlcjpwdw=="
-    audit.audit_request(config, key_request(), CommandResult(success=False, error=error), dry_run=False)
+    audit_trail.audit_request(config, key_request(), CommandResult(success=False, error=error), dry_run=False)
     written = b"".join(journal.raw) + (tmp_path / "audit.jsonl").read_bytes()
     for secret in (KEY_A.split()[1], KEY_A.split()[1][:30], JWT, "eyJ", "dXNlcjpwdw=="):
         assert secret.encode() not in written, secret
@@ -276,8 +280,8 @@ def test_the_audit_file_gets_one_json_object_per_event_mode_0600(tmp_path: Path)
     path = tmp_path / "audit.jsonl"
     config = AgentConfig(audit_file=path)
     before = datetime.now(UTC)
-    audit.audit_request(config, key_request(), OK, dry_run=True, policy="p1")
-    audit.audit_request(config, key_request(Action.REVOKE), OK, dry_run=False)
+    audit_trail.audit_request(config, key_request(), OK, dry_run=True, policy="p1")
+    audit_trail.audit_request(config, key_request(Action.REVOKE), OK, dry_run=False)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     first, second = (json.loads(line) for line in path.read_text().splitlines())
     assert first["message_id"] == PINNED_IDS["grant"] and second["message_id"] == PINNED_IDS["revoke"]
@@ -293,7 +297,7 @@ def test_the_audit_file_gets_one_json_object_per_event_mode_0600(tmp_path: Path)
     stamp = datetime.strptime(first["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     assert before <= stamp <= datetime.now(UTC)
     path.chmod(0o644)  # loosened by hand: the next entry tightens it again
-    audit.audit_request(config, key_request(), OK, dry_run=False)
+    audit_trail.audit_request(config, key_request(), OK, dry_run=False)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and len(path.read_text().splitlines()) == 3
 
 
@@ -305,7 +309,7 @@ def test_a_symlink_is_refused_without_being_followed(tmp_path: Path, log_output:
     dangling = tmp_path / "dangling.jsonl"
     dangling.symlink_to(tmp_path / "nowhere")
     for path in (link, dangling):
-        audit.audit_request(AgentConfig(audit_file=path), key_request(), OK, dry_run=False)
+        audit_trail.audit_request(AgentConfig(audit_file=path), key_request(), OK, dry_run=False)
     assert target.read_text() == "" and not (tmp_path / "nowhere").exists()
     assert log_output.getvalue().count("is a symlink (refused)") == 2
 
@@ -318,10 +322,10 @@ def test_concurrent_writers_produce_whole_lines(tmp_path: Path) -> None:
     def write(n: int) -> None:
         for i in range(per_thread):
             detail = f"{n}-{i}-" + "x" * 3000  # long lines: interleaving would show
-            event = audit.AuditEvent(
-                audit.Event.DRIFT, "reconcile", f"r{n}", "reconcile", "report", "", "reported", "s"
+            event = audit_trail.AuditEvent(
+                audit_trail.Event.DRIFT, "reconcile", f"r{n}", "reconcile", "report", "", "reported", "s"
             )
-            audit.record(config, dataclasses.replace(event, detail=detail))
+            audit_trail.record(config, dataclasses.replace(event, detail=detail))
 
     workers = [threading.Thread(target=write, args=(n,)) for n in range(threads)]
     for worker in workers:
@@ -338,14 +342,14 @@ def test_concurrent_writers_produce_whole_lines(tmp_path: Path) -> None:
 
 
 def test_no_journald_socket_is_silent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log_output: io.StringIO) -> None:
-    monkeypatch.setenv(audit.JOURNAL_SOCKET_ENV, str(tmp_path / "absent" / "socket"))
-    audit.audit_request(AgentConfig(), key_request(), OK, dry_run=False)
+    monkeypatch.setenv(audit_trail.JOURNAL_SOCKET_ENV, str(tmp_path / "absent" / "socket"))
+    audit_trail.audit_request(AgentConfig(), key_request(), OK, dry_run=False)
     stale = JournalSink(tmp_path)  # then closed: a socket file nobody listens on any more (journald stopped)
     stale.sock.close()
-    monkeypatch.setenv(audit.JOURNAL_SOCKET_ENV, str(stale.path))
-    audit.audit_request(AgentConfig(), key_request(), OK, dry_run=False)
-    monkeypatch.setenv(audit.JOURNAL_SOCKET_ENV, "")  # off
-    audit.audit_request(AgentConfig(), key_request(), OK, dry_run=False)
+    monkeypatch.setenv(audit_trail.JOURNAL_SOCKET_ENV, str(stale.path))
+    audit_trail.audit_request(AgentConfig(), key_request(), OK, dry_run=False)
+    monkeypatch.setenv(audit_trail.JOURNAL_SOCKET_ENV, "")  # off
+    audit_trail.audit_request(AgentConfig(), key_request(), OK, dry_run=False)
     assert log_output.getvalue() == ""
 
 
@@ -355,32 +359,32 @@ def test_an_unwritable_file_is_logged_once_and_never_raises(
     path = tmp_path / "missing-dir" / "audit.jsonl"
     config = AgentConfig(audit_file=path)
     for _ in range(3):
-        audit.audit_request(config, key_request(), OK, dry_run=False)
+        audit_trail.audit_request(config, key_request(), OK, dry_run=False)
     assert len(journal.entries()) == 3  # journald still gets every entry
     assert log_output.getvalue().count("audit_write_failed") == 1
     assert "missing-dir" in log_output.getvalue()
     path.parent.mkdir()
-    audit.audit_request(config, key_request(), OK, dry_run=False)
+    audit_trail.audit_request(config, key_request(), OK, dry_run=False)
     assert len(path.read_text().splitlines()) == 1
     assert log_output.getvalue().count("audit_write_recovered") == 1
     path.unlink()
     path.mkdir()  # a directory where the file should be
-    audit.audit_request(config, key_request(), OK, dry_run=False)
-    audit.audit_request(config, key_request(), OK, dry_run=False)
+    audit_trail.audit_request(config, key_request(), OK, dry_run=False)
+    audit_trail.audit_request(config, key_request(), OK, dry_run=False)
     assert log_output.getvalue().count("audit_write_failed") == 2
 
 
 def test_a_bug_in_building_an_entry_is_logged_not_raised(journal: JournalSink, log_output: io.StringIO) -> None:
-    bogus = audit.AuditEvent(audit.Event.GRANT, "request", "abc", "c", "a", "u", "success", "s")
+    bogus = audit_trail.AuditEvent(audit_trail.Event.GRANT, "request", "abc", "c", "a", "u", "success", "s")
     object.__setattr__(bogus, "event", "no-such-event")  # MESSAGE_IDS has no entry for it: a KeyError inside
-    audit.record(AgentConfig(), bogus)
+    audit_trail.record(AgentConfig(), bogus)
     assert journal.entries() == []
     assert "audit_write_failed" in log_output.getvalue() and "KeyError" in log_output.getvalue()
 
 
 def test_journald_socket_path_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(audit.JOURNAL_SOCKET_ENV, raising=False)
-    assert audit.journal_socket_path() == "/run/systemd/journal/socket"
-    monkeypatch.setenv(audit.JOURNAL_SOCKET_ENV, "/tmp/x.sock")
-    assert audit.journal_socket_path() == "/tmp/x.sock"
-    assert os.environ[audit.JOURNAL_SOCKET_ENV] == "/tmp/x.sock"
+    monkeypatch.delenv(audit_trail.JOURNAL_SOCKET_ENV, raising=False)
+    assert audit_trail.journal_socket_path() == "/run/systemd/journal/socket"
+    monkeypatch.setenv(audit_trail.JOURNAL_SOCKET_ENV, "/tmp/x.sock")
+    assert audit_trail.journal_socket_path() == "/tmp/x.sock"
+    assert os.environ[audit_trail.JOURNAL_SOCKET_ENV] == "/tmp/x.sock"

@@ -18,7 +18,7 @@ import trio.lowlevel
 
 from daemon_helpers import start_agent
 from p0_ssh_agent.devbackend.server import CallFailed, DevBackend
-from p0_ssh_agent.identity.keys import generate_keys, load_public_jwk_file
+from p0_ssh_agent.identity.signing_key import generate_keys, load_public_jwk_file
 from reliability.figures import record
 
 AGENT = Path(sys.executable).parent / "p0-ssh-agent"

@@ -25,7 +25,7 @@ import trio
 
 from daemon_helpers import start_agent
 from p0_ssh_agent.devbackend.server import CallFailed, DevBackend
-from p0_ssh_agent.identity.keys import generate_keys, load_public_jwk_file
+from p0_ssh_agent.identity.signing_key import generate_keys, load_public_jwk_file
 from p0_ssh_agent.protocol.jsonrpc import MAX_FRAME_BYTES
 from p0_ssh_agent.runtime.limits import PROCESS_WORST_CASE_BYTES
 from reliability.figures import record

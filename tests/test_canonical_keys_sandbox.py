@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from p0_ssh_agent.guard.policy import builtin_text
+from p0_ssh_agent.host.policy_file import builtin_text
 from provisioning_support import AGENT, AgentCli, authorized_keys, changed, host_state, make_keys, write_config
 from sandbox.fixtures import CHILD_ENV, Sandbox, Sshd, unique_user_name
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from p0_ssh_agent.core.authorized_keys import MARKER_PREFIX, add_block, blocks, ca_line, key_line, remove_block
+from p0_ssh_agent.core.authorized_keys_format import MARKER_PREFIX, add_block, blocks, ca_line, key_line, remove_block
 from p0_ssh_agent.core.sshkeys import SshPublicKey, parse_public_key
 
 SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p0_ssh_agent.core.errors import RequestInvalid
+from p0_ssh_agent.core.request_errors import RequestInvalid
 from p0_ssh_agent.core.sshkeys import KNOWN_KEY_TYPES, MAX_KEY_TEXT, SshPublicKey, parse_public_key
 
 SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"

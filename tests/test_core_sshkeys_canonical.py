@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from p0_ssh_agent.core import sshkeys
-from p0_ssh_agent.core.errors import RequestInvalid
+from p0_ssh_agent.core.request_errors import RequestInvalid
 from p0_ssh_agent.core.sshkeys import KNOWN_KEY_TYPES, parse_public_key
 
 SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"

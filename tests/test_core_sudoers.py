@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p0_ssh_agent.core.authorized_keys import remove_block
+from p0_ssh_agent.core.authorized_keys_format import remove_block
 from p0_ssh_agent.core.sudoers import (
     DROPIN_NAME,
     HEADER,

@@ -26,11 +26,11 @@ from pathlib import Path
 import pytest
 
 from p0_ssh_agent.config import AgentConfig
-from p0_ssh_agent.core.authorized_keys import MARKER_PREFIX
+from p0_ssh_agent.core.authorized_keys_format import MARKER_PREFIX
 from p0_ssh_agent.core.sudoers import parse_dropin
-from p0_ssh_agent.guard.reconcile import reconcile
 from p0_ssh_agent.host.ledger import load_ledger
 from p0_ssh_agent.provisioning.engine import Engine
+from p0_ssh_agent.provisioning.reconcile import reconcile
 from reliability.figures import record
 from sandbox.fixtures import Sandbox, unique_user_name
 

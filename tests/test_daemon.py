@@ -38,7 +38,7 @@ from daemon_helpers import (
     write_config,
 )
 from p0_ssh_agent.devbackend.server import DevBackend
-from p0_ssh_agent.identity.keys import generate_keys, load_private_key
+from p0_ssh_agent.identity.signing_key import generate_keys, load_private_key
 from p0_ssh_agent.identity.token import make_token
 from strict_backend import JsonId, StrictBackend, response_shape_problems, token_problems
 

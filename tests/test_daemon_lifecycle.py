@@ -22,7 +22,7 @@ import trio
 
 from daemon_helpers import NotifyListener
 from p0_ssh_agent.devbackend.server import DevBackend
-from p0_ssh_agent.identity.keys import generate_keys, load_public_jwk_file
+from p0_ssh_agent.identity.signing_key import generate_keys, load_public_jwk_file
 
 AGENT = Path(sys.executable).parent / "p0-ssh-agent"
 ORG, HOST = "life-org", "host-1"

@@ -22,7 +22,7 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketConnec
 
 from p0_ssh_agent.devbackend.http import MAX_BODY_BYTES
 from p0_ssh_agent.devbackend.server import DevBackend
-from p0_ssh_agent.identity.keys import AgentKey, generate_keys
+from p0_ssh_agent.identity.signing_key import AgentKey, generate_keys
 from p0_ssh_agent.identity.token import make_token
 from p0_ssh_agent.protocol import jsonrpc
 

@@ -28,10 +28,10 @@ import trio
 from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.core.requests import parse_request
 from p0_ssh_agent.devbackend.server import DevBackend
-from p0_ssh_agent.findings import Finding
-from p0_ssh_agent.guard import doctor_host, doctor_net
-from p0_ssh_agent.guard.doctor import check_ledger, collect, exit_code
-from p0_ssh_agent.guard.doctor_host import (
+from p0_ssh_agent.diagnostics import host_checks, network_checks
+from p0_ssh_agent.diagnostics.checks import check_ledger, collect, exit_code
+from p0_ssh_agent.diagnostics.findings import Finding
+from p0_ssh_agent.diagnostics.host_checks import (
     check_nss,
     check_selinux,
     check_sshd,
@@ -44,10 +44,10 @@ from p0_ssh_agent.guard.doctor_host import (
     parse_sshd_t,
     sshd_findings,
 )
-from p0_ssh_agent.guard.doctor_net import probe_backend, skew_finding
-from p0_ssh_agent.host import sudo as host_sudo
+from p0_ssh_agent.diagnostics.network_checks import probe_backend, skew_finding
+from p0_ssh_agent.host import sudoers_install as host_sudo
 from p0_ssh_agent.host.ledger import Ledger, save_ledger
-from p0_ssh_agent.identity.keys import generate_keys
+from p0_ssh_agent.identity.signing_key import generate_keys
 from p0_ssh_agent.provisioning import run_request
 from p0_ssh_agent.provisioning.engine import Engine, Plan
 from sandbox.fixtures import SSH_KEYGEN, Sandbox, Sshd, unique_user_name
@@ -151,7 +151,7 @@ def test_check_sshd_runs_the_program_and_reads_its_output(tmp_path: Path) -> Non
 
 
 def test_a_missing_sshd_is_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(doctor_host, "SSHD_CANDIDATES", ("/nonexistent/sshd",))
+    monkeypatch.setattr(host_checks, "SSHD_CANDIDATES", ("/nonexistent/sshd",))
     (finding,) = check_sshd()
     assert finding.level == "warn" and "not found" in finding.detail and "openssh-server" in finding.fix
 
@@ -313,7 +313,7 @@ def test_local_users_must_be_visible_and_come_first(tmp_path: Path) -> None:
 
 
 def test_nscd_that_the_agent_cannot_flush_is_a_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(doctor_host, "NSCD_CANDIDATES", (str(tmp_path / "bin/nscd"),))
+    monkeypatch.setattr(host_checks, "NSCD_CANDIDATES", (str(tmp_path / "bin/nscd"),))
     stale = nss(tmp_path / "a", "passwd: files", "nscd")["nscd"]
     assert stale.level == "warn" and "enable-cache passwd no" in stale.fix
     # With the program and its socket where accounts.invalidate_caches() looks, the agent flushes after each change.
@@ -435,7 +435,7 @@ async def test_tls_verified_with_tunnel_ca_file_then_the_clock_over_it(
         port = await start_date_server(nursery, server)
         found = await probe(f"wss://localhost:{port}", ca_file=tmp_path / "ca.pem")
         assert found["tls"].level == "warn" and "expires soon" in found["tls"].detail and found["tls"].fix
-        monkeypatch.setattr(doctor_net, "CERT_WARN_DAYS", 0)
+        monkeypatch.setattr(network_checks, "CERT_WARN_DAYS", 0)
         found = await probe(f"wss://localhost:{port}", ca_file=tmp_path / "ca.pem")
         assert found["tls"].level == "ok" and f"tunnelCaFile {tmp_path / 'ca.pem'}" in found["tls"].detail
         assert "certificate for localhost from p0 test CA" in found["tls"].detail
@@ -468,7 +468,7 @@ async def test_a_proxy_that_connects_then_tls_and_clock_through_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pki = make_pki(tmp_path)
-    monkeypatch.setattr(doctor_net, "CERT_WARN_DAYS", 0)  # the test certificate lives one day
+    monkeypatch.setattr(network_checks, "CERT_WARN_DAYS", 0)  # the test certificate lives one day
 
     async def body(nursery: trio.Nursery) -> None:
         port = await start_date_server(nursery, DateServer(tls=pki.server))

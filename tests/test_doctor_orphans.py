@@ -18,7 +18,7 @@ import pytest
 
 from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.core.requests import parse_request
-from p0_ssh_agent.identity.keys import generate_keys
+from p0_ssh_agent.identity.signing_key import generate_keys
 from p0_ssh_agent.provisioning import run_request
 from p0_ssh_agent.provisioning.engine import Engine, Plan
 from sandbox.fixtures import Sandbox, unique_user_name

@@ -20,17 +20,16 @@ import pytest
 import trio
 
 from p0_ssh_agent.config import AgentConfig
-from p0_ssh_agent.core.authorized_keys import add_block, blocks, ca_line, key_line, parse_own_line, remove_block
+from p0_ssh_agent.core.authorized_keys_format import add_block, blocks, ca_line, key_line, parse_own_line, remove_block
 from p0_ssh_agent.core.requests import parse_request
 from p0_ssh_agent.core.sshkeys import parse_public_key
-from p0_ssh_agent.guard import openssh
-from p0_ssh_agent.guard.expiry import live_grants, next_expiry, offline_user_mode, sweep
-from p0_ssh_agent.guard.tasks import MAX_SLEEP_SECONDS, GuardTasks
-from p0_ssh_agent.host import accounts
+from p0_ssh_agent.host import accounts, openssh
 from p0_ssh_agent.host.ledger import Ledger, load_ledger, save_ledger
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning import run_request
 from p0_ssh_agent.provisioning.engine import Engine, Plan
+from p0_ssh_agent.provisioning.expiry import live_grants, next_expiry, offline_user_mode, sweep
+from p0_ssh_agent.runtime.periodic import MAX_SLEEP_SECONDS, GuardTasks
 from sandbox.fixtures import Sandbox, Sshd, make_keypair, unique_user_name
 from test_audit import PINNED_IDS, JournalSink, journal_sink
 

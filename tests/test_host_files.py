@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from p0_ssh_agent.core.authorized_keys import add_block, remove_block
+from p0_ssh_agent.core.authorized_keys_format import add_block, remove_block
 from p0_ssh_agent.errors import PermissionProblem
 from p0_ssh_agent.host import safefile, selinux
 from p0_ssh_agent.host.safefile import FileEdit, FileEditFailed, UnsafePath, edit_in_user_dir

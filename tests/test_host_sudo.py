@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from p0_ssh_agent.core.authorized_keys import remove_block
+from p0_ssh_agent.core.authorized_keys_format import remove_block
 from p0_ssh_agent.core.sudoers import HEADER, SudoGrant, render_dropin
-from p0_ssh_agent.host import sudo
+from p0_ssh_agent.host import sudoers_install
 from p0_ssh_agent.host.safefile import FileEdit
-from p0_ssh_agent.host.sudo import (
+from p0_ssh_agent.host.sudoers_install import (
     SudoersInvalid,
     SudoUnavailable,
     check_sudoers_layout,
@@ -26,7 +26,8 @@ from p0_ssh_agent.host.sudo import (
 from sandbox.fixtures import Sandbox, Sshd, run, unique_user_name
 
 needs_visudo = pytest.mark.skipif(
-    os.geteuid() != 0 or not any(Path(p).exists() for p in sudo.VISUDO_CANDIDATES), reason="needs root and visudo"
+    os.geteuid() != 0 or not any(Path(p).exists() for p in sudoers_install.VISUDO_CANDIDATES),
+    reason="needs root and visudo",
 )
 DROPIN = Path("/etc/sudoers.d/p0-ssh-agent")
 LEGACY = Path("/etc/sudoers-p0")
@@ -88,7 +89,7 @@ def test_visudo_checks_files_and_text(tmp_path: Path) -> None:
 
 
 def test_missing_visudo_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(sudo, "VISUDO_CANDIDATES", (str(tmp_path / "visudo"),))
+    monkeypatch.setattr(sudoers_install, "VISUDO_CANDIDATES", (str(tmp_path / "visudo"),))
     with pytest.raises(SudoUnavailable, match=r"visudo not found.*install sudo"):
         install_dropin("x ALL=(ALL) ALL\n", dry_run=True)
 
@@ -189,7 +190,7 @@ def test_a_clash_with_another_file_is_rolled_back(sudoers: Sandbox) -> None:
     with pytest.raises(SudoersInvalid, match=r"previous content was restored.*already defined"):
         install_dropin(first + "Cmnd_Alias P0CLASH = /bin/false\n")
     assert sudoers_state() == before
-    sudo.visudo_check_all()
+    sudoers_install.visudo_check_all()
 
     DROPIN.unlink()
     with pytest.raises(SudoersInvalid, match=r"previous state \(no file\) was restored"):
@@ -275,9 +276,9 @@ def test_a_removal_that_breaks_the_tree_is_rolled_back(sudoers: Sandbox) -> None
     install_dropin(text)
     with Path("/etc/sudoers").open("a") as main:
         main.write(f"@include {DROPIN}\n")
-    sudo.visudo_check_all()
+    sudoers_install.visudo_check_all()
     with pytest.raises(SudoersInvalid, match=r"previous content was restored.*No such file"):
         install_dropin(None)
     assert DROPIN.read_text() == text
     assert stat.S_IMODE(DROPIN.stat().st_mode) == 0o440
-    sudo.visudo_check_all()
+    sudoers_install.visudo_check_all()

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from p0_ssh_agent.errors import AgentError, KeyFileError
-from p0_ssh_agent.identity.keys import (
+from p0_ssh_agent.identity.signing_key import (
     AgentKey,
     generate_keys,
     jwk_thumbprint,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from p0_ssh_agent.cli import main
-from p0_ssh_agent.identity.keys import b64url, load_private_key
+from p0_ssh_agent.identity.signing_key import b64url, load_private_key
 
 PRIVATE = "jwk.private.json"
 PUBLIC = "jwk.public.json"

@@ -18,19 +18,16 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from p0_ssh_agent.guard.policy import (
+from p0_ssh_agent.core.local_policy import (
     BUILTIN_SOURCE,
-    MAX_POLICY_BYTES,
     NO_PERMIT,
     Facts,
     LocalPolicy,
     PolicyError,
-    builtin_policy,
-    builtin_text,
     compile_policy,
-    load_policy,
     split_statements,
 )
+from p0_ssh_agent.host.policy_file import MAX_POLICY_BYTES, builtin_policy, builtin_text, load_policy
 
 AGENT = Path(sys.executable).parent / "p0-ssh-agent"
 STARTERS = Path(__file__).resolve().parent.parent / "docs" / "policies"

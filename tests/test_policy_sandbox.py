@@ -14,7 +14,7 @@ import trio
 from p0_ssh_agent.adapters.sdnotify import Notifier
 from p0_ssh_agent.config import load_config
 from p0_ssh_agent.executor import build_executor
-from p0_ssh_agent.guard.policy import builtin_text
+from p0_ssh_agent.host.policy_file import builtin_text
 from p0_ssh_agent.runtime.supervisor import Supervisor, prepare
 from provisioning_support import AGENT, DROPIN, AgentCli, changed, host_state, make_keys, write_config
 from sandbox.fixtures import CHILD_ENV, Sandbox, make_keypair, unique_user_name

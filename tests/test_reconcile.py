@@ -1,5 +1,5 @@
 """Reconciliation in the namespace sandbox: grants made by the real handlers, then files edited by hand, then
-guard.reconcile in report mode (nothing changes) and repair mode (exactly what the ledger owns is fixed).
+provisioning.reconcile in report mode (nothing changes) and repair mode (exactly what the ledger owns is fixed).
 
 Run with `tests/sandbox/enter .venv/bin/pytest -q tests/test_reconcile.py`.
 """
@@ -19,14 +19,14 @@ import pytest
 import trio
 
 from p0_ssh_agent.config import AgentConfig
-from p0_ssh_agent.core.authorized_keys import blocks, remove_block
+from p0_ssh_agent.core.authorized_keys_format import blocks, remove_block
 from p0_ssh_agent.core.requests import parse_request
 from p0_ssh_agent.core.sudoers import HEADER
-from p0_ssh_agent.guard.reconcile import Drift, reconcile
-from p0_ssh_agent.guard.tasks import GuardTasks
 from p0_ssh_agent.host.ledger import load_ledger
 from p0_ssh_agent.provisioning import run_request
 from p0_ssh_agent.provisioning.engine import Engine, Plan
+from p0_ssh_agent.provisioning.reconcile import Drift, reconcile
+from p0_ssh_agent.runtime.periodic import GuardTasks
 from sandbox.fixtures import Sandbox, unique_user_name
 from test_audit import PINNED_IDS, JournalSink, journal_sink
 

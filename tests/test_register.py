@@ -24,7 +24,7 @@ from p0_ssh_agent.cli import main
 from p0_ssh_agent.cli.register import build_request, registration_code
 from p0_ssh_agent.config import AgentConfig, load_config
 from p0_ssh_agent.identity.hostfacts import HostKey
-from p0_ssh_agent.identity.keys import generate_keys
+from p0_ssh_agent.identity.signing_key import generate_keys
 
 TOKEN = "reg-token-0123456789abcdef"
 EXISTING = '# managed by hand: keep this comment\norgId: "old-org"  # first org\ndryRun: true\n'

@@ -23,9 +23,9 @@ from trio_websocket import WebSocketConnection, wrap_client_stream, wrap_server_
 
 from p0_ssh_agent.protocol.forwarded import CommandResult, ForwardedRequest
 from p0_ssh_agent.protocol.jsonrpc import MAX_FRAME_BYTES
+from p0_ssh_agent.runtime.connection import CALL_TIMEOUT_SECONDS, Activity, Session, SessionSettings
 from p0_ssh_agent.runtime.jobs import JobKey
 from p0_ssh_agent.runtime.limits import IN_FLIGHT_BUDGET
-from p0_ssh_agent.runtime.session import CALL_TIMEOUT_SECONDS, Activity, Session, SessionSettings
 from p0_ssh_agent.runtime.tunnel import LIBRARY_MAX_MESSAGE_BYTES, ActivityStream
 from p0_ssh_agent.runtime.worker import Worker
 

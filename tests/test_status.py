@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from p0_ssh_agent.cli import main
-from p0_ssh_agent.identity.keys import generate_keys
+from p0_ssh_agent.identity.signing_key import generate_keys
 
 SYSTEMD_RUNNING = Path("/run/systemd/system").is_dir()
 AGENT = Path(sys.executable).with_name("p0-ssh-agent")

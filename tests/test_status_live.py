@@ -30,7 +30,7 @@ from p0_ssh_agent.cli import status_live
 from p0_ssh_agent.devbackend.server import DevBackend
 
 GUARD = 30.0
-DEFAULT_POLICY = Path(__file__).resolve().parents[1] / "agent" / "p0_ssh_agent" / "guard" / "default_policy.cedar"
+DEFAULT_POLICY = Path(__file__).resolve().parents[1] / "agent" / "p0_ssh_agent" / "core" / "default_policy.cedar"
 
 
 @dataclass

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from p0_ssh_agent.identity.keys import generate_keys, load_private_key
+from p0_ssh_agent.identity.signing_key import generate_keys, load_private_key
 from p0_ssh_agent.identity.token import make_token
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -30,13 +30,13 @@ from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
 from p0_ssh_agent.config.values import ValueProblem, check_tunnel_url
 from p0_ssh_agent.devbackend.server import DevBackend
-from p0_ssh_agent.identity.keys import AgentKey, generate_keys
+from p0_ssh_agent.identity.signing_key import AgentKey, generate_keys
 from p0_ssh_agent.protocol import jsonrpc
 from p0_ssh_agent.protocol.forwarded import CommandResult, ForwardedRequest
-from p0_ssh_agent.runtime import status
+from p0_ssh_agent.runtime import status_text
 from p0_ssh_agent.runtime.backoff import AUTH_BACKOFF_CAP
+from p0_ssh_agent.runtime.connection import SessionSettings
 from p0_ssh_agent.runtime.jobs import JobKey
-from p0_ssh_agent.runtime.session import SessionSettings
 from p0_ssh_agent.runtime.tunnel import Tunnel, TunnelSettings
 from p0_ssh_agent.runtime.worker import Worker
 
@@ -325,6 +325,6 @@ async def test_wss_without_the_right_ca_fails_with_a_clear_error(
 
 def test_status_texts_never_show_url_credentials() -> None:
     """Guard for the texts above: a URL with user:password (refused by config, but) never echoed into STATUS."""
-    text = status.unauthorized(401, "wss://user:s3cret@p0.example.com/x", 42)
+    text = status_text.unauthorized(401, "wss://user:s3cret@p0.example.com/x", 42)
     assert "s3cret" not in text and "user:" not in text
     assert "wss://p0.example.com/x" in text

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.errors import AgentError
-from p0_ssh_agent.guard.policy import load_policy
+from p0_ssh_agent.host.policy_file import load_policy
 from p0_ssh_agent.protocol.forwarded import NO_COMMAND_MESSAGE, CommandResult, ForwardedRequest, command_name
 from p0_ssh_agent.provisioning import HANDLERS
 from p0_ssh_agent.provisioning.context import ExecutionContext

@@ -27,8 +27,8 @@ from collections.abc import Callable
 import atheris
 
 from p0_ssh_agent.config.loader import parse_config_text
-from p0_ssh_agent.core.authorized_keys import add_block, remove_block
-from p0_ssh_agent.core.errors import RequestInvalid
+from p0_ssh_agent.core.authorized_keys_format import add_block, remove_block
+from p0_ssh_agent.core.request_errors import RequestInvalid
 from p0_ssh_agent.core.requests import Command, parse_request
 from p0_ssh_agent.core.sshkeys import KNOWN_KEY_TYPES, parse_public_key
 from p0_ssh_agent.core.sudoers import parse_dropin, render_dropin

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from p0_ssh_agent.config.values import is_loopback_host
     from p0_ssh_agent.devbackend.demo import run_demo
     from p0_ssh_agent.devbackend.server import DevBackend
-    from p0_ssh_agent.identity.keys import load_public_jwk_file
+    from p0_ssh_agent.identity.signing_key import load_public_jwk_file
 
     for host, _ in (args.rpc_listen, args.http_listen):
         if not args.allow_remote and not is_loopback_host(host):

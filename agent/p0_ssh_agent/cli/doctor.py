@@ -1,4 +1,4 @@
-"""`p0-ssh-agent doctor`: find what on this host breaks grants (guard/doctor.py), and say how to fix each thing.
+"""`p0-ssh-agent doctor`: find what on this host breaks grants (diagnostics/checks.py), and say how to fix each thing.
 
 Rendered like `status`: one line per finding, its fix under it, or `--json`. Exit 0 when nothing fails, 1 when a
 finding fails, 78 when the configuration cannot be loaded (nothing is checked then).
@@ -13,7 +13,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from p0_ssh_agent.guard.doctor import Finding
+    from p0_ssh_agent.diagnostics.checks import Finding
 
 
 def _timeout(text: str) -> float:
@@ -43,14 +43,14 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> argpa
 
 
 def render_text(findings: list[Finding]) -> str:
-    from p0_ssh_agent.findings import render
+    from p0_ssh_agent.diagnostics.findings import render
 
     return render(findings, all_clear="no check failed")
 
 
 def run(args: argparse.Namespace) -> int:
     from p0_ssh_agent.config import load_config
-    from p0_ssh_agent.guard.doctor import collect, exit_code
+    from p0_ssh_agent.diagnostics.checks import collect, exit_code
 
     config = load_config(args.config, env=os.environ)  # ConfigError: main prints it, exit 78
     findings = collect(config, os.environ, offline=args.offline, timeout=args.timeout)

@@ -34,7 +34,7 @@ def key_dir_from(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from p0_ssh_agent.identity.keys import generate_keys
+    from p0_ssh_agent.identity.signing_key import generate_keys
 
     key_dir = key_dir_from(args)
     key = generate_keys(key_dir, force=args.force)

@@ -51,9 +51,9 @@ def run(args: argparse.Namespace) -> int:
     from datetime import UTC
 
     from p0_ssh_agent.config import load_config
-    from p0_ssh_agent.core.errors import RequestInvalid
+    from p0_ssh_agent.core.request_errors import RequestInvalid
     from p0_ssh_agent.core.requests import parse_request
-    from p0_ssh_agent.guard.policy import load_policy
+    from p0_ssh_agent.host.policy_file import load_policy
     from p0_ssh_agent.provisioning import policy_gate
     from p0_ssh_agent.provisioning.engine import Engine
     from p0_ssh_agent.runtime.statedir import resolve_state_dir

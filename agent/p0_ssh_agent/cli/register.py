@@ -238,7 +238,7 @@ def updates_from_answer(answer: Mapping[str, object], key_dir: Path) -> dict[str
 
 def ensure_keys(key_dir: Path) -> tuple[dict[str, str], bool]:
     """The public JWK to register, and whether it was just generated (only when neither key file exists)."""
-    from p0_ssh_agent.identity.keys import (
+    from p0_ssh_agent.identity.signing_key import (
         PRIVATE_KEY_FILE,
         PUBLIC_KEY_FILE,
         generate_keys,

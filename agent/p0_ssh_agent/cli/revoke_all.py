@@ -33,7 +33,7 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> argpa
 def run(args: argparse.Namespace) -> int:
     from p0_ssh_agent.config import load_config
     from p0_ssh_agent.provisioning.engine import Engine, Plan
-    from p0_ssh_agent.provisioning.revoke_all import revoke_all
+    from p0_ssh_agent.provisioning.revoke_everything import revoke_all
     from p0_ssh_agent.runtime.statedir import resolve_state_dir
 
     config = load_config(args.config, missing_ok=True)

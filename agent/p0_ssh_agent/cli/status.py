@@ -7,7 +7,7 @@ directory (cli/status_live.py, which also has the exit codes): 0 only when the a
 every check passes (warnings allowed).
 
 It also lists the live grants from the ledger (age, expiry under maxGrantSeconds) and the drift a read-only
-reconciliation finds between the ledger and the host (guard/reconcile.py); drift is a warning, never a failure.
+reconciliation finds between the ledger and the host (provisioning/reconcile.py); drift is a warning, never a failure.
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from p0_ssh_agent.cli.status_live import agent_checks, live_json, overall_exit, state_word
+from p0_ssh_agent.diagnostics.findings import Finding, render
 from p0_ssh_agent.errors import AgentError
-from p0_ssh_agent.findings import Finding, render
 from p0_ssh_agent.runtime.livestate import LiveRead, read_live_state, resolve_runtime_dir
 
 if TYPE_CHECKING:  # imported inside the functions at run time: they pull in trio
     from p0_ssh_agent.config import AgentConfig
-    from p0_ssh_agent.guard.expiry import LiveGrant
-    from p0_ssh_agent.guard.reconcile import Drift
+    from p0_ssh_agent.provisioning.expiry import LiveGrant
+    from p0_ssh_agent.provisioning.reconcile import Drift
 
 SYSTEMCTL_CANDIDATES = ("/usr/bin/systemctl", "/bin/systemctl")
 UNIT = "p0-ssh-agent.service"
@@ -105,7 +105,7 @@ def collect(
     run: Callable[[list[str]], tuple[int, str]] | None = None,
 ) -> Status:
     from p0_ssh_agent.config import load_config, require_connection_settings
-    from p0_ssh_agent.identity.keys import load_private_key, load_public_jwk
+    from p0_ssh_agent.identity.signing_key import load_private_key, load_public_jwk
     from p0_ssh_agent.runtime.statedir import resolve_state_dir
 
     checks: list[Check] = []
@@ -171,9 +171,9 @@ class GuardView:
 
 def gather_guard(config: AgentConfig, state_dir: Path) -> tuple[list[Check], GuardView | None]:
     """Live grants from the ledger and a read-only reconciliation (no repair, no lock, nothing logged)."""
-    from p0_ssh_agent.guard.expiry import live_grants
-    from p0_ssh_agent.guard.reconcile import inspect_drift
     from p0_ssh_agent.host.ledger import load_ledger
+    from p0_ssh_agent.provisioning.expiry import live_grants
+    from p0_ssh_agent.provisioning.reconcile import inspect_drift
 
     now = datetime.now(UTC)
     limit = config.max_grant_seconds

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from p0_ssh_agent.findings import Finding
+from p0_ssh_agent.diagnostics.findings import Finding
 from p0_ssh_agent.runtime.livestate import LiveRead
 
 UNIT = "p0-ssh-agent.service"

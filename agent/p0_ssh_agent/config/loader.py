@@ -27,7 +27,7 @@ from p0_ssh_agent.errors import ConfigError
 ENV_PREFIX = "P0_SSH_AGENT_"
 # Variables with our prefix that are not configuration keys (test hooks read by the supervisor).
 # Our variables that are not configuration keys: the booted-systemd test hook (runtime/supervisor.py) and the
-# journald socket the audit trail writes to (guard/audit.py; empty turns journald off).
+# journald socket the audit trail writes to (host/audit_trail.py; empty turns journald off).
 ENV_NOT_CONFIG = frozenset({"P0_SSH_AGENT_TEST_HOOKS", "P0_SSH_AGENT_JOURNAL_SOCKET"})
 MAX_CONFIG_BYTES = 1_048_576
 

@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from enum import StrEnum
 
 from p0_ssh_agent.core import messages
-from p0_ssh_agent.core.errors import RequestInvalid
+from p0_ssh_agent.core.request_errors import RequestInvalid
 from p0_ssh_agent.core.sshkeys import SshPublicKey, parse_public_key
 
 __all__ = [

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from p0_ssh_agent.core.errors import RequestInvalid
 from p0_ssh_agent.core.messages import shown
+from p0_ssh_agent.core.request_errors import RequestInvalid
 
 # ssh-dss is refused on purpose: OpenSSH disabled DSA by default in 7.0 and removed it in 9.8, so a DSA line would
 # be dead weight on new hosts and a 1024-bit key on old ones.

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from p0_ssh_agent.core.authorized_keys import MARKER_PREFIX
+from p0_ssh_agent.core.authorized_keys_format import MARKER_PREFIX
 from p0_ssh_agent.core.requests import REQUEST_ID_RE, USER_NAME_RE, is_user_name
 
 DROPIN_DIR = "/etc/sudoers.d"

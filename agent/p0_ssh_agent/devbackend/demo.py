@@ -13,7 +13,7 @@ import trio
 
 from p0_ssh_agent.config import write_config
 from p0_ssh_agent.devbackend.server import DevBackend
-from p0_ssh_agent.identity.keys import generate_keys
+from p0_ssh_agent.identity.signing_key import generate_keys
 
 ORG_ID, HOST_ID = "demo-org", "demo-host"
 CLIENT_ID = f"{ORG_ID}:{HOST_ID}:ssh"

@@ -15,7 +15,7 @@ from jose.backends.cryptography_backend import CryptographyECKey
 from jose.exceptions import JOSEError
 
 from p0_ssh_agent.errors import AgentError
-from p0_ssh_agent.identity.keys import AgentKey, public_key_from_jwk
+from p0_ssh_agent.identity.signing_key import AgentKey, public_key_from_jwk
 
 TOKEN_LIFETIME_SECONDS = 300
 ISSUER = "kd-client"

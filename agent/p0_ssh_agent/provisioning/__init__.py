@@ -19,7 +19,7 @@ import trio
 
 from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.core import messages
-from p0_ssh_agent.core.errors import RequestInvalid
+from p0_ssh_agent.core.request_errors import RequestInvalid
 from p0_ssh_agent.core.requests import (
     AuditRequest,
     CaKeyRequest,
@@ -34,15 +34,15 @@ from p0_ssh_agent.core.requests import (
     parse_request,
 )
 from p0_ssh_agent.errors import AgentError
-from p0_ssh_agent.guard.audit import audit_request
+from p0_ssh_agent.host.audit_trail import audit_request
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning import policy_gate
+from p0_ssh_agent.provisioning.authorized_keys import provision_keys
 from p0_ssh_agent.provisioning.context import ExecutionContext
+from p0_ssh_agent.provisioning.end_sessions import provision_session
 from p0_ssh_agent.provisioning.engine import Engine, Plan
-from p0_ssh_agent.provisioning.keys import provision_keys
 from p0_ssh_agent.provisioning.readonly import run_read_only
-from p0_ssh_agent.provisioning.session import provision_session
-from p0_ssh_agent.provisioning.sudo import provision_sudo
+from p0_ssh_agent.provisioning.sudo_rules import provision_sudo
 from p0_ssh_agent.provisioning.users import provision_user
 
 Handler = Callable[[ExecutionContext, Mapping[str, object]], Awaitable[CommandResult]]

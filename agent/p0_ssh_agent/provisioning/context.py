@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from p0_ssh_agent.config import AgentConfig
-from p0_ssh_agent.guard.policy import LocalPolicy, builtin_policy
+from p0_ssh_agent.core.local_policy import LocalPolicy
+from p0_ssh_agent.host.policy_file import builtin_policy
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import grp
 import os
 import socket
 
+from p0_ssh_agent.core.local_policy import NO_PERMIT, Decision, Facts, LocalPolicy
 from p0_ssh_agent.core.requests import (
     Action,
     CaKeyRequest,
@@ -20,7 +21,6 @@ from p0_ssh_agent.core.requests import (
     UserRequest,
     public_key_of,
 )
-from p0_ssh_agent.guard.policy import NO_PERMIT, Decision, Facts, LocalPolicy
 from p0_ssh_agent.host import accounts
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning.engine import Engine

@@ -12,7 +12,7 @@ from p0_ssh_agent.core.requests import Action, UserRequest
 from p0_ssh_agent.host import accounts, sessions
 from p0_ssh_agent.host.ledger import Ledger
 from p0_ssh_agent.protocol.forwarded import CommandResult
-from p0_ssh_agent.provisioning import sudo
+from p0_ssh_agent.provisioning import sudo_rules
 from p0_ssh_agent.provisioning.engine import Engine, NotManaged, Plan
 
 REVOKE_MODES = ("keep", "lock", "delete")
@@ -93,7 +93,7 @@ def _revoke(engine: Engine, request: UserRequest, plan: Plan) -> CommandResult:
             return CommandResult(success=False, error=f"User {name} locked and expired, but {outcome}")
         return CommandResult(success=True, message=f"User {name} locked and expired; {outcome}")
     ended, outcome = _end_sessions(engine, record.uid, name, plan)
-    sudo.remove_user_rules(engine, name, plan)  # a later account of the same name must not inherit them
+    sudo_rules.remove_user_rules(engine, name, plan)  # a later account of the same name must not inherit them
     if not ended:
         # userdel refuses (exit 8) while processes are left. Locked meanwhile, so nothing new starts as the user;
         # the backend's retry of the revoke deletes the account.

@@ -23,17 +23,17 @@ from typing import TYPE_CHECKING
 
 from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.errors import AgentError
-from p0_ssh_agent.guard.expiry import live_grants, next_expiry
 from p0_ssh_agent.host.ledger import ledger_path, load_ledger
-from p0_ssh_agent.runtime import status
+from p0_ssh_agent.provisioning.expiry import live_grants, next_expiry
+from p0_ssh_agent.runtime import status_text
 from p0_ssh_agent.runtime.livestate import LiveState, file_digest, stamp
 from p0_ssh_agent.runtime.metrics import Metrics
 
 if TYPE_CHECKING:
     from p0_ssh_agent.config import AgentConfig
-    from p0_ssh_agent.guard.audit import AuditEvent
-    from p0_ssh_agent.guard.expiry import LiveGrant
+    from p0_ssh_agent.host.audit_trail import AuditEvent
     from p0_ssh_agent.protocol.forwarded import CommandResult
+    from p0_ssh_agent.provisioning.expiry import LiveGrant
     from p0_ssh_agent.runtime.jobs import JobKey
 
 log = get_logger(__name__)
@@ -61,11 +61,11 @@ class Health:
         self.live = LiveState(
             pid=os.getpid(),
             started_at=datetime.now(UTC),
-            backend_url=status.display_url(url),
+            backend_url=status_text.display_url(url),
             client_id=client_id,
             dry_run=config.dry_run,
         )
-        self._link_text = status.starting()
+        self._link_text = status_text.starting()
         self._config = config
         self._state_dir = state_dir
         self._ledger = _LedgerSummary()
@@ -78,12 +78,12 @@ class Health:
     @property
     def status_text(self) -> str:
         if self.live.reload_failed and self.live.reload_error is not None:
-            return f"{self._link_text}; {status.reload_failed(self.live.reload_error)}"
+            return f"{self._link_text}; {status_text.reload_failed(self.live.reload_error)}"
         return self._link_text
 
     def link_text(self, text: str) -> None:
         self._link_text = text
-        if text == status.stopping():
+        if text == status_text.stopping():
             self.live.link = "stopping"
         self._changed()
 
@@ -117,7 +117,7 @@ class Health:
         self._config, self._state_dir = config, state_dir
         self._ledger = _LedgerSummary()
         live = self.live
-        live.backend_url, live.client_id, live.dry_run = status.display_url(url), client_id, config.dry_run
+        live.backend_url, live.client_id, live.dry_run = status_text.display_url(url), client_id, config.dry_run
         live.policy_file, live.policy_digest = policy_of(executor)
         live.config_file = str(config.source) if config.source else None
         live.config_digest = file_digest(config.source)

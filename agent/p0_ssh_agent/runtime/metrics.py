@@ -22,7 +22,7 @@ PREFIX = "p0_ssh_agent"
 KNOWN_COMMANDS = frozenset(command.value for command in Command)
 # Request durations run from a listUsers (milliseconds) to a slow useradd behind a cold NSS (tens of seconds).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
-# Audit events counted (guard/audit.py Event values) and the metric each one feeds.
+# Audit events counted (host/audit_trail.py Event values) and the metric each one feeds.
 AUDIT_COUNTERS = {
     "denied": "policy_denials_total",
     "expired": "expiries_total",

@@ -21,15 +21,15 @@ from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.adapters.sdnotify import Notifier
 from p0_ssh_agent.config import AgentConfig, require_connection_settings
 from p0_ssh_agent.errors import AgentError, ConfigError
-from p0_ssh_agent.guard import audit
-from p0_ssh_agent.guard.tasks import GuardTasks
-from p0_ssh_agent.identity.keys import load_private_key
-from p0_ssh_agent.runtime import limits, status
+from p0_ssh_agent.host import audit_trail
+from p0_ssh_agent.identity.signing_key import load_private_key
+from p0_ssh_agent.runtime import limits, status_text
+from p0_ssh_agent.runtime.connection import SessionSettings
 from p0_ssh_agent.runtime.health import Health
 from p0_ssh_agent.runtime.livestate import METRICS_FILE, resolve_runtime_dir
+from p0_ssh_agent.runtime.periodic import GuardTasks
 from p0_ssh_agent.runtime.proxy import proxy_for
 from p0_ssh_agent.runtime.publisher import Publisher
-from p0_ssh_agent.runtime.session import SessionSettings
 from p0_ssh_agent.runtime.statedir import ensure_state_dir, resolve_state_dir
 from p0_ssh_agent.runtime.tunnel import Tunnel, TunnelSettings
 from p0_ssh_agent.runtime.worker import Executor, Worker
@@ -116,7 +116,7 @@ class Supervisor:
             heartbeat_interval=float(prepared.config.heartbeat_interval_seconds),
         )
         self.worker = Worker(executor_factory(prepared.config, prepared.state_dir))
-        audit.open_journal()
+        audit_trail.open_journal()
         # Expiry sweep, offline revoke, reconciliation: they read the current configuration at each round.
         self.guard = GuardTasks(lambda: (self.prepared.config, self.prepared.state_dir))
         self.health = Health(
@@ -170,11 +170,11 @@ class Supervisor:
             wanted.append(signal.SIGUSR2)
         # Every blocking host call runs in one of these threads: the unit's TasksMax= and LimitNOFILE= count them.
         trio.to_thread.current_default_thread_limiter().total_tokens = limits.HOST_THREADS
-        audit.OBSERVERS.append(self.health.audit_event)
+        audit_trail.OBSERVERS.append(self.health.audit_event)
         try:
             return await self._run(wanted, hooks)
         finally:
-            audit.OBSERVERS.remove(self.health.audit_event)
+            audit_trail.OBSERVERS.remove(self.health.audit_event)
 
     async def _run(self, wanted: list[signal.Signals], hooks: bool) -> int:
         with trio.open_signal_receiver(*wanted) as signals:
@@ -183,7 +183,7 @@ class Supervisor:
                 await nursery.start(self.worker.run)
                 await nursery.start(self._watchdog)
                 await nursery.start(self.guard.run)  # runs with or without the backend
-                self.report(status.starting())
+                self.report(status_text.starting())
                 await nursery.start(self.tunnel.run)
                 self._notifier.ready()
                 log.info(
@@ -224,7 +224,7 @@ class Supervisor:
         self.session_settings.heartbeat_interval = float(new.config.heartbeat_interval_seconds)
         self.session_settings.client_id = new.tunnel.client_id
         if tunnel_changed(old.tunnel, new.tunnel):
-            log.info("tunnel_settings_changed", url=status.display_url(new.tunnel.url))
+            log.info("tunnel_settings_changed", url=status_text.display_url(new.tunnel.url))
             self.tunnel.reconnect(new.tunnel)
         self.guard.reloaded()
         # The metrics file may move or change group at once; runtimeDir holds the lock, so it needs a restart.
@@ -237,7 +237,7 @@ class Supervisor:
 
     async def shutdown(self) -> None:
         self._notifier.stopping()
-        self.report(status.stopping())
+        self.report(status_text.stopping())
         session = self.tunnel.session
         if session is not None:
             session.stop_reading()

@@ -24,13 +24,13 @@ from wsproto.utilities import LocalProtocolError
 from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.config.values import is_loopback_host
 from p0_ssh_agent.errors import AgentError, ConfigError
-from p0_ssh_agent.identity.keys import AgentKey
+from p0_ssh_agent.identity.signing_key import AgentKey
 from p0_ssh_agent.identity.token import make_token
 from p0_ssh_agent.protocol.jsonrpc import MAX_FRAME_BYTES
-from p0_ssh_agent.runtime import status
+from p0_ssh_agent.runtime import status_text
 from p0_ssh_agent.runtime.backoff import AUTH_BACKOFF_CAP, Backoff
+from p0_ssh_agent.runtime.connection import Activity, Session, SessionSettings
 from p0_ssh_agent.runtime.proxy import ProxySettings, connect_websocket
-from p0_ssh_agent.runtime.session import Activity, Session, SessionSettings
 from p0_ssh_agent.runtime.trust import tls_context
 from p0_ssh_agent.runtime.worker import Worker
 
@@ -99,7 +99,7 @@ class Tunnel:
     ) -> None:
         self.settings = settings
         self._health = health  # told each attempt, success and end, with its reason (runtime/health.py)
-        # Told True when setClientId succeeds and False when that session ends (guard/tasks.py: offline revoke,
+        # Told True when setClientId succeeds and False when that session ends (runtime/periodic.py: offline revoke,
         # reconcile after a reconnect).
         self._on_link = on_link
         self.session_settings = session_settings
@@ -140,7 +140,7 @@ class Tunnel:
         url = self.settings.url
         if self._health is not None:
             self._health.connecting()
-        self._report(status.connecting(url))
+        self._report(status_text.connecting(url))
         http_status: int | None = None
         try:
             reason = await self._connect_and_serve()
@@ -148,14 +148,14 @@ class Tunnel:
             # The connection runs in a nursery, so its failure arrives wrapped in an exception group.
             exc = _unwrap(raised)
             if isinstance(exc, ConnectionRejected):
-                reason = status.rejected(exc.status_code, url)
+                reason = status_text.rejected(exc.status_code, url)
                 http_status = exc.status_code
                 if exc.status_code in (401, 403):
                     delay = self._auth_backoff.next_delay()
                     log.error("handshake_unauthorized", status=exc.status_code, hint=reason)
                     if self._health is not None:
                         self._health.ended(reason, http_status)
-                    return delay, status.unauthorized(exc.status_code, url, delay)
+                    return delay, status_text.unauthorized(exc.status_code, url, delay)
                 log.error("handshake_rejected", status=exc.status_code, hint=reason)
             elif isinstance(exc, OSError | trio.TooSlowError | HandshakeError | trio.BrokenResourceError | AgentError):
                 reason = _describe(exc)
@@ -165,7 +165,7 @@ class Tunnel:
         if self._health is not None and not self._closing:
             self._health.ended(reason, http_status)
         delay = self._backoff.next_delay()
-        return delay, status.retrying(delay, reason)
+        return delay, status_text.retrying(delay, reason)
 
     async def _connect_and_serve(self) -> str:
         settings = self.settings
@@ -217,8 +217,8 @@ class Tunnel:
             since = datetime.now(UTC)
             if self._health is not None:
                 self._health.connected(since)
-            self._report(status.connected(url, since))
-            log.info("connected", url=status.display_url(url), client_id=self.settings.client_id)
+            self._report(status_text.connected(url, since))
+            log.info("connected", url=status_text.display_url(url), client_id=self.settings.client_id)
             if self._on_link is not None:
                 linked = True
                 self._on_link(True)

@@ -44,18 +44,17 @@ from typing import Literal
 
 from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.config import AgentConfig
-from p0_ssh_agent.core.authorized_keys import OwnLine, blocks, is_ca_line, parse_own_line, remove_block
-from p0_ssh_agent.core.errors import RequestInvalid
+from p0_ssh_agent.core.authorized_keys_format import OwnLine, blocks, is_ca_line, parse_own_line, remove_block
+from p0_ssh_agent.core.request_errors import RequestInvalid
 from p0_ssh_agent.core.sshkeys import KNOWN_KEY_TYPES, parse_public_key
 from p0_ssh_agent.core.sudoers import SudoGrant
 from p0_ssh_agent.errors import AgentError
-from p0_ssh_agent.guard import audit
-from p0_ssh_agent.guard.openssh import grant_time, stamp_time
-from p0_ssh_agent.host import accounts
+from p0_ssh_agent.host import accounts, audit_trail
 from p0_ssh_agent.host.ledger import KeyEntry, Ledger
+from p0_ssh_agent.host.openssh import grant_time, stamp_time
+from p0_ssh_agent.provisioning.authorized_keys import AUTHORIZED_KEYS, SSH_DIR, edit_authorized_keys
 from p0_ssh_agent.provisioning.engine import Engine, Plan
-from p0_ssh_agent.provisioning.keys import AUTHORIZED_KEYS, SSH_DIR, edit_authorized_keys
-from p0_ssh_agent.provisioning.sudo import DROPIN_PATH, change_rules, current_rules
+from p0_ssh_agent.provisioning.sudo_rules import DROPIN_PATH, change_rules, current_rules
 
 log = get_logger(__name__)
 
@@ -77,7 +76,7 @@ class Drift:
 
 
 def record_drift(drift: Drift, *, mode: str, config: AgentConfig | None = None, dry_run: bool = False) -> None:
-    """The one place a drift finding is recorded: a structlog line and an audit entry (guard/audit.py)."""
+    """The one place a drift finding is recorded: a structlog line and an audit entry (host/audit_trail.py)."""
     log.warning(
         "drift",
         drift=drift.kind,
@@ -90,16 +89,16 @@ def record_drift(drift: Drift, *, mode: str, config: AgentConfig | None = None, 
     )
     # RESULT: "reported" for a finding left as it is (report mode, or nothing the agent may repair), "failure" for
     # a repair that was tried and failed, "success" for one repaired.
-    result: audit.Result = (
+    result: audit_trail.Result = (
         "success" if drift.repaired else "failure" if mode == "repair" and _repairable(drift) else "reported"
     )
     summary = f"{'[dry run] ' if dry_run else ''}drift {drift.kind} in {drift.path}"
     summary += f" (user {drift.user or '-'}, request {drift.request_id or '-'}): {drift.detail}"
     summary += " (repaired)" if drift.repaired else f" ({mode} mode: {result})"
-    audit.record(
+    audit_trail.record(
         config,
-        audit.AuditEvent(
-            event=audit.Event.REPAIRED if drift.repaired else audit.Event.DRIFT,
+        audit_trail.AuditEvent(
+            event=audit_trail.Event.REPAIRED if drift.repaired else audit_trail.Event.DRIFT,
             origin="reconcile",
             request_id=drift.request_id or "",
             command="reconcile",
@@ -108,7 +107,7 @@ def record_drift(drift: Drift, *, mode: str, config: AgentConfig | None = None, 
             result=result,
             summary=summary,
             dry_run=dry_run,
-            key_fingerprint=audit.fingerprint_in(drift.detail),
+            key_fingerprint=audit_trail.fingerprint_in(drift.detail),
             detail=drift.detail,
             drift=drift.kind,
             path=drift.path,

@@ -34,7 +34,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from p0_ssh_agent.core.errors import RequestInvalid
+from p0_ssh_agent.core.request_errors import RequestInvalid
 from p0_ssh_agent.core.requests import REQUEST_ID_RE, USER_NAME_RE, is_user_name
 from p0_ssh_agent.core.sshkeys import SshPublicKey, parse_public_key
 

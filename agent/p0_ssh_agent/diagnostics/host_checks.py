@@ -15,15 +15,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from p0_ssh_agent.core.sudoers import DROPIN_DIR, includes_sudoers_d
+from p0_ssh_agent.diagnostics.findings import Finding
 from p0_ssh_agent.errors import AgentError
-from p0_ssh_agent.findings import Finding
-from p0_ssh_agent.guard.openssh import SSHD_CANDIDATES
 from p0_ssh_agent.host import proc
 from p0_ssh_agent.host.accounts import HOME_ROOT
+from p0_ssh_agent.host.openssh import SSHD_CANDIDATES
 from p0_ssh_agent.host.selinux import RESTORECON_CANDIDATES, SELINUXFS
-from p0_ssh_agent.host.sudo import SUDOERS, SudoUnavailable, check_sudoers_layout, find_visudo
-from p0_ssh_agent.host.sudo import visudo_check_all as visudo_check_tree
-from p0_ssh_agent.provisioning.keys import AUTHORIZED_KEYS, SSH_DIR
+from p0_ssh_agent.host.sudoers_install import SUDOERS, SudoUnavailable, check_sudoers_layout, find_visudo
+from p0_ssh_agent.host.sudoers_install import visudo_check_all as visudo_check_tree
+from p0_ssh_agent.provisioning.authorized_keys import AUTHORIZED_KEYS, SSH_DIR
 
 TOOL_TIMEOUT = 10.0
 # The label sshd is allowed to read under an enforcing targeted policy (sshd_t may not read user_home_t).

@@ -4,18 +4,18 @@ Two layers, so a grant ends on time even when the backend never sends the revoke
 
 1. sshd itself. With maxGrantSeconds set, every key and CA line the agent writes carries
    `expiry-time="<granted_at + maxGrantSeconds>"`, so sshd refuses the key after that instant even if the agent is
-   dead (guard/openssh.py: which form the local OpenSSH reads, none before 7.7).
+   dead (host/openssh.py: which form the local OpenSSH reads, none before 7.7).
 2. The sweep. Grants older than maxGrantSeconds (by the ledger's granted_at: keys, CA lines, sudo rules) are
-   revoked by the agent through the very handlers the backend's revokes use (provisioning/keys.py, sudo.py: same
-   locks, same checks, same messages), online or offline. The supervisor runs it at start-up (grants that expired
-   while the agent was down) and then again at each next expiry (guard/tasks.py).
+   revoked by the agent through the very handlers the backend's revokes use (provisioning/authorized_keys.py,
+   sudo.py: same locks, same checks, same messages), online or offline. The supervisor runs it at start-up (grants
+   that expired while the agent was down) and then again at each next expiry (runtime/periodic.py).
 
 A sweep never touches accounts: the backend's provisionUser revoke decides about them (userRevokeMode). The
 offline revoke (offlineRevokeAfterSeconds, off by default) is the exception: when the backend has been unreachable
 that long it takes back everything, like `p0-ssh-agent revoke-all`, with created accounts kept or locked as
 userRevokeMode says (delete is downgraded to lock: a network outage must not destroy home directories).
 
-Everything here blocks (files, visudo); guard/tasks.py calls it in a worker thread.
+Everything here blocks (files, visudo); runtime/periodic.py calls it in a worker thread.
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.core.requests import Action, CaKeyRequest, Command, KeyRequest, SudoRequest
 from p0_ssh_agent.errors import AgentError
-from p0_ssh_agent.guard import audit
-from p0_ssh_agent.guard.openssh import grant_time
+from p0_ssh_agent.host import audit_trail
 from p0_ssh_agent.host.ledger import Ledger
+from p0_ssh_agent.host.openssh import grant_time
 from p0_ssh_agent.protocol.forwarded import CommandResult
+from p0_ssh_agent.provisioning.authorized_keys import provision_keys
 from p0_ssh_agent.provisioning.engine import Engine, Plan
-from p0_ssh_agent.provisioning.keys import provision_keys
-from p0_ssh_agent.provisioning.revoke_all import Report, revoke_all
-from p0_ssh_agent.provisioning.sudo import provision_sudo
+from p0_ssh_agent.provisioning.revoke_everything import Report, revoke_all
+from p0_ssh_agent.provisioning.sudo_rules import provision_sudo
 
 log = get_logger(__name__)
 
@@ -115,7 +115,7 @@ _COMMAND_OF: dict[GrantKind, Command] = {"key": Command.AUTHORIZED_KEYS, "ca": C
 def record_expiry(
     grant: LiveGrant, *, result: str, error: str = "", dry_run: bool = False, config: AgentConfig | None = None
 ) -> None:
-    """The one place an expiry revoke is recorded: a structlog line and an audit entry (guard/audit.py)."""
+    """The one place an expiry revoke is recorded: a structlog line and an audit entry (host/audit_trail.py)."""
     event = log.warning if error else log.info
     event(
         "grant_expired",
@@ -133,10 +133,10 @@ def record_expiry(
     expired = grant.expires_at.isoformat() if grant.expires_at else "?"
     summary = f"{'[dry run] ' if dry_run else ''}{command} revoke for {grant.user} (request {grant.request_id})"
     summary += f": grant expired at {expired}, {result}" + (f": {error}" if error else "")
-    audit.record(
+    audit_trail.record(
         config,
-        audit.AuditEvent(
-            event=audit.Event.FAILED if error else audit.Event.EXPIRED,
+        audit_trail.AuditEvent(
+            event=audit_trail.Event.FAILED if error else audit_trail.Event.EXPIRED,
             origin="expiry",
             request_id=grant.request_id,
             command=command,

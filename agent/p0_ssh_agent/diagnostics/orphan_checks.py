@@ -2,12 +2,12 @@
 
 The ledger is how the agent (and `revoke-all`) find what it granted. Grants outlive it when it is lost: a purge by a
 package before 0.2 deleted it with the users, keys and sudo rules still in place; a restored backup; a state
-directory moved aside. Reconciliation (guard/reconcile.py) compares only what the ledger holds, so those grants are
-invisible to it; this check walks the host instead:
+directory moved aside. Reconciliation (provisioning/reconcile.py) compares only what the ledger holds, so those
+grants are invisible to it; this check walks the host instead:
 
     sudo   rules in the agent's drop-in (/etc/sudoers.d/p0-ssh-agent) when there is no ledger at all (with a
            ledger, a rule it lacks is already reconciliation's `sudo_unknown`)
-    keys   pairs under a "# RequestID: <id>" marker (core/authorized_keys.py) in the authorized_keys of a local
+    keys   pairs under a "# RequestID: <id>" marker (core/authorized_keys_format.py) in the authorized_keys of a local
            account (UID_MIN and up) whose request the ledger does not hold for that account: also what the Go
            agent left, since it wrote the same marker
 
@@ -22,14 +22,14 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from p0_ssh_agent.config import AgentConfig
-from p0_ssh_agent.core.authorized_keys import blocks
+from p0_ssh_agent.core.authorized_keys_format import blocks
+from p0_ssh_agent.diagnostics.findings import Finding
 from p0_ssh_agent.errors import AgentError
-from p0_ssh_agent.findings import Finding
 from p0_ssh_agent.host import accounts
 from p0_ssh_agent.host.ledger import Ledger, ledger_path, load_ledger
+from p0_ssh_agent.provisioning.authorized_keys import AUTHORIZED_KEYS, SSH_DIR, edit_authorized_keys
 from p0_ssh_agent.provisioning.engine import Engine
-from p0_ssh_agent.provisioning.keys import AUTHORIZED_KEYS, SSH_DIR, edit_authorized_keys
-from p0_ssh_agent.provisioning.sudo import DROPIN_PATH, current_rules
+from p0_ssh_agent.provisioning.sudo_rules import DROPIN_PATH, current_rules
 
 # A directory service that enumerates could list every account of the company: doctor looks at this many at most.
 MAX_ACCOUNTS = 5000

@@ -1,10 +1,10 @@
 """`p0-ssh-agent doctor` (issue 6): find what on a real host makes grants fail, each finding with its fix.
 
 `status` asks "is the agent set up?"; doctor asks "will a grant work?": sshd's effective settings, sudo's
-includes and visudo, SELinux labels, the name service (guard/doctor_host.py), the proxy, TLS and clock skew
-against the backend (guard/doctor_net.py), drift between the ledger and the host (guard/reconcile.py, in report
-mode), and grants on the host that no ledger knows about (guard/doctor_orphans.py). Read-only throughout: no
-file, lock, ledger entry or log record is written.
+includes and visudo, SELinux labels, the name service (diagnostics/host_checks.py), the proxy, TLS and clock skew
+against the backend (diagnostics/network_checks.py), drift between the ledger and the host
+(provisioning/reconcile.py, in report mode), and grants on the host that no ledger knows about
+(diagnostics/orphan_checks.py). Read-only throughout: no file, lock, ledger entry or log record is written.
 
 Exit status: 0 when no finding fails (warnings and skips allowed), 1 when one does; a configuration that cannot
 be loaded is exit 78 before any check runs (cli/doctor.py).
@@ -19,18 +19,18 @@ from pathlib import Path
 import trio
 
 from p0_ssh_agent.config import AgentConfig, require_connection_settings
-from p0_ssh_agent.errors import AgentError, ExitCode
-from p0_ssh_agent.findings import Finding
-from p0_ssh_agent.guard.doctor_host import (
+from p0_ssh_agent.diagnostics.findings import Finding
+from p0_ssh_agent.diagnostics.host_checks import (
     check_nss,
     check_selinux,
     check_sshd,
     check_sudoers,
     check_visudo,
 )
-from p0_ssh_agent.guard.doctor_net import DEFAULT_TIMEOUT, offline_findings, probe_backend
-from p0_ssh_agent.guard.doctor_orphans import check_orphans
-from p0_ssh_agent.guard.reconcile import inspect_drift
+from p0_ssh_agent.diagnostics.network_checks import DEFAULT_TIMEOUT, offline_findings, probe_backend
+from p0_ssh_agent.diagnostics.orphan_checks import check_orphans
+from p0_ssh_agent.errors import AgentError, ExitCode
+from p0_ssh_agent.provisioning.reconcile import inspect_drift
 from p0_ssh_agent.runtime.statedir import resolve_state_dir
 
 __all__ = ["DEFAULT_TIMEOUT", "Finding", "check_ledger", "collect", "exit_code", "host_findings"]

@@ -10,7 +10,7 @@ Ledger order: a grant is recorded before the file is written and a revoke forgot
 leaves the ledger claiming a little more than the host holds (harmless to revoke), never less. Both happen under the
 user's lock (lock order: uid before ledger).
 
-With maxGrantSeconds set, a line carries `expiry-time=` at the ledger's granted_at + maxGrantSeconds (guard/openssh.py
+With maxGrantSeconds set, a line carries `expiry-time=` at the ledger's granted_at + maxGrantSeconds (host/openssh.py
 picks the form the local OpenSSH reads), so sshd refuses it on time even if the agent is not running.
 """
 
@@ -19,12 +19,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from p0_ssh_agent.core import messages
-from p0_ssh_agent.core.authorized_keys import add_block, ca_line, is_ca_line, key_line, remove_block
+from p0_ssh_agent.core.authorized_keys_format import add_block, ca_line, is_ca_line, key_line, remove_block
 from p0_ssh_agent.core.requests import Action, CaKeyRequest, KeyRequest
-from p0_ssh_agent.guard.openssh import grant_stamp
 from p0_ssh_agent.host import accounts
 from p0_ssh_agent.host.accounts import UserRecord
 from p0_ssh_agent.host.ledger import KeyKind, Ledger, utc_now
+from p0_ssh_agent.host.openssh import grant_stamp
 from p0_ssh_agent.host.safefile import FileEdit, UnsafePath, edit_in_user_dir
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning.engine import Engine, NotManaged, Plan

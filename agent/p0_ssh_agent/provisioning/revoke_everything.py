@@ -5,7 +5,7 @@ same handlers as the backend's revokes (same locks, same checks, same messages),
 runs, idempotent, and keeps going past a failure so one broken home directory does not leave everything else.
 Adopted accounts lose their grants but keep their account: the agent did not create them.
 
-Every revoke is audited (guard/audit.py) under the grant's own request id, so the grant's history ends with it,
+Every revoke is audited (host/audit_trail.py) under the grant's own request id, so the grant's history ends with it,
 and the run as a whole adds one revoke-all entry that counts what was done and what failed.
 """
 
@@ -15,7 +15,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
-from p0_ssh_agent.core.authorized_keys import remove_block
+from p0_ssh_agent.core.authorized_keys_format import remove_block
 from p0_ssh_agent.core.requests import (
     Action,
     CaKeyRequest,
@@ -27,12 +27,12 @@ from p0_ssh_agent.core.requests import (
 )
 from p0_ssh_agent.core.sudoers import LEGACY_FILE
 from p0_ssh_agent.errors import AgentError
-from p0_ssh_agent.guard import audit
-from p0_ssh_agent.host.sudo import edit_legacy_file
+from p0_ssh_agent.host import audit_trail
+from p0_ssh_agent.host.sudoers_install import edit_legacy_file
 from p0_ssh_agent.protocol.forwarded import CommandResult
+from p0_ssh_agent.provisioning.authorized_keys import provision_keys
 from p0_ssh_agent.provisioning.engine import Engine, Plan
-from p0_ssh_agent.provisioning.keys import provision_keys
-from p0_ssh_agent.provisioning.sudo import change_rules
+from p0_ssh_agent.provisioning.sudo_rules import change_rules
 from p0_ssh_agent.provisioning.users import provision_user
 
 REVOKE_ALL_ID = "revoke-all"
@@ -64,19 +64,19 @@ def _attempt(report: Report, what: str, step: object) -> CommandResult:
     return CommandResult(success=True, message=what)
 
 
-def _audit(engine: Engine, request: ProvisioningRequest, result: CommandResult, origin: audit.Origin) -> None:
-    event = audit.request_event(request, result, dry_run=engine.dry_run, origin=origin)
+def _audit(engine: Engine, request: ProvisioningRequest, result: CommandResult, origin: audit_trail.Origin) -> None:
+    event = audit_trail.request_event(request, result, dry_run=engine.dry_run, origin=origin)
     if event is not None:
-        audit.record(engine.config, event)
+        audit_trail.record(engine.config, event)
 
 
-def _audit_summary(engine: Engine, report: Report, user_mode: str, origin: audit.Origin) -> None:
-    result: audit.Result = "failure" if report.failed else "success"
+def _audit_summary(engine: Engine, report: Report, user_mode: str, origin: audit_trail.Origin) -> None:
+    result: audit_trail.Result = "failure" if report.failed else "success"
     counts = f"{len(report.done)} done, {len(report.failed)} failed, created accounts: {user_mode}"
-    audit.record(
+    audit_trail.record(
         engine.config,
-        audit.AuditEvent(
-            event=audit.Event.REVOKE_ALL,
+        audit_trail.AuditEvent(
+            event=audit_trail.Event.REVOKE_ALL,
             origin=origin,
             request_id=REVOKE_ALL_ID,
             command=REVOKE_ALL_ID,
@@ -91,7 +91,7 @@ def _audit_summary(engine: Engine, report: Report, user_mode: str, origin: audit
     )
 
 
-def revoke_all(engine: Engine, user_mode: str, plan: Plan, *, origin: audit.Origin = "revoke-all") -> Report:
+def revoke_all(engine: Engine, user_mode: str, plan: Plan, *, origin: audit_trail.Origin = "revoke-all") -> Report:
     """Blocking. user_mode: keep | lock | delete, for the accounts the agent created. origin names who asked
     (`revoke-all`, or the offline revoke) in the audit entries."""
     report = Report()

@@ -16,13 +16,13 @@ import os
 from collections.abc import Callable
 
 from p0_ssh_agent.core import messages
-from p0_ssh_agent.core.authorized_keys import remove_block
+from p0_ssh_agent.core.authorized_keys_format import remove_block
 from p0_ssh_agent.core.requests import Action, SudoRequest
 from p0_ssh_agent.core.sudoers import DROPIN_DIR, DROPIN_NAME, LEGACY_FILE, SudoGrant, parse_dropin, render_dropin, rule
 from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.host.ledger import Ledger, SudoEntry, utc_now
 from p0_ssh_agent.host.safefile import read_root_file
-from p0_ssh_agent.host.sudo import edit_legacy_file, install_dropin
+from p0_ssh_agent.host.sudoers_install import edit_legacy_file, install_dropin
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning.engine import Engine, Plan
 

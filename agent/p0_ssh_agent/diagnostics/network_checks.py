@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 import trio
 
 from p0_ssh_agent._version import __version__
+from p0_ssh_agent.diagnostics.findings import Finding
 from p0_ssh_agent.errors import ConfigError
-from p0_ssh_agent.findings import Finding
 from p0_ssh_agent.runtime.proxy import ProxyError, authority, open_tunnel_stream, proxy_for
 from p0_ssh_agent.runtime.trust import ca_bundle, tls_context
 

@@ -6,8 +6,8 @@
                 while we sleep on trio's monotonic one). A revoke that failed is retried after RETRY_SECONDS.
     offline     with offlineRevokeAfterSeconds: when the tunnel has had no registered session (successful
                 setClientId) for that long, counted from start-up or from the last disconnect, revokes everything
-                once (guard/expiry.offline_revoke); it arms again only after the next successful registration.
-    reconcile   at start-up, after each reconnect, and every reconcileIntervalSeconds (guard/reconcile.py).
+                once (provisioning/expiry.offline_revoke); it arms again only after the next successful registration.
+    reconcile   at start-up, after each reconnect, and every reconcileIntervalSeconds (provisioning/reconcile.py).
 
 None of them needs the backend. The blocking work runs in worker threads with the handlers' own locks. A failure
 is logged and the loop goes on: a guardrail must never end the agent. The configuration is read at each round, so
@@ -27,10 +27,10 @@ import trio
 
 from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.config import AgentConfig
-from p0_ssh_agent.guard.expiry import SweepReport, offline_revoke, sweep
-from p0_ssh_agent.guard.reconcile import Drift, reconcile
 from p0_ssh_agent.provisioning.engine import Engine
-from p0_ssh_agent.provisioning.revoke_all import Report
+from p0_ssh_agent.provisioning.expiry import SweepReport, offline_revoke, sweep
+from p0_ssh_agent.provisioning.reconcile import Drift, reconcile
+from p0_ssh_agent.provisioning.revoke_everything import Report
 
 log = get_logger(__name__)
 

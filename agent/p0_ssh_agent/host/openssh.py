@@ -5,7 +5,7 @@ sshd(8) reads `expiry-time="timespec"` in authorized_keys since OpenSSH 7.7, and
 read a stamp without Z; older or unknown versions get no option (the agent's sweep alone expires the grant). The
 version is read once (`sshd -V`, else `ssh -V`) and cached for the life of the process.
 
-Used by provisioning/keys.py when it writes a line, and by guard/reconcile.py to check one.
+Used by provisioning/authorized_keys.py when it writes a line, and by provisioning/reconcile.py to check one.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def stamp_time(stamp: str) -> datetime:
 
 
 def grant_stamp(granted_at: str, max_grant_seconds: int | None) -> str | None:
-    """What provisioning/keys.py writes into a line granted at `granted_at` (None: no option)."""
+    """What provisioning/authorized_keys.py writes into a line granted at `granted_at` (None: no option)."""
     if max_grant_seconds is None:
         return None
     return expiry_stamp(expires_at(granted_at, max_grant_seconds), expiry_support())

@@ -1,0 +1,1 @@
+"""What doctor and status check on a host and report as findings."""

@@ -1,0 +1,63 @@
+"""Reading the local Cedar policy from disk: the operator's file, or the built-in default shipped in the package.
+
+The evaluation is core/local_policy.py (pure); this is its I/O. The file must be root's (or the agent's own user's,
+for an unprivileged dry run), a regular file not writable by group or others, and not a symlink: whoever can write
+it can grant root. It is read whole up to MAX_POLICY_BYTES or refused, never cut.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from importlib import resources
+from pathlib import Path
+
+from p0_ssh_agent.core.local_policy import BUILTIN_SOURCE, LocalPolicy, PolicyError, compile_policy
+from p0_ssh_agent.host.plainfile import FileTooLarge, read_at_most
+
+MAX_POLICY_BYTES = 1 << 20
+
+
+def builtin_text() -> str:
+    return resources.files("p0_ssh_agent.core").joinpath("default_policy.cedar").read_text(encoding="utf-8")
+
+
+def builtin_policy() -> LocalPolicy:
+    return compile_policy(builtin_text(), BUILTIN_SOURCE)
+
+
+def load_policy(path: Path) -> LocalPolicy:
+    """The policy in `path`, or the built-in default when there is no such file. Raises PolicyError."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return builtin_policy()
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read the policy: {exc.strerror or exc} (a symlink is refused)") from exc
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        _check_ownership(path, info)
+        try:
+            # Refused whole above the limit, never cut: a cut policy could have lost the forbid rules at its end.
+            data = read_at_most(handle.fileno(), MAX_POLICY_BYTES, str(path))
+        except FileTooLarge as exc:
+            raise PolicyError(str(exc)) from None
+        except OSError as exc:
+            raise PolicyError(f"{path}: cannot read the policy: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+    return compile_policy(text, str(path))
+
+
+def _check_ownership(path: Path, info: os.stat_result) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        raise PolicyError(f"{path}: not a regular file")
+    if info.st_uid not in (0, os.geteuid()):
+        raise PolicyError(f"{path}: owned by UID {info.st_uid}; the policy must be root's (chown root: {path})")
+    if info.st_mode & 0o022:
+        raise PolicyError(
+            f"{path}: writable by group or others (mode {stat.S_IMODE(info.st_mode):04o}); "
+            f"anyone who can write it can grant root (chmod 644 {path})"
+        )
