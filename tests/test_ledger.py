@@ -23,12 +23,17 @@ from p0_ssh_agent.host.ledger import (
     Ledger,
     LedgerCorrupt,
     LedgerFull,
+    LedgerStore,
     SudoEntry,
     UserEntry,
+    apply_change,
+    copy_ledger,
     from_json,
     load_ledger,
     save_ledger,
     to_json,
+    user_view,
+    users_in,
 )
 from p0_ssh_agent.host.safefile import UnsafePath
 
@@ -284,3 +289,64 @@ def ledgers(draw: st.DrawFn) -> Ledger:
 @given(ledgers())
 def test_json_round_trip(ledger: Ledger) -> None:
     assert from_json(to_json(ledger), "x") == ledger
+
+
+def _two_user_ledger() -> Ledger:
+    ledger = Ledger()
+    ledger.record_user("alice", 70000, now="2026-01-01T00:00:00Z")
+    ledger.record_user("bob", 70001, now="2026-01-01T00:00:00Z")
+    ledger.record_key("alice", "r1", "key", "SHA256:a", now="2026-01-01T00:00:00Z")
+    ledger.record_key("bob", "r2", "key", "SHA256:b", now="2026-01-01T00:00:00Z")
+    ledger.record_sudo("r3", "alice", None, now="2026-01-01T00:00:00Z")
+    ledger.record_sudo("r4", "bob", "root", now="2026-01-01T00:00:00Z")
+    return ledger
+
+
+def test_a_user_view_holds_that_user_only_and_is_a_copy() -> None:
+    ledger = _two_user_ledger()
+    view = user_view(ledger, "alice")
+    assert set(view.users) == {"alice"} and set(view.keys) == {"alice"} and set(view.sudo) == {"r3"}
+    assert view.uid_high_water == 70001
+    view.record_key("alice", "r9", "ca", "SHA256:c")
+    assert "r9" not in ledger.keys["alice"]
+
+
+def test_a_change_to_one_user_keeps_a_concurrent_change_to_another() -> None:
+    ledger = _two_user_ledger()
+    before = user_view(ledger, "alice")
+    after = copy_ledger(before)
+    after.forget_keys("alice", "r1")
+    after.forget_sudo("r3")
+    # Meanwhile bob got a new key and the stored ledger moved on.
+    current = copy_ledger(ledger)
+    current.record_key("bob", "r5", "key", "SHA256:d", now="2026-01-02T00:00:00Z")
+    result = apply_change(current, before, after)
+    assert "alice" not in result.keys and "r3" not in result.sudo and "alice" in result.users
+    assert set(result.keys["bob"]) == {"r2", "r5"} and set(result.sudo) == {"r4"}
+
+
+def test_a_forgotten_user_is_gone_with_everything_it_held() -> None:
+    ledger = _two_user_ledger()
+    before = user_view(ledger, "bob")
+    after = copy_ledger(before)
+    after.forget_user("bob")
+    result = apply_change(ledger, before, after)
+    assert users_in(result) == {"alice"} and result.uid_high_water == 70001
+
+
+def test_the_store_commits_under_its_lock_and_reads_back(tmp_path: Path) -> None:
+    store = LedgerStore(tmp_path, lock_dir=str(tmp_path / "locks"))
+    before = store.read_user("alice")
+    after = copy_ledger(before)
+    after.record_user("alice", 70000)
+    store.commit(before, after)
+    assert store.read_user("alice").users["alice"].uid == 70000
+    assert LedgerStore(tmp_path, lock_dir=None).read_all().users.keys() == {"alice"}
+
+
+def test_a_store_without_a_lock_dir_writes_nothing(tmp_path: Path) -> None:
+    store = LedgerStore(tmp_path, lock_dir=None)
+    after = Ledger()
+    after.record_user("alice", 70000)
+    store.commit(Ledger(), after)
+    assert not (tmp_path / "ledger.json").exists()

@@ -33,6 +33,7 @@ from typing import Any, Literal, cast
 from p0_ssh_agent.core.requests import REQUEST_ID_RE, is_user_name
 from p0_ssh_agent.core.sudoers import SudoGrant
 from p0_ssh_agent.errors import AgentError, ConfigError
+from p0_ssh_agent.host import locks
 from p0_ssh_agent.host.safefile import read_root_file, write_root_file
 
 SCHEMA = 1
@@ -310,3 +311,79 @@ def save_ledger(ledger: Ledger, state_dir: Path) -> None:
             "nothing was written and the request was not carried out: revoke grants that are no longer needed"
         )
     write_root_file(str(path), data, mode=LEDGER_MODE, max_bytes=MAX_LEDGER_BYTES)
+
+
+# --- the store: what callers use -----------------------------------------------------------------------------
+
+
+def user_view(ledger: Ledger, name: str) -> Ledger:
+    """The part of `ledger` that belongs to one user (its account entry, its keys, its sudo rules), with the host's
+    UID high-water mark. A copy: changing it changes nothing in `ledger`."""
+    view = Ledger(uid_high_water=ledger.uid_high_water)
+    if name in ledger.users:
+        view.users[name] = ledger.users[name]
+    if name in ledger.keys:
+        view.keys[name] = {request_id: list(entries) for request_id, entries in ledger.keys[name].items()}
+    view.sudo = {request_id: entry for request_id, entry in ledger.sudo.items() if entry.user == name}
+    return view
+
+
+def copy_ledger(ledger: Ledger) -> Ledger:
+    """A deep copy to change without touching the original (a plan computes the ledger after from the one before)."""
+    return Ledger(
+        users=dict(ledger.users),
+        keys={user: {rid: list(items) for rid, items in per_user.items()} for user, per_user in ledger.keys.items()},
+        sudo=dict(ledger.sudo),
+        uid_high_water=ledger.uid_high_water,
+    )
+
+
+def users_in(ledger: Ledger) -> set[str]:
+    """Every user name the ledger holds a record for (an account, keys or a sudo rule)."""
+    return set(ledger.users) | set(ledger.keys) | {entry.user for entry in ledger.sudo.values()}
+
+
+def apply_change(current: Ledger, before: Ledger, after: Ledger) -> Ledger:
+    """`current` with the records of every user named in `before` or `after` replaced by `after`'s (pure).
+
+    Requests for different users commit independently: a change computed from one user's view replaces that user's
+    records only, so a concurrent change to another user (made between the read and this commit) is kept."""
+    result = copy_ledger(current)
+    for name in users_in(before) | users_in(after):
+        result.users.pop(name, None)
+        result.keys.pop(name, None)
+        for request_id in [rid for rid, entry in result.sudo.items() if entry.user == name]:
+            del result.sudo[request_id]
+        if name in after.users:
+            result.users[name] = after.users[name]
+        if name in after.keys:
+            result.keys[name] = {rid: list(entries) for rid, entries in after.keys[name].items()}
+        result.sudo.update({rid: entry for rid, entry in after.sudo.items() if entry.user == name})
+    result.uid_high_water = max(current.uid_high_water, after.uid_high_water)
+    return result
+
+
+@dataclass(frozen=True)
+class LedgerStore:
+    """The ledger in one state directory: read one user's records or all of them, commit a change.
+
+    Reads take no lock (the file is replaced atomically, so a read sees one whole version). A commit takes the
+    ledger lock itself, innermost (after the caller's user lock), re-reads, applies the per-user change and saves,
+    so two requests for different users never lose each other's records. `lock_dir` None: no lock (a dry run).
+    """
+
+    state_dir: Path
+    lock_dir: str | None
+
+    def read_all(self) -> Ledger:
+        return load_ledger(self.state_dir)
+
+    def read_user(self, name: str) -> Ledger:
+        return user_view(self.read_all(), name)
+
+    def commit(self, before: Ledger, after: Ledger) -> None:
+        """Store `after` in place of `before` for every user either names (one atomic write for all of them)."""
+        if self.lock_dir is None:
+            return
+        with locks.global_lock("ledger", lock_dir=self.lock_dir):
+            save_ledger(apply_change(self.read_all(), before, after), self.state_dir)
