@@ -69,6 +69,17 @@ def test_the_bounds_always_make_a_valid_backoff() -> None:
             assert settings.unauthorized().ceiling() == first
 
 
+def test_the_ceilings_grow_to_the_configured_values() -> None:
+    reconnect, unauthorized = RetrySettings(4.0, 2.0).reconnect(), RetrySettings(4.0, 2.0).unauthorized()
+    ceilings = []
+    for _ in range(10):
+        ceilings.append((reconnect.ceiling(), unauthorized.ceiling()))
+        reconnect.next_delay()
+        unauthorized.next_delay()
+    assert [r for r, _ in ceilings] == [1.0, 2.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0]
+    assert [u for _, u in ceilings] == [2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 300.0, 300.0]
+
+
 def test_a_reload_keeps_how_far_each_backoff_has_grown() -> None:
     grown = Backoff(attempts=4)
     assert RetrySettings(reconnect_max=8.0).reconnect(grown).ceiling() == 8.0
