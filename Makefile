@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check clean venv deps-run deps-test lint typecheck unit sandbox-test package system-test fuzz reliability bench
+.PHONY: run test check clean venv deps-run deps-test lint typecheck unit slow sandbox-test package system-test fuzz reliability bench
 .PHONY: repo
 
 # --- setup --------------------------------------------------------------------------------------------------
@@ -37,8 +37,14 @@ test: deps-test venv
 	$(BIN)/pytest -q -m system tests
 
 # --- pieces of `make test`, for development ----------------------------------------------------------------
+# The fast loop: no root, no sandbox, and no `slow` test (a real agent or backend process waited on in wall-clock
+# time). `make unit` and `make slow` together are every test that runs outside the sandbox; `make test` and
+# `make sandbox-test` select by `not system` only, so they run the slow tests too.
 unit: venv
-	$(BIN)/pytest -q -m 'not system and not sandbox' tests
+	$(BIN)/pytest -q -m 'not system and not sandbox and not slow' tests
+
+slow: venv
+	$(BIN)/pytest -q -m 'slow and not system and not sandbox' tests
 
 sandbox-test: deps-test venv
 	tests/sandbox/enter $(BIN)/pytest -q -m 'not system' tests

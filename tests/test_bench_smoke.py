@@ -114,6 +114,7 @@ async def test_calls_tiny(tmp_path: Path) -> None:
     assert len(measurement.targets) == 3
 
 
+@pytest.mark.slow
 async def test_footprint_tiny(tmp_path: Path) -> None:
     measurement = await footprint.measure_footprint(tmp_path, footprint.TINY)
     assert_well_formed(measurement)

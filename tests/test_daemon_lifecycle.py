@@ -9,6 +9,7 @@ after 401s; heartbeats at the configured interval; 200 concurrent dry-run calls;
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -29,6 +30,8 @@ ORG, HOST = "life-org", "host-1"
 CLIENT_ID = f"{ORG}:{HOST}:ssh"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHNLmYVg4wR7L+9IQJslJexzhJmdx/XrwOb60irE5wOE life"
 
+pytestmark = pytest.mark.slow  # every test here runs the real daemon and waits on it in wall-clock time
+
 
 @pytest.fixture(params=["path", "abstract"])
 def notify(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NotifyListener]:
@@ -38,12 +41,12 @@ def notify(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NotifyLis
     listener.close()
 
 
-def write_config(tmp_path: Path, url: str, keys: Path, *, heartbeat: int = 60) -> Path:
+def write_config(tmp_path: Path, url: str, keys: Path, *, heartbeat: int = 60, extra: str = "") -> Path:
     config = tmp_path / "config.yaml"
     config.write_text(
         f"orgId: {ORG}\nhostId: {HOST}\ntunnelHost: {url}\nkeyPath: {keys}\nstateDir: {tmp_path / 'state'}\n"
         f"runtimeDir: {tmp_path / 'run'}\n"
-        f"dryRun: true\nheartbeatIntervalSeconds: {heartbeat}\n"
+        f"dryRun: true\nheartbeatIntervalSeconds: {heartbeat}\n{extra}"
     )
     return config
 
@@ -146,9 +149,12 @@ async def test_alive_after_401_heartbeats_and_200_concurrent_calls(tmp_path: Pat
     log = tmp_path / "agent.log"
     async with trio.open_nursery() as nursery:
         await nursery.start(backend.serve)
-        agent = start_agent(write_config(tmp_path, backend.rpc_url, keys, heartbeat=1), log)
+        # unauthorizedRetrySeconds: 1: the waits after the two 401s are drawn from [0, 1] and [0, 2] s, not from
+        # [0, 30] and [0, 60] s (the default); the test waits the backoff out in real time all the same.
+        config = write_config(tmp_path, backend.rpc_url, keys, heartbeat=1, extra="unauthorizedRetrySeconds: 1\n")
+        agent = start_agent(config, log)
         try:
-            with trio.fail_after(120):  # two 401s back off 30 s and more before the third attempt
+            with trio.fail_after(30):
                 await backend.wait_registered(CLIENT_ID)
             assert backend.handshakes[:2] == [401, 401] and agent.poll() is None
 
@@ -180,5 +186,8 @@ async def test_alive_after_401_heartbeats_and_200_concurrent_calls(tmp_path: Pat
         nursery.cancel_scope.cancel()
     text = log.read_text()
     assert ("401" in text and "key not registered" in text.lower()) or "clock" in text.lower(), text[-2000:]
+    # Each 401 was followed by a wait within its (configured) ceiling, 1 s then 2 s, before the next attempt.
+    waits = [int(wait) for wait in re.findall(r"unauthorized \(HTTP 401\), retrying in (\d+)s", text)]
+    assert len(waits) == 2 and waits[0] <= 1 and waits[1] <= 2, waits
     for secret in ("eyJ", "Bearer ", "caller-secret", json.loads((keys / "jwk.private.json").read_text())["d"]):
         assert secret not in text, f"{secret[:8]}... leaked into the log"

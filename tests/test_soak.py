@@ -15,12 +15,15 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 from daemon_helpers import start_agent
 from p0_ssh_agent.devbackend.server import CallFailed, DevBackend
 from p0_ssh_agent.identity.signing_key import generate_keys, load_public_jwk_file
 from reliability.figures import record
+
+pytestmark = pytest.mark.slow  # a real agent process, thousands of requests in wall-clock time
 
 AGENT = Path(sys.executable).parent / "p0-ssh-agent"
 ORG, HOST = "soak-org", "host-1"

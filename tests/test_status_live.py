@@ -126,6 +126,7 @@ def metrics(setup: Setup) -> dict[str, list[tuple[str, dict[str, str], float]]]:
     }
 
 
+@pytest.mark.slow
 async def test_connected_exits_0_and_says_what_systemd_says(
     setup: Setup, dev: DevBackend, nursery: trio.Nursery
 ) -> None:
@@ -167,6 +168,7 @@ async def test_connected_exits_0_and_says_what_systemd_says(
     assert duration["p0_ssh_agent_request_duration_seconds_count"] == 2.0
 
 
+@pytest.mark.slow
 async def test_refused_with_401_exits_150(setup: Setup, dev: DevBackend) -> None:
     dev.hooks.reject_status, dev.hooks.reject_count = 401, 1000
     config = setup.config(dev.rpc_url)
@@ -183,6 +185,7 @@ async def test_refused_with_401_exits_150(setup: Setup, dev: DevBackend) -> None
     assert families["p0_ssh_agent_connected"] == [("p0_ssh_agent_connected", {}, 0.0)]
 
 
+@pytest.mark.slow
 async def test_backend_down_exits_151(setup: Setup) -> None:
     config = setup.config(f"ws://127.0.0.1:{closed_port()}")
     setup.start(config)
@@ -198,6 +201,7 @@ async def test_not_running_exits_3(setup: Setup) -> None:
     assert check(document, "agent")["detail"] == "not running"
 
 
+@pytest.mark.slow
 async def test_a_killed_agents_state_does_not_read_as_live(setup: Setup, dev: DevBackend) -> None:
     config = setup.config(dev.rpc_url)
     agent = setup.start(config)
@@ -210,6 +214,7 @@ async def test_a_killed_agents_state_does_not_read_as_live(setup: Setup, dev: De
     assert "left by an agent" in check(document, "agent")["detail"]
 
 
+@pytest.mark.slow
 async def test_a_good_reload_clears_a_failed_one_from_status_and_systemd(
     setup: Setup, dev: DevBackend, nursery: trio.Nursery
 ) -> None:
@@ -241,6 +246,7 @@ async def test_a_good_reload_clears_a_failed_one_from_status_and_systemd(
     assert setup.statuses()[-1].startswith("connected to ")
 
 
+@pytest.mark.slow
 async def test_the_status_line_after_a_good_reload_no_longer_says_reload_failed(
     setup: Setup, dev: DevBackend, nursery: trio.Nursery
 ) -> None:
@@ -290,6 +296,7 @@ def status_as_nobody(config: Path) -> subprocess.CompletedProcess[str]:
         shutil.rmtree(readable)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SETPRIV.exists(), reason="needs setpriv (util-linux) to run status as nobody")
 async def test_not_root_cannot_tell_and_exits_4(setup: Setup, dev: DevBackend) -> None:
     """The live state is root's: `status` run as nobody says so (4), it does not guess "not running"."""

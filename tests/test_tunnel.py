@@ -34,7 +34,7 @@ from p0_ssh_agent.identity.signing_key import AgentKey, generate_keys
 from p0_ssh_agent.protocol import jsonrpc
 from p0_ssh_agent.protocol.forwarded import CommandResult, ForwardedRequest
 from p0_ssh_agent.runtime import status_text
-from p0_ssh_agent.runtime.backoff import AUTH_BACKOFF_CAP
+from p0_ssh_agent.runtime.backoff import AUTH_BACKOFF_CAP, RetrySettings
 from p0_ssh_agent.runtime.connection import SessionSettings
 from p0_ssh_agent.runtime.jobs import JobKey
 from p0_ssh_agent.runtime.tunnel import Tunnel, TunnelSettings
@@ -89,7 +89,9 @@ def agent_key(tmp_path: Path) -> AgentKey:
 
 
 @asynccontextmanager
-async def tunnel_running(url: str, key: AgentKey, *, ca_file: str | None = None) -> AsyncIterator[StatusLog]:
+async def tunnel_running(
+    url: str, key: AgentKey, *, ca_file: str | None = None, retry: RetrySettings | None = None
+) -> AsyncIterator[StatusLog]:
     log = StatusLog()
     worker = Worker(DryExecutor())
     tunnel = Tunnel(
@@ -97,6 +99,7 @@ async def tunnel_running(url: str, key: AgentKey, *, ca_file: str | None = None)
         SessionSettings(CLIENT_ID, heartbeat_interval=60.0),
         worker,
         log,
+        retry=retry,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.run)
@@ -195,6 +198,38 @@ async def test_401_and_403_back_off_up_to_five_minutes_and_say_so(
     # Past the ordinary 30 s cap (odds of every draw from 60..300 staying under 30: far below 1e-6).
     assert max(slept for slept, _, _ in gaps) > 30
     assert backend.handshakes.count(http_status) >= len(gaps) and backend.handshakes[-1] == 101
+
+
+async def test_reconnect_max_seconds_is_the_ceiling_the_wait_doubles_up_to(
+    autojump_clock: trio.testing.MockClock, agent_key: AgentKey
+) -> None:
+    """reconnectMaxSeconds (config): the same 1 s doubling, stopped at the configured ceiling instead of 30 s."""
+    slow_autojump(autojump_clock)
+    retry = RetrySettings(reconnect_max=4.0)
+    async with tunnel_running(f"ws://127.0.0.1:{closed_port()}/", agent_key, retry=retry) as log:
+        await log.wait_for(lambda _: len(log.retry_gaps()) >= 12)
+    gaps = [slept for slept, _, _ in log.retry_gaps()[:12]]
+    # A tunnel that ignored the setting would draw from [0, 8], [0, 16], then [0, 30]: all nine of those under 4 s
+    # has odds below 1e-6. (That the ceiling reaches the configured value: tests/test_config_waits.py.)
+    for n, slept in enumerate(gaps):
+        assert 0 <= slept <= min(4.0, 2.0**n) + 1e-6, (n, slept)
+
+
+async def test_unauthorized_retry_seconds_is_the_first_ceiling_after_a_401(
+    autojump_clock: trio.testing.MockClock, agent_key: AgentKey
+) -> None:
+    """unauthorizedRetrySeconds (config): the first 401 wait is within it, and the ceiling still doubles to 300 s."""
+    slow_autojump(autojump_clock)
+    async with backend_running(agent_key) as backend:
+        backend.hooks.reject_status, backend.hooks.reject_count = 401, 10**6
+        async with tunnel_running(backend.rpc_url, agent_key, retry=RetrySettings(unauthorized_first=2.0)) as log:
+            await log.wait_for(lambda _: len(log.retry_gaps()) >= 12)
+    gaps = log.retry_gaps()[:12]
+    for n, (slept, text, _) in enumerate(gaps):
+        assert 0 <= slept <= min(AUTH_BACKOFF_CAP, 2.0 * 2**n) + 1e-6, (n, slept)
+        assert text.startswith("unauthorized (HTTP 401), retrying in "), text
+    # Past the ordinary cap: it still grows towards 5 minutes (odds of the last seven draws all under 30: ~1e-6).
+    assert max(slept for slept, _, _ in gaps) > 30
 
 
 async def test_other_handshake_rejections_name_their_status_and_hint(

@@ -51,6 +51,7 @@ async def answers(tmp_path: Path, requests: list[dict[str, object]]) -> list[dic
     return results
 
 
+@pytest.mark.slow
 async def test_list_users_output_is_go_json_marshal_byte_for_byte(tmp_path: Path) -> None:
     [data] = await answers(tmp_path, [{"command": "listUsers"}])
     output = data["output"]
@@ -76,6 +77,7 @@ def test_marshal_strings_follows_go_encoding_rules(names: list[str], go: str) ->
     assert marshal_strings(names) == go
 
 
+@pytest.mark.slow
 async def test_a_missing_user_name_keeps_the_go_agents_message_prefix(tmp_path: Path) -> None:
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHNLmYVg4wR7L+9IQJslJexzhJmdx/XrwOb60irE5wOE alice@example.com"
     requests: list[dict[str, object]] = [

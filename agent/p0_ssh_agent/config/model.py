@@ -30,6 +30,10 @@ class AgentConfig:
     labels: tuple[str, ...] = ()  # labels: "key=value" strings
     environment_id: str = "default"  # environmentId (older name: environment)
     heartbeat_interval_seconds: int = 60  # heartbeatIntervalSeconds, > 0
+    # How the connection waits (docs/connection.md); the defaults are the documented protocol behaviour.
+    heartbeat_timeout_seconds: int = 10  # heartbeatTimeoutSeconds: setClientId and each heartbeat, 1..300
+    reconnect_max_seconds: int = 30  # reconnectMaxSeconds: the reconnect wait's ceiling grows to this, 1..3600
+    unauthorized_retry_seconds: int = 30  # unauthorizedRetrySeconds: first ceiling after a 401/403, 1..300
     dry_run: bool = False  # dryRun
     tunnel_timeout_ms: int | None = None  # tunnelTimeoutMs: accepted, informational (the Go agent never used it)
     state_dir: Path | None = None  # stateDir (absolute)
@@ -88,6 +92,7 @@ class Key:
     kind: Kind
     aliases: tuple[str, ...] = ()
     flag: str = ""  # the command-line flag that sets it, named in error messages; "" means derived from name
+    maximum: int | None = None  # positive_int only: the largest value accepted (None: any 32-bit int)
 
     @property
     def flag_name(self) -> str:
@@ -104,6 +109,10 @@ KEYS: tuple[Key, ...] = (
     Key("labels", "labels", "labels", flag="--label/--labels"),
     Key("environmentId", "environment_id", "text", ("environment",), flag="--environment"),
     Key("heartbeatIntervalSeconds", "heartbeat_interval_seconds", "positive_int"),
+    Key("heartbeatTimeoutSeconds", "heartbeat_timeout_seconds", "positive_int", maximum=300),
+    Key("reconnectMaxSeconds", "reconnect_max_seconds", "positive_int", maximum=3600),
+    # 300 is the 401/403 wait's own ceiling (runtime/backoff.py AUTH_BACKOFF_CAP): the first wait cannot exceed it.
+    Key("unauthorizedRetrySeconds", "unauthorized_retry_seconds", "positive_int", maximum=300),
     Key("dryRun", "dry_run", "bool"),
     Key("tunnelTimeoutMs", "tunnel_timeout_ms", "positive_int", flag="--tunnel-timeout"),
     Key("stateDir", "state_dir", "absolute_path"),

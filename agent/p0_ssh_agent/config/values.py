@@ -193,8 +193,9 @@ def _positive_int(key: Key, value: object, from_text: bool) -> int:
         raise ValueProblem(f"expected a whole number of {_unit(key)}, got {_type_name(value)}; write e.g. 60")
     if number <= 0:
         raise ValueProblem(f"must be greater than 0, got {number}; write e.g. 60 (the default)")
-    if number > MAX_INT:
-        raise ValueProblem(f"{number} is too large (at most {MAX_INT}); write a smaller number")
+    limit = MAX_INT if key.maximum is None else key.maximum
+    if number > limit:
+        raise ValueProblem(f"{number} is too large (at most {limit}); write a smaller number")
     return number
 
 

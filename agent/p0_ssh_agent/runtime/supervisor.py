@@ -24,6 +24,7 @@ from p0_ssh_agent.errors import AgentError, ConfigError
 from p0_ssh_agent.host import audit_trail
 from p0_ssh_agent.identity.signing_key import load_private_key
 from p0_ssh_agent.runtime import limits, status_text
+from p0_ssh_agent.runtime.backoff import RetrySettings
 from p0_ssh_agent.runtime.connection import SessionSettings
 from p0_ssh_agent.runtime.health import Health
 from p0_ssh_agent.runtime.livestate import METRICS_FILE, resolve_runtime_dir
@@ -85,6 +86,12 @@ def prepare(config: AgentConfig, env: Mapping[str, str], previous: Prepared | No
     return Prepared(config, tunnel, state_dir, runtime_dir, metrics_file, metrics_gid(config.metrics_group))
 
 
+def retry_settings(config: AgentConfig) -> RetrySettings:
+    return RetrySettings(
+        reconnect_max=float(config.reconnect_max_seconds), unauthorized_first=float(config.unauthorized_retry_seconds)
+    )
+
+
 def tunnel_changed(old: TunnelSettings, new: TunnelSettings) -> bool:
     return (old.url, old.client_id, old.key.thumbprint, old.ca_file, old.proxy) != (
         new.url,
@@ -114,6 +121,7 @@ class Supervisor:
         self.session_settings = SessionSettings(
             client_id=prepared.tunnel.client_id,
             heartbeat_interval=float(prepared.config.heartbeat_interval_seconds),
+            call_timeout=float(prepared.config.heartbeat_timeout_seconds),
         )
         self.worker = Worker(executor_factory(prepared.config, prepared.state_dir))
         audit_trail.open_journal()
@@ -134,6 +142,7 @@ class Supervisor:
             self.report,
             on_link=self.guard.link_changed,
             health=self.health,
+            retry=retry_settings(prepared.config),
         )
         self.health.answer_source = lambda: self.tunnel.session.last_answer if self.tunnel.session else None
         self.publisher = Publisher(
@@ -222,7 +231,9 @@ class Supervisor:
         self.prepared = new
         self.worker.set_executor(executor)
         self.session_settings.heartbeat_interval = float(new.config.heartbeat_interval_seconds)
+        self.session_settings.call_timeout = float(new.config.heartbeat_timeout_seconds)
         self.session_settings.client_id = new.tunnel.client_id
+        self.tunnel.set_retry(retry_settings(new.config))
         if tunnel_changed(old.tunnel, new.tunnel):
             log.info("tunnel_settings_changed", url=status_text.display_url(new.tunnel.url))
             self.tunnel.reconnect(new.tunnel)

@@ -2,10 +2,10 @@
 
 Each attempt makes a fresh JWT, opens TCP (directly or through an HTTP CONNECT proxy), TLS for wss://, then the
 WebSocket handshake with `Authorization: Bearer`, and runs a Session until it ends. Between attempts it waits
-with full-jitter exponential backoff (1 s doubling to 30 s); the backoff resets once `setClientId` succeeds,
-not merely when the socket opens (a server that accepts and then drops us must not be hammered). A 401/403
-keeps the process up with a backoff of up to 5 minutes: exiting would only turn a registration problem into a
-systemd restart loop (upstream-protocol.md §3.5).
+with full-jitter exponential backoff (1 s doubling to 30 s unless configured: RetrySettings); the backoff resets
+once `setClientId` succeeds, not merely when the socket opens (a server that accepts and then drops us must not
+be hammered). A 401/403 keeps the process up with a backoff of up to 5 minutes: exiting would only turn a
+registration problem into a systemd restart loop (upstream-protocol.md §3.5).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from p0_ssh_agent.identity.signing_key import AgentKey
 from p0_ssh_agent.identity.token import make_token
 from p0_ssh_agent.protocol.jsonrpc import MAX_FRAME_BYTES
 from p0_ssh_agent.runtime import status_text
-from p0_ssh_agent.runtime.backoff import AUTH_BACKOFF_CAP, Backoff
+from p0_ssh_agent.runtime.backoff import RetrySettings
 from p0_ssh_agent.runtime.connection import Activity, Session, SessionSettings
 from p0_ssh_agent.runtime.proxy import ProxySettings, connect_websocket
 from p0_ssh_agent.runtime.trust import tls_context
@@ -96,6 +96,7 @@ class Tunnel:
         *,
         on_link: Callable[[bool], None] | None = None,
         health: Health | None = None,
+        retry: RetrySettings | None = None,
     ) -> None:
         self.settings = settings
         self._health = health  # told each attempt, success and end, with its reason (runtime/health.py)
@@ -105,8 +106,9 @@ class Tunnel:
         self.session_settings = session_settings
         self._worker = worker
         self._report = report
-        self._backoff = Backoff()
-        self._auth_backoff = Backoff(base=30.0, cap=AUTH_BACKOFF_CAP)
+        retry = retry or RetrySettings()  # None: the documented defaults (30 s; 30 s growing to 5 minutes)
+        self._backoff = retry.reconnect()
+        self._auth_backoff = retry.unauthorized()
         self._attempt_scope: trio.CancelScope | None = None
         self.session: Session | None = None
         self.connected_once = trio.Event()
@@ -120,6 +122,11 @@ class Tunnel:
         self._backoff.reset()
         if self._attempt_scope is not None:
             self._attempt_scope.cancel()
+
+    def set_retry(self, retry: RetrySettings) -> None:
+        """Reload: the next waits use the new ceilings; how far each backoff has grown carries over."""
+        self._backoff = retry.reconnect(self._backoff)
+        self._auth_backoff = retry.unauthorized(self._auth_backoff)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
