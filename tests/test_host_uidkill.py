@@ -5,6 +5,7 @@ namespace."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -120,9 +121,16 @@ def start() -> Iterator[Starter]:
     starter.cleanup()
 
 
+_TESTS_SO_FAR = itertools.count()
+
+
 @pytest.fixture
 def uids() -> tuple[int, int]:
-    base = 4_200_000 + (os.getpid() % 100_000) * 2  # apart from test_host_sessions.py's 3,000,000-4,000,000
+    """Two UIDs of this test's own. Not shared with an earlier test in the run: its ended processes may still be
+    zombies waiting for their reaper, and they count against RLIMIT_NPROC (the process-limit test, run after the
+    fork-chain tests, failed under load for that reason)."""
+    slot = next(_TESTS_SO_FAR) % 10
+    base = 4_200_000 + (os.getpid() % 100_000) * 20 + slot * 2  # apart from test_host_sessions.py's 3,000,000-4,000,000
     assert not processes_of(base) and not processes_of(base + 1)
     return base, base + 1
 
