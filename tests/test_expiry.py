@@ -24,6 +24,7 @@ from p0_ssh_agent.core.authorized_keys_format import add_block, blocks, ca_line,
 from p0_ssh_agent.core.requests import parse_request
 from p0_ssh_agent.core.sshkeys import parse_public_key
 from p0_ssh_agent.host import accounts, openssh
+from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.host.ledger import Ledger, load_ledger, save_ledger
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning import run_request
@@ -41,9 +42,9 @@ KEY_B = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGr6Mb2xFzCJ5QvHjXBKjJ2lpL7yIrCGt3Y
 
 
 @pytest.fixture
-def journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[JournalSink]:
+def journal(tmp_path: Path) -> Iterator[JournalSink]:
     """A journald socket of the test's own: the audit entries the sweep and the offline revoke send."""
-    yield from journal_sink(tmp_path, monkeypatch)
+    yield from journal_sink(tmp_path)
 
 
 # --- the OpenSSH version and the stamps -------------------------------------------------------------------------
@@ -158,9 +159,11 @@ def request(engine: Engine, command: str, action: str = "grant", **fields: objec
     return result
 
 
-def make_engine(state: Path, **config: object) -> Engine:
+def make_engine(state: Path, journal: JournalSink | None = None, **config: object) -> Engine:
+    """An engine whose audit entries go to `journal` (none without one)."""
     state.mkdir(mode=0o700, exist_ok=True)
-    return Engine(AgentConfig(state_dir=state, **config), state, dry_run=False)  # type: ignore[arg-type]
+    trail = journal.trail() if journal is not None else AuditTrail.off()
+    return Engine(AgentConfig(state_dir=state, **config), state, dry_run=False, audit_trail=trail)  # type: ignore[arg-type]
 
 
 def authorized_keys(user: str) -> bytes:
@@ -188,7 +191,8 @@ async def inline(work: Callable[[], T]) -> T:
 
 
 def guard_tasks(engine: Engine) -> GuardTasks:
-    return GuardTasks(lambda: (engine.config, engine.state_dir), now=virtual_wall_clock(), offload=inline)
+    settings = lambda: (engine.config, engine.state_dir)  # noqa: E731
+    return GuardTasks(settings, audit_trail=engine.audit_trail, now=virtual_wall_clock(), offload=inline)
 
 
 async def wait_for(condition: Callable[[], bool]) -> None:
@@ -209,7 +213,7 @@ def grants_in(engine: Engine) -> int:
 async def test_the_sweep_task_revokes_at_expiry_with_no_backend(
     sandbox: Sandbox, tmp_path: Path, autojump_clock: trio.testing.MockClock, journal: JournalSink
 ) -> None:
-    engine = make_engine(tmp_path / "state", max_grant_seconds=3600)
+    engine = make_engine(tmp_path / "state", journal, max_grant_seconds=3600)
     user = unique_user_name()
     grant_everything(engine, user)
     assert b'expiry-time="' in authorized_keys(user)
@@ -274,7 +278,7 @@ async def test_grants_that_expired_while_the_agent_was_down_go_at_start_up(
 def test_a_failed_revoke_is_reported_and_the_rest_still_goes(
     sandbox: Sandbox, tmp_path: Path, journal: JournalSink
 ) -> None:
-    engine = make_engine(tmp_path / "state", max_grant_seconds=60)
+    engine = make_engine(tmp_path / "state", journal, max_grant_seconds=60)
     user = unique_user_name()
     grant_everything(engine, user)
     ssh_dir = Path(pwd.getpwnam(user).pw_dir) / ".ssh"
@@ -326,7 +330,7 @@ def test_an_outage_never_deletes_accounts() -> None:
 async def test_offline_revoke_fails_closed_once_the_backend_was_gone_that_long(
     sandbox: Sandbox, tmp_path: Path, autojump_clock: trio.testing.MockClock, journal: JournalSink
 ) -> None:
-    engine = make_engine(tmp_path / "state", offline_revoke_after_seconds=600, user_revoke_mode="delete")
+    engine = make_engine(tmp_path / "state", journal, offline_revoke_after_seconds=600, user_revoke_mode="delete")
     user = unique_user_name()
     grant_everything(engine, user)
     tasks = guard_tasks(engine)

@@ -104,7 +104,7 @@ def test_start_refuses_a_broken_policy_with_78_and_the_line(sandbox: Sandbox, tm
 
 async def test_sighup_with_a_broken_policy_keeps_the_old_one(sandbox: Sandbox, tmp_path: Path) -> None:
     config_path = config_with_policy(tmp_path, builtin_text() + (STARTERS / "no-sudo.cedar").read_text())
-    env: dict[str, str] = {}
+    env = {"P0_SSH_AGENT_JOURNAL_SOCKET": ""}  # the supervisor's audit trail: not into the host's journal
 
     supervisor = Supervisor(
         prepare(load_config(config_path, env=env), env),

@@ -25,7 +25,6 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from p0_ssh_agent.adapters.logging import get_logger
-from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.core.requests import Action, CaKeyRequest, Command, KeyRequest, SudoRequest
 from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.host import audit_trail
@@ -113,7 +112,7 @@ _COMMAND_OF: dict[GrantKind, Command] = {"key": Command.AUTHORIZED_KEYS, "ca": C
 
 
 def record_expiry(
-    grant: LiveGrant, *, result: str, error: str = "", dry_run: bool = False, config: AgentConfig | None = None
+    grant: LiveGrant, *, result: str, trail: audit_trail.AuditTrail, error: str = "", dry_run: bool = False
 ) -> None:
     """The one place an expiry revoke is recorded: a structlog line and an audit entry (host/audit_trail.py)."""
     event = log.warning if error else log.info
@@ -133,8 +132,7 @@ def record_expiry(
     expired = grant.expires_at.isoformat() if grant.expires_at else "?"
     summary = f"{'[dry run] ' if dry_run else ''}{command} revoke for {grant.user} (request {grant.request_id})"
     summary += f": grant expired at {expired}, {result}" + (f": {error}" if error else "")
-    audit_trail.record(
-        config,
+    trail.record(
         audit_trail.AuditEvent(
             event=audit_trail.Event.FAILED if error else audit_trail.Event.EXPIRED,
             origin="expiry",
@@ -171,11 +169,11 @@ def sweep(engine: Engine, now: datetime) -> SweepReport:
         if result.success:
             report.revoked.append(grant)
             outcome = "revoked" if not engine.dry_run else "would revoke"
-            record_expiry(grant, result=outcome, dry_run=engine.dry_run, config=engine.config)
+            record_expiry(grant, result=outcome, dry_run=engine.dry_run, trail=engine.audit_trail)
         else:
             report.failed.append((grant, result.error))
             error = result.error or "revoke failed"
-            record_expiry(grant, result="failed", error=error, dry_run=engine.dry_run, config=engine.config)
+            record_expiry(grant, result="failed", error=error, dry_run=engine.dry_run, trail=engine.audit_trail)
     report.next_expiry = next_expiry(grants, now)
     return report
 

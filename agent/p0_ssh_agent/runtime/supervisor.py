@@ -21,7 +21,7 @@ from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.adapters.sdnotify import Notifier
 from p0_ssh_agent.config import AgentConfig, require_connection_settings
 from p0_ssh_agent.errors import AgentError, ConfigError
-from p0_ssh_agent.host import audit_trail
+from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.identity.signing_key import load_private_key
 from p0_ssh_agent.runtime import limits, status_text
 from p0_ssh_agent.runtime.connection import SessionSettings
@@ -44,7 +44,7 @@ CLOSE_SECONDS = 1.5
 # can watch systemd's watchdog restart a hung agent. Without it SIGUSR2 is not even handled.
 TEST_HOOKS_ENV = "P0_SSH_AGENT_TEST_HOOKS"
 
-ExecutorFactory = Callable[[AgentConfig, Path], Executor]
+ExecutorFactory = Callable[[AgentConfig, Path, AuditTrail], Executor]
 
 
 @dataclass
@@ -115,10 +115,12 @@ class Supervisor:
             client_id=prepared.tunnel.client_id,
             heartbeat_interval=float(prepared.config.heartbeat_interval_seconds),
         )
-        self.worker = Worker(executor_factory(prepared.config, prepared.state_dir))
-        audit_trail.open_journal()
+        # The one audit trail of the daemon: every request, expiry, offline revoke and drift is recorded in it.
+        self.audit_trail = AuditTrail.from_config(prepared.config, env)
+        self.worker = Worker(executor_factory(prepared.config, prepared.state_dir, self.audit_trail))
+        self.audit_trail.open()
         # Expiry sweep, offline revoke, reconciliation: they read the current configuration at each round.
-        self.guard = GuardTasks(lambda: (self.prepared.config, self.prepared.state_dir))
+        self.guard = GuardTasks(lambda: (self.prepared.config, self.prepared.state_dir), audit_trail=self.audit_trail)
         self.health = Health(
             prepared.config,
             prepared.state_dir,
@@ -170,11 +172,8 @@ class Supervisor:
             wanted.append(signal.SIGUSR2)
         # Every blocking host call runs in one of these threads: the unit's TasksMax= and LimitNOFILE= count them.
         trio.to_thread.current_default_thread_limiter().total_tokens = limits.HOST_THREADS
-        audit_trail.OBSERVERS.append(self.health.audit_event)
-        try:
+        with self.audit_trail.observing(self.health.audit_event):
             return await self._run(wanted, hooks)
-        finally:
-            audit_trail.OBSERVERS.remove(self.health.audit_event)
 
     async def _run(self, wanted: list[signal.Signals], hooks: bool) -> int:
         with trio.open_signal_receiver(*wanted) as signals:
@@ -211,7 +210,7 @@ class Supervisor:
         log.info("reloading")
         try:
             new = prepare(self._reload_config(), self._env)
-            executor = self._executor_factory(new.config, new.state_dir)
+            executor = self._executor_factory(new.config, new.state_dir, self.audit_trail)
         except AgentError as exc:
             log.error("reload_failed", error=str(exc))
             self.health.reload_failed(str(exc))
@@ -221,6 +220,7 @@ class Supervisor:
         old = self.prepared
         self.prepared = new
         self.worker.set_executor(executor)
+        self.audit_trail.reconfigure(new.config)
         self.session_settings.heartbeat_interval = float(new.config.heartbeat_interval_seconds)
         self.session_settings.client_id = new.tunnel.client_id
         if tunnel_changed(old.tunnel, new.tunnel):
