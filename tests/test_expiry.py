@@ -20,6 +20,7 @@ import pytest
 import trio
 
 from p0_ssh_agent.config import AgentConfig
+from p0_ssh_agent.core import openssh_expiry
 from p0_ssh_agent.core.authorized_keys_format import add_block, blocks, ca_line, key_line, parse_own_line, remove_block
 from p0_ssh_agent.core.requests import parse_request
 from p0_ssh_agent.core.sshkeys import parse_public_key
@@ -51,35 +52,40 @@ def journal(tmp_path: Path) -> Iterator[JournalSink]:
 
 
 def test_version_parsing_and_the_form_each_version_reads() -> None:
-    assert openssh.parse_openssh_version("OpenSSH_9.2p1 Debian-2+deb12u10, OpenSSL 3.0.19") == (9, 2)
-    assert openssh.parse_openssh_version("unknown option -- V\nOpenSSH_7.4p1, OpenSSL 1.0.2k-fips") == (7, 4)
-    assert openssh.parse_openssh_version("Dropbear v2022.83") is None
-    assert openssh.support_for(None) == "none"
-    assert openssh.support_for((7, 6)) == "none"
-    assert openssh.support_for((7, 7)) == "local"
-    assert openssh.support_for((9, 0)) == "local"
-    assert openssh.support_for((9, 1)) == "utc"
-    assert openssh.support_for((10, 0)) == "utc"
+    assert openssh_expiry.parse_openssh_version("OpenSSH_9.2p1 Debian-2+deb12u10, OpenSSL 3.0.19") == (9, 2)
+    assert openssh_expiry.parse_openssh_version("unknown option -- V\nOpenSSH_7.4p1, OpenSSL 1.0.2k-fips") == (7, 4)
+    assert openssh_expiry.parse_openssh_version("Dropbear v2022.83") is None
+    assert openssh_expiry.support_for(None) == "none"
+    assert openssh_expiry.support_for((7, 6)) == "none"
+    assert openssh_expiry.support_for((7, 7)) == "local"
+    assert openssh_expiry.support_for((9, 0)) == "local"
+    assert openssh_expiry.support_for((9, 1)) == "utc"
+    assert openssh_expiry.support_for((10, 0)) == "utc"
 
 
 def test_the_local_version_is_what_ssh_says() -> None:
     done = subprocess.run(["/usr/bin/ssh", "-V"], capture_output=True, text=True, check=True)
-    assert openssh.openssh_version() == openssh.parse_openssh_version(done.stderr)
+    assert openssh.openssh_version() == openssh_expiry.parse_openssh_version(done.stderr)
     assert openssh.openssh_version() is not None
 
 
 def test_stamps_name_the_instant_in_both_forms() -> None:
     when = datetime(2031, 2, 3, 4, 5, 6, 700000, tzinfo=UTC)
-    utc = openssh.expiry_stamp(when, "utc")
+    utc = openssh_expiry.expiry_stamp(when, "utc")
     assert utc == "20310203040506Z"
-    assert openssh.stamp_time(utc) == when.replace(microsecond=0)
-    local = openssh.expiry_stamp(when, "local")
+    assert openssh_expiry.stamp_time(utc) == when.replace(microsecond=0)
+    local = openssh_expiry.expiry_stamp(when, "local")
     assert local is not None and not local.endswith("Z")
-    assert openssh.stamp_time(local) == when.replace(microsecond=0)
-    assert openssh.expiry_stamp(when, "none") is None
-    assert openssh.grant_stamp("2031-02-03T04:05:06Z", None) is None
+    assert openssh_expiry.stamp_time(local) == when.replace(microsecond=0)
+    assert openssh_expiry.expiry_stamp(when, "none") is None
+    assert openssh.grant_stamp("2031-02-03T04:05:06Z", None) is None  # no lifetime: no option, no probe
+    assert openssh_expiry.grant_stamp("2031-02-03T04:05:06Z", 60, "utc") == "20310203040606Z"
+    assert openssh_expiry.grant_stamp("2031-02-03T04:05:06Z", 60, "none") is None
+    assert openssh_expiry.grant_stamp("2031-02-03T04:05:06Z", None, "utc") is None
+    probed = openssh_expiry.grant_stamp("2031-02-03T04:05:06Z", 60, openssh.expiry_support())
+    assert openssh.grant_stamp("2031-02-03T04:05:06Z", 60) == probed  # the host's form, the core's arithmetic
     # An unreadable ledger time counts as long ago: the line is born expired rather than living forever.
-    assert openssh.expires_at("yesterday", 60) == datetime.fromtimestamp(60, UTC)
+    assert openssh_expiry.expires_at("yesterday", 60) == datetime.fromtimestamp(60, UTC)
 
 
 def test_lines_with_expiry_stay_pairs_and_keep_their_fingerprint(tmp_path: Path) -> None:
@@ -307,7 +313,7 @@ def test_sshd_refuses_the_key_once_its_expiry_time_passed(sandbox: Sandbox, sshd
     line = blocks(authorized_keys(user))["exp-1"][0]
     own = parse_own_line(line)
     assert own is not None and own.expiry is not None
-    expiry = openssh.stamp_time(own.expiry)
+    expiry = openssh_expiry.stamp_time(own.expiry)
     if datetime.now(UTC) < expiry - timedelta(seconds=1):  # a slow machine may already be past it
         done = sshd.ssh(user, private, "id", "-un")
         assert done.returncode == 0 and done.stdout.strip() == user, done.stderr + sshd.log.read_text()[-2000:]

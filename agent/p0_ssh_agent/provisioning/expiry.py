@@ -4,7 +4,7 @@ Two layers, so a grant ends on time even when the backend never sends the revoke
 
 1. sshd itself. With maxGrantSeconds set, every key and CA line the agent writes carries
    `expiry-time="<granted_at + maxGrantSeconds>"`, so sshd refuses the key after that instant even if the agent is
-   dead (host/openssh.py: which form the local OpenSSH reads, none before 7.7).
+   dead (core/openssh_expiry.py: which form each OpenSSH reads, none before 7.7; host/openssh.py probes the local one).
 2. The sweep. Grants older than maxGrantSeconds (by the ledger's granted_at: keys, CA lines, sudo rules) are
    revoked by the agent through the very handlers the backend's revokes use (provisioning/authorized_keys.py,
    sudo.py: same locks, same checks, same messages), online or offline. The supervisor runs it at start-up (grants
@@ -25,11 +25,11 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from p0_ssh_agent.adapters.logging import get_logger
+from p0_ssh_agent.core.openssh_expiry import grant_time
 from p0_ssh_agent.core.requests import Action, CaKeyRequest, Command, KeyRequest, SudoRequest
 from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.host import audit_trail
 from p0_ssh_agent.host.ledger import Ledger
-from p0_ssh_agent.host.openssh import grant_time
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning.authorized_keys import provision_keys
 from p0_ssh_agent.provisioning.engine import Engine, Plan

@@ -45,13 +45,13 @@ from typing import Literal
 from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.core.authorized_keys_format import OwnLine, blocks, is_ca_line, parse_own_line, remove_block
+from p0_ssh_agent.core.openssh_expiry import grant_time, stamp_time
 from p0_ssh_agent.core.request_errors import RequestInvalid
 from p0_ssh_agent.core.sshkeys import KNOWN_KEY_TYPES, parse_public_key
 from p0_ssh_agent.core.sudoers import SudoGrant
 from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.host import accounts, audit_trail
 from p0_ssh_agent.host.ledger import KeyEntry, Ledger
-from p0_ssh_agent.host.openssh import grant_time, stamp_time
 from p0_ssh_agent.provisioning.authorized_keys import AUTHORIZED_KEYS, SSH_DIR, edit_authorized_keys
 from p0_ssh_agent.provisioning.engine import Engine, Plan
 from p0_ssh_agent.provisioning.sudo_rules import DROPIN_PATH, change_rules, current_rules
