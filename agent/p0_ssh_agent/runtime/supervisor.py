@@ -96,10 +96,40 @@ def tunnel_changed(old: TunnelSettings, new: TunnelSettings) -> bool:
 
 
 class Supervisor:
+    """Built by `create` (which loads what the first executor needs); __init__ only wires the parts together, and
+    `run` opens what lives as long as the process (the journald socket) before anything starts."""
+
+    @classmethod
+    def create(
+        cls,
+        prepared: Prepared,
+        *,
+        reload_config: Callable[[], AgentConfig],
+        executor_factory: ExecutorFactory,
+        notifier: Notifier,
+        env: Mapping[str, str],
+    ) -> Supervisor:
+        """The daemon's one audit trail and its first executor (the local policy loads here: a broken one raises
+        PolicyError, exit 78, before READY=1), then the supervisor around them."""
+        # The one audit trail of the daemon: every request, expiry, offline revoke and drift is recorded in it.
+        audit_trail = AuditTrail.from_config(prepared.config, env)
+        executor = executor_factory(prepared.config, prepared.state_dir, audit_trail)
+        return cls(
+            prepared,
+            executor=executor,
+            audit_trail=audit_trail,
+            reload_config=reload_config,
+            executor_factory=executor_factory,
+            notifier=notifier,
+            env=env,
+        )
+
     def __init__(
         self,
         prepared: Prepared,
         *,
+        executor: Executor,
+        audit_trail: AuditTrail,
         reload_config: Callable[[], AgentConfig],
         executor_factory: ExecutorFactory,
         notifier: Notifier,
@@ -115,10 +145,8 @@ class Supervisor:
             client_id=prepared.tunnel.client_id,
             heartbeat_interval=float(prepared.config.heartbeat_interval_seconds),
         )
-        # The one audit trail of the daemon: every request, expiry, offline revoke and drift is recorded in it.
-        self.audit_trail = AuditTrail.from_config(prepared.config, env)
-        self.worker = Worker(executor_factory(prepared.config, prepared.state_dir, self.audit_trail))
-        self.audit_trail.open()
+        self.audit_trail = audit_trail
+        self.worker = Worker(executor)
         # Expiry sweep, offline revoke, reconciliation: they read the current configuration at each round.
         self.guard = GuardTasks(lambda: (self.prepared.config, self.prepared.state_dir), audit_trail=self.audit_trail)
         self.health = Health(
@@ -172,6 +200,7 @@ class Supervisor:
             wanted.append(signal.SIGUSR2)
         # Every blocking host call runs in one of these threads: the unit's TasksMax= and LimitNOFILE= count them.
         trio.to_thread.current_default_thread_limiter().total_tokens = limits.HOST_THREADS
+        self.audit_trail.open()
         with self.audit_trail.observing(self.health.audit_event):
             return await self._run(wanted, hooks)
 
