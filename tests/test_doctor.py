@@ -475,7 +475,7 @@ async def test_a_proxy_that_connects_then_tls_and_clock_through_it(
         port = await start_date_server(nursery, DateServer(tls=pki.server))
         proxy = ConnectProxy()
         proxy_port = await start_proxy(nursery, proxy)
-        # HTTPS_PROXY never applies to loopback (runtime/proxy.py, as Go does); the config's `proxy` always does.
+        # HTTPS_PROXY never applies to loopback (runtime/backend_dial.py, as Go does); the config's `proxy` always does.
         ca_file = tmp_path / "ca.pem"
         env_proxy = await probe(f"wss://localhost:{port}", ca_file=ca_file, HTTPS_PROXY=f"127.0.0.1:{proxy_port}")
         assert env_proxy["proxy"].level == "skip" and not proxy.heads

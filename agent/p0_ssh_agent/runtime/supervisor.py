@@ -24,11 +24,11 @@ from p0_ssh_agent.errors import AgentError, ConfigError
 from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.identity.signing_key import load_private_key
 from p0_ssh_agent.runtime import limits, status_text
+from p0_ssh_agent.runtime.backend_dial import proxy_for
 from p0_ssh_agent.runtime.connection import SessionSettings
 from p0_ssh_agent.runtime.health import Health
 from p0_ssh_agent.runtime.livestate import METRICS_FILE, resolve_runtime_dir
 from p0_ssh_agent.runtime.periodic import GuardTasks
-from p0_ssh_agent.runtime.proxy import proxy_for
 from p0_ssh_agent.runtime.publisher import Publisher
 from p0_ssh_agent.runtime.statedir import ensure_state_dir, resolve_state_dir
 from p0_ssh_agent.runtime.tunnel import Tunnel, TunnelSettings
