@@ -14,6 +14,7 @@ every user (§6.1 findNextAvailableUID), so it fails.
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import time
@@ -29,6 +30,7 @@ from bench.sshkeys import public_key_line
 from bench.stats import Measurement, Target
 from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.host import accounts
+from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.provisioning import HANDLERS
 from p0_ssh_agent.provisioning.context import ExecutionContext
 from p0_ssh_agent.runtime.statedir import ensure_state_dir
@@ -51,7 +53,8 @@ TINY = GrantSizes({1: 1, 2: 1}, baseline_repeats=1)
 
 def agent_context(state_dir: Path) -> ExecutionContext:
     config = AgentConfig(org_id="bench", host_id="bench", user_revoke_mode="delete", state_dir=state_dir)
-    return ExecutionContext(config, ensure_state_dir(state_dir), dry_run=False)
+    trail = AuditTrail.from_config(config, os.environ)  # a grant's cost includes its audit entry
+    return ExecutionContext(config, ensure_state_dir(state_dir), dry_run=False, audit_trail=trail)
 
 
 async def agent_call(context: ExecutionContext, command: str, data: dict[str, object]) -> None:

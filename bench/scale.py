@@ -109,7 +109,7 @@ async def measure_scale(state_dir: Path, sizes: ScaleSizes = QUICK) -> Measureme
     finally:
         # The pre-filled rules are grants of other requests: while they exist a revoke keeps the account (someone
         # still holds access through it), so take them out first, as the account's deletion would.
-        engine = Engine(context.config, context.state_dir, dry_run=False)
+        engine = Engine(context.config, context.state_dir, dry_run=False, audit_trail=context.audit_trail)
         await trio.to_thread.run_sync(remove_user_rules, engine, user, Plan())
         await agent_call(
             context,

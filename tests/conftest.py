@@ -18,7 +18,9 @@ LEGACY_SUDOERS = Path("/etc/sudoers-p0")
 @pytest.fixture(autouse=True)
 def _no_audit_into_the_machines_journal(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every grant is audited to journald; tests must not write into the journal of the machine they run on.
-    An empty path turns journald off (host/audit_trail.py); tests of the audit trail set their own socket."""
+    In-process code gets its AuditTrail handed in (tests build theirs, aimed at their own socket), but an agent a
+    test starts as a child process builds its trail from the environment it inherits: an empty path turns
+    journald off there (AuditTrail.from_config, host/audit_trail.py)."""
     monkeypatch.setenv("P0_SSH_AGENT_JOURNAL_SOCKET", "")
 
 

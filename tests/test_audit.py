@@ -2,6 +2,8 @@
 parsed here independently (both field forms), each event type's MESSAGE_ID, no key material or credential in any entry,
 the JSON-lines file (mode, symlink refusal, whole lines under concurrent writers), and failures that never raise.
 
+Every test builds its own AuditTrail aimed at its own socket (or none): nothing about the trail is module state, so
+no test can leak into the journal of the machine running it or into another test.
 `JournalSink` and `journal_sink` are reused by tests/test_expiry.py and tests/test_reconcile.py.
 """
 
@@ -11,7 +13,6 @@ import dataclasses
 import io
 import json
 import logging
-import os
 import re
 import socket
 import stat
@@ -95,6 +96,10 @@ class JournalSink:
         self.sock.setblocking(False)
         self.raw: list[bytes] = []
 
+    def trail(self, audit_file: Path | None = None) -> audit_trail.AuditTrail:
+        """A trail whose journald is this socket."""
+        return audit_trail.AuditTrail(journal_socket=str(self.path), audit_file=audit_file)
+
     def entries(self) -> list[dict[str, str]]:
         """Every entry received so far (kept: a second call returns the earlier ones too)."""
         while True:
@@ -109,23 +114,21 @@ class JournalSink:
         self.path.unlink(missing_ok=True)
 
 
-@pytest.fixture(autouse=True)
-def no_host_journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests that do not ask for `journal` must not write into the journal of the machine running them."""
-    monkeypatch.setenv(audit_trail.JOURNAL_SOCKET_ENV, str(tmp_path / "no-journald-here"))
+def file_trail(tmp_path: Path, audit_file: Path | None) -> audit_trail.AuditTrail:
+    """A trail with no journald listening (a socket path nobody bound) and, given one, an audit file."""
+    return audit_trail.AuditTrail(journal_socket=str(tmp_path / "no-journald-here"), audit_file=audit_file)
 
 
-def journal_sink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[JournalSink]:
+def journal_sink(tmp_path: Path) -> Iterator[JournalSink]:
     """The body of a `journal` fixture (other test modules define theirs with `yield from journal_sink(...)`)."""
     sink = JournalSink(tmp_path)
-    monkeypatch.setenv(audit_trail.JOURNAL_SOCKET_ENV, str(sink.path))
     yield sink
     sink.close()
 
 
 @pytest.fixture
-def journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[JournalSink]:
-    yield from journal_sink(tmp_path, monkeypatch)
+def journal(tmp_path: Path) -> Iterator[JournalSink]:
+    yield from journal_sink(tmp_path)
 
 
 @pytest.fixture
@@ -135,9 +138,7 @@ def log_output() -> Iterator[io.StringIO]:
     handlers, level = list(root.handlers), root.level
     out = io.StringIO()
     configure_logging(stream=out, env={})
-    audit_trail._failing.clear()
     yield out
-    audit_trail._failing.clear()
     for handler in list(root.handlers):
         if handler not in handlers:
             root.removeHandler(handler)
@@ -170,10 +171,9 @@ def test_every_event_type_has_its_fixed_message_id_and_docs_list_them(journal: J
     assert {event.value: mid for event, mid in audit_trail.MESSAGE_IDS.items()} == PINNED_IDS
     assert all(re.fullmatch(r"[0-9a-f]{32}", mid) for mid in PINNED_IDS.values())
     assert len(set(PINNED_IDS.values())) == len(PINNED_IDS)
+    trail = journal.trail()
     for event in audit_trail.Event:
-        audit_trail.record(
-            None, audit_trail.AuditEvent(event, "request", "abc", "cmd", "grant", "alice", "success", "s")
-        )
+        trail.record(audit_trail.AuditEvent(event, "request", "abc", "cmd", "grant", "alice", "success", "s"))
     assert [e["MESSAGE_ID"] for e in journal.entries()] == [PINNED_IDS[event.value] for event in audit_trail.Event]
     docs = (ROOT / "docs" / "audit.md").read_text()
     for name, mid in PINNED_IDS.items():
@@ -185,7 +185,7 @@ def test_every_event_type_has_its_fixed_message_id_and_docs_list_them(journal: J
 
 def test_a_key_grant_is_one_entry_with_the_fixed_fields_and_the_fingerprint_only(journal: JournalSink) -> None:
     key = parse_public_key(KEY_A, field="publicKey")
-    audit_trail.audit_request(AgentConfig(), key_request(), OK, dry_run=False)
+    journal.trail().record_request(key_request(), OK, dry_run=False)
     [entry] = journal.entries()
     assert entry == {
         "MESSAGE": f"provisionAuthorizedKeys grant for alice (request abc, key {key.fingerprint()}): success",
@@ -210,17 +210,15 @@ def test_a_key_grant_is_one_entry_with_the_fixed_fields_and_the_fingerprint_only
 
 def test_ca_keys_sudo_users_sessions_and_revokes(journal: JournalSink) -> None:
     ca = parse_public_key(KEY_B, field="caPublicKey")
-    config = AgentConfig()
-    audit_trail.audit_request(config, CaKeyRequest(Command.CA_KEYS, "alice", Action.GRANT, "r1", ca), OK, dry_run=False)
+    trail = journal.trail()
+    trail.record_request(CaKeyRequest(Command.CA_KEYS, "alice", Action.GRANT, "r1", ca), OK, dry_run=False)
     sudo = SudoRequest(Command.SUDO, "alice", Action.GRANT, "r2", sudo=True, run_as="postgres")
-    audit_trail.audit_request(config, sudo, OK, dry_run=False)
+    trail.record_request(sudo, OK, dry_run=False)
     sudo_all = SudoRequest(Command.SUDO, "alice", Action.GRANT, "r3", sudo=True, run_as=None)
-    audit_trail.audit_request(config, sudo_all, OK, dry_run=False)
-    audit_trail.audit_request(
-        config, UserRequest(Command.PROVISION_USER, "alice", Action.REVOKE, "r4"), OK, dry_run=False
-    )
-    audit_trail.audit_request(config, SessionRequest(Command.SESSION, "alice", Action.REVOKE, None), OK, dry_run=False)
-    audit_trail.audit_request(config, key_request(Action.REVOKE), OK, dry_run=False)
+    trail.record_request(sudo_all, OK, dry_run=False)
+    trail.record_request(UserRequest(Command.PROVISION_USER, "alice", Action.REVOKE, "r4"), OK, dry_run=False)
+    trail.record_request(SessionRequest(Command.SESSION, "alice", Action.REVOKE, None), OK, dry_run=False)
+    trail.record_request(key_request(Action.REVOKE), OK, dry_run=False)
     entries = journal.entries()
     assert entries[0]["KEY_FINGERPRINT"] == ca.fingerprint() and entries[0]["COMMAND"] == "provisionCAKeys"
     assert (entries[1]["RUN_AS"], entries[2]["RUN_AS"]) == ("postgres", "ALL")
@@ -231,12 +229,12 @@ def test_ca_keys_sudo_users_sessions_and_revokes(journal: JournalSink) -> None:
 
 
 def test_denied_failed_and_dry_run(journal: JournalSink) -> None:
-    config = AgentConfig()
+    trail = journal.trail()
     refused = CommandResult(success=False, error="denied by local policy: no sudo as root", http_status=403)
-    audit_trail.audit_request(config, key_request(), refused, dry_run=False, policy="policy0", denied=True)
+    trail.record_request(key_request(), refused, dry_run=False, policy="policy0", denied=True)
     failed = CommandResult(success=False, error="useradd failed:\nuseradd: cannot lock /etc/passwd")
-    audit_trail.audit_request(config, key_request(), failed, dry_run=False)
-    audit_trail.audit_request(config, key_request(), OK, dry_run=True)
+    trail.record_request(key_request(), failed, dry_run=False)
+    trail.record_request(key_request(), OK, dry_run=True)
     denied, failure, dry = journal.entries()
     assert (denied["MESSAGE_ID"], denied["RESULT"], denied["PRIORITY"]) == (PINNED_IDS["denied"], "denied", "4")
     assert denied["POLICY"] == "policy0" and denied["ERROR"] == refused.error
@@ -249,22 +247,22 @@ def test_denied_failed_and_dry_run(journal: JournalSink) -> None:
 
 
 def test_read_only_commands_are_not_audited(journal: JournalSink) -> None:
-    config = AgentConfig()
+    trail = journal.trail()
     for request in (
         ListUsersRequest(Command.LIST_USERS),
         AuditRequest(Command.RUN_AUDIT),
         SudoshRequest(Command.COLLECT_SUDOSH, "alice", 0, 10),
     ):
-        audit_trail.audit_request(config, request, OK, dry_run=False)
+        trail.record_request(request, OK, dry_run=False)
     assert journal.entries() == []
 
 
 def test_no_key_jwt_or_authorization_header_even_when_an_error_quotes_them(
     journal: JournalSink, tmp_path: Path
 ) -> None:
-    config = AgentConfig(audit_file=tmp_path / "audit.jsonl")
+    trail = journal.trail(audit_file=tmp_path / "audit.jsonl")
     error = f"could not add {KEY_A}\nAuthorization: Bearer {JWT}\ntoken {JWT} Proxy-Authorization: Basic dXNlcjpwdw=="
-    audit_trail.audit_request(config, key_request(), CommandResult(success=False, error=error), dry_run=False)
+    trail.record_request(key_request(), CommandResult(success=False, error=error), dry_run=False)
     written = b"".join(journal.raw) + (tmp_path / "audit.jsonl").read_bytes()
     for secret in (KEY_A.split()[1], KEY_A.split()[1][:30], JWT, "eyJ", "dXNlcjpwdw=="):
         assert secret.encode() not in written, secret
@@ -278,10 +276,10 @@ def test_no_key_jwt_or_authorization_header_even_when_an_error_quotes_them(
 
 def test_the_audit_file_gets_one_json_object_per_event_mode_0600(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
-    config = AgentConfig(audit_file=path)
+    trail = file_trail(tmp_path, path)
     before = datetime.now(UTC)
-    audit_trail.audit_request(config, key_request(), OK, dry_run=True, policy="p1")
-    audit_trail.audit_request(config, key_request(Action.REVOKE), OK, dry_run=False)
+    trail.record_request(key_request(), OK, dry_run=True, policy="p1")
+    trail.record_request(key_request(Action.REVOKE), OK, dry_run=False)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     first, second = (json.loads(line) for line in path.read_text().splitlines())
     assert first["message_id"] == PINNED_IDS["grant"] and second["message_id"] == PINNED_IDS["revoke"]
@@ -297,7 +295,7 @@ def test_the_audit_file_gets_one_json_object_per_event_mode_0600(tmp_path: Path)
     stamp = datetime.strptime(first["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     assert before <= stamp <= datetime.now(UTC)
     path.chmod(0o644)  # loosened by hand: the next entry tightens it again
-    audit_trail.audit_request(config, key_request(), OK, dry_run=False)
+    trail.record_request(key_request(), OK, dry_run=False)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and len(path.read_text().splitlines()) == 3
 
 
@@ -309,14 +307,14 @@ def test_a_symlink_is_refused_without_being_followed(tmp_path: Path, log_output:
     dangling = tmp_path / "dangling.jsonl"
     dangling.symlink_to(tmp_path / "nowhere")
     for path in (link, dangling):
-        audit_trail.audit_request(AgentConfig(audit_file=path), key_request(), OK, dry_run=False)
+        file_trail(tmp_path, path).record_request(key_request(), OK, dry_run=False)
     assert target.read_text() == "" and not (tmp_path / "nowhere").exists()
     assert log_output.getvalue().count("is a symlink (refused)") == 2
 
 
 def test_concurrent_writers_produce_whole_lines(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
-    config = AgentConfig(audit_file=path)
+    trail = file_trail(tmp_path, path)
     threads, per_thread = 8, 150
 
     def write(n: int) -> None:
@@ -325,7 +323,7 @@ def test_concurrent_writers_produce_whole_lines(tmp_path: Path) -> None:
             event = audit_trail.AuditEvent(
                 audit_trail.Event.DRIFT, "reconcile", f"r{n}", "reconcile", "report", "", "reported", "s"
             )
-            audit_trail.record(config, dataclasses.replace(event, detail=detail))
+            trail.record(dataclasses.replace(event, detail=detail))
 
     workers = [threading.Thread(target=write, args=(n,)) for n in range(threads)]
     for worker in workers:
@@ -341,15 +339,14 @@ def test_concurrent_writers_produce_whole_lines(tmp_path: Path) -> None:
 # --- failures never raise ------------------------------------------------------------------------------------------
 
 
-def test_no_journald_socket_is_silent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log_output: io.StringIO) -> None:
-    monkeypatch.setenv(audit_trail.JOURNAL_SOCKET_ENV, str(tmp_path / "absent" / "socket"))
-    audit_trail.audit_request(AgentConfig(), key_request(), OK, dry_run=False)
+def test_no_journald_socket_is_silent(tmp_path: Path, log_output: io.StringIO) -> None:
+    absent = audit_trail.AuditTrail(journal_socket=str(tmp_path / "absent" / "socket"))
+    absent.record_request(key_request(), OK, dry_run=False)
     stale = JournalSink(tmp_path)  # then closed: a socket file nobody listens on any more (journald stopped)
     stale.sock.close()
-    monkeypatch.setenv(audit_trail.JOURNAL_SOCKET_ENV, str(stale.path))
-    audit_trail.audit_request(AgentConfig(), key_request(), OK, dry_run=False)
-    monkeypatch.setenv(audit_trail.JOURNAL_SOCKET_ENV, "")  # off
-    audit_trail.audit_request(AgentConfig(), key_request(), OK, dry_run=False)
+    stale.trail().record_request(key_request(), OK, dry_run=False)
+    audit_trail.AuditTrail(journal_socket="").record_request(key_request(), OK, dry_run=False)  # off
+    audit_trail.AuditTrail.off().record_request(key_request(), OK, dry_run=False)
     assert log_output.getvalue() == ""
 
 
@@ -357,34 +354,72 @@ def test_an_unwritable_file_is_logged_once_and_never_raises(
     tmp_path: Path, journal: JournalSink, log_output: io.StringIO
 ) -> None:
     path = tmp_path / "missing-dir" / "audit.jsonl"
-    config = AgentConfig(audit_file=path)
+    trail = journal.trail(audit_file=path)
     for _ in range(3):
-        audit_trail.audit_request(config, key_request(), OK, dry_run=False)
+        trail.record_request(key_request(), OK, dry_run=False)
     assert len(journal.entries()) == 3  # journald still gets every entry
     assert log_output.getvalue().count("audit_write_failed") == 1
     assert "missing-dir" in log_output.getvalue()
     path.parent.mkdir()
-    audit_trail.audit_request(config, key_request(), OK, dry_run=False)
+    trail.record_request(key_request(), OK, dry_run=False)
     assert len(path.read_text().splitlines()) == 1
     assert log_output.getvalue().count("audit_write_recovered") == 1
     path.unlink()
     path.mkdir()  # a directory where the file should be
-    audit_trail.audit_request(config, key_request(), OK, dry_run=False)
-    audit_trail.audit_request(config, key_request(), OK, dry_run=False)
+    trail.record_request(key_request(), OK, dry_run=False)
+    trail.record_request(key_request(), OK, dry_run=False)
     assert log_output.getvalue().count("audit_write_failed") == 2
 
 
 def test_a_bug_in_building_an_entry_is_logged_not_raised(journal: JournalSink, log_output: io.StringIO) -> None:
     bogus = audit_trail.AuditEvent(audit_trail.Event.GRANT, "request", "abc", "c", "a", "u", "success", "s")
     object.__setattr__(bogus, "event", "no-such-event")  # MESSAGE_IDS has no entry for it: a KeyError inside
-    audit_trail.record(AgentConfig(), bogus)
+    journal.trail().record(bogus)
     assert journal.entries() == []
     assert "audit_write_failed" in log_output.getvalue() and "KeyError" in log_output.getvalue()
 
 
-def test_journald_socket_path_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(audit_trail.JOURNAL_SOCKET_ENV, raising=False)
-    assert audit_trail.journal_socket_path() == "/run/systemd/journal/socket"
-    monkeypatch.setenv(audit_trail.JOURNAL_SOCKET_ENV, "/tmp/x.sock")
-    assert audit_trail.journal_socket_path() == "/tmp/x.sock"
-    assert os.environ[audit_trail.JOURNAL_SOCKET_ENV] == "/tmp/x.sock"
+def test_a_trail_for_a_configuration_takes_its_file_and_journald_socket_from_the_environment(tmp_path: Path) -> None:
+    config = AgentConfig(audit_file=tmp_path / "audit.jsonl")
+    default = audit_trail.AuditTrail.from_config(config, {})
+    assert (default.journal_socket, default.audit_file) == ("/run/systemd/journal/socket", tmp_path / "audit.jsonl")
+    aimed = audit_trail.AuditTrail.from_config(None, {audit_trail.JOURNAL_SOCKET_ENV: "/tmp/x.sock"})
+    assert (aimed.journal_socket, aimed.audit_file) == ("/tmp/x.sock", None)
+    assert audit_trail.AuditTrail.from_config(config, {audit_trail.JOURNAL_SOCKET_ENV: ""}).journal_socket == ""
+    off = audit_trail.AuditTrail.off()
+    assert (off.journal_socket, off.audit_file) == ("", None)
+
+
+def test_a_reload_moves_the_audit_file_and_keeps_the_journald_socket(journal: JournalSink, tmp_path: Path) -> None:
+    trail = journal.trail(audit_file=tmp_path / "old.jsonl")
+    trail.open()
+    opened = trail._journal
+    trail.record_request(key_request(), OK, dry_run=False)
+    trail.reconfigure(AgentConfig(audit_file=tmp_path / "new.jsonl"))
+    trail.record_request(key_request(Action.REVOKE), OK, dry_run=False)
+    assert trail._journal is opened and opened is not None  # one socket for the process, not one per reload
+    assert [json.loads(line)["action"] for line in (tmp_path / "old.jsonl").read_text().splitlines()] == ["grant"]
+    assert [json.loads(line)["action"] for line in (tmp_path / "new.jsonl").read_text().splitlines()] == ["revoke"]
+    assert [e["ACTION"] for e in journal.entries()] == ["grant", "revoke"]
+    trail.close()
+
+
+def test_observers_see_every_event_while_they_observe(journal: JournalSink) -> None:
+    seen: list[str] = []
+    told: list[str] = []
+    trail = audit_trail.AuditTrail(journal_socket=str(journal.path), observers=[lambda e: told.append(e.request_id)])
+    trail.record_request(key_request(request_id="before"), OK, dry_run=False)
+    with trail.observing(lambda e: seen.append(e.request_id)):
+        trail.record_request(key_request(request_id="during"), OK, dry_run=False)
+    trail.record_request(key_request(request_id="after"), OK, dry_run=False)
+    assert seen == ["during"] and told == ["before", "during", "after"]
+
+
+def test_two_trails_share_nothing(journal: JournalSink, tmp_path: Path, log_output: io.StringIO) -> None:
+    """A failure remembered by one trail (logged once) is not another's: each logs its own first failure."""
+    path = tmp_path / "missing-dir" / "audit.jsonl"
+    for _ in range(2):
+        trail = journal.trail(audit_file=path)
+        trail.record_request(key_request(), OK, dry_run=False)
+        trail.record_request(key_request(), OK, dry_run=False)
+    assert log_output.getvalue().count("audit_write_failed") == 2

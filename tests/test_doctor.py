@@ -46,6 +46,7 @@ from p0_ssh_agent.diagnostics.host_checks import (
 )
 from p0_ssh_agent.diagnostics.network_checks import probe_backend, skew_finding
 from p0_ssh_agent.host import sudoers_install as host_sudo
+from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.host.ledger import Ledger, save_ledger
 from p0_ssh_agent.identity.signing_key import generate_keys
 from p0_ssh_agent.provisioning import run_request
@@ -474,7 +475,7 @@ async def test_a_proxy_that_connects_then_tls_and_clock_through_it(
         port = await start_date_server(nursery, DateServer(tls=pki.server))
         proxy = ConnectProxy()
         proxy_port = await start_proxy(nursery, proxy)
-        # HTTPS_PROXY never applies to loopback (runtime/proxy.py, as Go does); the config's `proxy` always does.
+        # HTTPS_PROXY never applies to loopback (runtime/backend_dial.py, as Go does); the config's `proxy` always does.
         ca_file = tmp_path / "ca.pem"
         env_proxy = await probe(f"wss://localhost:{port}", ca_file=ca_file, HTTPS_PROXY=f"127.0.0.1:{proxy_port}")
         assert env_proxy["proxy"].level == "skip" and not proxy.heads
@@ -657,7 +658,7 @@ def test_doctor_on_a_granted_host_changes_nothing(sandbox: Sandbox, tmp_path: Pa
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
     config = AgentConfig(state_dir=state, reconcile="repair")
-    engine = Engine(config, state, dry_run=False)
+    engine = Engine(config, state, dry_run=False, audit_trail=AuditTrail.off())
     user = unique_user_name()
     for command, fields in (
         ("provisionUser", {"userName": user}),

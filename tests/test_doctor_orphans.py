@@ -18,6 +18,7 @@ import pytest
 
 from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.core.requests import parse_request
+from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.identity.signing_key import generate_keys
 from p0_ssh_agent.provisioning import run_request
 from p0_ssh_agent.provisioning.engine import Engine, Plan
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.sandbox
 
 
 def grant(state: Path, user: str, request_id: str) -> None:
-    engine = Engine(AgentConfig(state_dir=state), state, dry_run=False)
+    engine = Engine(AgentConfig(state_dir=state), state, dry_run=False, audit_trail=AuditTrail.off())
     for command, fields in (
         ("provisionUser", {"userName": user}),
         ("provisionAuthorizedKeys", {"userName": user, "publicKey": KEY}),

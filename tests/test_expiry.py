@@ -20,10 +20,12 @@ import pytest
 import trio
 
 from p0_ssh_agent.config import AgentConfig
+from p0_ssh_agent.core import openssh_expiry
 from p0_ssh_agent.core.authorized_keys_format import add_block, blocks, ca_line, key_line, parse_own_line, remove_block
 from p0_ssh_agent.core.requests import parse_request
 from p0_ssh_agent.core.sshkeys import parse_public_key
 from p0_ssh_agent.host import accounts, openssh
+from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.host.ledger import Ledger, load_ledger, save_ledger
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning import run_request
@@ -41,44 +43,49 @@ KEY_B = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGr6Mb2xFzCJ5QvHjXBKjJ2lpL7yIrCGt3Y
 
 
 @pytest.fixture
-def journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[JournalSink]:
+def journal(tmp_path: Path) -> Iterator[JournalSink]:
     """A journald socket of the test's own: the audit entries the sweep and the offline revoke send."""
-    yield from journal_sink(tmp_path, monkeypatch)
+    yield from journal_sink(tmp_path)
 
 
 # --- the OpenSSH version and the stamps -------------------------------------------------------------------------
 
 
 def test_version_parsing_and_the_form_each_version_reads() -> None:
-    assert openssh.parse_openssh_version("OpenSSH_9.2p1 Debian-2+deb12u10, OpenSSL 3.0.19") == (9, 2)
-    assert openssh.parse_openssh_version("unknown option -- V\nOpenSSH_7.4p1, OpenSSL 1.0.2k-fips") == (7, 4)
-    assert openssh.parse_openssh_version("Dropbear v2022.83") is None
-    assert openssh.support_for(None) == "none"
-    assert openssh.support_for((7, 6)) == "none"
-    assert openssh.support_for((7, 7)) == "local"
-    assert openssh.support_for((9, 0)) == "local"
-    assert openssh.support_for((9, 1)) == "utc"
-    assert openssh.support_for((10, 0)) == "utc"
+    assert openssh_expiry.parse_openssh_version("OpenSSH_9.2p1 Debian-2+deb12u10, OpenSSL 3.0.19") == (9, 2)
+    assert openssh_expiry.parse_openssh_version("unknown option -- V\nOpenSSH_7.4p1, OpenSSL 1.0.2k-fips") == (7, 4)
+    assert openssh_expiry.parse_openssh_version("Dropbear v2022.83") is None
+    assert openssh_expiry.support_for(None) == "none"
+    assert openssh_expiry.support_for((7, 6)) == "none"
+    assert openssh_expiry.support_for((7, 7)) == "local"
+    assert openssh_expiry.support_for((9, 0)) == "local"
+    assert openssh_expiry.support_for((9, 1)) == "utc"
+    assert openssh_expiry.support_for((10, 0)) == "utc"
 
 
 def test_the_local_version_is_what_ssh_says() -> None:
     done = subprocess.run(["/usr/bin/ssh", "-V"], capture_output=True, text=True, check=True)
-    assert openssh.openssh_version() == openssh.parse_openssh_version(done.stderr)
+    assert openssh.openssh_version() == openssh_expiry.parse_openssh_version(done.stderr)
     assert openssh.openssh_version() is not None
 
 
 def test_stamps_name_the_instant_in_both_forms() -> None:
     when = datetime(2031, 2, 3, 4, 5, 6, 700000, tzinfo=UTC)
-    utc = openssh.expiry_stamp(when, "utc")
+    utc = openssh_expiry.expiry_stamp(when, "utc")
     assert utc == "20310203040506Z"
-    assert openssh.stamp_time(utc) == when.replace(microsecond=0)
-    local = openssh.expiry_stamp(when, "local")
+    assert openssh_expiry.stamp_time(utc) == when.replace(microsecond=0)
+    local = openssh_expiry.expiry_stamp(when, "local")
     assert local is not None and not local.endswith("Z")
-    assert openssh.stamp_time(local) == when.replace(microsecond=0)
-    assert openssh.expiry_stamp(when, "none") is None
-    assert openssh.grant_stamp("2031-02-03T04:05:06Z", None) is None
+    assert openssh_expiry.stamp_time(local) == when.replace(microsecond=0)
+    assert openssh_expiry.expiry_stamp(when, "none") is None
+    assert openssh.grant_stamp("2031-02-03T04:05:06Z", None) is None  # no lifetime: no option, no probe
+    assert openssh_expiry.grant_stamp("2031-02-03T04:05:06Z", 60, "utc") == "20310203040606Z"
+    assert openssh_expiry.grant_stamp("2031-02-03T04:05:06Z", 60, "none") is None
+    assert openssh_expiry.grant_stamp("2031-02-03T04:05:06Z", None, "utc") is None
+    probed = openssh_expiry.grant_stamp("2031-02-03T04:05:06Z", 60, openssh.expiry_support())
+    assert openssh.grant_stamp("2031-02-03T04:05:06Z", 60) == probed  # the host's form, the core's arithmetic
     # An unreadable ledger time counts as long ago: the line is born expired rather than living forever.
-    assert openssh.expires_at("yesterday", 60) == datetime.fromtimestamp(60, UTC)
+    assert openssh_expiry.expires_at("yesterday", 60) == datetime.fromtimestamp(60, UTC)
 
 
 def test_lines_with_expiry_stay_pairs_and_keep_their_fingerprint(tmp_path: Path) -> None:
@@ -158,9 +165,11 @@ def request(engine: Engine, command: str, action: str = "grant", **fields: objec
     return result
 
 
-def make_engine(state: Path, **config: object) -> Engine:
+def make_engine(state: Path, journal: JournalSink | None = None, **config: object) -> Engine:
+    """An engine whose audit entries go to `journal` (none without one)."""
     state.mkdir(mode=0o700, exist_ok=True)
-    return Engine(AgentConfig(state_dir=state, **config), state, dry_run=False)  # type: ignore[arg-type]
+    trail = journal.trail() if journal is not None else AuditTrail.off()
+    return Engine(AgentConfig(state_dir=state, **config), state, dry_run=False, audit_trail=trail)  # type: ignore[arg-type]
 
 
 def authorized_keys(user: str) -> bytes:
@@ -188,7 +197,8 @@ async def inline(work: Callable[[], T]) -> T:
 
 
 def guard_tasks(engine: Engine) -> GuardTasks:
-    return GuardTasks(lambda: (engine.config, engine.state_dir), now=virtual_wall_clock(), offload=inline)
+    settings = lambda: (engine.config, engine.state_dir)  # noqa: E731
+    return GuardTasks(settings, audit_trail=engine.audit_trail, now=virtual_wall_clock(), offload=inline)
 
 
 async def wait_for(condition: Callable[[], bool]) -> None:
@@ -209,7 +219,7 @@ def grants_in(engine: Engine) -> int:
 async def test_the_sweep_task_revokes_at_expiry_with_no_backend(
     sandbox: Sandbox, tmp_path: Path, autojump_clock: trio.testing.MockClock, journal: JournalSink
 ) -> None:
-    engine = make_engine(tmp_path / "state", max_grant_seconds=3600)
+    engine = make_engine(tmp_path / "state", journal, max_grant_seconds=3600)
     user = unique_user_name()
     grant_everything(engine, user)
     assert b'expiry-time="' in authorized_keys(user)
@@ -274,7 +284,7 @@ async def test_grants_that_expired_while_the_agent_was_down_go_at_start_up(
 def test_a_failed_revoke_is_reported_and_the_rest_still_goes(
     sandbox: Sandbox, tmp_path: Path, journal: JournalSink
 ) -> None:
-    engine = make_engine(tmp_path / "state", max_grant_seconds=60)
+    engine = make_engine(tmp_path / "state", journal, max_grant_seconds=60)
     user = unique_user_name()
     grant_everything(engine, user)
     ssh_dir = Path(pwd.getpwnam(user).pw_dir) / ".ssh"
@@ -303,7 +313,7 @@ def test_sshd_refuses_the_key_once_its_expiry_time_passed(sandbox: Sandbox, sshd
     line = blocks(authorized_keys(user))["exp-1"][0]
     own = parse_own_line(line)
     assert own is not None and own.expiry is not None
-    expiry = openssh.stamp_time(own.expiry)
+    expiry = openssh_expiry.stamp_time(own.expiry)
     if datetime.now(UTC) < expiry - timedelta(seconds=1):  # a slow machine may already be past it
         done = sshd.ssh(user, private, "id", "-un")
         assert done.returncode == 0 and done.stdout.strip() == user, done.stderr + sshd.log.read_text()[-2000:]
@@ -326,7 +336,7 @@ def test_an_outage_never_deletes_accounts() -> None:
 async def test_offline_revoke_fails_closed_once_the_backend_was_gone_that_long(
     sandbox: Sandbox, tmp_path: Path, autojump_clock: trio.testing.MockClock, journal: JournalSink
 ) -> None:
-    engine = make_engine(tmp_path / "state", offline_revoke_after_seconds=600, user_revoke_mode="delete")
+    engine = make_engine(tmp_path / "state", journal, offline_revoke_after_seconds=600, user_revoke_mode="delete")
     user = unique_user_name()
     grant_everything(engine, user)
     tasks = guard_tasks(engine)

@@ -20,6 +20,7 @@ import pytest
 from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.core.requests import parse_request
 from p0_ssh_agent.host.accounts import lookup_user
+from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.host.ledger import load_ledger
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning import run_request
@@ -44,7 +45,7 @@ def run(engine: Engine, command: str, **fields: object) -> CommandResult:
 def engine(sandbox: Sandbox, tmp_path: Path) -> Engine:
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
-    return Engine(AgentConfig(state_dir=state), state, dry_run=False)
+    return Engine(AgentConfig(state_dir=state), state, dry_run=False, audit_trail=AuditTrail.off())
 
 
 @contextlib.contextmanager

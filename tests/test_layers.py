@@ -4,6 +4,8 @@
 - core/ and protocol/ are pure: they import neither os nor trio (nor anything that does I/O for them).
 - host/ never imports runtime/: host effects do not know about the connection.
 - No module name is used twice for different things (the file's base name is unique in the agent).
+- Every package has a layer (LAYERS) and imports only packages of lower layers: nothing imports upwards, and the
+  packages that share a layer do not import each other.
 """
 
 from __future__ import annotations
@@ -16,6 +18,26 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "agent" / "p0_ssh_agent"
 PURE_PACKAGES = ("core", "protocol")
 IMPURE_MODULES = {"os", "trio", "socket", "subprocess", "pathlib", "shutil", "pwd", "grp", "fcntl", "threading"}
 FORBIDDEN_PACKAGE_IMPORTS = {"host": {"runtime", "cli", "provisioning", "diagnostics"}}
+# docs/development.md draws these: a package may import only packages of a lower layer. A top-level module
+# (errors.py, executor.py) counts as a package of its own.
+LAYERS: dict[str, int] = {
+    "_version": 0,
+    "errors": 0,
+    "adapters": 1,
+    "config": 1,
+    "core": 1,
+    "identity": 1,
+    "protocol": 1,
+    "host": 2,
+    "provisioning": 3,
+    "runtime": 4,
+    "devbackend": 5,
+    "diagnostics": 5,
+    "executor": 5,
+    "cli": 6,
+    "__init__": 7,
+    "__main__": 7,
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -106,6 +128,21 @@ def test_host_never_imports_the_layers_above_it() -> None:
         if (banned := FORBIDDEN_PACKAGE_IMPORTS.get(_package(module)))
     }
     assert {module: names for module, names in offenders.items() if names} == {}
+
+
+def _not_downward(graph: dict[str, set[str]], layers: dict[str, int]) -> list[str]:
+    """Every package import that goes up a layer or sideways within one."""
+    return sorted(f"{s} -> {t}" for s, targets in graph.items() for t in targets if layers[t] >= layers[s])
+
+
+def test_every_package_imports_only_lower_layers() -> None:
+    packages = {_package(module) for module in _modules()}
+    assert sorted(packages - set(LAYERS)) == [], "a new package: give it a layer in LAYERS and docs/development.md"
+    assert _not_downward(package_graph(), LAYERS) == []
+
+
+def test_the_layer_rule_can_fail() -> None:
+    assert _not_downward({"host": {"runtime"}, "core": {"config"}}, LAYERS) == ["core -> config", "host -> runtime"]
 
 
 def test_no_module_name_is_used_twice() -> None:

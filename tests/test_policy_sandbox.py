@@ -12,12 +12,16 @@ import pytest
 import trio
 
 from p0_ssh_agent.adapters.sdnotify import Notifier
-from p0_ssh_agent.config import load_config
-from p0_ssh_agent.executor import build_executor
+from p0_ssh_agent.config import AgentConfig, load_config
+from p0_ssh_agent.core.local_policy import PolicyError
+from p0_ssh_agent.executor import CommandExecutor, build_executor
+from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.host.policy_file import builtin_text
+from p0_ssh_agent.provisioning.context import ExecutionContext
 from p0_ssh_agent.runtime.supervisor import Supervisor, prepare
 from provisioning_support import AGENT, DROPIN, AgentCli, changed, host_state, make_keys, write_config
 from sandbox.fixtures import CHILD_ENV, Sandbox, make_keypair, unique_user_name
+from test_audit import JournalSink
 
 pytestmark = pytest.mark.sandbox
 STARTERS = Path(__file__).resolve().parent.parent / "docs" / "policies"
@@ -104,9 +108,9 @@ def test_start_refuses_a_broken_policy_with_78_and_the_line(sandbox: Sandbox, tm
 
 async def test_sighup_with_a_broken_policy_keeps_the_old_one(sandbox: Sandbox, tmp_path: Path) -> None:
     config_path = config_with_policy(tmp_path, builtin_text() + (STARTERS / "no-sudo.cedar").read_text())
-    env: dict[str, str] = {}
+    env = {"P0_SSH_AGENT_JOURNAL_SOCKET": ""}  # the supervisor's audit trail: not into the host's journal
 
-    supervisor = Supervisor(
+    supervisor = Supervisor.create(
         prepare(load_config(config_path, env=env), env),
         reload_config=lambda: load_config(config_path, env=env),
         executor_factory=build_executor,
@@ -128,3 +132,43 @@ async def test_sighup_with_a_broken_policy_keeps_the_old_one(sandbox: Sandbox, t
     await supervisor.reload()
     assert "no-sudo-on-this-host" not in policy_ids() and "p0-forbid-root" in policy_ids()
     await trio.lowlevel.checkpoint()
+
+
+async def test_building_a_supervisor_has_no_side_effects_create_loads_the_policy(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """__init__ only wires parts together: it neither loads a policy nor opens journald's socket. `create` loads
+    the policy (a broken one raises before anything runs) and `run` opens the socket."""
+    config_path = config_with_policy(tmp_path, "forbid (principal, action, resource) whn { true };\n")
+    sink = JournalSink(tmp_path)
+    env = {"P0_SSH_AGENT_JOURNAL_SOCKET": str(sink.path)}
+    prepared = prepare(load_config(config_path, env=env), env)
+    built: list[object] = []
+
+    def factory(config: AgentConfig, state_dir: Path, trail: AuditTrail) -> CommandExecutor:
+        built.append(config)
+        return build_executor(config, state_dir, trail)
+
+    trail = AuditTrail.from_config(prepared.config, env)
+    placeholder = CommandExecutor(ExecutionContext(prepared.config, prepared.state_dir, False, audit_trail=trail))
+    supervisor = Supervisor(
+        prepared,
+        executor=placeholder,
+        audit_trail=trail,
+        reload_config=lambda: load_config(config_path, env=env),
+        executor_factory=factory,
+        notifier=Notifier(env),
+        env=env,
+    )
+    assert built == [] and trail._journal is None  # nothing loaded, nothing opened
+    assert supervisor.worker.executor is placeholder
+    with pytest.raises(PolicyError, match="invalid policy condition"):
+        Supervisor.create(
+            prepared,
+            reload_config=lambda: load_config(config_path, env=env),
+            executor_factory=factory,
+            notifier=Notifier(env),
+            env=env,
+        )
+    assert len(built) == 1
+    sink.close()

@@ -22,17 +22,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from trio_websocket import ConnectionClosed, ConnectionRejected, WebSocketRequest, serve_websocket
 
+from p0_ssh_agent.config.values import ValueProblem, check_tunnel_url, is_loopback_host
 from p0_ssh_agent.errors import ConfigError
-from p0_ssh_agent.runtime.proxy import (
+from p0_ssh_agent.runtime.backend_dial import bypass_proxy, connect_websocket, proxy_for
+from p0_ssh_agent.runtime.http_connect import (
     MAX_RESPONSE_HEAD_BYTES,
     ProxyError,
     ProxySettings,
-    bypass_proxy,
-    connect_websocket,
     hide_userinfo,
     open_tunnel_stream,
     parse_proxy_url,
-    proxy_for,
 )
 
 # Guards so a broken build fails instead of hanging the suite; never asserted on.
@@ -572,3 +571,37 @@ def test_no_proxy_matching(host: str, port: int, no_proxy: str, bypass: bool) ->
 )
 def test_hide_userinfo(url: str, shown: str) -> None:
     assert hide_userinfo(url) == shown
+
+
+# --- one loopback rule for every caller ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("localhost", True),
+        ("LocalHost", True),
+        ("127.0.0.1", True),
+        ("127.9.9.9", True),
+        ("[::1]", True),
+        # RFC 6761 names that only some resolvers keep on this host: not loopback for any caller (the token
+        # must not travel in clear text to what DNS may answer for them; a proxy, if set, is simply used).
+        ("api.localhost", False),
+        ("localhost.", False),
+        ("localhost.evil.example", False),
+        ("10.0.0.1", False),
+        ("[::2]", False),
+    ],
+)
+def test_the_proxy_bypass_and_clear_text_rule_agree_on_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback_host(host) is loopback
+    # The proxy bypass: an environment proxy is skipped exactly for loopback targets.
+    settings = proxy_for(f"wss://{host}:8079", config_proxy=None, env={"HTTPS_PROXY": "http://p:1"})
+    assert (settings is None) is loopback
+    # The clear-text rule: plain ws:// (the token unencrypted) is allowed exactly to loopback targets.
+    try:
+        check_tunnel_url(f"ws://{host}:8079/x")
+    except ValueProblem as exc:
+        assert not loopback and "would send the agent's token in clear text" in str(exc)
+    else:
+        assert loopback

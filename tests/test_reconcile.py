@@ -47,16 +47,18 @@ def grant(engine: Engine, command: str, request_id: str, **fields: object) -> No
 
 
 @pytest.fixture
-def journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[JournalSink]:
+def journal(tmp_path: Path) -> Iterator[JournalSink]:
     """A journald socket of the test's own: the drift and repair entries reconciliation sends."""
-    yield from journal_sink(tmp_path, monkeypatch)
+    yield from journal_sink(tmp_path)
 
 
 @pytest.fixture
-def engine(sandbox: Sandbox, tmp_path: Path) -> Engine:
+def engine(sandbox: Sandbox, tmp_path: Path, journal: JournalSink) -> Engine:
+    """An engine whose audit entries go to the test's `journal`."""
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
-    return Engine(AgentConfig(state_dir=state, max_grant_seconds=3600), state, dry_run=False)
+    config = AgentConfig(state_dir=state, max_grant_seconds=3600)
+    return Engine(config, state, dry_run=False, audit_trail=journal.trail())
 
 
 def keys_file(user: str) -> Path:
@@ -176,7 +178,11 @@ def test_hand_edits_of_the_sudo_drop_in_are_reported_then_repaired(
     engine: Engine, journal: JournalSink, tmp_path: Path
 ) -> None:
     audit_file = tmp_path / "audit.jsonl"
-    engine = dataclasses.replace(engine, config=dataclasses.replace(engine.config, audit_file=audit_file))
+    engine = dataclasses.replace(
+        engine,
+        config=dataclasses.replace(engine.config, audit_file=audit_file),
+        audit_trail=journal.trail(audit_file=audit_file),
+    )
     user = granted_user(engine, "rec-1", "rec-2", "rec-3")
     text = DROPIN.read_text()
     text = text.replace(f"# RequestID: rec-1\n{user} ALL=(ALL) NOPASSWD: ALL\n", "")  # removed by hand
@@ -247,7 +253,7 @@ async def test_the_loop_reconciles_at_start_up_after_a_reconnect_and_every_inter
 ) -> None:
     user = granted_user(engine, "rec-1")
     config = dataclasses.replace(engine.config, reconcile="repair", reconcile_interval_seconds=1000)
-    tasks = GuardTasks(lambda: (config, engine.state_dir), offload=inline)
+    tasks = GuardTasks(lambda: (config, engine.state_dir), audit_trail=engine.audit_trail, offload=inline)
     async with trio.open_nursery() as nursery:
         await nursery.start(tasks.run)
         await trio.sleep(1)

@@ -30,6 +30,7 @@ import pytest
 
 from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.core.requests import parse_request
+from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning import run_request
 from p0_ssh_agent.provisioning.engine import Engine, Plan
@@ -238,7 +239,9 @@ def handle(engine: Engine, command: str, user: str, action: str) -> CommandResul
 def engines(state: Path, mode: str) -> tuple[Engine, Engine]:
     """(the host's engine, the same with the stuck process table)."""
     state.mkdir(mode=0o700, exist_ok=True)
-    real = Engine(AgentConfig(state_dir=state, user_revoke_mode=mode), state, dry_run=False)
+    real = Engine(
+        AgentConfig(state_dir=state, user_revoke_mode=mode), state, dry_run=False, audit_trail=AuditTrail.off()
+    )
     return real, dataclasses.replace(real, processes=StuckProcesses())
 
 

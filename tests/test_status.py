@@ -14,12 +14,15 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
 
 from p0_ssh_agent.cli import main
+from p0_ssh_agent.config import load_config
+from p0_ssh_agent.diagnostics.config_checks import check_config
+from p0_ssh_agent.diagnostics.status_checks import run_systemctl
 from p0_ssh_agent.identity.signing_key import generate_keys
 
 SYSTEMD_RUNNING = Path("/run/systemd/system").is_dir()
@@ -258,3 +261,21 @@ def test_the_installed_command_agrees(host: Host) -> None:
         [str(AGENT), "status", "-c", str(host.config)], capture_output=True, text=True, env=env, check=False, timeout=60
     )
     assert done.returncode == NOT_RUNNING and f"fix: chmod 700 {host.keys}" in done.stdout
+
+
+def test_an_unregistered_host_fails_the_config_check_doctor_makes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("hostId: web-1\n")
+    _, document = status_json(config, capsys)
+    shared = check_config(load_config(config))  # doctor's finding for the same file
+    assert checks_of(document)["config"] == {**asdict(shared), "items": list(shared.items)}
+    assert shared.level == "fail" and "p0-ssh-agent register --url URL" in shared.fix
+
+
+def test_systemctl_runs_through_host_proc_and_reports_what_cannot_run(tmp_path: Path) -> None:
+    assert run_systemctl(["/bin/echo", "enabled"]) == (0, "enabled")
+    code, why = run_systemctl([str(tmp_path / "no-systemctl"), "is-enabled", "p0-ssh-agent.service"])
+    assert code == 127 and why.startswith("cannot run:")
+    assert run_systemctl(["/bin/sh", "-c", "echo inactive; exit 3"]) == (3, "inactive")

@@ -26,8 +26,8 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon_helpers import AGENT, BASE_ENV, CLIENT_ID, AgentProcess, DevDriver, NotifyListener, keygen, write_config
-from p0_ssh_agent.cli import status_live
 from p0_ssh_agent.devbackend.server import DevBackend
+from p0_ssh_agent.diagnostics import live_checks
 
 GUARD = 30.0
 DEFAULT_POLICY = Path(__file__).resolve().parents[1] / "agent" / "p0_ssh_agent" / "core" / "default_policy.cedar"
@@ -271,7 +271,7 @@ async def test_the_status_line_after_a_good_reload_no_longer_says_reload_failed(
 
 def test_docs_list_every_exit_code() -> None:
     docs = (Path(__file__).resolve().parents[1] / "docs" / "status.md").read_text()
-    codes = {value for name, value in vars(status_live).items() if name.startswith("EXIT_")}
+    codes = {value for name, value in vars(live_checks).items() if name.startswith("EXIT_")}
     assert codes == {0, 1, 3, 4, 78, 150, 151}
     for code in codes:
         assert f"\n| {code} |" in docs, code

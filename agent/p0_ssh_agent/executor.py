@@ -15,6 +15,7 @@ from pathlib import Path
 
 from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.errors import AgentError
+from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.host.policy_file import load_policy
 from p0_ssh_agent.protocol.forwarded import NO_COMMAND_MESSAGE, CommandResult, ForwardedRequest, command_name
 from p0_ssh_agent.provisioning import HANDLERS
@@ -51,9 +52,12 @@ def _printable(text: str) -> str:
     return cleaned + ("..." if len(text) > 64 else "")
 
 
-def build_executor(config: AgentConfig, state_dir: Path, *, dry_run: bool | None = None) -> CommandExecutor:
+def build_executor(
+    config: AgentConfig, state_dir: Path, audit_trail: AuditTrail, *, dry_run: bool | None = None
+) -> CommandExecutor:
     """Raises PolicyError (exit 78) when the local policy does not load: at start-up nothing starts, on SIGHUP
     the supervisor keeps the executor it has, and with it the old policy."""
     policy = load_policy(config.policy_file)
-    context = ExecutionContext(config, state_dir, config.dry_run if dry_run is None else dry_run, policy)
+    dry_run = config.dry_run if dry_run is None else dry_run
+    context = ExecutionContext(config, state_dir, dry_run, policy, audit_trail=audit_trail)
     return CommandExecutor(context, HANDLERS)

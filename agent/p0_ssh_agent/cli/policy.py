@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from p0_ssh_agent.config import load_config
     from p0_ssh_agent.core.request_errors import RequestInvalid
     from p0_ssh_agent.core.requests import parse_request
+    from p0_ssh_agent.host.audit_trail import AuditTrail
     from p0_ssh_agent.host.policy_file import load_policy
     from p0_ssh_agent.provisioning import policy_gate
     from p0_ssh_agent.provisioning.engine import Engine
@@ -70,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         verdict = {"decision": "allow", "reason": "not evaluated: revokes and read-only commands are always allowed"}
         print(json.dumps(verdict) if args.json else f"ALLOW  {verdict['reason']}")
         return int(ExitCode.OK)
-    engine = Engine(config, resolve_state_dir(config.state_dir, os.environ), dry_run=True)
+    # Only looks (the facts a real grant would be decided on): it records nothing.
+    engine = Engine(config, resolve_state_dir(config.state_dir, os.environ), dry_run=True, audit_trail=AuditTrail.off())
     facts = policy_gate.gather_facts(engine, grant, _moment(args.at) if args.at else datetime.now(UTC))
     decision = policy.evaluate(facts)
     request_text = facts.request()

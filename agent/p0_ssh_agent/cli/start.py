@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Everything that can be wrong locally is found here, before READY=1; AgentError -> exit 78/77 via the CLI.
     prepared = prepare(load(), env)
-    supervisor = Supervisor(
+    supervisor = Supervisor.create(
         prepared, reload_config=load, executor_factory=build_executor, notifier=Notifier(env), env=env
     )
     code = trio.run(supervisor.run)

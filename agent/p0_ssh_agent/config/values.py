@@ -25,7 +25,7 @@ _TRUE = frozenset({"true", "yes", "1"})
 _FALSE = frozenset({"false", "no", "0"})
 # Characters that end a line or hide in one: control characters, and the Unicode line and paragraph separators.
 _BREAKING_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
-# A proxy host as it may appear in a CONNECT request line (runtime/proxy.py applies the same rule).
+# A proxy host as it may appear in a CONNECT request line (runtime/http_connect.py applies the same rule).
 _PROXY_HOST_RE = re.compile(r"[A-Za-z0-9._:%-]+")
 
 
@@ -38,7 +38,15 @@ class ValueProblem(ValueError):
 
 
 def is_loopback_host(host: str) -> bool:
-    """localhost, 127.0.0.0/8 or ::1 (brackets allowed): the only hosts plain ws:// and http:// may go to."""
+    """localhost, 127.0.0.0/8 or ::1 (brackets allowed): the one rule for "this host stays on this machine".
+
+    It decides where the token may travel in clear text (ws:// tunnelHost, http:// register URL), where the dev
+    backend may listen, and which targets skip an environment proxy (runtime/backend_dial.py). Deliberately not
+    `*.localhost` nor "localhost.": RFC 6761 says such names resolve to loopback, but that holds only where the
+    resolver implements it (nss-myhostname, systemd-resolved); elsewhere glibc asks DNS, and a DNS answer (or a
+    search domain) can send "api.localhost" to another host, with the token in clear text. Go's proxy rule
+    (httpproxy.useProxy) also exempts only "localhost" and loopback IPs. Such a name merely goes through the
+    proxy, when one is set: the safe side for every caller."""
     if host.lower() == "localhost":
         return True
     try:

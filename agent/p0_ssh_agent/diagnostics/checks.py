@@ -18,7 +18,8 @@ from pathlib import Path
 
 import trio
 
-from p0_ssh_agent.config import AgentConfig, require_connection_settings
+from p0_ssh_agent.config import AgentConfig
+from p0_ssh_agent.diagnostics.config_checks import check_config
 from p0_ssh_agent.diagnostics.findings import Finding
 from p0_ssh_agent.diagnostics.host_checks import (
     check_nss,
@@ -33,7 +34,7 @@ from p0_ssh_agent.errors import AgentError, ExitCode
 from p0_ssh_agent.provisioning.reconcile import inspect_drift
 from p0_ssh_agent.runtime.statedir import resolve_state_dir
 
-__all__ = ["DEFAULT_TIMEOUT", "Finding", "check_ledger", "collect", "exit_code", "host_findings"]
+__all__ = ["DEFAULT_TIMEOUT", "Finding", "check_config", "check_ledger", "collect", "exit_code", "host_findings"]
 
 
 def check_ledger(config: AgentConfig, state_dir: Path) -> Finding:
@@ -55,15 +56,6 @@ def check_ledger(config: AgentConfig, state_dir: Path) -> Finding:
         "set `reconcile: repair` to let the agent undo what it owns, or fix the files by hand",
         tuple(f"{' '.join(p for p in (d.kind, d.user, d.request_id) if p)} {d.path}: {d.detail}" for d in drift),
     )
-
-
-def check_config(config: AgentConfig) -> Finding:
-    """A file that loads but lacks what `start` needs (an unregistered host): say which keys, and how to get them."""
-    try:
-        require_connection_settings(config)
-    except AgentError as exc:
-        return Finding("config", "fail", str(exc), "p0-ssh-agent register --url URL (or --org-id ORG --host-id HOST)")
-    return Finding("config", "ok", f"client id {config.client_id}, tunnel {config.tunnel_host}")
 
 
 def host_findings() -> list[Finding]:

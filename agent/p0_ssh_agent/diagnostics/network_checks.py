@@ -1,8 +1,8 @@
 """`p0-ssh-agent doctor`, network side: does the backend's side of a grant work from here?
 
-One connection, opened the way the tunnel opens it (runtime/proxy.py chooses the proxy and speaks CONNECT;
-runtime/tunnel.py's TLS context trusts tunnelCaFile instead of the system store), walked one step at a time so
-each step is its own finding:
+One connection, opened the way the tunnel opens it (runtime/backend_dial.py chooses the proxy,
+runtime/http_connect.py speaks CONNECT; runtime/tunnel.py's TLS context trusts tunnelCaFile instead of the system
+store), walked one step at a time so each step is its own finding:
 
     proxy   TCP to the proxy and CONNECT to the tunnel host (skip: no proxy applies)
     tls     the handshake, verified as the agent verifies it (skip: ws:// to loopback, the dev backend)
@@ -28,7 +28,8 @@ import trio
 from p0_ssh_agent._version import __version__
 from p0_ssh_agent.diagnostics.findings import Finding
 from p0_ssh_agent.errors import ConfigError
-from p0_ssh_agent.runtime.proxy import ProxyError, authority, open_tunnel_stream, proxy_for
+from p0_ssh_agent.runtime.backend_dial import proxy_for
+from p0_ssh_agent.runtime.http_connect import ProxyError, authority, open_tunnel_stream
 from p0_ssh_agent.runtime.trust import ca_bundle, tls_context
 
 NETWORK_CHECKS = ("proxy", "tls", "clock")
@@ -214,7 +215,7 @@ def _os_reason(exc: OSError) -> str:
 
 
 def _proxy_fix(message: str, target: Target) -> str:
-    # ProxyError carries no code; its messages (runtime/proxy.py) are stable enough to pick the advice by.
+    # ProxyError carries no code; its messages (runtime/http_connect.py) are stable enough to pick the advice by.
     if "(HTTP 407)" in message:
         return "put working credentials in the proxy URL: http://user:password@host:port (Basic only)"
     if "cannot reach" in message:

@@ -26,6 +26,7 @@ from p0_ssh_agent.core.authorized_keys_format import blocks
 from p0_ssh_agent.diagnostics.findings import Finding
 from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.host import accounts
+from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.host.ledger import Ledger, ledger_path, load_ledger
 from p0_ssh_agent.provisioning.authorized_keys import AUTHORIZED_KEYS, SSH_DIR, edit_authorized_keys
 from p0_ssh_agent.provisioning.engine import Engine
@@ -75,7 +76,7 @@ def check_orphans(config: AgentConfig, state_dir: Path, *, users: list[str] | No
         ledger = load_ledger(state_dir) if has_ledger else Ledger()
     except AgentError as exc:
         return Finding("orphans", "skip", f"the ledger cannot be read ({exc}): see the ledger finding")
-    engine = Engine(config, state_dir, dry_run=True)
+    engine = Engine(config, state_dir, dry_run=True, audit_trail=AuditTrail.off())  # only looks
     found: list[str] = []
     if not has_ledger:
         try:

@@ -34,7 +34,6 @@ from p0_ssh_agent.core.requests import (
     parse_request,
 )
 from p0_ssh_agent.errors import AgentError
-from p0_ssh_agent.host.audit_trail import audit_request
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning import policy_gate
 from p0_ssh_agent.provisioning.authorized_keys import provision_keys
@@ -82,7 +81,7 @@ def gated_request(context: ExecutionContext, engine: Engine, request: Provisioni
             decision, facts = policy_gate.check(context.policy, engine, grant, datetime.now(UTC))
         except AgentError as exc:  # the ledger or NSS could not be read: no facts, no grant
             failed = CommandResult(success=False, error=f"local policy not evaluated: {exc}")
-            audit_request(context.config, request, failed, dry_run=context.dry_run)
+            context.audit_trail.record_request(request, failed, dry_run=context.dry_run)
             return failed
         decided_by = decision.policy
         if not decision.allowed:
@@ -95,10 +94,10 @@ def gated_request(context: ExecutionContext, engine: Engine, request: Provisioni
                 reason=decision.reason,
             )
             denied = policy_gate.denial(decision, context.policy, facts)
-            audit_request(context.config, request, denied, dry_run=context.dry_run, policy=decided_by, denied=True)
+            context.audit_trail.record_request(request, denied, dry_run=context.dry_run, policy=decided_by, denied=True)
             return denied
     result = run_request(engine, request, plan)
-    audit_request(context.config, request, result, dry_run=context.dry_run, policy=decided_by)
+    context.audit_trail.record_request(request, result, dry_run=context.dry_run, policy=decided_by)
     return result
 
 
@@ -123,7 +122,7 @@ def _handler(command: Command) -> Handler:
             return CommandResult(success=False, error=exc.message)
         if isinstance(request, ListUsersRequest | AuditRequest | SudoshRequest):
             return await trio.to_thread.run_sync(run_read_only, request)
-        engine = Engine(context.config, context.state_dir, context.dry_run)
+        engine = Engine(context.config, context.state_dir, context.dry_run, audit_trail=context.audit_trail)
         plan = Plan()
         # Not abandoned on cancel: a host edit, once started, always runs to its end (the worker answers the
         # backend on time regardless and keeps the result for a retry).

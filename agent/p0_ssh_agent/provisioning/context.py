@@ -1,5 +1,6 @@
-"""What every command handler gets: the configuration, the state directory, whether this is a dry run, and the
-host owner's local policy (loaded once per configuration, so a SIGHUP with a broken policy keeps the old one)."""
+"""What every command handler gets: the configuration, the state directory, whether this is a dry run, the
+host owner's local policy (loaded once per configuration, so a SIGHUP with a broken policy keeps the old one), and
+the audit trail every outcome is recorded in (one per process, handed in by the supervisor or the CLI command)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.core.local_policy import LocalPolicy
+from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.host.policy_file import builtin_policy
 
 
@@ -17,3 +19,4 @@ class ExecutionContext:
     state_dir: Path
     dry_run: bool
     policy: LocalPolicy = field(default_factory=builtin_policy)
+    audit_trail: AuditTrail = field(kw_only=True)

@@ -27,6 +27,7 @@ from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.errors import AgentError, PermissionProblem
 from p0_ssh_agent.host import accounts, locks, sessions
 from p0_ssh_agent.host.accounts import UserRecord
+from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.host.ledger import Ledger, LedgerCorrupt, load_ledger, save_ledger
 from p0_ssh_agent.host.safefile import FileEdit
 
@@ -85,6 +86,9 @@ class Engine:
     # Where users' processes are found and ended: the host's. Tests of what a revoke answers when processes
     # outlive SIGKILL pass a table of their own (no real process can be made unkillable on demand).
     processes: sessions.ProcessTable = field(default_factory=sessions.HostProcesses)
+    # Where every change and refusal is recorded (host/audit_trail.py): handed in by whoever runs the engine, never
+    # a default, so no caller can forget the trail. AuditTrail.off() for engines that only look.
+    audit_trail: AuditTrail = field(kw_only=True)
 
     # --- locks ------------------------------------------------------------------------------------------------
 

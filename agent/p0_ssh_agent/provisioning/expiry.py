@@ -4,7 +4,7 @@ Two layers, so a grant ends on time even when the backend never sends the revoke
 
 1. sshd itself. With maxGrantSeconds set, every key and CA line the agent writes carries
    `expiry-time="<granted_at + maxGrantSeconds>"`, so sshd refuses the key after that instant even if the agent is
-   dead (host/openssh.py: which form the local OpenSSH reads, none before 7.7).
+   dead (core/openssh_expiry.py: which form each OpenSSH reads, none before 7.7; host/openssh.py probes the local one).
 2. The sweep. Grants older than maxGrantSeconds (by the ledger's granted_at: keys, CA lines, sudo rules) are
    revoked by the agent through the very handlers the backend's revokes use (provisioning/authorized_keys.py,
    sudo.py: same locks, same checks, same messages), online or offline. The supervisor runs it at start-up (grants
@@ -25,12 +25,11 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from p0_ssh_agent.adapters.logging import get_logger
-from p0_ssh_agent.config import AgentConfig
+from p0_ssh_agent.core.openssh_expiry import grant_time
 from p0_ssh_agent.core.requests import Action, CaKeyRequest, Command, KeyRequest, SudoRequest
 from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.host import audit_trail
 from p0_ssh_agent.host.ledger import Ledger
-from p0_ssh_agent.host.openssh import grant_time
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning.authorized_keys import provision_keys
 from p0_ssh_agent.provisioning.engine import Engine, Plan
@@ -113,7 +112,7 @@ _COMMAND_OF: dict[GrantKind, Command] = {"key": Command.AUTHORIZED_KEYS, "ca": C
 
 
 def record_expiry(
-    grant: LiveGrant, *, result: str, error: str = "", dry_run: bool = False, config: AgentConfig | None = None
+    grant: LiveGrant, *, result: str, trail: audit_trail.AuditTrail, error: str = "", dry_run: bool = False
 ) -> None:
     """The one place an expiry revoke is recorded: a structlog line and an audit entry (host/audit_trail.py)."""
     event = log.warning if error else log.info
@@ -133,8 +132,7 @@ def record_expiry(
     expired = grant.expires_at.isoformat() if grant.expires_at else "?"
     summary = f"{'[dry run] ' if dry_run else ''}{command} revoke for {grant.user} (request {grant.request_id})"
     summary += f": grant expired at {expired}, {result}" + (f": {error}" if error else "")
-    audit_trail.record(
-        config,
+    trail.record(
         audit_trail.AuditEvent(
             event=audit_trail.Event.FAILED if error else audit_trail.Event.EXPIRED,
             origin="expiry",
@@ -171,11 +169,11 @@ def sweep(engine: Engine, now: datetime) -> SweepReport:
         if result.success:
             report.revoked.append(grant)
             outcome = "revoked" if not engine.dry_run else "would revoke"
-            record_expiry(grant, result=outcome, dry_run=engine.dry_run, config=engine.config)
+            record_expiry(grant, result=outcome, dry_run=engine.dry_run, trail=engine.audit_trail)
         else:
             report.failed.append((grant, result.error))
             error = result.error or "revoke failed"
-            record_expiry(grant, result="failed", error=error, dry_run=engine.dry_run, config=engine.config)
+            record_expiry(grant, result="failed", error=error, dry_run=engine.dry_run, trail=engine.audit_trail)
     report.next_expiry = next_expiry(grants, now)
     return report
 

@@ -45,13 +45,13 @@ from typing import Literal
 from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.core.authorized_keys_format import OwnLine, blocks, is_ca_line, parse_own_line, remove_block
+from p0_ssh_agent.core.openssh_expiry import grant_time, stamp_time
 from p0_ssh_agent.core.request_errors import RequestInvalid
 from p0_ssh_agent.core.sshkeys import KNOWN_KEY_TYPES, parse_public_key
 from p0_ssh_agent.core.sudoers import SudoGrant
 from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.host import accounts, audit_trail
 from p0_ssh_agent.host.ledger import KeyEntry, Ledger
-from p0_ssh_agent.host.openssh import grant_time, stamp_time
 from p0_ssh_agent.provisioning.authorized_keys import AUTHORIZED_KEYS, SSH_DIR, edit_authorized_keys
 from p0_ssh_agent.provisioning.engine import Engine, Plan
 from p0_ssh_agent.provisioning.sudo_rules import DROPIN_PATH, change_rules, current_rules
@@ -75,7 +75,7 @@ class Drift:
     repaired: bool = False
 
 
-def record_drift(drift: Drift, *, mode: str, config: AgentConfig | None = None, dry_run: bool = False) -> None:
+def record_drift(drift: Drift, *, mode: str, trail: audit_trail.AuditTrail, dry_run: bool = False) -> None:
     """The one place a drift finding is recorded: a structlog line and an audit entry (host/audit_trail.py)."""
     log.warning(
         "drift",
@@ -95,8 +95,7 @@ def record_drift(drift: Drift, *, mode: str, config: AgentConfig | None = None, 
     summary = f"{'[dry run] ' if dry_run else ''}drift {drift.kind} in {drift.path}"
     summary += f" (user {drift.user or '-'}, request {drift.request_id or '-'}): {drift.detail}"
     summary += " (repaired)" if drift.repaired else f" ({mode} mode: {result})"
-    audit_trail.record(
-        config,
+    trail.record(
         audit_trail.AuditEvent(
             event=audit_trail.Event.REPAIRED if drift.repaired else audit_trail.Event.DRIFT,
             origin="reconcile",
@@ -121,7 +120,9 @@ def _repairable(drift: Drift) -> bool:
 
 def inspect_drift(config: AgentConfig, state_dir: Path) -> list[Drift]:
     """The drift as `status` and `doctor` show it: a dry-run engine (no lock, no repair), nothing logged or audited."""
-    return reconcile(Engine(config, state_dir, dry_run=True), repair=False, record=False)
+    return reconcile(
+        Engine(config, state_dir, dry_run=True, audit_trail=audit_trail.AuditTrail.off()), repair=False, record=False
+    )
 
 
 def reconcile(engine: Engine, *, repair: bool, record: bool = True) -> list[Drift]:
@@ -133,7 +134,7 @@ def reconcile(engine: Engine, *, repair: bool, record: bool = True) -> list[Drif
     found = _reconcile_keys(engine, repair) + _reconcile_sudo(engine, repair)
     if record:
         for drift in found:
-            record_drift(drift, mode="repair" if repair else "report", config=engine.config, dry_run=engine.dry_run)
+            record_drift(drift, mode="repair" if repair else "report", trail=engine.audit_trail, dry_run=engine.dry_run)
     return found
 
 

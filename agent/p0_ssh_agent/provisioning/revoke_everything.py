@@ -67,14 +67,13 @@ def _attempt(report: Report, what: str, step: object) -> CommandResult:
 def _audit(engine: Engine, request: ProvisioningRequest, result: CommandResult, origin: audit_trail.Origin) -> None:
     event = audit_trail.request_event(request, result, dry_run=engine.dry_run, origin=origin)
     if event is not None:
-        audit_trail.record(engine.config, event)
+        engine.audit_trail.record(event)
 
 
 def _audit_summary(engine: Engine, report: Report, user_mode: str, origin: audit_trail.Origin) -> None:
     result: audit_trail.Result = "failure" if report.failed else "success"
     counts = f"{len(report.done)} done, {len(report.failed)} failed, created accounts: {user_mode}"
-    audit_trail.record(
-        engine.config,
+    engine.audit_trail.record(
         audit_trail.AuditEvent(
             event=audit_trail.Event.REVOKE_ALL,
             origin=origin,

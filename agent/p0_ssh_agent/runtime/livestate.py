@@ -30,7 +30,7 @@ STATE_MODE = 0o600
 MAX_STATE_BYTES = 1 << 20
 MAX_DIGESTED_BYTES = 16 << 20
 
-# What the tunnel is doing; `status` maps these to its exit codes (cli/status.py).
+# What the tunnel is doing; `status` maps these to its exit codes (diagnostics/live_checks.py).
 LinkState = Literal["starting", "connecting", "connected", "retrying", "refused", "stopping"]
 
 

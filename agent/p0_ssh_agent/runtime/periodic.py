@@ -27,6 +27,7 @@ import trio
 
 from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.config import AgentConfig
+from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.provisioning.engine import Engine
 from p0_ssh_agent.provisioning.expiry import SweepReport, offline_revoke, sweep
 from p0_ssh_agent.provisioning.reconcile import Drift, reconcile
@@ -86,8 +87,16 @@ class GuardState:
 
 
 class GuardTasks:
-    def __init__(self, settings: Settings, *, now: WallClock = wall_clock, offload: Offload = _in_thread) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        audit_trail: AuditTrail,
+        now: WallClock = wall_clock,
+        offload: Offload = _in_thread,
+    ) -> None:
         self._settings = settings
+        self._audit_trail = audit_trail  # expiries, offline revokes and drift are recorded here
         self._now = now
         self._offload = offload
         self._expiry_wake = _Wake()
@@ -122,7 +131,7 @@ class GuardTasks:
 
     def _engine(self) -> Engine:
         config, state_dir = self._settings()
-        return Engine(config, state_dir, config.dry_run)
+        return Engine(config, state_dir, config.dry_run, audit_trail=self._audit_trail)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._offline_since = trio.current_time()

@@ -21,15 +21,15 @@ from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.adapters.sdnotify import Notifier
 from p0_ssh_agent.config import AgentConfig, require_connection_settings
 from p0_ssh_agent.errors import AgentError, ConfigError
-from p0_ssh_agent.host import audit_trail
+from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.identity.signing_key import load_private_key
 from p0_ssh_agent.runtime import limits, status_text
+from p0_ssh_agent.runtime.backend_dial import proxy_for
 from p0_ssh_agent.runtime.backoff import RetrySettings
 from p0_ssh_agent.runtime.connection import SessionSettings
 from p0_ssh_agent.runtime.health import Health
 from p0_ssh_agent.runtime.livestate import METRICS_FILE, resolve_runtime_dir
 from p0_ssh_agent.runtime.periodic import GuardTasks
-from p0_ssh_agent.runtime.proxy import proxy_for
 from p0_ssh_agent.runtime.publisher import Publisher
 from p0_ssh_agent.runtime.statedir import ensure_state_dir, resolve_state_dir
 from p0_ssh_agent.runtime.tunnel import Tunnel, TunnelSettings
@@ -45,7 +45,7 @@ CLOSE_SECONDS = 1.5
 # can watch systemd's watchdog restart a hung agent. Without it SIGUSR2 is not even handled.
 TEST_HOOKS_ENV = "P0_SSH_AGENT_TEST_HOOKS"
 
-ExecutorFactory = Callable[[AgentConfig, Path], Executor]
+ExecutorFactory = Callable[[AgentConfig, Path, AuditTrail], Executor]
 
 
 @dataclass
@@ -103,10 +103,40 @@ def tunnel_changed(old: TunnelSettings, new: TunnelSettings) -> bool:
 
 
 class Supervisor:
+    """Built by `create` (which loads what the first executor needs); __init__ only wires the parts together, and
+    `run` opens what lives as long as the process (the journald socket) before anything starts."""
+
+    @classmethod
+    def create(
+        cls,
+        prepared: Prepared,
+        *,
+        reload_config: Callable[[], AgentConfig],
+        executor_factory: ExecutorFactory,
+        notifier: Notifier,
+        env: Mapping[str, str],
+    ) -> Supervisor:
+        """The daemon's one audit trail and its first executor (the local policy loads here: a broken one raises
+        PolicyError, exit 78, before READY=1), then the supervisor around them."""
+        # The one audit trail of the daemon: every request, expiry, offline revoke and drift is recorded in it.
+        audit_trail = AuditTrail.from_config(prepared.config, env)
+        executor = executor_factory(prepared.config, prepared.state_dir, audit_trail)
+        return cls(
+            prepared,
+            executor=executor,
+            audit_trail=audit_trail,
+            reload_config=reload_config,
+            executor_factory=executor_factory,
+            notifier=notifier,
+            env=env,
+        )
+
     def __init__(
         self,
         prepared: Prepared,
         *,
+        executor: Executor,
+        audit_trail: AuditTrail,
         reload_config: Callable[[], AgentConfig],
         executor_factory: ExecutorFactory,
         notifier: Notifier,
@@ -123,10 +153,10 @@ class Supervisor:
             heartbeat_interval=float(prepared.config.heartbeat_interval_seconds),
             call_timeout=float(prepared.config.heartbeat_timeout_seconds),
         )
-        self.worker = Worker(executor_factory(prepared.config, prepared.state_dir))
-        audit_trail.open_journal()
+        self.audit_trail = audit_trail
+        self.worker = Worker(executor)
         # Expiry sweep, offline revoke, reconciliation: they read the current configuration at each round.
-        self.guard = GuardTasks(lambda: (self.prepared.config, self.prepared.state_dir))
+        self.guard = GuardTasks(lambda: (self.prepared.config, self.prepared.state_dir), audit_trail=self.audit_trail)
         self.health = Health(
             prepared.config,
             prepared.state_dir,
@@ -179,11 +209,9 @@ class Supervisor:
             wanted.append(signal.SIGUSR2)
         # Every blocking host call runs in one of these threads: the unit's TasksMax= and LimitNOFILE= count them.
         trio.to_thread.current_default_thread_limiter().total_tokens = limits.HOST_THREADS
-        audit_trail.OBSERVERS.append(self.health.audit_event)
-        try:
+        self.audit_trail.open()
+        with self.audit_trail.observing(self.health.audit_event):
             return await self._run(wanted, hooks)
-        finally:
-            audit_trail.OBSERVERS.remove(self.health.audit_event)
 
     async def _run(self, wanted: list[signal.Signals], hooks: bool) -> int:
         with trio.open_signal_receiver(*wanted) as signals:
@@ -220,7 +248,7 @@ class Supervisor:
         log.info("reloading")
         try:
             new = prepare(self._reload_config(), self._env)
-            executor = self._executor_factory(new.config, new.state_dir)
+            executor = self._executor_factory(new.config, new.state_dir, self.audit_trail)
         except AgentError as exc:
             log.error("reload_failed", error=str(exc))
             self.health.reload_failed(str(exc))
@@ -230,6 +258,7 @@ class Supervisor:
         old = self.prepared
         self.prepared = new
         self.worker.set_executor(executor)
+        self.audit_trail.reconfigure(new.config)
         self.session_settings.heartbeat_interval = float(new.config.heartbeat_interval_seconds)
         self.session_settings.call_timeout = float(new.config.heartbeat_timeout_seconds)
         self.session_settings.client_id = new.tunnel.client_id

@@ -28,9 +28,10 @@ from p0_ssh_agent.identity.signing_key import AgentKey
 from p0_ssh_agent.identity.token import make_token
 from p0_ssh_agent.protocol.jsonrpc import MAX_FRAME_BYTES
 from p0_ssh_agent.runtime import status_text
+from p0_ssh_agent.runtime.backend_dial import connect_websocket
 from p0_ssh_agent.runtime.backoff import RetrySettings
 from p0_ssh_agent.runtime.connection import Activity, Session, SessionSettings
-from p0_ssh_agent.runtime.proxy import ProxySettings, connect_websocket
+from p0_ssh_agent.runtime.http_connect import ProxySettings
 from p0_ssh_agent.runtime.trust import tls_context
 from p0_ssh_agent.runtime.worker import Worker
 

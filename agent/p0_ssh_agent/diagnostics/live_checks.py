@@ -1,5 +1,7 @@
 """The running agent as `status` sees it: the check for its live state, and `status`'s exit code (no trio).
 
+Read by diagnostics/status_checks.py (the checks) and cli/status.py (the exit code and the JSON document).
+
 Exit codes follow the LSB init-script `status` convention that monitoring tools know (0 running, 3 not running,
 4 unknown), with the two states LSB has no word for in its application range (150-199); a configuration that
 cannot be loaded keeps the sysexits 78 every subcommand uses. docs/status.md and the man page list them.
