@@ -218,7 +218,9 @@ def read_user_record(text: str, source: str, name: str, into: Ledger) -> None:
     if top["user"] != name:
         raise reader.fail("user", f"must be {name!r}, the name of its file (found {top['user']!r})")
     if top["account"] is not None:
-        into.users[name] = reader.account(top["account"], "account")
+        account = into.users[name] = reader.account(top["account"], "account")
+        if not account.adopted:  # its UID counts even if the host's mark was lost: never hand it out again
+            into.uid_high_water = max(into.uid_high_water, account.uid)
     reader.key_requests(top["keys"], name, "keys", into)
     for request_id, value in reader.obj(top["sudo"], "sudo").items():
         where = f"sudo.{request_id}"
@@ -227,7 +229,6 @@ def read_user_record(text: str, source: str, name: str, into: Ledger) -> None:
         held = into.sudo.get(request_id)
         if held is None or (held.granted_at, held.user) < (entry.granted_at, entry.user):
             into.sudo[request_id] = entry
-    _with_created_uids(into)
 
 
 def read_host_record(text: str, source: str) -> HostRecord:
