@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from p0_ssh_agent.host import ledger_files, locks
+from p0_ssh_agent.host import locks
 from p0_ssh_agent.host.ledger import (
     MAX_LEDGER_BYTES,
     Ledger,
@@ -28,7 +28,7 @@ from p0_ssh_agent.host.ledger import (
     save_ledger,
     to_json,
 )
-from p0_ssh_agent.host.safefile import UnsafePath
+from p0_ssh_agent.host.safefile import FileEditFailed, UnsafePath
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the ledger's files are root-owned: needs root")
 
@@ -156,7 +156,8 @@ def test_a_restored_ledger_json_next_to_a_migrated_ledger_is_refused(state_dir: 
     save_ledger(many(2), state_dir)
     (state_dir / "ledger.json").write_text(to_json(many(1)))
     before = files(state_dir)
-    for read in (lambda: load_ledger(state_dir), lambda: store(state_dir).read_user("user0")):
+    reads: list[Callable[[], Ledger]] = [load_ledger_of(state_dir), lambda: store(state_dir).read_user("user0")]
+    for read in reads:
         with pytest.raises(LedgerCorrupt, match="is not the file that was migrated"):
             read()
     assert files(state_dir) == before
@@ -328,7 +329,12 @@ def test_a_commit_waits_for_the_users_record_lock(state_dir: Path) -> None:
     after.record_key("user0", "req-x", "key", "SHA256:x")
     done = threading.Event()
     with locks.ledger_record_lock("user0", lock_dir=lock_dir):
-        worker = threading.Thread(target=lambda: (store(state_dir).commit(view, after), done.set()))
+
+        def commit() -> None:
+            store(state_dir).commit(view, after)
+            done.set()
+
+        worker = threading.Thread(target=commit)
         worker.start()
         time.sleep(0.3)
         assert not done.is_set(), "the commit went ahead while another holder had user0's record lock"
@@ -394,7 +400,7 @@ def test_group_writes_leave_no_temp_after_a_failure(state_dir: Path, monkeypatch
     after = copy_ledger(whole)
     for number in range(3):
         after.record_key(f"user{number}", "req-z", "key", "SHA256:z")
-    with pytest.raises(ledger_files.FileEditFailed, match="No space left"):
+    with pytest.raises(FileEditFailed, match="No space left"):
         store(state_dir).commit(whole, after)
     monkeypatch.setattr(os, "replace", real)
     assert files(state_dir) == before
