@@ -234,12 +234,27 @@ def fleet_section(m: Measurement) -> list[str]:
     return out
 
 
+def ledger_section(m: Measurement) -> list[str]:
+    f = m.figures
+    out = [
+        f"## 6. The ledger at {f['grants']:,.0f} past grants ({f['users']:,.0f} users)",
+        "",
+        f"Before: one ledger.json of {f['ledger_bytes'] / MIB:.1f} MiB, loaded and saved whole for every grant "
+        f"(host/ledger.py at 0476012). After: one record per user. One grant's ledger work is "
+        f"{f['speedup']:,.0f}x faster.",
+        "",
+    ]
+    out += table(SERIES_HEADER, series_rows(m, list(m.series)))
+    return out
+
+
 SECTIONS = {
     "calls": calls_section,
     "grants": grants_section,
     "scale": scale_section,
     "footprint": footprint_section,
     "fleet": fleet_section,
+    "ledger": ledger_section,
 }
 
 

@@ -18,18 +18,30 @@ from pathlib import Path
 
 import trio
 
-from bench import calls, fleet, footprint, grants, scale
+from bench import calls, fleet, footprint, grants, ledger_store, scale
 from bench.plot import Line, Panel, render
 from bench.report import render as render_markdown
 from bench.sandbox import sandbox_root
 from bench.stats import Measurement, load_average, machine_facts
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = ("calls", "grants", "scale", "footprint", "fleet")
-SANDBOX_ONLY = ("grants", "scale")
+SCENARIOS = ("calls", "grants", "scale", "footprint", "fleet", "ledger")
+SANDBOX_ONLY = ("grants", "scale", "ledger")  # ledger: root-owned files
 PROFILES = {
-    "quick": {"calls": calls.QUICK, "grants": grants.QUICK, "scale": scale.QUICK, "footprint": footprint.QUICK},
-    "full": {"calls": calls.FULL, "grants": grants.FULL, "scale": scale.FULL, "footprint": footprint.FULL},
+    "quick": {
+        "calls": calls.QUICK,
+        "grants": grants.QUICK,
+        "scale": scale.QUICK,
+        "footprint": footprint.QUICK,
+        "ledger": ledger_store.QUICK,
+    },
+    "full": {
+        "calls": calls.FULL,
+        "grants": grants.FULL,
+        "scale": scale.FULL,
+        "footprint": footprint.FULL,
+        "ledger": ledger_store.FULL,
+    },
 }
 
 
@@ -63,6 +75,12 @@ async def run_scenarios(names: list[str], profile: str, workdir: Path, state_roo
             results.append(await footprint.measure_footprint(workdir / "footprint", sizes["footprint"]))  # type: ignore[arg-type]
         elif name == "fleet":
             results.append(await trio.to_thread.run_sync(fleet.measure_fleet))
+        elif name == "ledger":
+            (workdir / "ledger").mkdir(mode=0o700)
+            ledger_sizes = sizes["ledger"]
+            results.append(
+                await trio.to_thread.run_sync(ledger_store.measure_ledger, workdir / "ledger", ledger_sizes)  # type: ignore[arg-type]
+            )
         for target in results[-1].targets:
             print(f"  {target.verdict}  {target.text}: {target.measured:,.2f} {target.unit}", flush=True)
         print(f"bench: {name} took {time.monotonic() - started:.0f} s", flush=True)

@@ -9,6 +9,7 @@ accounts and sudoers, so they run only inside the namespace sandbox.
 from __future__ import annotations
 
 import math
+import os
 import struct
 import sys
 import zlib
@@ -20,9 +21,10 @@ import trio
 # bench/ is a top-level package of the repository, not of the installed distribution.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import calls, footprint, grants, run, scale
+from bench import calls, footprint, grants, ledger_store, run, scale
 from bench.fleet import measure_fleet, simulate
 from bench.plot import Line, Panel, render
+from bench.report import SECTIONS
 from bench.report import render as render_markdown
 from bench.sandbox import sandbox_root
 from bench.stats import Measurement, Series, Target, percentile
@@ -146,6 +148,15 @@ async def test_grants_and_scale_tiny(sandbox: object, tmp_path: Path) -> None:
     assert {"keys40/grant", "keys40/revoke", "sudo10/grant", "listusers20"} <= set(scaled.series)
     # Every account and sudoers file the scenarios made is gone again.
     assert await trio.to_thread.run_sync(bench_leftovers) == (sudoers, [])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the ledger's files are root-owned: needs root")
+def test_ledger_tiny(tmp_path: Path) -> None:
+    measurement = ledger_store.measure_ledger(tmp_path, ledger_store.TINY)
+    assert_well_formed(measurement)
+    assert set(measurement.series) == {"floor", "old", "new", "group", "read_all"}
+    assert measurement.series["new"].samples == ledger_store.TINY.repeats
+    assert "## 6. The ledger at 500 past grants" in "\n".join(SECTIONS["ledger"](measurement))
 
 
 def test_run_writes_the_report(tmp_path: Path) -> None:

@@ -78,7 +78,7 @@ def test_grants_left_without_a_ledger_are_reported_with_their_fix(sandbox: Sandb
     orphans = doctor_findings(tmp_path, state)["orphans"]
     assert digest(*watched) == before, "doctor changes nothing"
     assert orphans["level"] == "warn"
-    assert f"there is no ledger at {state}/ledger.json" in str(orphans["detail"])
+    assert f"there is no ledger at {state}/ledger/users" in str(orphans["detail"])
     items = [str(item) for item in orphans["items"]]  # type: ignore[attr-defined]
     assert any(i.startswith(f"sudo {user} req-orphan /etc/sudoers.d/p0-ssh-agent: rule '{user} ALL=") for i in items)
     assert any(i.startswith(f"key {user} req-orphan /home/{user}/.ssh/authorized_keys: 1 line(s)") for i in items)

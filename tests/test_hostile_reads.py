@@ -157,8 +157,8 @@ def test_a_sparse_64_gib_authorized_keys_is_refused_by_every_command_in_bounded_
     result = grant.json_after("Execution Result:\n")
     assert result["success"] is False and TOO_BIG in str(result["error"]), str(grant)
     assert str(host.keys_file) in str(result["error"])
-    ledger = json.loads((host.directory / "state" / "ledger.json").read_text())
-    assert "r-2" not in ledger["keys"][host.user]  # refused before any write: the ledger claims nothing for it
+    record = json.loads((host.directory / "state" / "ledger" / "users" / f"{host.user}.json").read_text())
+    assert "r-2" not in record["keys"]  # refused before any write: the ledger claims nothing for it
 
     revoke = host.command(
         "provisionAuthorizedKeys", "--username", host.user, "--request-id", "r-1", "--action", "revoke"

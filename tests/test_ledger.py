@@ -32,6 +32,7 @@ from p0_ssh_agent.host.ledger import (
     load_ledger,
     save_ledger,
     to_json,
+    user_record_json,
     user_view,
     users_in,
 )
@@ -66,43 +67,66 @@ def test_missing_ledger_is_empty(state_dir: Path) -> None:
     assert load_ledger(state_dir) == Ledger()
 
 
+def record(state_dir: Path, name: str) -> Path:
+    return state_dir / "ledger" / "users" / f"{name}.json"
+
+
+def tree(state_dir: Path) -> dict[str, bytes]:
+    """Every file under state_dir (relative path -> bytes): what a test compares before and after."""
+    return {str(p.relative_to(state_dir)): p.read_bytes() for p in sorted(state_dir.rglob("*")) if p.is_file()}
+
+
 def test_round_trip_private_file(state_dir: Path) -> None:
     ledger = sample()
     save_ledger(ledger, state_dir)
     assert load_ledger(state_dir) == ledger
-    path = state_dir / "ledger.json"
-    info = path.stat()
-    assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == (0o600, 0, 0)
-    document = json.loads(path.read_text())
-    assert document["schema"] == SCHEMA == 1
-    assert document["keys"]["alice"]["req-1"] == [
+    host = state_dir / "ledger" / "host.json"
+    for path in (host, record(state_dir, "alice"), record(state_dir, "legacy")):
+        info = path.stat()
+        assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == (0o600, 0, 0)
+    for directory in (state_dir / "ledger", state_dir / "ledger" / "users"):
+        info = directory.stat()
+        assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == (0o700, 0, 0)
+    assert json.loads(host.read_text()) == {"schema": SCHEMA, "uid_high_water": 70001, "migrated_from": None}
+    document = json.loads(record(state_dir, "alice").read_text())
+    assert document["schema"] == SCHEMA == 2
+    assert document["keys"]["req-1"] == [
         {"kind": "key", "fingerprint": FP_A, "granted_at": T0},
         {"kind": "ca", "fingerprint": FP_CA, "granted_at": T0},
     ]
-    assert [entry.name for entry in state_dir.iterdir()] == ["ledger.json"]
+    assert document["sudo"] == {
+        "req-1": {"run_as": None, "granted_at": T0},
+        "req-2": {"run_as": "postgres", "granted_at": T0},
+    }
+    assert [entry.name for entry in state_dir.iterdir()] == ["ledger"]
+    assert sorted(tree(state_dir)) == ["ledger/host.json", "ledger/users/alice.json", "ledger/users/legacy.json"]
 
 
 def test_saving_replaces_the_file_and_never_leaves_a_temp(state_dir: Path) -> None:
-    save_ledger(Ledger(), state_dir)
-    path = state_dir / "ledger.json"
+    first = sample()
+    first.forget_keys("alice", "req-1")
+    save_ledger(first, state_dir)
+    path = record(state_dir, "alice")
+    old = path.read_bytes()
     with path.open("rb") as reader_of_old:
         save_ledger(sample(), state_dir)
         # A reader that opened the old file still sees it whole: the new one arrived by rename, not in place.
-        assert json.loads(reader_of_old.read()) == json.loads(to_json(Ledger()))
+        assert reader_of_old.read() == old
     assert load_ledger(state_dir) == sample()
-    assert [entry.name for entry in state_dir.iterdir()] == ["ledger.json"]
+    assert sorted(tree(state_dir)) == ["ledger/host.json", "ledger/users/alice.json", "ledger/users/legacy.json"]
 
 
 _SAVE_FAILS = """
 import resource, signal, sys
 from pathlib import Path
-from p0_ssh_agent.host.ledger import Ledger, save_ledger
+from p0_ssh_agent.host.ledger import Ledger, load_ledger, save_ledger
 from p0_ssh_agent.host.safefile import FileEditFailed
-ledger = Ledger()
-for number in range(2000):
-    ledger.record_user(f"user{number}", 70000 + number, now="2026-11-23T10:00:00Z")
+ledger = load_ledger(Path(sys.argv[1]))
+ledger.record_user("bob", 70002, now="2026-11-23T10:00:00Z")
+for number in range(200):  # alice's record grows past 8 KiB; bob's new one is small and would fit
+    ledger.record_key("alice", f"req-big-{number}", "key", "SHA256:x", now="2026-11-23T10:00:00Z")
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))  # the temp file cannot grow past 8 KiB: EFBIG midway
+resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))  # a temp file cannot grow past 8 KiB: EFBIG midway
 try:
     save_ledger(ledger, Path(sys.argv[1]))
 except FileEditFailed as exc:
@@ -113,45 +137,46 @@ except FileEditFailed as exc:
 
 def test_a_failed_save_keeps_the_old_ledger_whole(state_dir: Path) -> None:
     save_ledger(sample(), state_dir)
-    old = (state_dir / "ledger.json").read_bytes()
+    old = tree(state_dir)
     done = subprocess.run(
         [sys.executable, "-c", _SAVE_FAILS, str(state_dir)], capture_output=True, text=True, check=False
     )
     assert done.returncode == 3, done.stdout + done.stderr
     assert "File too large" in done.stdout
-    assert (state_dir / "ledger.json").read_bytes() == old
-    assert [entry.name for entry in state_dir.iterdir()] == ["ledger.json"]
+    # Every temp file of the group was written before any rename: the failure changed no record, not even bob's.
+    assert tree(state_dir) == old
+    assert [entry.name for entry in state_dir.iterdir()] == ["ledger"]
 
 
 def ledger_of_size(size: int) -> Ledger:
-    """sample() padded (through one long fingerprint, which the reader accepts) to exactly `size` bytes of JSON."""
+    """sample() with alice's record padded (through one long fingerprint, which the reader accepts) to exactly
+    `size` bytes of JSON."""
     ledger = sample()
-    base = len(to_json(ledger).encode())
+    base = len(user_record_json(ledger, "alice").encode())  # type: ignore[union-attr]
     ledger.record_key("alice", "req-pad", "key", "SHA256:", now=T0)
-    padding = size - len(to_json(ledger).encode())
+    padding = size - len(user_record_json(ledger, "alice").encode())  # type: ignore[union-attr]
     assert padding >= 0 and size > base
     ledger.forget_keys("alice", "req-pad")
     ledger.record_key("alice", "req-pad", "key", "SHA256:" + "A" * padding, now=T0)
-    assert len(to_json(ledger).encode()) == size
+    assert len(user_record_json(ledger, "alice").encode()) == size  # type: ignore[union-attr]
     return ledger
 
 
 def test_the_largest_ledger_that_loads_is_the_largest_that_saves(state_dir: Path) -> None:
-    """One limit both ways: a ledger save_ledger writes is one load_ledger reads back, and one byte more is
-    refused before anything is written (it used to be written, after which every grant and revoke failed)."""
+    """One limit both ways, per record: a record save_ledger writes is one load_ledger reads back, and one byte
+    more is refused before anything is written (it used to be written, after which every grant and revoke failed)."""
     largest = ledger_of_size(MAX_LEDGER_BYTES)
     save_ledger(largest, state_dir)
     assert load_ledger(state_dir) == largest
-    old = (state_dir / "ledger.json").read_bytes()
+    old = tree(state_dir)
 
     with pytest.raises(LedgerFull) as refused:
         save_ledger(ledger_of_size(MAX_LEDGER_BYTES + 1), state_dir)
     message = str(refused.value)
-    assert str(state_dir / "ledger.json") in message
+    assert str(record(state_dir, "alice")) in message
     assert f"{MAX_LEDGER_BYTES + 1} bytes" in message and "64 MiB" in message
     assert "nothing was written" in message
-    assert (state_dir / "ledger.json").read_bytes() == old
-    assert [entry.name for entry in state_dir.iterdir()] == ["ledger.json"]  # no temp file either
+    assert tree(state_dir) == old  # no temp file either
     assert load_ledger(state_dir) == largest
 
 

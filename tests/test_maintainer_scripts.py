@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from p0_ssh_agent.host.ledger import Ledger, to_json
+from p0_ssh_agent.host.ledger import Ledger, save_ledger, to_json
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = "p0-ssh-agent.service"
@@ -46,7 +46,11 @@ mount -t overlay overlay -o "lowerdir=/opt,upperdir=$SCRATCH/opt.up,workdir=$SCR
 rm -rf /opt/p0-ssh-agent
 mkdir -p /etc/p0-ssh-agent/keys /var/lib/p0-ssh-agent
 echo key >/etc/p0-ssh-agent/keys/jwk.private.json
-printf '%s' "$LEDGER" >/var/lib/p0-ssh-agent/ledger.json
+if [ -n "$RECORDS" ]; then
+    cp -a "$RECORDS/ledger" /var/lib/p0-ssh-agent/  # the per-user layout, as save_ledger wrote it
+else
+    printf '%s' "$LEDGER" >/var/lib/p0-ssh-agent/ledger.json
+fi
 # OLD_OPT: "debris" = what a 0.1.0 venv could leave once dpkg removed its files; "venv" = a venv still installed.
 case "$OLD_OPT" in
     debris) debris=/opt/p0-ssh-agent/venv/lib/python3.11/__pycache__
@@ -95,6 +99,7 @@ def run_script(
     systemd_running: bool = True,
     debhelpers: bool = True,
     ledger: str = "ledger",
+    records: Path | None = None,
     old_opt: str = "",
 ) -> Outcome:
     fakebin, toolbin, scratch = tmp_path / "fakebin", tmp_path / "toolbin", tmp_path / "scratch"
@@ -121,6 +126,7 @@ def run_script(
             "TOOLBIN": str(toolbin),
             "SURVIVORS": str(survivors),
             "LEDGER": ledger,
+            "RECORDS": "" if records is None else str(records),
             "OLD_OPT": old_opt,
         },
         capture_output=True,
@@ -287,6 +293,41 @@ def test_deb_purge_keeps_the_ledger_while_grants_are_live(tmp_path: Path) -> Non
     assert outcome.survivors == ("/var/lib/p0-ssh-agent",), "configuration and keys go, the ledger stays"
     assert "kept /var/lib/p0-ssh-agent/ledger.json: it lists 3 live grant(s)" in outcome.stderr
     assert "p0-ssh-agent revoke-all" in outcome.stderr
+
+
+def records_of(tmp_path: Path, ledger: Ledger) -> Path:
+    """A state directory holding `ledger` in the per-user layout (ledger/host.json, ledger/users/<name>.json),
+    with the temp file a crashed commit leaves and a migration's backup of ledger.json, neither of them counted."""
+    state = tmp_path / "records"
+    state.mkdir(mode=0o700)
+    save_ledger(ledger, state)
+    (state / "ledger" / "users" / ".p0alice.json.tmp").write_text(to_json(LIVE_LEDGER))
+    (state / "ledger.json.migrated-20260101T000000Z").write_text(to_json(LIVE_LEDGER))
+    return state
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the ledger's files are root-owned: needs root")
+@pytest.mark.parametrize("script", ["debian/prerm", "packaging/rpm/preremove.sh"])
+def test_removal_counts_the_grants_of_per_user_records(tmp_path: Path, script: str) -> None:
+    records = records_of(tmp_path, LIVE_LEDGER)
+    outcome = run_script(tmp_path, script, "remove" if script.startswith("debian") else "0", records=records)
+    assert outcome.returncode == 0
+    assert LIVE_WARNING in outcome.stderr
+    assert outcome.survivors == STATE_PATHS
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the ledger's files are root-owned: needs root")
+def test_deb_purge_keeps_per_user_records_while_grants_are_live(tmp_path: Path) -> None:
+    outcome = run_script(tmp_path, "debian/postrm", "purge", records=records_of(tmp_path, LIVE_LEDGER))
+    assert outcome.returncode == 0
+    assert outcome.survivors == ("/var/lib/p0-ssh-agent",)
+    assert "kept /var/lib/p0-ssh-agent/ledger: it lists 3 live grant(s)" in outcome.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the ledger's files are root-owned: needs root")
+def test_deb_purge_deletes_per_user_records_without_grants(tmp_path: Path) -> None:
+    outcome = run_script(tmp_path, "debian/postrm", "purge", records=records_of(tmp_path, ACCOUNTS_ONLY))
+    assert (outcome.returncode, outcome.survivors, outcome.stderr) == (0, (), "")
 
 
 @pytest.mark.parametrize("ledger", [EMPTY, LOCKED_ACCOUNTS_ONLY])

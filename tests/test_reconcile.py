@@ -82,8 +82,9 @@ def kinds(found: list[Drift]) -> list[tuple[str, str | None]]:
     return sorted((d.kind, d.request_id) for d in found)
 
 
-def snapshot(engine: Engine, user: str) -> tuple[bytes, bytes, str]:
-    return keys_file(user).read_bytes(), DROPIN.read_bytes(), (engine.state_dir / "ledger.json").read_text()
+def snapshot(engine: Engine, user: str) -> tuple[bytes, bytes, dict[str, bytes]]:
+    ledger = engine.state_dir / "ledger"
+    return keys_file(user).read_bytes(), DROPIN.read_bytes(), {str(p): p.read_bytes() for p in ledger.rglob("*.json")}
 
 
 def visudo_ok() -> bool:

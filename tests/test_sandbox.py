@@ -224,7 +224,7 @@ def test_an_agent_with_default_settings_keeps_its_ledger_in_the_sandbox(sandbox:
     try:
         done = subprocess.run(argv, capture_output=True, text=True, env=CHILD_ENV, timeout=120, check=False)
         assert done.returncode == 0, done.stdout + done.stderr
-        assert f'"{name}"' in (upper / "p0-ssh-agent" / "ledger.json").read_text()
+        assert f'"{name}"' in (upper / "p0-ssh-agent" / "ledger" / "users" / f"{name}.json").read_text()
     finally:
         if pwd_entry(name) is not None:
             sandbox.userdel(name)

@@ -9,18 +9,30 @@
 unit=p0-ssh-agent.service
 
 # What the agent's ledger says it granted and still holds, as "KEYS SUDO USERS" (counts). The ledger is JSON the
-# agent writes with one field per line (host/ledger.py to_json): one "fingerprint" per key or CA line, one "run_as"
-# per sudo rule, one "adopted" per account it created or adopted. A grant is a key line or a sudo rule: an account
-# left without either (what `revoke-all` leaves with userRevokeMode lock) gives no access, so it alone keeps nothing. grep, not a JSON parser: this must work when the
-# package's own runtime is already broken or gone, and with nothing but a POSIX shell.
-ledger=/var/lib/p0-ssh-agent/ledger.json
-ledger_counts() {
-    if [ -f "$ledger" ]; then
-        printf '%s %s %s\n' "$(grep -c '"fingerprint":' "$ledger")" "$(grep -c '"run_as":' "$ledger")" \
-            "$(grep -c '"adopted":' "$ledger")"
-    else
-        echo "0 0 0"
+# agent writes with one field per line (host/ledger_records.py): one "fingerprint" per key or CA line, one "run_as"
+# per sudo rule, one "adopted" per account it created or adopted; one record per user in ledger/users/<name>.json,
+# or, before the agent migrated it, the whole ledger in ledger.json (the ledger.json.migrated-* backup a
+# migration leaves, and temp files, are not counted). A grant is a key line or a sudo rule: an account left
+# without either (what `revoke-all` leaves with userRevokeMode lock) gives no access, so it alone keeps nothing.
+# grep, not a JSON parser: this must work when the package's own runtime is already broken or gone, and with
+# nothing but a POSIX shell and grep (grep -r: a directory of 100,000 records fits in no argument list).
+state=/var/lib/p0-ssh-agent
+ledger=$state/ledger.json
+[ -e "$ledger" ] || ledger=$state/ledger
+ledger_lines() {
+    pattern=$1 total=0
+    set --
+    if [ -f "$state/ledger.json" ]; then set -- "$@" "$state/ledger.json"; fi
+    if [ -d "$state/ledger/users" ]; then set -- "$@" "$state/ledger/users"; fi
+    if [ $# -gt 0 ]; then
+        for count in $(grep -r -c -F --include='*.json' -e "$pattern" "$@" 2>/dev/null); do
+            total=$((total + ${count##*:}))
+        done
     fi
+    echo "$total"
+}
+ledger_counts() {
+    printf '%s %s %s\n' "$(ledger_lines '"fingerprint":')" "$(ledger_lines '"run_as":')" "$(ledger_lines '"adopted":')"
 }
 
 # warn_live_grants: on removal, say what stays on the host and how to take it back (stderr: apt and dnf show it).

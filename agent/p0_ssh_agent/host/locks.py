@@ -1,4 +1,5 @@
-"""Cross-process locks for host edits: one per user (their ~/.ssh files) and named global ones (sudoers, ledger).
+"""Cross-process locks for host edits: one per user (their ~/.ssh files), one per user's ledger record, and named
+global ones (sudoers, the ledger's migration and host record).
 
 The daemon and a concurrent `p0-ssh-agent command` run may edit the same files, so in-process trio locks are not
 enough (upstream-protocol.md §12 item 7). These are advisory `flock(LOCK_EX)` locks on root-owned files in a
@@ -10,7 +11,8 @@ the edit they protect, never on the event loop.
 
 The locks are not re-entrant: flock locks belong to an open file description, so taking the same lock twice in
 one process (even one thread) deadlocks. When both kinds are needed, take the global lock first, then user locks
-in ascending uid order.
+in ascending uid order. Ledger locks are innermost: the migration lock ("ledger-migration"), then record locks
+in ascending name order, then the host record's ("ledger-host").
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from p0_ssh_agent.core.requests import is_user_name
 from p0_ssh_agent.errors import AgentError, PermissionProblem
 
 DEFAULT_LOCK_DIR = "/run/p0-ssh-agent/locks"
@@ -71,6 +74,14 @@ def user_file_lock(uid: int, *, lock_dir: str = DEFAULT_LOCK_DIR) -> contextlib.
     if uid < 0:
         raise ValueError(f"uid must not be negative: {uid}")
     return _flock(lock_dir, f"uid-{uid}.lock")
+
+
+def ledger_record_lock(user: str, *, lock_dir: str = DEFAULT_LOCK_DIR) -> contextlib.AbstractContextManager[None]:
+    """Exclusive lock for one user's ledger record (host/ledger.py); blocks until it is free. Commits for different
+    users take different locks, so they never wait for each other."""
+    if not is_user_name(user):
+        raise ValueError(f"a ledger record lock is named by a valid user name: {user!r}")
+    return _flock(lock_dir, f"ledger-user-{user}.lock")
 
 
 def global_lock(name: str, *, lock_dir: str = DEFAULT_LOCK_DIR) -> contextlib.AbstractContextManager[None]:
