@@ -20,32 +20,32 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
-import re
 import socket
 import stat
-import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING
 
-from p0_ssh_agent.adapters.logging import get_logger, redact_text
-from p0_ssh_agent.core.requests import (
-    Action,
-    CaKeyRequest,
-    KeyRequest,
-    ProvisioningRequest,
-    SessionRequest,
-    SudoRequest,
-    UserRequest,
-    public_key_of,
+from p0_ssh_agent.adapters.logging import get_logger
+from p0_ssh_agent.core.requests import ProvisioningRequest
+from p0_ssh_agent.host.audit_events import (
+    KEY_REDACTED,
+    MAX_TEXT_CHARS,
+    MESSAGE_IDS,
+    SYSLOG_IDENTIFIER,
+    AuditEvent,
+    Event,
+    Origin,
+    Result,
+    fingerprint_in,
+    journal_datagram,
+    json_line,
+    key_secrets,
+    request_event,
 )
-from p0_ssh_agent.core.sshkeys import SshPublicKey
 
 if TYPE_CHECKING:
     from p0_ssh_agent.config import AgentConfig
@@ -53,149 +53,11 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-JOURNAL_SOCKET_ENV = "P0_SSH_AGENT_JOURNAL_SOCKET"  # tests point it at their own socket; "" turns journald off
-DEFAULT_JOURNAL_SOCKET = "/run/systemd/journal/socket"
-SYSLOG_IDENTIFIER = "p0-ssh-agent"
 # A stalled journald must not stall the event loop that calls record_request: wait this long, then drop and log.
 SEND_TIMEOUT_SECONDS = 1.0
-# Free text is capped so an entry always fits one datagram (journald's limit is the socket buffer, ~200 KiB).
-MAX_TEXT_CHARS = 4096
-KEY_REDACTED = "[KEY]"
 
-_FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
-# journald refuses other field names; ours are fixed, this only guards against a typo in this module.
-_FIELD_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
-
-
-class Event(StrEnum):
-    GRANT = "grant"  # a provisioning grant applied (or planned, in a dry run)
-    REVOKE = "revoke"  # a revoke applied: from the backend, `revoke-all` or the offline revoke
-    DENIED = "denied"  # a change the local policy refused
-    FAILED = "failed"  # a change that was tried and failed (any origin)
-    EXPIRED = "expired"  # a grant older than maxGrantSeconds revoked by the agent
-    DRIFT = "drift"  # reconciliation found the host differing from the ledger
-    REPAIRED = "repaired"  # ... and repaired it (reconcile: repair)
-    REVOKE_ALL = "revoke-all"  # the summary of a `revoke-all` or offline revoke run
-
-
-# Fixed forever: operators filter and alert on these (journalctl MESSAGE_ID=...). Generated once with uuid4().hex.
-MESSAGE_IDS: Final[dict[Event, str]] = {
-    Event.GRANT: "f33b033a953543769449f6852a6b4d59",
-    Event.REVOKE: "25ecb00d02f340d19fccfff32483f70c",
-    Event.DENIED: "f9d6ec39349149ada9f53ca4bdfd041d",
-    Event.FAILED: "658835cd27204fec853a5d3a5290bba3",
-    Event.EXPIRED: "e275b32dfecc45ed9de20065ced1d29e",
-    Event.DRIFT: "94a389eaabf94695b6e4c2ed088ac8c6",
-    Event.REPAIRED: "ff1e8e62d8fc4d8da7aea850bc6cbb38",
-    Event.REVOKE_ALL: "1bd524267e964d0fb70f46774e644c81",
-}
-# syslog priorities: 6 info for what went as asked, 4 warning for what an operator should look at.
-_PRIORITY: Final[dict[Event, int]] = {
-    Event.GRANT: 6,
-    Event.REVOKE: 6,
-    Event.EXPIRED: 6,
-    Event.REVOKE_ALL: 6,
-    Event.DENIED: 4,
-    Event.FAILED: 4,
-    Event.DRIFT: 4,
-    Event.REPAIRED: 4,  # repaired, but someone or something edited the host behind the agent's back
-}
-
-Origin = Literal["request", "expiry", "reconcile", "revoke-all", "offline-revoke"]
-Result = Literal["success", "failure", "denied", "reported"]
-
-
-@dataclass(frozen=True, slots=True)
-class AuditEvent:
-    event: Event
-    origin: Origin  # who started the change: a request (backend or `command`), or the agent's own guard
-    request_id: str
-    command: str
-    action: str
-    target_user: str
-    result: Result
-    summary: str  # MESSAGE: one readable line
-    policy: str = ""
-    dry_run: bool = False
-    key_fingerprint: str = ""
-    run_as: str = ""
-    error: str = ""
-    detail: str = ""
-    drift: str = ""
-    path: str = ""
-    secrets: tuple[str, ...] = ()  # text cut out of every free-text field (the request's own key), never sent
-
-    def priority(self) -> int:
-        return 4 if self.result == "failure" else _PRIORITY[self.event]
-
-    def fields(self) -> list[tuple[str, str]]:
-        """journald's fields, fixed ones always (empty when unknown, so a filter on them is well-defined)."""
-        fields = [
-            ("MESSAGE", _one_line(self._clean(self.summary))),
-            ("MESSAGE_ID", MESSAGE_IDS[self.event]),
-            ("PRIORITY", str(self.priority())),
-            ("SYSLOG_IDENTIFIER", SYSLOG_IDENTIFIER),
-            ("EVENT", self.event.value),
-            ("ORIGIN", self.origin),
-            ("REQUEST_ID", self.request_id),
-            ("COMMAND", self.command),
-            ("ACTION", self.action),
-            ("TARGET_USER", self.target_user),
-            ("RESULT", self.result),
-            ("POLICY", self.policy),
-            ("DRY_RUN", "true" if self.dry_run else "false"),
-        ]
-        optional = (
-            ("KEY_FINGERPRINT", self.key_fingerprint),
-            ("RUN_AS", self.run_as),
-            ("ERROR", self._clean(self.error)),
-            ("DETAIL", self._clean(self.detail)),
-            ("DRIFT", self.drift),
-            ("PATH", self._clean(self.path)),
-        )
-        return fields + [(name, value) for name, value in optional if value]
-
-    def _clean(self, text: str) -> str:
-        text = redact_text(text)
-        for secret in self.secrets:
-            if secret:
-                text = text.replace(secret, KEY_REDACTED)
-        return text if len(text) <= MAX_TEXT_CHARS else text[:MAX_TEXT_CHARS] + "…(truncated)"
-
-
-def _one_line(text: str) -> str:
-    return text.replace("\r", "\\r").replace("\n", "\\n")
-
-
-# --- encodings -------------------------------------------------------------------------------------------------
-
-
-def journal_datagram(fields: list[tuple[str, str]]) -> bytes:
-    """systemd's native protocol: "NAME=value\\n", or for a value holding a newline NAME\\n, a 64-bit
-    little-endian length, the value, \\n (the form sd_journal_sendv uses)."""
-    parts: list[bytes] = []
-    for name, value in fields:
-        if not _FIELD_NAME.fullmatch(name):
-            raise ValueError(f"invalid journal field name {name!r}")
-        data = value.encode("utf-8", "backslashreplace")
-        if b"\n" in data:
-            parts.append(name.encode("ascii") + b"\n" + struct.pack("<Q", len(data)) + data + b"\n")
-        else:
-            parts.append(name.encode("ascii") + b"=" + data + b"\n")
-    return b"".join(parts)
-
-
-def json_line(fields: list[tuple[str, str]], now: datetime) -> bytes:
-    """One JSON object and a newline: lower-case keys, a UTC timestamp, priority as a number, dry_run a boolean."""
-    entry: dict[str, object] = {"timestamp": now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
-    for name, value in fields:
-        if name == "SYSLOG_IDENTIFIER":
-            continue
-        key = name.lower()
-        entry[key] = int(value) if key == "priority" else (value == "true") if key == "dry_run" else value
-    return json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
-
-
+JOURNAL_SOCKET_ENV = "P0_SSH_AGENT_JOURNAL_SOCKET"  # tests point it at their own socket; "" turns journald off
+DEFAULT_JOURNAL_SOCKET = "/run/systemd/journal/socket"
 # --- destinations ----------------------------------------------------------------------------------------------
 
 Observer = Callable[[AuditEvent], None]
@@ -366,63 +228,20 @@ class AuditTrail:
         log.info("audit_write_recovered", destination=destination, path=where)
 
 
-# --- provisioning requests ---------------------------------------------------------------------------------------
-
-
-def key_secrets(key: SshPublicKey | None) -> tuple[str, ...]:
-    """What must never appear in an entry: the key's line and its base64 blob (the part that identifies it)."""
-    return () if key is None else (key.line(), key.line().split()[1])
-
-
-def request_event(
-    request: ProvisioningRequest,
-    result: CommandResult,
-    *,
-    dry_run: bool,
-    policy: str = "",
-    denied: bool = False,
-    origin: Origin = "request",
-) -> AuditEvent | None:
-    """The event for one request, or None for the read-only commands (they change nothing)."""
-    if not isinstance(request, UserRequest | KeyRequest | CaKeyRequest | SudoRequest | SessionRequest):
-        return None
-    key = public_key_of(request)
-    run_as = ""
-    if isinstance(request, SudoRequest) and request.action is Action.GRANT and request.sudo:
-        run_as = request.run_as or "ALL"
-    result_word: Result
-    if denied:
-        event, result_word = Event.DENIED, "denied"
-    elif not result.success:
-        event, result_word = Event.FAILED, "failure"
-    else:
-        event, result_word = (Event.GRANT if request.action is Action.GRANT else Event.REVOKE), "success"
-    request_id = request.request_id or ""
-    fingerprint = key.fingerprint() if key is not None else ""
-    summary = f"{'[dry run] ' if dry_run else ''}{request.command.value} {request.action.value} for {request.user}"
-    summary += f" (request {request_id or '-'}"
-    summary += f", key {fingerprint})" if fingerprint else ")"
-    summary += f": {result_word}" + (f" by policy {policy}" if denied and policy else "")
-    error = "" if result.success and not denied else (result.error or result.message)
-    return AuditEvent(
-        event=event,
-        origin=origin,
-        request_id=request_id,
-        command=request.command.value,
-        action=request.action.value,
-        target_user=request.user,
-        result=result_word,
-        summary=summary + (f": {error}" if error else ""),
-        policy=policy,
-        dry_run=dry_run,
-        key_fingerprint=fingerprint,
-        run_as=run_as,
-        error=error,
-        secrets=key_secrets(key),
-    )
-
-
-def fingerprint_in(text: str) -> str:
-    """The first SHA256 fingerprint named in a detail ("key line SHA256:... is gone"), for KEY_FINGERPRINT."""
-    found = _FINGERPRINT.search(text)
-    return found.group(0) if found else ""
+__all__ = [  # the event model is host/audit_events.py; recorders import it from here with the trail
+    "KEY_REDACTED",
+    "MAX_TEXT_CHARS",
+    "MESSAGE_IDS",
+    "SYSLOG_IDENTIFIER",
+    "AuditEvent",
+    "AuditTrail",
+    "Event",
+    "Observer",
+    "Origin",
+    "Result",
+    "fingerprint_in",
+    "journal_datagram",
+    "json_line",
+    "key_secrets",
+    "request_event",
+]
