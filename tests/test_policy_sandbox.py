@@ -13,8 +13,8 @@ import trio
 
 from p0_ssh_agent.adapters.sdnotify import Notifier
 from p0_ssh_agent.config import load_config
-from p0_ssh_agent.executor import build_executor
 from p0_ssh_agent.host.policy_file import builtin_text
+from p0_ssh_agent.provisioning.pipeline import build_pipeline
 from p0_ssh_agent.runtime.supervisor import Supervisor, prepare
 from provisioning_support import AGENT, DROPIN, AgentCli, changed, host_state, make_keys, write_config
 from sandbox.fixtures import CHILD_ENV, Sandbox, make_keypair, unique_user_name
@@ -109,7 +109,7 @@ async def test_sighup_with_a_broken_policy_keeps_the_old_one(sandbox: Sandbox, t
     supervisor = Supervisor(
         prepare(load_config(config_path, env=env), env),
         reload_config=lambda: load_config(config_path, env=env),
-        executor_factory=build_executor,
+        executor_factory=build_pipeline,
         notifier=Notifier(env),
         env=env,
     )
