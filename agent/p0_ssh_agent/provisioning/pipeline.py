@@ -178,6 +178,7 @@ def _first_lock(engine: Engine, request: Change) -> contextlib.AbstractContextMa
     if account is not None:
         return engine.user_lock(account.uid)
     if isinstance(request, UserRequest) and request.action is Action.GRANT:
+        accounts.check_new_account_name(request.user)  # a name no new account may have: no trace, not even a lock
         return engine.lock("accounts")
     return contextlib.nullcontext()
 
