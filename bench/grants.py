@@ -1,8 +1,9 @@
 """Scenario 2: real grants in the namespace sandbox, with 1 and 50 distinct users in parallel.
 
-The agent's side runs the daemon's own handler path in-process: provisioning.HANDLERS[command](context, data), that
-is request validation, then the blocking host change in a trio worker thread (as the worker does), with the real
-locks, ledger, useradd and visudo. The WebSocket in front of it is scenario 1's. Each round:
+The agent's side runs the daemon's own request line in-process: Pipeline(context).handle(command, data)
+(provisioning/pipeline.py), that is request validation, then the blocking host change in a trio worker thread (as
+the worker does), with the real locks, ledger, useradd and visudo.
+The WebSocket in front of it is scenario 1's. Each round:
 
     provisionUser grant -> provisionAuthorizedKeys grant, revoke -> provisionSudo grant, revoke -> provisionUser
     revoke (userRevokeMode delete, so the next round starts clean)
@@ -31,8 +32,8 @@ from bench.stats import Measurement, Target
 from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.host import accounts
 from p0_ssh_agent.host.audit_trail import AuditTrail
-from p0_ssh_agent.provisioning import HANDLERS
 from p0_ssh_agent.provisioning.context import ExecutionContext
+from p0_ssh_agent.provisioning.pipeline import Pipeline
 from p0_ssh_agent.runtime.statedir import ensure_state_dir
 
 Operation = Callable[[], Awaitable[None]]
@@ -58,7 +59,7 @@ def agent_context(state_dir: Path) -> ExecutionContext:
 
 
 async def agent_call(context: ExecutionContext, command: str, data: dict[str, object]) -> None:
-    result = await HANDLERS[command](context, data)
+    result = await Pipeline(context).handle(command, data)
     if not result.success:
         raise RuntimeError(f"{command} {data.get('action')} for {data.get('userName')} failed: {result.error}")
 

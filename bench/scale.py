@@ -4,7 +4,7 @@ lines, in a sudoers drop-in already holding 1,000 rules, and listUsers with 5,00
 The big files are written directly (marker + key pairs of other requests, owned by the user, 0600; the drop-in
 through the agent's own install_dropin, so it is exactly what the agent would have written). The 5,000 accounts are
 lines appended to the sandbox's throwaway /etc/passwd (5,000 useradd runs would take minutes and measure useradd),
-put back afterwards. Every timed change goes through provisioning.HANDLERS, as in scenario 2.
+put back afterwards. Every timed change goes through provisioning.pipeline.Pipeline.handle, as in scenario 2.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from bench.stats import Measurement, Target
 from p0_ssh_agent.core.sudoers import SudoGrant, render_dropin
 from p0_ssh_agent.host import accounts
 from p0_ssh_agent.host.sudoers_install import install_dropin
-from p0_ssh_agent.provisioning import HANDLERS
 from p0_ssh_agent.provisioning.context import ExecutionContext
 from p0_ssh_agent.provisioning.engine import Engine, Plan
+from p0_ssh_agent.provisioning.pipeline import Pipeline
 from p0_ssh_agent.provisioning.sudo_rules import remove_user_rules
 
 KEY_FILE_LINES = (10, 1_000, 10_000)
@@ -133,7 +133,7 @@ async def _list_users(context: ExecutionContext, result: Measurement, sizes: Sca
     try:
         for _ in range(sizes.repeats):
             started = time.perf_counter()
-            answer = await HANDLERS["listUsers"](context, {"command": "listUsers"})
+            answer = await Pipeline(context).handle("listUsers", {"command": "listUsers"})
             times.append(time.perf_counter() - started)
             if not answer.success or (answer.output or "").count("pbl") < sizes.accounts:
                 raise RuntimeError(f"listUsers did not list the {sizes.accounts} accounts: {answer.message}")

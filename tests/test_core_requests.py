@@ -53,7 +53,7 @@ def test_each_command_gives_its_typed_request() -> None:
     assert key_request.key is not None and key_request.key.line() == KEY
     ca_request = parse_request("provisionCAKeys", grant("provisionCAKeys", caPublicKey=KEY))
     assert isinstance(ca_request, CaKeyRequest)
-    assert ca_request.ca_key is not None and ca_request.ca_key.line() == KEY
+    assert ca_request.key is not None and ca_request.key.line() == KEY
     assert parse_request("provisionSudo", grant("provisionSudo", sudo=True)) == SudoRequest(
         Command.SUDO, "alice", Action.GRANT, "req12345", sudo=True, run_as=None
     )
@@ -250,7 +250,7 @@ def test_empty_and_na_keys_mean_no_key(value: str) -> None:
         Command.AUTHORIZED_KEYS, "alice", Action.GRANT, "req12345", None
     )
     request = parse_request("provisionCAKeys", grant("provisionCAKeys", caPublicKey=value))
-    assert isinstance(request, CaKeyRequest) and request.ca_key is None
+    assert isinstance(request, CaKeyRequest) and request.key is None
 
 
 @pytest.mark.parametrize(

@@ -144,14 +144,16 @@ import sys
 from pathlib import Path
 from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.core.requests import parse_request
-from p0_ssh_agent.provisioning import run_request
 from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.provisioning.engine import Engine, Plan
+from p0_ssh_agent.core.requests import parse_change
+from p0_ssh_agent.provisioning.pipeline import run_change
+from p0_ssh_agent.provisioning.engine import Engine
 state, user = Path(sys.argv[1]), sys.argv[2]
 engine = Engine(AgentConfig(state_dir=state, adopt_users=(user,)), state, dry_run=False, audit_trail=AuditTrail.off())
 for command in ("provisionAuthorizedKeys", "provisionSudo"):
     data = {"userName": user, "requestId": "crash-final", "action": "grant", "sudo": True,
             "publicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHNLmYVg4wR7L+9IQJslJexzhJmdx/XrwOb60irE5wOE final"}
-    result = run_request(engine, parse_request(command, data), Plan())
+    result = run_change(engine, parse_change(command, data)).result
     assert result.success, result.error
 """

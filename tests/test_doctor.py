@@ -26,7 +26,7 @@ import pytest
 import trio
 
 from p0_ssh_agent.config import AgentConfig
-from p0_ssh_agent.core.requests import parse_request
+from p0_ssh_agent.core.requests import parse_change
 from p0_ssh_agent.devbackend.server import DevBackend
 from p0_ssh_agent.diagnostics import host_checks, network_checks
 from p0_ssh_agent.diagnostics.checks import check_ledger, collect, exit_code
@@ -49,8 +49,8 @@ from p0_ssh_agent.host import sudoers_install as host_sudo
 from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.host.ledger import Ledger, save_ledger
 from p0_ssh_agent.identity.signing_key import generate_keys
-from p0_ssh_agent.provisioning import run_request
-from p0_ssh_agent.provisioning.engine import Engine, Plan
+from p0_ssh_agent.provisioning.engine import Engine
+from p0_ssh_agent.provisioning.pipeline import run_change
 from sandbox.fixtures import SSH_KEYGEN, Sandbox, Sshd, unique_user_name
 from sandbox.fixtures import run as run_tool
 from test_proxy import ConnectProxy, make_pki, start_proxy
@@ -666,7 +666,7 @@ def test_doctor_on_a_granted_host_changes_nothing(sandbox: Sandbox, tmp_path: Pa
         ("provisionSudo", {"userName": user, "sudo": True}),
     ):
         data: dict[str, object] = {"command": command, "action": "grant", "requestId": "req-doc", **fields}
-        result = run_request(engine, parse_request(command, data), Plan())
+        result = run_change(engine, parse_change(command, data)).result
         assert result.success, result.error
     keys = Path("/home", user, ".ssh", "authorized_keys")
     keys.write_text("")  # the key removed by hand

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from p0_ssh_agent.config import AgentConfig
-from p0_ssh_agent.core.requests import parse_request
+from p0_ssh_agent.core.requests import parse_change
 from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.identity.signing_key import generate_keys
-from p0_ssh_agent.provisioning import run_request
-from p0_ssh_agent.provisioning.engine import Engine, Plan
+from p0_ssh_agent.provisioning.engine import Engine
+from p0_ssh_agent.provisioning.pipeline import run_change
 from sandbox.fixtures import Sandbox, unique_user_name
 from test_doctor import KEY, digest
 
@@ -37,7 +37,7 @@ def grant(state: Path, user: str, request_id: str) -> None:
         ("provisionSudo", {"userName": user, "sudo": True}),
     ):
         data: dict[str, object] = {"command": command, "action": "grant", "requestId": request_id, **fields}
-        result = run_request(engine, parse_request(command, data), Plan())
+        result = run_change(engine, parse_change(command, data)).result
         assert result.success, result.error
 
 

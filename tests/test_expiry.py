@@ -22,15 +22,15 @@ import trio
 from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.core import openssh_expiry
 from p0_ssh_agent.core.authorized_keys_format import add_block, blocks, ca_line, key_line, parse_own_line, remove_block
-from p0_ssh_agent.core.requests import parse_request
+from p0_ssh_agent.core.requests import parse_change
 from p0_ssh_agent.core.sshkeys import parse_public_key
 from p0_ssh_agent.host import accounts, openssh
 from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.host.ledger import Ledger, load_ledger, save_ledger
 from p0_ssh_agent.protocol.forwarded import CommandResult
-from p0_ssh_agent.provisioning import run_request
-from p0_ssh_agent.provisioning.engine import Engine, Plan
+from p0_ssh_agent.provisioning.engine import Engine
 from p0_ssh_agent.provisioning.expiry import live_grants, next_expiry, offline_user_mode, sweep
+from p0_ssh_agent.provisioning.pipeline import run_change
 from p0_ssh_agent.runtime.periodic import MAX_SLEEP_SECONDS, GuardTasks
 from sandbox.fixtures import Sandbox, Sshd, make_keypair, unique_user_name
 from test_audit import PINNED_IDS, JournalSink, journal_sink
@@ -160,7 +160,7 @@ def test_live_grants_and_the_next_expiry() -> None:
 
 def request(engine: Engine, command: str, action: str = "grant", **fields: object) -> CommandResult:
     data: dict[str, object] = {"command": command, "action": action, "requestId": "exp-1", **fields}
-    result = run_request(engine, parse_request(command, data), Plan())
+    result = run_change(engine, parse_change(command, data)).result
     assert result.success, result.error
     return result
 

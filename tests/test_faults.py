@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 
 from p0_ssh_agent.config import AgentConfig
-from p0_ssh_agent.core.requests import parse_request
+from p0_ssh_agent.core.requests import parse_change
 from p0_ssh_agent.host.accounts import lookup_user
 from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.host.ledger import load_ledger
 from p0_ssh_agent.protocol.forwarded import CommandResult
-from p0_ssh_agent.provisioning import run_request
-from p0_ssh_agent.provisioning.engine import Engine, Plan
+from p0_ssh_agent.provisioning.engine import Engine
+from p0_ssh_agent.provisioning.pipeline import run_change
 from reliability.figures import record
 from sandbox.fixtures import Sandbox, unique_user_name
 
@@ -38,7 +38,7 @@ DROPIN = Path("/etc/sudoers.d/p0-ssh-agent")
 
 def run(engine: Engine, command: str, **fields: object) -> CommandResult:
     data: dict[str, object] = {"command": command, "action": "grant", "requestId": "fault-1", **fields}
-    return run_request(engine, parse_request(command, data), Plan())
+    return run_change(engine, parse_change(command, data)).result
 
 
 @pytest.fixture

@@ -14,10 +14,10 @@ import trio
 from p0_ssh_agent.adapters.sdnotify import Notifier
 from p0_ssh_agent.config import AgentConfig, load_config
 from p0_ssh_agent.core.local_policy import PolicyError
-from p0_ssh_agent.executor import CommandExecutor, build_executor
 from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.host.policy_file import builtin_text
 from p0_ssh_agent.provisioning.context import ExecutionContext
+from p0_ssh_agent.provisioning.pipeline import Pipeline, build_pipeline
 from p0_ssh_agent.runtime.supervisor import Supervisor, prepare
 from provisioning_support import AGENT, DROPIN, AgentCli, changed, host_state, make_keys, write_config
 from sandbox.fixtures import CHILD_ENV, Sandbox, make_keypair, unique_user_name
@@ -113,7 +113,7 @@ async def test_sighup_with_a_broken_policy_keeps_the_old_one(sandbox: Sandbox, t
     supervisor = Supervisor.create(
         prepare(load_config(config_path, env=env), env),
         reload_config=lambda: load_config(config_path, env=env),
-        executor_factory=build_executor,
+        executor_factory=build_pipeline,
         notifier=Notifier(env),
         env=env,
     )
@@ -145,12 +145,12 @@ async def test_building_a_supervisor_has_no_side_effects_create_loads_the_policy
     prepared = prepare(load_config(config_path, env=env), env)
     built: list[object] = []
 
-    def factory(config: AgentConfig, state_dir: Path, trail: AuditTrail) -> CommandExecutor:
+    def factory(config: AgentConfig, state_dir: Path, trail: AuditTrail) -> Pipeline:
         built.append(config)
-        return build_executor(config, state_dir, trail)
+        return build_pipeline(config, state_dir, trail)
 
     trail = AuditTrail.from_config(prepared.config, env)
-    placeholder = CommandExecutor(ExecutionContext(prepared.config, prepared.state_dir, False, audit_trail=trail))
+    placeholder = Pipeline(ExecutionContext(prepared.config, prepared.state_dir, False, audit_trail=trail))
     supervisor = Supervisor(
         prepared,
         executor=placeholder,

@@ -20,11 +20,11 @@ import trio
 
 from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.core.authorized_keys_format import blocks, remove_block
-from p0_ssh_agent.core.requests import parse_request
+from p0_ssh_agent.core.requests import parse_change
 from p0_ssh_agent.core.sudoers import HEADER
 from p0_ssh_agent.host.ledger import load_ledger
-from p0_ssh_agent.provisioning import run_request
-from p0_ssh_agent.provisioning.engine import Engine, Plan
+from p0_ssh_agent.provisioning.engine import Engine
+from p0_ssh_agent.provisioning.pipeline import run_change
 from p0_ssh_agent.provisioning.reconcile import Drift, reconcile
 from p0_ssh_agent.runtime.periodic import GuardTasks
 from sandbox.fixtures import Sandbox, unique_user_name
@@ -42,7 +42,7 @@ USER_OWN = b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGr6Mb2xFzCJ5QvHjXBKjJ2lpL7yIrC
 
 def grant(engine: Engine, command: str, request_id: str, **fields: object) -> None:
     data: dict[str, object] = {"command": command, "action": "grant", "requestId": request_id, **fields}
-    result = run_request(engine, parse_request(command, data), Plan())
+    result = run_change(engine, parse_change(command, data)).result
     assert result.success, result.error
 
 

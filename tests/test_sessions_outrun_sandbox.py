@@ -29,11 +29,11 @@ from pathlib import Path
 import pytest
 
 from p0_ssh_agent.config import AgentConfig
-from p0_ssh_agent.core.requests import parse_request
+from p0_ssh_agent.core.requests import parse_change
 from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.protocol.forwarded import CommandResult
-from p0_ssh_agent.provisioning import run_request
-from p0_ssh_agent.provisioning.engine import Engine, Plan
+from p0_ssh_agent.provisioning.engine import Engine
+from p0_ssh_agent.provisioning.pipeline import run_change
 from provisioning_support import AgentCli, make_keys, shadow_entry, write_config
 from sandbox.fixtures import CHILD_ENV, Sandbox, unique_user_name
 
@@ -233,7 +233,7 @@ class StuckProcesses:
 
 def handle(engine: Engine, command: str, user: str, action: str) -> CommandResult:
     data: dict[str, object] = {"command": command, "userName": user, "action": action, "requestId": "req-S1"}
-    return run_request(engine, parse_request(command, data), Plan())
+    return run_change(engine, parse_change(command, data)).result
 
 
 def engines(state: Path, mode: str) -> tuple[Engine, Engine]:

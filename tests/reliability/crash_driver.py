@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 from p0_ssh_agent.config import AgentConfig
-from p0_ssh_agent.core.requests import parse_request
+from p0_ssh_agent.core.requests import parse_change
 from p0_ssh_agent.host.audit_trail import AuditTrail
-from p0_ssh_agent.provisioning import run_request
-from p0_ssh_agent.provisioning.engine import Engine, Plan
+from p0_ssh_agent.provisioning.engine import Engine
+from p0_ssh_agent.provisioning.pipeline import run_change
 
 KEYS = [
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHNLmYVg4wR7L+9IQJslJexzhJmdx/XrwOb60irE5wOE crash-a",
@@ -41,7 +41,7 @@ def main(state_dir: str, seed: str, users: list[str]) -> None:
             "sudo": True,
         }
         print(f"op {n}", flush=True)
-        result = run_request(engine, parse_request(command, data), Plan())
+        result = run_change(engine, parse_change(command, data)).result
         if not result.success:
             print(f"failed {command} {data['action']} {user} {request_id}: {result.error}", file=sys.stderr, flush=True)
             sys.exit(3)

@@ -64,9 +64,9 @@ def run(args: argparse.Namespace) -> int:
     import trio
 
     from p0_ssh_agent.config import load_config
-    from p0_ssh_agent.executor import build_executor
     from p0_ssh_agent.host.audit_trail import AuditTrail
     from p0_ssh_agent.protocol.forwarded import ForwardedRequest
+    from p0_ssh_agent.provisioning.pipeline import build_pipeline
     from p0_ssh_agent.runtime.jobs import job_key
     from p0_ssh_agent.runtime.statedir import ensure_state_dir, resolve_state_dir
 
@@ -77,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
         ensure_state_dir(state_dir)
     data = build_request(args)
     request = ForwardedRequest(headers={}, method="POST", path="", params={}, data=data, timeout_millis=None)
-    executor = build_executor(config, state_dir, AuditTrail.from_config(config, os.environ), dry_run=dry_run)
-    result = trio.run(executor.execute, request, job_key(request))
+    pipeline = build_pipeline(config, state_dir, AuditTrail.from_config(config, os.environ), dry_run=dry_run)
+    result = trio.run(pipeline.execute, request, job_key(request))
     print("Provisioning Request:")
     print(json.dumps(data, indent=2))
     print("Execution Result:")

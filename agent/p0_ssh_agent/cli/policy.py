@@ -52,11 +52,11 @@ def run(args: argparse.Namespace) -> int:
 
     from p0_ssh_agent.config import load_config
     from p0_ssh_agent.core.request_errors import RequestInvalid
-    from p0_ssh_agent.core.requests import parse_request
+    from p0_ssh_agent.core.requests import Action, CaKeyRequest, KeyRequest, SudoRequest, UserRequest, parse_request
     from p0_ssh_agent.host.audit_trail import AuditTrail
     from p0_ssh_agent.host.policy_file import load_policy
-    from p0_ssh_agent.provisioning import policy_gate
     from p0_ssh_agent.provisioning.engine import Engine
+    from p0_ssh_agent.provisioning.facts import gather, policy_facts
     from p0_ssh_agent.runtime.statedir import resolve_state_dir
 
     config = load_config(args.config, missing_ok=True)
@@ -66,14 +66,15 @@ def run(args: argparse.Namespace) -> int:
         request = parse_request(str(body.get("command", "")), body)
     except RequestInvalid as exc:
         raise DataError(f"{args.request}: {exc.message}") from exc
-    grant = policy_gate.grant_to_check(request)
-    if grant is None:
+    grant = request if isinstance(request, UserRequest | KeyRequest | CaKeyRequest | SudoRequest) else None
+    if grant is None or grant.action is not Action.GRANT:
         verdict = {"decision": "allow", "reason": "not evaluated: revokes and read-only commands are always allowed"}
         print(json.dumps(verdict) if args.json else f"ALLOW  {verdict['reason']}")
         return int(ExitCode.OK)
     # Only looks (the facts a real grant would be decided on): it records nothing.
     engine = Engine(config, resolve_state_dir(config.state_dir, os.environ), dry_run=True, audit_trail=AuditTrail.off())
-    facts = policy_gate.gather_facts(engine, grant, _moment(args.at) if args.at else datetime.now(UTC))
+    now = _moment(args.at) if args.at else datetime.now(UTC)
+    facts = policy_facts(gather(engine, grant, now), grant, org_id=config.org_id or "", adopted=config.adopt_users)
     decision = policy.evaluate(facts)
     request_text = facts.request()
     resource = facts.resource_attributes()

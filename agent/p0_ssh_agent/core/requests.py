@@ -39,16 +39,19 @@ __all__ = [
     "Action",
     "AuditRequest",
     "CaKeyRequest",
+    "Change",
     "Command",
     "KeyRequest",
     "ListUsersRequest",
     "ProvisioningRequest",
+    "Query",
     "RequestInvalid",
     "SessionRequest",
     "SudoRequest",
     "SudoshRequest",
     "UserRequest",
     "is_user_name",
+    "parse_change",
     "parse_request",
 ]
 
@@ -121,7 +124,7 @@ class CaKeyRequest:
     user: str
     action: Action
     request_id: str
-    ca_key: SshPublicKey | None  # None: absent, "" or "N/A"; always None on revoke
+    key: SshPublicKey | None  # the CA's key (caPublicKey); None: absent, "" or "N/A"; always None on revoke
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,16 +165,11 @@ class SudoshRequest:
     end: int
 
 
-ProvisioningRequest = (
-    UserRequest
-    | KeyRequest
-    | CaKeyRequest
-    | SudoRequest
-    | SessionRequest
-    | ListUsersRequest
-    | AuditRequest
-    | SudoshRequest
-)
+Change = UserRequest | KeyRequest | CaKeyRequest | SudoRequest | SessionRequest
+"""A request that changes the host: it goes through facts, decision, plan and apply (provisioning/pipeline.py)."""
+Query = ListUsersRequest | AuditRequest | SudoshRequest
+"""A read-only request: it runs for real, even in a dry run."""
+ProvisioningRequest = Change | Query
 
 _STRING_MEMBERS = ("userName", "action", "requestId", "publicKey", "caPublicKey", "runAsUser", "startTime", "endTime")
 _BOOLEAN_MEMBERS = ("sudo",)
@@ -180,11 +178,7 @@ _BY_FOLDED_NAME = {name.casefold(): name for name in (*_STRING_MEMBERS, *_BOOLEA
 
 def public_key_of(request: ProvisioningRequest) -> SshPublicKey | None:
     """The key a key or CA-key request carries (None for every other request, and for revokes)."""
-    if isinstance(request, KeyRequest):
-        return request.key
-    if isinstance(request, CaKeyRequest):
-        return request.ca_key
-    return None
+    return request.key if isinstance(request, KeyRequest | CaKeyRequest) else None
 
 
 def is_user_name(value: str) -> bool:
@@ -388,3 +382,12 @@ def parse_request(command: str, data: Mapping[str, object]) -> ProvisioningReque
         raise RequestInvalid("command", messages.unknown_command(command)) from None
     # Members are found and type-checked for every command, as Go unmarshals the whole struct every time.
     return _PARSERS[known](known, _Members(data))
+
+
+def parse_change(command: str, data: Mapping[str, object]) -> Change:
+    """parse_request for a command that changes the host (the agent's own requests, tests); RequestInvalid for a
+    read-only one."""
+    request = parse_request(command, data)
+    if isinstance(request, ListUsersRequest | AuditRequest | SudoshRequest):
+        raise RequestInvalid("command", f"{command} changes nothing on the host")
+    return request

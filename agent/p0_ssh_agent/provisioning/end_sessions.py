@@ -12,12 +12,15 @@ from p0_ssh_agent.core import messages
 from p0_ssh_agent.core.requests import SessionRequest
 from p0_ssh_agent.host import sessions
 from p0_ssh_agent.protocol.forwarded import CommandResult
-from p0_ssh_agent.provisioning.engine import Engine, Plan
+from p0_ssh_agent.provisioning.engine import Engine, LedgerRecords, Plan
+from p0_ssh_agent.provisioning.facts import HostFacts, claimed_account
 
 
-def provision_session(engine: Engine, request: SessionRequest, plan: Plan) -> CommandResult:
+def provision_session(
+    engine: Engine, request: SessionRequest, facts: HostFacts, records: LedgerRecords, plan: Plan
+) -> CommandResult:
     name = request.user
-    record = engine.managed_user(name)
+    record = claimed_account(facts, records, engine.config.adopt_users)
     if record is None:
         return CommandResult(success=False, error=messages.session_lookup_failed(name, f"user: unknown user {name}"))
     if engine.dry_run:

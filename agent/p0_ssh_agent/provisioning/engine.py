@@ -1,42 +1,41 @@
-"""What every host change shares: locks, the ledger, the ownership rule, and the plan a dry run prints.
+"""What every host change shares: locks, the ledger's store, and the plan a dry run prints.
 
-Handlers are synchronous and blocking (they run useradd, visudo, fsync); the async layer calls them in a worker
+Handlers are synchronous and blocking (they run useradd, visudo, fsync); the pipeline calls them in a worker
 thread. Cross-process exclusion (the daemon and a `p0-ssh-agent command` by hand) comes from flock files in
 <state_dir>/locks, taken in this order so two requests never deadlock:
 
-    accounts  ->  uid-<N> (one user's files)  ->  sudoers  ->  ledger (innermost, held only for load-change-save)
+    accounts  ->  uid-<N> (one user's files)  ->  sudoers  ->  ledger (innermost, held only for a commit)
 
-Ownership (issue 4, upstream-protocol.md §12 item 5): the agent touches an account only if it created it (the
-ledger says so), the operator adopted it (`adoptUsers`), or the Go agent created it (a user in the JIT range
-65536-90000 whose primary group has its name and GID = UID; adopted into the ledger on first sight, so a migration
-from the Go agent keeps working). Root and system accounts are refused even when adopted by mistake.
+The pipeline takes the first lock a request needs (the user's, or the accounts lock for a user to create) around
+gathering its facts and applying its change; the ledger is read once then (provisioning/facts.py), and each change
+of it is one LedgerRecords.commit.
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
-import grp
 import shlex
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from p0_ssh_agent.config import AgentConfig
-from p0_ssh_agent.errors import AgentError, PermissionProblem
-from p0_ssh_agent.host import accounts, locks, sessions
-from p0_ssh_agent.host.accounts import UserRecord
+from p0_ssh_agent.errors import AgentError
+from p0_ssh_agent.host import locks, sessions
 from p0_ssh_agent.host.audit_trail import AuditTrail
-from p0_ssh_agent.host.ledger import Ledger, LedgerCorrupt, load_ledger, save_ledger
+from p0_ssh_agent.host.ledger import (
+    Ledger,
+    LedgerCorrupt,
+    LedgerStore,
+    copy_ledger,
+    user_view,
+    users_in,
+)
 from p0_ssh_agent.host.safefile import FileEdit
 
 LOCK_SUBDIR = "locks"
 _DIFF_LINE_LIMIT = 400  # a dry run of a 10,000-line file shows the change, not the whole file
-
-
-class NotManaged(PermissionProblem):
-    """The target account exists but is not the agent's to change."""
 
 
 @dataclass
@@ -89,6 +88,8 @@ class Engine:
     # Where every change and refusal is recorded (host/audit_trail.py): handed in by whoever runs the engine, never
     # a default, so no caller can forget the trail. AuditTrail.off() for engines that only look.
     audit_trail: AuditTrail = field(kw_only=True)
+    # The ledger's store; None: the state directory's (tests pass one that counts its reads).
+    ledger_store: LedgerStore | None = field(default=None, kw_only=True)
 
     # --- locks ------------------------------------------------------------------------------------------------
 
@@ -107,12 +108,22 @@ class Engine:
             return contextlib.nullcontext()
         return locks.user_file_lock(uid, lock_dir=self.lock_dir)
 
-    # --- ledger -----------------------------------------------------------------------------------------------
+    def adopted(self) -> tuple[str, ...]:
+        return self.config.adopt_users
+
+    @property
+    def store(self) -> LedgerStore:
+        """The ledger's store; a dry run's commits write nothing (and take no lock)."""
+        if self.ledger_store is not None:
+            return self.ledger_store
+        return LedgerStore(self.state_dir, None if self.dry_run else self.lock_dir)
+
+    # --- for the agent's own sweeps (reconcile, expiry, revoke-all), which look at every user ------------------
 
     def read_ledger(self) -> Ledger:
-        """The ledger as it is now. A dry run by an unprivileged user, who cannot read it, plans with an empty one."""
+        """The whole ledger as it is now. A dry run by an unprivileged user, who cannot read it, sees an empty one."""
         try:
-            return load_ledger(self.state_dir)
+            return self.store.read_all()
         except LedgerCorrupt:
             raise
         except AgentError:
@@ -120,69 +131,45 @@ class Engine:
                 return Ledger()
             raise
 
-    @contextlib.contextmanager
-    def ledger(self) -> Iterator[Ledger]:
-        """Load, let the caller change, save (only if the block ends normally and this is not a dry run)."""
-        with self.lock("ledger"):
-            ledger = self.read_ledger()
-            yield ledger
-            if not self.dry_run:
-                save_ledger(ledger, self.state_dir)
 
-    def update_ledger(self, change: Callable[[Ledger], object]) -> None:
-        with self.ledger() as ledger:
-            change(ledger)
+@dataclass
+class LedgerRecords:
+    """The ledger records one request read (once), and the commits it makes from them.
 
-    # --- ownership --------------------------------------------------------------------------------------------
+    Every commit stores only the users whose records the change touched (LedgerStore.commit replaces every user
+    `before` or `after` names), so a snapshot of the whole ledger (a sudo request's) never overwrites a concurrent
+    change to someone else."""
 
-    def adopted(self) -> tuple[str, ...]:
-        return self.config.adopt_users
+    store: LedgerStore
+    committed: Ledger
 
-    def ownership(self, record: UserRecord, ledger: Ledger) -> Ownership:
-        """The ownership rule alone (root and system accounts are judged by accounts.manage_refusal): in the ledger
-        with the same UID, adoptable (adoptUsers or the Go agent's), in the ledger with another UID, or foreign."""
-        entry = ledger.users.get(record.name)
-        if entry is not None:
-            return "owned" if entry.uid == record.uid else "uid-changed"
-        return "adoptable" if record.name in self.adopted() or is_go_agent_user(record) else "foreign"
+    def after(self, change: Callable[[Ledger], object]) -> Ledger:
+        """The ledger after `change` (pure: a copy; nothing is stored)."""
+        result = copy_ledger(self.committed)
+        change(result)
+        return result
 
-    def managed_user(self, name: str) -> UserRecord | None:
-        """The account if it exists and the agent may change it; None if it does not exist; NotManaged otherwise.
+    def commit(self, after: Ledger) -> None:
+        touched = {name for name in users_in(self.committed) | users_in(after) if _differs(self.committed, after, name)}
+        if touched:
+            self.store.commit(_only(self.committed, touched), _only(after, touched))
+        self.committed = copy_ledger(after)
 
-        Takes the ledger lock itself (to adopt a user): never call it while holding that lock.
-        """
-        record = accounts.lookup_user(name)
-        if record is None:
-            return None
-        current = self.read_ledger()
-        refusal = accounts.manage_refusal(record, adopted=self.adopted())
-        if refusal is not None:
-            raise NotManaged(refusal)
-        claim = self.ownership(record, current)
-        if claim == "owned":
-            return record
-        if claim == "uid-changed":
-            raise NotManaged(
-                f"refusing to manage {name}: the agent created it with UID {current.users[name].uid}, but it now has "
-                f"UID {record.uid} (deleted and re-created by someone else?); remove it from the ledger to adopt it"
-            )
-        if claim == "adoptable":
-            self.update_ledger(lambda led: led.record_user(name, record.uid, adopted=True))
-            return record
-        raise NotManaged(
-            f"refusing to manage {name}: the account exists but was not created by p0-ssh-agent; "
-            "list it under adoptUsers in the configuration to let the agent manage it"
-        )
+    def change(self, change: Callable[[Ledger], object]) -> None:
+        self.commit(self.after(change))
 
 
-Ownership = Literal["owned", "adoptable", "uid-changed", "foreign"]
+def _differs(before: Ledger, after: Ledger, name: str) -> bool:
+    old, new = user_view(before, name), user_view(after, name)
+    return (old.users, old.keys, old.sudo) != (new.users, new.keys, new.sudo)
 
 
-def is_go_agent_user(record: UserRecord) -> bool:
-    """The Go agent's accounts: UID in 65536-90000 with a primary group of the same name and GID = UID (§6.2)."""
-    if not accounts.JIT_UID_LOW <= record.uid <= accounts.JIT_UID_HIGH or record.gid != record.uid:
-        return False
-    try:
-        return grp.getgrgid(record.gid).gr_name == record.name
-    except KeyError:
-        return False
+def _only(ledger: Ledger, names: set[str]) -> Ledger:
+    """The records of `names` in `ledger` (with its UID high-water mark)."""
+    result = Ledger(uid_high_water=ledger.uid_high_water)
+    for name in names:
+        view = user_view(ledger, name)
+        result.users.update(view.users)
+        result.keys.update(view.keys)
+        result.sudo.update(view.sudo)
+    return result

@@ -6,8 +6,8 @@ Two layers, so a grant ends on time even when the backend never sends the revoke
    `expiry-time="<granted_at + maxGrantSeconds>"`, so sshd refuses the key after that instant even if the agent is
    dead (core/openssh_expiry.py: which form each OpenSSH reads, none before 7.7; host/openssh.py probes the local one).
 2. The sweep. Grants older than maxGrantSeconds (by the ledger's granted_at: keys, CA lines, sudo rules) are
-   revoked by the agent through the very handlers the backend's revokes use (provisioning/authorized_keys.py,
-   sudo.py: same locks, same checks, same messages), online or offline. The supervisor runs it at start-up (grants
+   revoked by the agent through the request line the backend's revokes take (provisioning/pipeline.py run_change:
+   same locks, same checks, same messages), online or offline. The supervisor runs it at start-up (grants
    that expired while the agent was down) and then again at each next expiry (runtime/periodic.py).
 
 A sweep never touches accounts: the backend's provisionUser revoke decides about them (userRevokeMode). The
@@ -27,14 +27,12 @@ from typing import Literal
 from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.core.openssh_expiry import grant_time
 from p0_ssh_agent.core.requests import Action, CaKeyRequest, Command, KeyRequest, SudoRequest
-from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.host import audit_trail
 from p0_ssh_agent.host.ledger import Ledger
 from p0_ssh_agent.protocol.forwarded import CommandResult
-from p0_ssh_agent.provisioning.authorized_keys import provision_keys
 from p0_ssh_agent.provisioning.engine import Engine, Plan
+from p0_ssh_agent.provisioning.pipeline import run_change
 from p0_ssh_agent.provisioning.revoke_everything import Report, revoke_all
-from p0_ssh_agent.provisioning.sudo_rules import provision_sudo
 
 log = get_logger(__name__)
 
@@ -95,17 +93,16 @@ class SweepReport:
     next_expiry: datetime | None = None
 
 
-def _revoke(engine: Engine, grant: LiveGrant, plan: Plan) -> CommandResult:
+def _revoke(engine: Engine, grant: LiveGrant) -> CommandResult:
+    """The revoke the backend would send for this grant, through the request line (run_change)."""
+    request: KeyRequest | CaKeyRequest | SudoRequest
     if grant.kind == "key":
-        return provision_keys(
-            engine, KeyRequest(Command.AUTHORIZED_KEYS, grant.user, Action.REVOKE, grant.request_id, None), plan
-        )
-    if grant.kind == "ca":
-        return provision_keys(
-            engine, CaKeyRequest(Command.CA_KEYS, grant.user, Action.REVOKE, grant.request_id, None), plan
-        )
-    request = SudoRequest(Command.SUDO, grant.user, Action.REVOKE, grant.request_id, sudo=False, run_as=None)
-    return provision_sudo(engine, request, plan)
+        request = KeyRequest(Command.AUTHORIZED_KEYS, grant.user, Action.REVOKE, grant.request_id, None)
+    elif grant.kind == "ca":
+        request = CaKeyRequest(Command.CA_KEYS, grant.user, Action.REVOKE, grant.request_id, None)
+    else:
+        request = SudoRequest(Command.SUDO, grant.user, Action.REVOKE, grant.request_id, sudo=False, run_as=None)
+    return run_change(engine, request).result
 
 
 _COMMAND_OF: dict[GrantKind, Command] = {"key": Command.AUTHORIZED_KEYS, "ca": Command.CA_KEYS, "sudo": Command.SUDO}
@@ -163,8 +160,8 @@ def sweep(engine: Engine, now: datetime) -> SweepReport:
             continue
         done.add((grant.kind, grant.user, grant.request_id))
         try:
-            result = _revoke(engine, grant, Plan())
-        except (AgentError, OSError, ValueError) as exc:
+            result = _revoke(engine, grant)
+        except ValueError as exc:  # run_change translates AgentError and OSError itself
             result = CommandResult(success=False, error=str(exc))
         if result.success:
             report.revoked.append(grant)

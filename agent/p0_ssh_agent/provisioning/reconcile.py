@@ -53,7 +53,7 @@ from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.host import accounts, audit_trail
 from p0_ssh_agent.host.ledger import KeyEntry, Ledger
 from p0_ssh_agent.provisioning.authorized_keys import AUTHORIZED_KEYS, SSH_DIR, edit_authorized_keys
-from p0_ssh_agent.provisioning.engine import Engine, Plan
+from p0_ssh_agent.provisioning.engine import Engine, LedgerRecords, Plan
 from p0_ssh_agent.provisioning.sudo_rules import DROPIN_PATH, change_rules, current_rules
 
 log = get_logger(__name__)
@@ -241,18 +241,19 @@ def _reconcile_user(engine: Engine, user: str, repair: bool) -> list[Drift]:
     home_path = f"~{user}/{SSH_DIR}/{AUTHORIZED_KEYS}"
     max_seconds = engine.config.max_grant_seconds
     if record is None:  # the account is gone, and its keys with it
-        with engine.ledger() as ledger:
-            owned = ledger.keys.get(user, {})
-            vanished = [(rid, entry) for rid, entries in sorted(owned.items()) for entry in entries]
-            if repair:
-                _forget_entries(ledger, user, vanished)
+        records = LedgerRecords(engine.store, engine.store.read_user(user))
+        owned = records.committed.keys.get(user, {})
+        vanished = [(rid, entry) for rid, entries in sorted(owned.items()) for entry in entries]
+        if repair:
+            records.change(lambda ledger: _forget_entries(ledger, user, vanished))
         return [
             Drift("key_missing", home_path, user, rid, f"{e.kind} line {e.fingerprint}: the account is gone", repair)
             for rid, e in vanished
         ]
     path = f"{record.home.rstrip('/')}/{SSH_DIR}/{AUTHORIZED_KEYS}"
     with engine.user_lock(record.uid):
-        owned = engine.read_ledger().keys.get(user, {})
+        records = LedgerRecords(engine.store, engine.store.read_user(user))
+        owned = records.committed.keys.get(user, {})
         if not owned:
             return []
         try:
@@ -268,7 +269,7 @@ def _reconcile_user(engine: Engine, user: str, repair: bool) -> list[Drift]:
             if findings.foreign:
                 foreign = findings.foreign
                 edit_authorized_keys(engine, record, lambda data: _strip_foreign(data, foreign), create=False)
-            engine.update_ledger(lambda ledger: _forget_entries(ledger, user, findings.vanished))
+            records.change(lambda ledger: _forget_entries(ledger, user, findings.vanished))
         except AgentError as exc:
             log.error("drift_repair_failed", path=path, target_user=user, error=str(exc))
             return findings.drift

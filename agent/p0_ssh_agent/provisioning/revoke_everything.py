@@ -1,8 +1,9 @@
 """Take back everything the ledger says this agent granted: keys and CA lines, sudo rules, the users it created.
 
 For the administrator who wants the host clean before removing the package (docs/install.md). It goes through the
-same handlers as the backend's revokes (same locks, same checks, same messages), so it is safe while the daemon
-runs, idempotent, and keeps going past a failure so one broken home directory does not leave everything else.
+request line the backend's revokes take (provisioning/pipeline.py run_change: same locks, same checks, same
+messages), so it is safe while the daemon runs, idempotent, and keeps going past a failure so one broken home
+directory does not leave everything else.
 Adopted accounts lose their grants but keep their account: the agent did not create them.
 
 Every revoke is audited (host/audit_trail.py) under the grant's own request id, so the grant's history ends with it,
@@ -30,10 +31,9 @@ from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.host import audit_trail
 from p0_ssh_agent.host.sudoers_install import edit_legacy_file
 from p0_ssh_agent.protocol.forwarded import CommandResult
-from p0_ssh_agent.provisioning.authorized_keys import provision_keys
 from p0_ssh_agent.provisioning.engine import Engine, Plan
+from p0_ssh_agent.provisioning.pipeline import run_change
 from p0_ssh_agent.provisioning.sudo_rules import change_rules
-from p0_ssh_agent.provisioning.users import provision_user
 
 REVOKE_ALL_ID = "revoke-all"
 
@@ -62,6 +62,13 @@ def _attempt(report: Report, what: str, step: object) -> CommandResult:
         return result
     report.done.append(what)
     return CommandResult(success=True, message=what)
+
+
+def _change(engine: Engine, request: KeyRequest | CaKeyRequest | UserRequest, plan: Plan) -> CommandResult:
+    """One revoke through the request line (no local policy: revokes are never evaluated); its steps join `plan`."""
+    outcome = run_change(engine, request)
+    plan.steps.extend(outcome.plan.steps)
+    return outcome.result
 
 
 def _audit(engine: Engine, request: ProvisioningRequest, result: CommandResult, origin: audit_trail.Origin) -> None:
@@ -105,7 +112,7 @@ def revoke_all(engine: Engine, user_mode: str, plan: Plan, *, origin: audit_trai
                 requests.append(CaKeyRequest(Command.CA_KEYS, user, Action.REVOKE, request_id, None))
             for request in requests:
                 what = f"{request.command.value} {user} {request_id}"
-                result = _attempt(report, what, lambda r=request: provision_keys(engine, r, plan))
+                result = _attempt(report, what, lambda r=request: _change(engine, r, plan))
                 _audit(engine, request, result, origin)
 
     result = _attempt(
@@ -133,7 +140,7 @@ def revoke_all(engine: Engine, user_mode: str, plan: Plan, *, origin: audit_trai
             report.done.append(f"provisionUser {name}: would {user_mode} the account once its grants are gone")
             continue
         user_request = UserRequest(Command.PROVISION_USER, name, Action.REVOKE, REVOKE_ALL_ID)
-        result = _attempt(report, f"provisionUser {name}", lambda r=user_request: provision_user(user_engine, r, plan))
+        result = _attempt(report, f"provisionUser {name}", lambda r=user_request: _change(user_engine, r, plan))
         _audit(engine, user_request, result, origin)
     _audit_summary(engine, report, user_mode, origin)
     return report

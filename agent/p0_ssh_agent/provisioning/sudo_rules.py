@@ -24,44 +24,48 @@ from p0_ssh_agent.host.ledger import Ledger, SudoEntry, utc_now
 from p0_ssh_agent.host.safefile import read_root_file
 from p0_ssh_agent.host.sudoers_install import edit_legacy_file, install_dropin
 from p0_ssh_agent.protocol.forwarded import CommandResult
-from p0_ssh_agent.provisioning.engine import Engine, Plan
+from p0_ssh_agent.provisioning.engine import Engine, LedgerRecords, Plan
+from p0_ssh_agent.provisioning.facts import HostFacts, claimed_account
 
 DROPIN_PATH = f"{DROPIN_DIR}/{DROPIN_NAME}"
 
 Grants = dict[str, SudoGrant]  # request id -> its rule: one rule per request, a re-grant replaces it
 
 
-def provision_sudo(engine: Engine, request: SudoRequest, plan: Plan) -> CommandResult:
+def provision_sudo(
+    engine: Engine, request: SudoRequest, facts: HostFacts, records: LedgerRecords, plan: Plan
+) -> CommandResult:
     name, request_id = request.user, request.request_id
     if request.action is Action.GRANT:
         if not request.sudo:
             return CommandResult(success=True, message=messages.SUDO_NOT_REQUESTED)
-        if engine.managed_user(name) is None and not engine.dry_run:  # a dry run plans on the account to be
+        account = claimed_account(facts, records, engine.config.adopt_users)
+        if account is None and not engine.dry_run:  # a dry run plans on the account to be
             return CommandResult(success=False, error=messages.user_not_found(name, f"user: unknown user {name}"))
         grant = SudoGrant(request_id, name, request.run_as)
 
         def add(grants: Grants) -> None:
             grants[request_id] = grant
 
-        change_rules(engine, add, plan)
+        change_rules(engine, add, plan, records, (name,))
         return CommandResult(success=True, message=messages.sudo_granted(rule(name, request.run_as)))
 
     # A revoke is keyed by the request id alone, like upstream's; the user named in it does not limit it.
-    change_rules(engine, lambda grants: grants.pop(request_id, None), plan)
+    change_rules(engine, lambda grants: grants.pop(request_id, None), plan, records, (name,))
     if os.path.lexists(LEGACY_FILE):  # most hosts never ran the Go agent: no need for visudo to revoke then
         legacy = edit_legacy_file(lambda content: remove_block(content, request_id), dry_run=engine.dry_run)
         plan.file(legacy)
     return CommandResult(success=True, message=messages.sudo_revoked(request_id))
 
 
-def remove_user_rules(engine: Engine, name: str, plan: Plan) -> None:
+def remove_user_rules(engine: Engine, name: str, plan: Plan, records: LedgerRecords | None = None) -> None:
     """Take every rule of `name` out of the drop-in (before its account is deleted)."""
 
     def drop(grants: Grants) -> None:
         for request_id in [rid for rid, grant in grants.items() if grant.user == name]:
             del grants[request_id]
 
-    change_rules(engine, drop, plan)
+    change_rules(engine, drop, plan, records, (name,))
 
 
 def current_rules() -> Grants:
@@ -78,7 +82,16 @@ def current_rules() -> Grants:
         ) from None
 
 
-def change_rules(engine: Engine, change: Callable[[Grants], object], plan: Plan) -> None:
+def change_rules(
+    engine: Engine,
+    change: Callable[[Grants], object],
+    plan: Plan,
+    records: LedgerRecords | None = None,
+    users: tuple[str, ...] = (),
+) -> None:
+    """Change the drop-in's grants, then mirror them into the ledger. `records`: the request's own (read once, under
+    the user's lock), mirrored for the users whose rules this change touched; None (the agent's own sweeps): the
+    whole ledger, read under the sudoers lock and mirrored whole."""
     with engine.lock("sudoers"):
         grants = current_rules()
         before = dict(grants)
@@ -89,13 +102,24 @@ def change_rules(engine: Engine, change: Callable[[Grants], object], plan: Plan)
             edit = install_dropin(text, dry_run=engine.dry_run)
             if edit.changed:
                 plan.file(edit)
-        engine.update_ledger(lambda ledger: _mirror(ledger, grants))
+        if records is None:
+            LedgerRecords(engine.store, engine.store.read_all()).change(lambda ledger: _mirror(ledger, grants))
+        else:
+            # The users whose rules changed, and the request's own: another user's records are left as they are
+            # (a rule of theirs the ledger lost is reconciliation's to report).
+            both = (*before.values(), *grants.values())
+            touched = {g.user for g in both if before.get(g.request_id) != grants.get(g.request_id)} | set(users)
+            records.change(lambda ledger: _mirror(ledger, grants, touched))
 
 
-def _mirror(ledger: Ledger, grants: Grants) -> None:
-    """Make the ledger's sudo map say what the drop-in holds, keeping each surviving grant's time."""
+def _mirror(ledger: Ledger, grants: Grants, users: set[str] | None = None) -> None:
+    """Make the ledger's sudo map say what the drop-in holds, keeping each surviving grant's time (for `users`
+    only, when given: the rest of a request's snapshot is left as it was read)."""
     now = utc_now()
     mirrored: dict[str, SudoEntry] = {}
+    if users is not None:
+        mirrored = {rid: entry for rid, entry in ledger.sudo.items() if entry.user not in users}
+        grants = {rid: grant for rid, grant in grants.items() if grant.user in users}
     for request_id, grant in grants.items():
         old = ledger.sudo.get(request_id)
         same = old is not None and (old.user, old.run_as) == (grant.user, grant.run_as)

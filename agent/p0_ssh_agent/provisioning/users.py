@@ -1,8 +1,9 @@
 """provisionUser: create the JIT account on grant; on revoke keep, lock or delete it (userRevokeMode).
 
 Compared with the Go agent (upstream-protocol.md §6.2, §12 items 5, 20, 21): an existing account is only "already
-there" when it is ours (engine.managed_user); UIDs come from the ledger's high-water mark under the accounts lock and
-are checked as UID, GID and home owner; a failed useradd is rolled back; and a revoke really takes access away.
+there" when it is ours (facts.claim); UIDs come from the ledger's high-water mark under the accounts lock (the pipeline
+takes it, and reads the facts under it, for an account to create) and are checked as UID, GID and home owner; a
+failed useradd is rolled back; and a revoke really takes access away.
 """
 
 from __future__ import annotations
@@ -13,34 +14,35 @@ from p0_ssh_agent.host import accounts, sessions
 from p0_ssh_agent.host.ledger import Ledger
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning import sudo_rules
-from p0_ssh_agent.provisioning.engine import Engine, NotManaged, Plan
+from p0_ssh_agent.provisioning.engine import Engine, LedgerRecords, Plan
+from p0_ssh_agent.provisioning.facts import HostFacts, NotManaged, claimed_account
 
 REVOKE_MODES = ("keep", "lock", "delete")
 
 
-def provision_user(engine: Engine, request: UserRequest, plan: Plan) -> CommandResult:
+def provision_user(
+    engine: Engine, request: UserRequest, facts: HostFacts, records: LedgerRecords, plan: Plan
+) -> CommandResult:
     if request.action is Action.GRANT:
-        return _grant(engine, request.user, plan)
-    return _revoke(engine, request, plan)
+        return _grant(engine, request.user, facts, records, plan)
+    return _revoke(engine, request, facts, records, plan)
 
 
-def _grant(engine: Engine, name: str, plan: Plan) -> CommandResult:
-    record = engine.managed_user(name)
+def _grant(engine: Engine, name: str, facts: HostFacts, records: LedgerRecords, plan: Plan) -> CommandResult:
+    record = claimed_account(facts, records, engine.adopted())
     if record is not None:
         return _reactivate(engine, name, plan)
     # Before the ledger records the intent: a name no new account may have changes nothing at all.
     accounts.check_new_account_name(name)
-    with engine.lock("accounts"):
-        if accounts.lookup_user(name) is not None:  # created meanwhile by another process holding the lock
-            return _reactivate(engine, name, plan)
-        uid = accounts.allocate_uid(high_water=engine.read_ledger().uid_high_water)
-        # The intent goes into the ledger first: after a crash mid-useradd the half-made account is still ours.
-        engine.update_ledger(lambda ledger: ledger.record_user(name, uid))
-        try:
-            _record, argvs = accounts.create_user(name, uid=uid, dry_run=engine.dry_run)
-        except BaseException:
-            engine.update_ledger(lambda ledger: _forget_if_absent(ledger, name))
-            raise
+    # The pipeline holds the accounts lock and found no such account under it: nobody creates it meanwhile.
+    uid = accounts.allocate_uid(high_water=records.committed.uid_high_water)
+    # The intent goes into the ledger first: after a crash mid-useradd the half-made account is still ours.
+    records.change(lambda ledger: ledger.record_user(name, uid))
+    try:
+        _record, argvs = accounts.create_user(name, uid=uid, dry_run=engine.dry_run)
+    except BaseException:
+        records.change(lambda ledger: _forget_if_absent(ledger, name))
+        raise
     for argv in argvs:
         plan.command(argv)
     return CommandResult(success=True, message=messages.user_created(name, uid))
@@ -53,7 +55,6 @@ def _forget_if_absent(ledger: Ledger, name: str) -> None:
 
 def _reactivate(engine: Engine, name: str, plan: Plan) -> CommandResult:
     """An account we manage is granted again: undo an earlier revoke's lock, if any."""
-    engine.managed_user(name)  # raises NotManaged for an account created meanwhile by someone else
     if accounts.is_locked(name):
         for argv in accounts.unlock_user(name, dry_run=engine.dry_run, adopted=engine.adopted()):
             plan.command(argv)
@@ -66,12 +67,14 @@ def _other_grants(ledger: Ledger, name: str, request_id: str) -> int:
     return keys + rules
 
 
-def _revoke(engine: Engine, request: UserRequest, plan: Plan) -> CommandResult:
+def _revoke(
+    engine: Engine, request: UserRequest, facts: HostFacts, records: LedgerRecords, plan: Plan
+) -> CommandResult:
     name, mode = request.user, engine.config.user_revoke_mode
     if mode == "keep":
         return CommandResult(success=True, message=messages.USER_REVOKE_HANDLED)
     try:
-        record = engine.managed_user(name)
+        record = claimed_account(facts, records, engine.adopted())
     except NotManaged as exc:
         # Not ours: a revoke has nothing to take away here, and succeeding keeps the backend's retries quiet.
         return CommandResult(success=True, message=f"{messages.USER_REVOKE_HANDLED} ({exc}: left as it is)")
@@ -79,7 +82,7 @@ def _revoke(engine: Engine, request: UserRequest, plan: Plan) -> CommandResult:
         return CommandResult(success=True, message=f"{messages.USER_REVOKE_HANDLED} (user {name} does not exist)")
     # Grants of this same request are being revoked by their own commands (they share the requestId, §6.9);
     # grants of other requests mean someone else still has access through this account.
-    remaining = _other_grants(engine.read_ledger(), name, request.request_id)
+    remaining = _other_grants(records.committed, name, request.request_id)
     if remaining:
         return CommandResult(
             success=True,
@@ -93,7 +96,7 @@ def _revoke(engine: Engine, request: UserRequest, plan: Plan) -> CommandResult:
             return CommandResult(success=False, error=f"User {name} locked and expired, but {outcome}")
         return CommandResult(success=True, message=f"User {name} locked and expired; {outcome}")
     ended, outcome = _end_sessions(engine, record.uid, name, plan)
-    sudo_rules.remove_user_rules(engine, name, plan)  # a later account of the same name must not inherit them
+    sudo_rules.remove_user_rules(engine, name, plan, records)  # a later account of the same name must not inherit them
     if not ended:
         # userdel refuses (exit 8) while processes are left. Locked meanwhile, so nothing new starts as the user;
         # the backend's retry of the revoke deletes the account.
@@ -106,7 +109,7 @@ def _revoke(engine: Engine, request: UserRequest, plan: Plan) -> CommandResult:
         argvs = accounts.delete_user(name, dry_run=engine.dry_run, adopted=engine.adopted())
     for argv in argvs:
         plan.command(argv)
-    engine.update_ledger(lambda ledger: ledger.forget_user(name))
+    records.change(lambda ledger: ledger.forget_user(name))
     return CommandResult(success=True, message=f"User {name} deleted; {outcome}")
 
 

@@ -1,0 +1,236 @@
+"""Facts and the decision: what the host holds for one request, read once, and the pure rules that judge it.
+
+    gather(engine, request)            -> HostFacts   (I/O: NSS, /etc/login.defs, the ledger read ONCE)
+    claim(facts, adopted)              -> the account the change may touch, or NotManaged        (pure)
+    decide(policy, facts, request)     -> Allow | Deny                                           (pure)
+
+The pipeline (provisioning/pipeline.py) gathers the facts under the user's lock and hands the same facts to the
+decision and to the handler, so the local policy decides on exactly the snapshot the change acts on.
+
+Ownership (issue 4, upstream-protocol.md §12 item 5): the agent touches an account only if it created it (the
+ledger says so), the operator adopted it (`adoptUsers`), or the Go agent created it (a user in the JIT range
+65536-90000 whose primary group has its name and GID = UID; adopted into the ledger on first sight, so a migration
+from the Go agent keeps working). Root and system accounts are refused even when adopted by mistake.
+"""
+
+from __future__ import annotations
+
+import datetime
+import grp
+import os
+import socket
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Literal
+
+from p0_ssh_agent.core.local_policy import NO_PERMIT, Decision, Facts, LocalPolicy
+from p0_ssh_agent.core.requests import Action, Change, SudoRequest, public_key_of
+from p0_ssh_agent.errors import AgentError, PermissionProblem
+from p0_ssh_agent.host import accounts
+from p0_ssh_agent.host.accounts import UserRecord
+from p0_ssh_agent.host.ledger import Ledger, LedgerCorrupt
+from p0_ssh_agent.protocol.forwarded import CommandResult
+from p0_ssh_agent.provisioning.engine import Engine, LedgerRecords
+
+Ownership = Literal["owned", "adoptable", "uid-changed", "foreign"]
+
+
+class NotManaged(PermissionProblem):
+    """The target account exists but is not the agent's to change."""
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """One request's view of the host: read once, before the decision, and not read again by the change."""
+
+    user: str
+    account: UserRecord | None
+    primary_group: str | None  # the name of the account's primary group (the Go agent's accounts have their own)
+    groups: tuple[str, ...]  # every group the account is in, by name (what Cedar sees)
+    uid_min: int
+    ledger: Ledger  # the ledger's records for this request (LedgerStore.read_user, or read_all for sudo)
+    hostname: str
+    now: datetime.datetime
+
+
+def gather(engine: Engine, request: Change, now: datetime.datetime) -> HostFacts:
+    """Read what the request needs (blocking). The caller holds the user's lock, so nothing changes meanwhile."""
+    account = accounts.lookup_user(request.user)
+    primary = groups = None
+    if account is not None:
+        primary = _group_name(account.gid)
+        groups = _group_names(request.user, account.gid)
+    # A sudo revoke is keyed by request id alone and the drop-in is shared: its rules may belong to anyone.
+    whole = isinstance(request, SudoRequest)
+    return HostFacts(
+        user=request.user,
+        account=account,
+        primary_group=primary,
+        groups=groups or (),
+        uid_min=accounts.uid_min(),
+        ledger=_read_ledger(engine, request.user, whole=whole),
+        hostname=engine.config.hostname or socket.gethostname(),
+        now=now,
+    )
+
+
+def _read_ledger(engine: Engine, name: str, *, whole: bool) -> Ledger:
+    """The one ledger read of a request. A dry run by an unprivileged user, who cannot read it, plans with an
+    empty one (a corrupt ledger still fails it: that is the operator's to hear about)."""
+    try:
+        return engine.store.read_all() if whole else engine.store.read_user(name)
+    except LedgerCorrupt:
+        raise
+    except AgentError:
+        if engine.store.lock_dir is None:
+            return Ledger()
+        raise
+
+
+def _group_name(gid: int) -> str | None:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return None
+
+
+def _group_names(user: str, gid: int) -> tuple[str, ...]:
+    names: list[str] = []
+    try:
+        gids = os.getgrouplist(user, gid)
+    except OSError:
+        gids = [gid]
+    for number in gids:
+        name = _group_name(number)
+        if name is not None:
+            names.append(name)
+    return tuple(sorted(set(names)))
+
+
+# --- the ownership rule (pure) -----------------------------------------------------------------------------------
+
+
+def is_go_agent_user(record: UserRecord, primary_group: str | None) -> bool:
+    """The Go agent's accounts: UID in 65536-90000 with a primary group of the same name and GID = UID (§6.2)."""
+    in_range = accounts.JIT_UID_LOW <= record.uid <= accounts.JIT_UID_HIGH
+    return in_range and record.gid == record.uid and primary_group == record.name
+
+
+def ownership(facts: HostFacts, record: UserRecord, adopted: Collection[str]) -> Ownership:
+    """The ownership rule alone (root and system accounts are judged by accounts.manage_refusal): in the ledger
+    with the same UID, adoptable (adoptUsers or the Go agent's), in the ledger with another UID, or foreign."""
+    entry = facts.ledger.users.get(record.name)
+    if entry is not None:
+        return "owned" if entry.uid == record.uid else "uid-changed"
+    adoptable = record.name in adopted or is_go_agent_user(record, facts.primary_group)
+    return "adoptable" if adoptable else "foreign"
+
+
+def claim(facts: HostFacts, adopted: Collection[str]) -> UserRecord | None:
+    """The account if it exists and the agent may change it; None if it does not exist; NotManaged otherwise.
+    An "adoptable" account is the caller's to record (adopted=True) in the ledger after it."""
+    record = facts.account
+    if record is None:
+        return None
+    refusal = accounts.manage_refusal(record, min_uid=facts.uid_min, adopted=adopted)
+    if refusal is not None:
+        raise NotManaged(refusal)
+    claimed = ownership(facts, record, adopted)
+    if claimed in ("owned", "adoptable"):
+        return record
+    name = record.name
+    if claimed == "uid-changed":
+        raise NotManaged(
+            f"refusing to manage {name}: the agent created it with UID {facts.ledger.users[name].uid}, but it now "
+            f"has UID {record.uid} (deleted and re-created by someone else?); remove it from the ledger to adopt it"
+        )
+    raise NotManaged(
+        f"refusing to manage {name}: the account exists but was not created by p0-ssh-agent; "
+        "list it under adoptUsers in the configuration to let the agent manage it"
+    )
+
+
+# --- the decision (pure) -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Allow:
+    policy: str = ""  # the policies that permitted it ("" when no policy was asked: a revoke)
+
+
+@dataclass(frozen=True)
+class Deny:
+    policy: str
+    reason: str
+    result: CommandResult  # the 403 answer, naming the policy
+
+
+def policy_facts(facts: HostFacts, request: Change, *, org_id: str, adopted: Collection[str]) -> Facts:
+    """What Cedar sees, from the request and the host's facts (pure; no adoption happens here)."""
+    record = facts.account
+    managed = system = False
+    if record is not None:
+        system = accounts.manage_refusal(record, min_uid=facts.uid_min) is not None  # UID 0, system, reserved
+        managed = record.uid != 0 and ownership(facts, record, adopted) in ("owned", "adoptable")
+    local = facts.now.astimezone()
+    key = public_key_of(request)
+    sudo = isinstance(request, SudoRequest) and (request.sudo or request.run_as is not None)
+    run_as = (request.run_as or "ALL") if isinstance(request, SudoRequest) and sudo else ""
+    context: dict[str, object] = {
+        "requestId": request.request_id,
+        "command": request.command.value,
+        "sudo": sudo,
+        "runAsUser": run_as,
+        "keyType": key.key_type if key is not None else "",
+        "keyFingerprint": key.fingerprint() if key is not None else "",
+        "hostname": facts.hostname,
+        "hour": local.hour,
+        "minute": local.minute,
+        "weekday": local.isoweekday(),
+        "now": int(facts.now.timestamp()),
+    }
+    return Facts(
+        org_id=org_id,
+        command=request.command.value,
+        user=request.user,
+        exists=record is not None,
+        uid=record.uid if record is not None else -1,
+        managed=managed,
+        system=system,
+        groups=facts.groups,
+        context=context,
+    )
+
+
+def decide(
+    policy: LocalPolicy | None, facts: HostFacts, request: Change, *, org_id: str, adopted: Collection[str]
+) -> Allow | Deny:
+    """The local policy's verdict on a grant (None: no policy asked, as in the agent's own revokes)."""
+    if policy is None or request.action is not Action.GRANT:
+        return Allow()
+    seen = policy_facts(facts, request, org_id=org_id, adopted=adopted)
+    decision = policy.evaluate(seen)
+    if decision.allowed:
+        return Allow(decision.policy)
+    return Deny(decision.policy, decision.reason, denial(decision, policy, seen))
+
+
+def denial(decision: Decision, policy: LocalPolicy, facts: Facts) -> CommandResult:
+    """The answer to a denied grant: 403, the policy that denied it and where it lives."""
+    error = f"{facts.command} for user {facts.user} denied by the local policy ({policy.source}): {decision.reason}"
+    if decision.policies == (NO_PERMIT,) and facts.exists and not facts.managed:
+        # The usual reason in practice: say what the provisioning engine would have said, and how to fix it.
+        error += (
+            f"; refusing to manage {facts.user}: the account exists but was not created by p0-ssh-agent; "
+            "list it under adoptUsers in the configuration to let the agent manage it"
+        )
+    return CommandResult(success=False, error=error, http_status=403, policy_denied=True)
+
+
+def claimed_account(facts: HostFacts, records: LedgerRecords, adopted: Collection[str]) -> UserRecord | None:
+    """claim(), and an adoptable account recorded as adopted (one commit) before anything else is changed."""
+    record = claim(facts, adopted)
+    if record is not None and record.name not in records.committed.users:
+        name, uid = record.name, record.uid
+        records.change(lambda ledger: ledger.record_user(name, uid, adopted=True))
+    return record

@@ -1,0 +1,222 @@
+"""The request line: one forwarded request in, one CommandResult out, read top to bottom in this module.
+
+    frame -> command name -> core.requests.parse_request -> Change | Query          (parsed once; one `match`)
+      Query  -> readonly.run_read_only                                             (for real, even in a dry run)
+      Change -> the first lock the change needs (the user's; the accounts lock for an account to create)
+             -> facts.gather: account, groups, the ledger read ONCE                (provisioning/facts.py)
+             -> facts.decide: the local policy on those facts -> Allow | Deny      (pure)
+             -> the command's handler, on the same facts: ledger commits and host edits in the order its module
+                documents (authorized_keys, sudo_rules, users, end_sessions); a dry run's Engine writes nothing
+                and the Plan describes what a real run would do
+      -> Outcome -> one audit entry, the dry-run answer, the result (the runtime frames and logs it)
+
+Every failure becomes a result in run_change, the one place that translates errors: a handler raises AgentError
+(or the OSError no module translated) and the request fails with its message; nothing else catches.
+
+The agent's own changes (expiry's sweep, the offline revoke, `revoke-all`) go through run_change too: they are
+requests the agent makes to itself, with the same locks, facts and messages, and audit themselves (their entries
+say why they happened).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import trio
+
+from p0_ssh_agent.adapters.logging import get_logger
+from p0_ssh_agent.config import AgentConfig
+from p0_ssh_agent.core import messages
+from p0_ssh_agent.core.local_policy import LocalPolicy
+from p0_ssh_agent.core.request_errors import RequestInvalid
+from p0_ssh_agent.core.requests import (
+    Action,
+    AuditRequest,
+    CaKeyRequest,
+    Change,
+    Command,
+    KeyRequest,
+    ListUsersRequest,
+    SessionRequest,
+    SudoRequest,
+    SudoshRequest,
+    UserRequest,
+    parse_request,
+)
+from p0_ssh_agent.errors import AgentError
+from p0_ssh_agent.host import accounts
+from p0_ssh_agent.host.audit_trail import AuditTrail
+from p0_ssh_agent.host.policy_file import load_policy
+from p0_ssh_agent.protocol.forwarded import NO_COMMAND_MESSAGE, CommandResult, ForwardedRequest, command_name
+from p0_ssh_agent.provisioning.authorized_keys import provision_keys
+from p0_ssh_agent.provisioning.context import ExecutionContext
+from p0_ssh_agent.provisioning.end_sessions import provision_session
+from p0_ssh_agent.provisioning.engine import Engine, LedgerRecords, Plan
+from p0_ssh_agent.provisioning.facts import Deny, HostFacts, decide, gather
+from p0_ssh_agent.provisioning.readonly import run_read_only
+from p0_ssh_agent.provisioning.sudo_rules import provision_sudo
+from p0_ssh_agent.provisioning.users import provision_user
+
+log = get_logger(__name__)
+COMMANDS = frozenset(command.value for command in Command)
+
+
+@dataclass
+class Outcome:
+    """What a change came to: its result, the plan (what it did or, in a dry run, would do), and the policy's say."""
+
+    result: CommandResult
+    plan: Plan = field(default_factory=Plan)
+    policy: str = ""  # the policies that decided a grant ("" for a revoke)
+    denied: bool = False
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """What the runtime's worker calls for every `call` (runtime/worker.py's Executor)."""
+
+    context: ExecutionContext
+
+    async def execute(self, request: ForwardedRequest, key: object = None) -> CommandResult:
+        """`key`: the runtime's JobKey (for its locking and log line); the request is judged on its own."""
+        command = command_name(request)
+        if not command:
+            return CommandResult(success=True, message=NO_COMMAND_MESSAGE)
+        if command not in COMMANDS:
+            return CommandResult(success=False, error=f"unknown command: {_printable(command)}")
+        if not isinstance(request.data, dict):
+            return CommandResult(success=False, error="request body must be a JSON object")
+        return await self.handle(command, request.data)
+
+    async def handle(self, command: str, data: Mapping[str, object]) -> CommandResult:
+        """One request body, by its command name (the benchmarks call this directly)."""
+        try:
+            parsed = parse_request(command, data)
+        except RequestInvalid as exc:
+            return CommandResult(success=False, error=exc.message)
+        match parsed:
+            case ListUsersRequest() | AuditRequest() | SudoshRequest():
+                return await trio.to_thread.run_sync(run_read_only, parsed)
+            case _:
+                return await self.change(parsed)
+
+    async def change(self, request: Change) -> CommandResult:
+        context = self.context
+        engine = Engine(context.config, context.state_dir, context.dry_run, audit_trail=context.audit_trail)
+        # Not abandoned on cancel: a host edit, once started, always runs to its end (the worker answers the
+        # backend on time regardless and keeps the result for a retry).
+        outcome = await trio.to_thread.run_sync(run_change, engine, request, context.policy)
+        context.audit_trail.record_request(
+            request,
+            outcome.result,
+            dry_run=context.dry_run,
+            policy=outcome.policy,
+            denied=outcome.denied,
+        )
+        return dry_run_answer(request, outcome) if context.dry_run else outcome.result
+
+
+def run_change(
+    engine: Engine, request: Change, policy: LocalPolicy | None = None, now: datetime | None = None
+) -> Outcome:
+    """Facts, decision, change (blocking). `policy` None: no local policy is asked (the agent's own revokes, and
+    tests of the handlers alone). The one place where an error becomes a result."""
+    plan, decided_by, moment = Plan(), "", now or datetime.now(UTC)
+    judged = policy is not None and request.action is Action.GRANT
+    try:
+        if judged:
+            # A grant the policy refuses changes nothing, not even a lock file: it is judged before any lock, and
+            # judged again below on the facts the change acts on.
+            refused = _judge(engine, policy, request, moment)
+            if refused is not None:
+                return refused
+        with _first_lock(engine, request):
+            facts = gather(engine, request, moment)
+            verdict = decide(policy, facts, request, org_id=engine.config.org_id or "", adopted=engine.adopted())
+            decided_by = verdict.policy
+            if isinstance(verdict, Deny):  # the host changed between the two looks
+                return _denied(request, verdict)
+            result = _handle(engine, request, facts, LedgerRecords(engine.store, facts.ledger), plan)
+    except AgentError as exc:
+        result = CommandResult(success=False, error=str(exc))
+    except OSError as exc:  # a failure no module translated: still the operator's to read, never a crash
+        result = CommandResult(success=False, error=f"{request.command.value}: {exc.strerror or exc}")
+    return Outcome(result, plan, decided_by)
+
+
+def _judge(engine: Engine, policy: LocalPolicy | None, request: Change, now: datetime) -> Outcome | None:
+    """The local policy on lock-free facts: the Outcome of a refusal, or None to go on."""
+    try:
+        facts = gather(engine, request, now)
+    except AgentError as exc:  # the ledger or NSS could not be read: no facts, no grant
+        return Outcome(CommandResult(success=False, error=f"local policy not evaluated: {exc}"))
+    verdict = decide(policy, facts, request, org_id=engine.config.org_id or "", adopted=engine.adopted())
+    return _denied(request, verdict) if isinstance(verdict, Deny) else None
+
+
+def _denied(request: Change, verdict: Deny) -> Outcome:
+    log.warning(
+        "policy_denied",
+        request_id=request.request_id,
+        command=request.command.value,
+        user=request.user,
+        policy=verdict.policy,
+        reason=verdict.reason,
+    )
+    return Outcome(verdict.result, Plan(), verdict.policy, denied=True)
+
+
+def _first_lock(engine: Engine, request: Change) -> contextlib.AbstractContextManager[None]:
+    """The outermost lock the change needs (engine.py's lock order): the user's files for an existing account,
+    the accounts lock for one provisionUser is to create, none otherwise (a revoke for a user who is gone)."""
+    account = accounts.lookup_user(request.user)
+    if account is not None:
+        return engine.user_lock(account.uid)
+    if isinstance(request, UserRequest) and request.action is Action.GRANT:
+        accounts.check_new_account_name(request.user)  # a name no new account may have: no trace, not even a lock
+        return engine.lock("accounts")
+    return contextlib.nullcontext()
+
+
+def _handle(engine: Engine, request: Change, facts: HostFacts, records: LedgerRecords, plan: Plan) -> CommandResult:
+    match request:
+        case UserRequest():
+            return provision_user(engine, request, facts, records, plan)
+        case KeyRequest() | CaKeyRequest():
+            return provision_keys(engine, request, facts, records, plan)
+        case SudoRequest():
+            return provision_sudo(engine, request, facts, records, plan)
+        case SessionRequest():
+            return provision_session(engine, request, facts, records, plan)
+
+
+def dry_run_answer(request: Change, outcome: Outcome) -> CommandResult:
+    """What a dry run reports: success with the plan, or the failure a real run would meet."""
+    result = outcome.result
+    if not result.success:
+        return result
+    answer = result.message if not result.message.startswith("DRY-RUN") else ""
+    lines = [f"a real run would answer: {answer}"] if answer else []
+    lines.append(outcome.plan.text() or "no change on this host")
+    output = "\n".join(lines)
+    return CommandResult(success=True, message=messages.dry_run(request.command.value, request.user), output=output)
+
+
+def _printable(text: str) -> str:
+    """Echo a hostile command name back without control characters and bounded in length."""
+    cleaned = "".join(c if c.isprintable() else "?" for c in text[:64])
+    return cleaned + ("..." if len(text) > 64 else "")
+
+
+def build_pipeline(
+    config: AgentConfig, state_dir: Path, audit_trail: AuditTrail, *, dry_run: bool | None = None
+) -> Pipeline:
+    """Raises PolicyError (exit 78) when the local policy does not load: at start-up nothing starts, on SIGHUP
+    the supervisor keeps the pipeline it has, and with it the old policy."""
+    policy = load_policy(config.policy_file)
+    dry_run = config.dry_run if dry_run is None else dry_run
+    return Pipeline(ExecutionContext(config, state_dir, dry_run, policy, audit_trail=audit_trail))
