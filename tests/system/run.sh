@@ -594,9 +594,9 @@ purge_out=$(C env DEBIAN_FRONTEND=noninteractive apt-get purge -y -q p0-ssh-agen
 C systemctl daemon-reload
 expect_eq "purge: package gone" "" "$(C dpkg-query -W -f='${Status}' p0-ssh-agent 2>/dev/null)"
 expect_eq "purge: systemd no longer knows the unit" "not-found" "$(show LoadState)"
-expect_contains "purge: says it kept the ledger of the live grants" "kept /var/lib/p0-ssh-agent/ledger.json: it lists 2 live grant(s)" "$purge_out"
-expect_eq "purge: only the ledger is left" "/var/lib/p0-ssh-agent/ledger.json" \
-    "$(C sh -c 'for p in /var/lib/p0-ssh-agent/ledger.json /etc/p0-ssh-agent /etc/default/p0-ssh-agent /usr/bin/p0-ssh-agent \
+expect_contains "purge: says it kept the ledger of the live grants" "kept /var/lib/p0-ssh-agent/ledger: it lists 2 live grant(s)" "$purge_out"
+expect_eq "purge: only the ledger is left" "/var/lib/p0-ssh-agent/ledger" \
+    "$(C sh -c 'for p in /var/lib/p0-ssh-agent/ledger /etc/p0-ssh-agent /etc/default/p0-ssh-agent /usr/bin/p0-ssh-agent \
         /lib/systemd/system/p0-ssh-agent.service /usr/lib/systemd/system/p0-ssh-agent.service; do [ -e "$p" ] || [ -L "$p" ] && echo "$p"; done')"
 expect_eq "purge: the grants still work" "$user sudo" "$(ssh_sudo "$user")"
 
@@ -609,10 +609,10 @@ orgId: "$org_id"
 hostId: "$host_id"
 tunnelHost: "ws://127.0.0.1:8079"
 EOF
-C mv /var/lib/p0-ssh-agent/ledger.json /root/ledger.json.aside
+C mv /var/lib/p0-ssh-agent/ledger /root/ledger.aside
 orphans=$(C p0-ssh-agent doctor --offline --json 2>&1 | python3 -c 'import json, sys; c = {x["name"]: x for x in json.load(sys.stdin)["checks"]}["orphans"]; print(c["level"], *sorted(i.split(" /")[0] for i in c["items"]))' 2>&1)
 expect_eq "doctor without the ledger: the sudo rule and the key line are orphans" "warn key $user REQkey2 sudo $user REQsudo2" "$orphans"
-C mv /root/ledger.json.aside /var/lib/p0-ssh-agent/ledger.json
+C mv /root/ledger.aside /var/lib/p0-ssh-agent/ledger
 check "p0-ssh-agent revoke-all finds the grants in the kept ledger" C p0-ssh-agent revoke-all
 expect_contains "after revoke-all: $user cannot log in" "Permission denied" "$(ssh_sudo "$user")"
 expect_eq "after revoke-all: no agent sudo rule left" "" "$(C sh -c 'ls /etc/sudoers.d/p0-ssh-agent 2>/dev/null; grep -s NOPASSWD /etc/sudoers.d/p0-ssh-agent')"

@@ -69,17 +69,20 @@ EOF
         "{\"command\":\"provisionSudo\",\"userName\":\"$old_user\",\"action\":\"grant\",\"requestId\":\"REQold2\",\"sudo\":true}"
     expect_eq "$old_release_version: $old_user logs in and has sudo" "$old_user sudo" "$(ssh_sudo "$old_user")"
 
-    local kept_files="/etc/p0-ssh-agent/config.yaml /etc/p0-ssh-agent/keys/jwk.private.json /etc/p0-ssh-agent/keys/jwk.public.json /var/lib/p0-ssh-agent/ledger.json"
-    local sums_before pid_before upgrade_out
+    local kept_files="/etc/p0-ssh-agent/config.yaml /etc/p0-ssh-agent/keys/jwk.private.json /etc/p0-ssh-agent/keys/jwk.public.json"
+    local sums_before ledger_before pid_before upgrade_out
     # shellcheck disable=SC2086  # the list is split on purpose
     sums_before=$(C sha256sum $kept_files 2>&1)
+    # 0.1.0's whole-file ledger (schema 1): the new agent migrates it to per-user records on first use and keeps
+    # the original bytes as ledger.json.migrated-<time> (docs/ledger.md), so its content must survive either way.
+    ledger_before=$(C sha256sum /var/lib/p0-ssh-agent/ledger.json | cut -d' ' -f1)
     pid_before=$(show MainPID)
     upgrade_out=$(C env DEBIAN_FRONTEND=noninteractive apt-get install -y -q p0-ssh-agent 2>&1)
     expect_eq "upgrade from $old_release_version with apt-get install p0-ssh-agent: version $next" "install ok installed $next-1" \
         "$(C dpkg-query -W -f='${Status} ${Version}' p0-ssh-agent 2>&1)"
     [ "$(C dpkg-query -W -f='${Version}' p0-ssh-agent)" = "$next-1" ] || printf '%s\n' "$upgrade_out" | tail -n 8 | sed 's/^/    /'
     # shellcheck disable=SC2086
-    expect_eq "upgrade from $old_release_version: configuration, keys and ledger unchanged" "$sums_before" "$(C sha256sum $kept_files 2>&1)"
+    expect_eq "upgrade from $old_release_version: configuration and keys unchanged" "$sums_before" "$(C sha256sum $kept_files 2>&1)"
     local pid_after
     pid_after=$(show MainPID)
     if [ "$pid_after" != "$pid_before" ] && [ "$pid_after" != 0 ] && wait_until 30 connected; then
@@ -91,6 +94,13 @@ EOF
     expect_eq "upgrade from $old_release_version: $old_user still logs in and has sudo" "$old_user sudo" "$(ssh_sudo "$old_user")"
     expect_contains "upgrade from $old_release_version: the new agent reads the old ledger (status lists the grants)" "live grant" \
         "$(C p0-ssh-agent status 2>&1)"
+    # A request makes the new agent's store migrate the schema-1 ledger.json (the same grant again: no change).
+    backend_call "$old_release_version: the same key grant again, after the upgrade" \
+        "{\"command\":\"provisionAuthorizedKeys\",\"userName\":\"$old_user\",\"action\":\"grant\",\"requestId\":\"REQold1\",\"publicKey\":\"$pubkey\"}"
+    expect_eq "upgrade from $old_release_version: the ledger is migrated to per-user records" "yes" \
+        "$(C sh -c "[ -f /var/lib/p0-ssh-agent/ledger/users/$old_user.json ] && [ -f /var/lib/p0-ssh-agent/ledger/host.json ] && [ ! -e /var/lib/p0-ssh-agent/ledger.json ] && echo yes || echo no")"
+    expect_eq "upgrade from $old_release_version: the old ledger's bytes are kept as its migration backup" "$ledger_before" \
+        "$(C sh -c 'sha256sum /var/lib/p0-ssh-agent/ledger.json.migrated-*' | cut -d' ' -f1)"
     expect_eq "upgrade from $old_release_version: nothing of the old runtime is left in /opt" "" \
         "$(C sh -c 'ls -d /opt/p0-ssh-agent 2>/dev/null; dpkg -S /opt/p0-ssh-agent 2>/dev/null')"
     expect_contains "upgrade from $old_release_version: the agent runs on the bundled runtime, not the distribution's python3.11" \
