@@ -22,9 +22,11 @@ from bench.sshkeys import public_key_line
 from bench.stats import Measurement, Target
 from p0_ssh_agent.core.sudoers import SudoGrant, render_dropin
 from p0_ssh_agent.host import accounts
+from p0_ssh_agent.host.actions import Plan
 from p0_ssh_agent.host.sudoers_install import install_dropin
+from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning.context import ExecutionContext
-from p0_ssh_agent.provisioning.engine import Engine, Plan
+from p0_ssh_agent.provisioning.engine import Engine
 from p0_ssh_agent.provisioning.pipeline import Pipeline
 from p0_ssh_agent.provisioning.sudo_rules import remove_user_rules
 
@@ -109,8 +111,9 @@ async def measure_scale(state_dir: Path, sizes: ScaleSizes = QUICK) -> Measureme
     finally:
         # The pre-filled rules are grants of other requests: while they exist a revoke keeps the account (someone
         # still holds access through it), so take them out first, as the account's deletion would.
-        engine = Engine(context.config, context.state_dir, dry_run=False, audit_trail=context.audit_trail)
-        await trio.to_thread.run_sync(remove_user_rules, engine, user, Plan())
+        engine = Engine.on_host(context.config, context.state_dir, audit_trail=context.audit_trail)
+        plan = Plan((remove_user_rules(user),), CommandResult(success=True))
+        await trio.to_thread.run_sync(engine.apply, plan)
         await agent_call(
             context,
             "provisionUser",

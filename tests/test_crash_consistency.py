@@ -130,9 +130,7 @@ def test_kill_9_during_grants_and_revokes_loses_nothing(sandbox: Sandbox, tmp_pa
 
     # The restarted agent's reconciliation brings ledger and host back in line: whatever a kill left between a
     # ledger save and a file rename is repaired, and a second pass finds nothing.
-    engine = Engine(
-        AgentConfig(state_dir=state, adopt_users=tuple(users)), state, dry_run=False, audit_trail=AuditTrail.off()
-    )
+    engine = Engine.on_host(AgentConfig(state_dir=state, adopt_users=tuple(users)), state, audit_trail=AuditTrail.off())
     repaired = reconcile(engine, repair=True)
     assert reconcile(engine, repair=False) == [], "drift left after a repair"
     _check_host(users, homes, state)
@@ -145,12 +143,12 @@ from pathlib import Path
 from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.core.requests import parse_request
 from p0_ssh_agent.host.audit_trail import AuditTrail
-from p0_ssh_agent.provisioning.engine import Engine, Plan
+from p0_ssh_agent.provisioning.engine import Engine
 from p0_ssh_agent.core.requests import parse_change
 from p0_ssh_agent.provisioning.pipeline import run_change
 from p0_ssh_agent.provisioning.engine import Engine
 state, user = Path(sys.argv[1]), sys.argv[2]
-engine = Engine(AgentConfig(state_dir=state, adopt_users=(user,)), state, dry_run=False, audit_trail=AuditTrail.off())
+engine = Engine.on_host(AgentConfig(state_dir=state, adopt_users=(user,)), state, audit_trail=AuditTrail.off())
 for command in ("provisionAuthorizedKeys", "provisionSudo"):
     data = {"userName": user, "requestId": "crash-final", "action": "grant", "sudo": True,
             "publicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHNLmYVg4wR7L+9IQJslJexzhJmdx/XrwOb60irE5wOE final"}

@@ -658,7 +658,7 @@ def test_doctor_on_a_granted_host_changes_nothing(sandbox: Sandbox, tmp_path: Pa
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
     config = AgentConfig(state_dir=state, reconcile="repair")
-    engine = Engine(config, state, dry_run=False, audit_trail=AuditTrail.off())
+    engine = Engine.on_host(config, state, audit_trail=AuditTrail.off())
     user = unique_user_name()
     for command, fields in (
         ("provisionUser", {"userName": user}),

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.sandbox
 
 
 def grant(state: Path, user: str, request_id: str) -> None:
-    engine = Engine(AgentConfig(state_dir=state), state, dry_run=False, audit_trail=AuditTrail.off())
+    engine = Engine.on_host(AgentConfig(state_dir=state), state, audit_trail=AuditTrail.off())
     for command, fields in (
         ("provisionUser", {"userName": user}),
         ("provisionAuthorizedKeys", {"userName": user, "publicKey": KEY}),

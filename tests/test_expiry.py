@@ -169,7 +169,7 @@ def make_engine(state: Path, journal: JournalSink | None = None, **config: objec
     """An engine whose audit entries go to `journal` (none without one)."""
     state.mkdir(mode=0o700, exist_ok=True)
     trail = journal.trail() if journal is not None else AuditTrail.off()
-    return Engine(AgentConfig(state_dir=state, **config), state, dry_run=False, audit_trail=trail)  # type: ignore[arg-type]
+    return Engine.on_host(AgentConfig(state_dir=state, **config), state, audit_trail=trail)  # type: ignore[arg-type]
 
 
 def authorized_keys(user: str) -> bytes:

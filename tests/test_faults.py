@@ -45,7 +45,7 @@ def run(engine: Engine, command: str, **fields: object) -> CommandResult:
 def engine(sandbox: Sandbox, tmp_path: Path) -> Engine:
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
-    return Engine(AgentConfig(state_dir=state), state, dry_run=False, audit_trail=AuditTrail.off())
+    return Engine.on_host(AgentConfig(state_dir=state), state, audit_trail=AuditTrail.off())
 
 
 @contextlib.contextmanager

@@ -18,13 +18,13 @@ from p0_ssh_agent.host.accounts import (
     UserMissing,
     UserRecord,
     allocate_uid,
-    create_user,
-    delete_user,
-    lock_user,
     lookup_user,
     manage_refusal,
+    planned_create_user,
+    planned_delete_user,
+    planned_lock_user,
+    planned_unlock_user,
     uid_min,
-    unlock_user,
     user_exists_in_nss,
 )
 
@@ -98,8 +98,7 @@ def test_allocate_uid_checks_uid_and_gid() -> None:
 
 
 def test_create_user_dry_run_plans_the_commands(tmp_path: Path) -> None:
-    user, argvs = create_user("p0newuser", uid=FREE_BASE, dry_run=True, home_root=str(tmp_path))
-    assert user is None
+    argvs = planned_create_user("p0newuser", uid=FREE_BASE, home_root=str(tmp_path))
     groupadd, useradd = argvs
     assert groupadd[1:] == ["-g", str(FREE_BASE), "p0newuser"]
     assert useradd[1:] == ["-m", "-u", str(FREE_BASE), "-g", str(FREE_BASE), "-s", "/bin/bash", "-p", "*", "p0newuser"]
@@ -117,53 +116,53 @@ def test_create_user_dry_run_plans_the_commands(tmp_path: Path) -> None:
 )
 def test_create_user_refuses_taken_names_and_ids(name: str, uid: int, reason: str, tmp_path: Path) -> None:
     with pytest.raises(AccountConflict, match=reason):
-        create_user(name, uid=uid, dry_run=True, home_root=str(tmp_path))
+        planned_create_user(name, uid=uid, home_root=str(tmp_path))
 
 
 def test_create_user_refuses_an_existing_group_name_gid_or_home(tmp_path: Path) -> None:
     group_name = next(g.gr_name for g in grp.getgrall() if not user_exists_in_nss(g.gr_name))
     with pytest.raises(AccountConflict, match=f"a group named {group_name} already exists"):
-        create_user(group_name, uid=FREE_BASE, dry_run=True, home_root=str(tmp_path))
+        planned_create_user(group_name, uid=FREE_BASE, home_root=str(tmp_path))
     uids = {e.pw_uid for e in pwd.getpwall()}
     gid_only = min(g.gr_gid for g in grp.getgrall() if g.gr_gid not in uids)
     with pytest.raises(AccountConflict, match=f"GID {gid_only} is already in use"):
-        create_user("p0newuser", uid=gid_only, dry_run=True, home_root=str(tmp_path))
+        planned_create_user("p0newuser", uid=gid_only, home_root=str(tmp_path))
     (tmp_path / "p0newuser").mkdir()
     with pytest.raises(AccountConflict, match="already exists; refusing to give a new user the files"):
-        create_user("p0newuser", uid=FREE_BASE, dry_run=True, home_root=str(tmp_path))
+        planned_create_user("p0newuser", uid=FREE_BASE, home_root=str(tmp_path))
     (tmp_path / "p0other").symlink_to("/etc")
     with pytest.raises(AccountConflict, match="p0other already exists"):
-        create_user("p0other", uid=FREE_BASE, dry_run=True, home_root=str(tmp_path))
+        planned_create_user("p0other", uid=FREE_BASE, home_root=str(tmp_path))
 
 
 @pytest.mark.parametrize("name", ["", "Alice", "-rf", "a b", "a:b", "x" * 33, "alice\n"])
 def test_create_user_refuses_invalid_names(name: str) -> None:
     with pytest.raises(DataError, match="invalid user name"):
-        create_user(name, uid=FREE_BASE, dry_run=True)
+        planned_create_user(name, uid=FREE_BASE)
 
 
 def test_create_user_refuses_a_relative_shell() -> None:
     with pytest.raises(DataError, match="absolute"):
-        create_user("p0newuser", uid=FREE_BASE, shell="bash", dry_run=True)  # noqa: S604 - a login shell
+        planned_create_user("p0newuser", uid=FREE_BASE, shell="bash")  # noqa: S604 - a login shell
 
 
 def test_lock_unlock_delete_refuse_system_accounts_and_missing_users() -> None:
-    for action in (lock_user, unlock_user, delete_user):
+    for action in (planned_lock_user, planned_unlock_user, planned_delete_user):
         with pytest.raises(AccountRefused, match="UID 0 is root"):
-            action("root", dry_run=True)
+            action("root")
         with pytest.raises(AccountRefused, match="system account"):
-            action("daemon", dry_run=True)
+            action("daemon")
     with pytest.raises(UserMissing):
-        lock_user("no-such-user-p0", dry_run=True)
+        planned_lock_user("no-such-user-p0")
     with pytest.raises(UserMissing):
-        unlock_user("no-such-user-p0", dry_run=True)
-    assert delete_user("no-such-user-p0", dry_run=True) == []  # already gone: nothing to do
-    assert lock_user("daemon", dry_run=True, adopted=["daemon"])[0][1:] == ["-L", "-e", "1", "daemon"]
-    assert unlock_user("daemon", dry_run=True, adopted=["daemon"])[0][1:] == ["-U", "-e", "", "daemon"]
-    assert delete_user("daemon", dry_run=True, adopted=["daemon"])[0][1:] == ["-r", "daemon"]
+        planned_unlock_user("no-such-user-p0")
+    assert planned_delete_user("no-such-user-p0") == []  # already gone: nothing to do
+    assert planned_lock_user("daemon", adopted=["daemon"])[0][1:] == ["-L", "-e", "1", "daemon"]
+    assert planned_unlock_user("daemon", adopted=["daemon"])[0][1:] == ["-U", "-e", "", "daemon"]
+    assert planned_delete_user("daemon", adopted=["daemon"])[0][1:] == ["-r", "daemon"]
 
 
 @pytest.mark.parametrize("name", ["_p0svc", "mysql", "systemd-p0"])
 def test_create_user_refuses_names_no_new_account_may_have(name: str, tmp_path: Path) -> None:
     with pytest.raises(AccountRefused, match=f"{name}"):
-        create_user(name, uid=FREE_BASE, dry_run=True, home_root=str(tmp_path))
+        planned_create_user(name, uid=FREE_BASE, home_root=str(tmp_path))

@@ -16,7 +16,7 @@ import pytest
 from p0_ssh_agent.core.authorized_keys_format import add_block, remove_block
 from p0_ssh_agent.errors import PermissionProblem
 from p0_ssh_agent.host import safefile, selinux
-from p0_ssh_agent.host.safefile import FileEdit, FileEditFailed, UnsafePath, edit_in_user_dir
+from p0_ssh_agent.host.safefile import FileEdit, FileEditFailed, UnsafePath, edit_in_user_dir, preview_in_user_dir
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chowns files to other UIDs: needs root")
 
@@ -38,9 +38,11 @@ def make_home(tmp_path: Path, *, owner: int = UID, mode: int = 0o755) -> Path:
 
 
 def edit(
-    home: Path, transform: Callable[[bytes], bytes] | None = None, *, create: bool = True, dry_run: bool = False
+    home: Path, transform: Callable[[bytes], bytes] | None = None, *, create: bool = True, preview: bool = False
 ) -> FileEdit:
-    return edit_in_user_dir(
+    """edit_in_user_dir, or (preview) preview_in_user_dir, on the user's authorized_keys."""
+    change = preview_in_user_dir if preview else edit_in_user_dir
+    return change(
         home=str(home),
         uid=UID,
         gid=GID,
@@ -48,7 +50,6 @@ def edit(
         filename="authorized_keys",
         transform=transform or append(b"key\n"),
         create=create,
-        dry_run=dry_run,
     )
 
 
@@ -172,7 +173,7 @@ def test_create_false_leaves_a_missing_file_missing_and_skips_transform(tmp_path
 def test_dry_run_creates_nothing(tmp_path: Path) -> None:
     home = make_home(tmp_path)
     before = snapshot(tmp_path)
-    result = edit(home, append(b"key\n"), dry_run=True)
+    result = edit(home, append(b"key\n"), preview=True)
     assert result == FileEdit(str(home / ".ssh" / "authorized_keys"), None, b"key\n", changed=True)
     assert snapshot(tmp_path) == before
 
@@ -181,7 +182,7 @@ def test_dry_run_changes_neither_content_nor_modes(tmp_path: Path) -> None:
     home = make_home(tmp_path)
     make_ssh(home, mode=0o755, keys=b"old\n", key_mode=0o644)
     before = snapshot(tmp_path)
-    result = edit(home, append(b"new\n"), dry_run=True)
+    result = edit(home, append(b"new\n"), preview=True)
     assert (result.before, result.after, result.changed) == (b"old\n", b"old\nnew\n", True)
     assert snapshot(tmp_path) == before
 

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from p0_ssh_agent.host.safefile import FileEdit, FileEditFailed, UnsafePath, remove_root_file, write_root_file
+from p0_ssh_agent.host.safefile import (
+    FileEdit,
+    FileEditFailed,
+    UnsafePath,
+    preview_root_file,
+    preview_root_removal,
+    remove_root_file,
+    write_root_file,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="root-owned files: needs root")
 
@@ -86,10 +94,8 @@ def test_dry_run_writes_nothing(etc: Path) -> None:
     target.write_bytes(b"old\n")
     target.chmod(0o644)
     before = entries(etc)
-    assert write_root_file(str(target), b"new\n", mode=0o440, dry_run=True) == FileEdit(
-        str(target), b"old\n", b"new\n", True
-    )
-    assert remove_root_file(str(target), dry_run=True) == FileEdit(str(target), b"old\n", None, True)
+    assert preview_root_file(str(target), b"new\n") == FileEdit(str(target), b"old\n", b"new\n", True)
+    assert preview_root_removal(str(target)) == FileEdit(str(target), b"old\n", None, True)
     assert entries(etc) == before
 
 

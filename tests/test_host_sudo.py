@@ -20,6 +20,8 @@ from p0_ssh_agent.host.sudoers_install import (
     check_sudoers_layout,
     edit_legacy_file,
     install_dropin,
+    preview_dropin,
+    preview_legacy_file,
     visudo_check_file,
     visudo_check_text,
 )
@@ -91,13 +93,13 @@ def test_visudo_checks_files_and_text(tmp_path: Path) -> None:
 def test_missing_visudo_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(sudoers_install, "VISUDO_CANDIDATES", (str(tmp_path / "visudo"),))
     with pytest.raises(SudoUnavailable, match=r"visudo not found.*install sudo"):
-        install_dropin("x ALL=(ALL) ALL\n", dry_run=True)
+        preview_dropin("x ALL=(ALL) ALL\n")
 
 
 @pytest.mark.parametrize("name", ["p0.conf", "p0~", "a/b", ""])
 def test_dropin_names_sudo_would_skip_are_refused(name: str) -> None:
     with pytest.raises(ValueError, match="must not contain"):
-        install_dropin(None, name=name, dry_run=True)
+        preview_dropin(None, name=name)
 
 
 # --- in the sandbox -----------------------------------------------------------------------------------------
@@ -174,7 +176,7 @@ def test_invalid_text_is_refused_and_sudoers_d_unchanged(sudoers: Sandbox, text:
         install_dropin(text)
     assert sudoers_state() == before
     with pytest.raises(SudoersInvalid, match="visudo rejects the new sudoers content"):
-        install_dropin(text, dry_run=True)
+        preview_dropin(text)
     assert sudoers_state() == before
 
 
@@ -238,7 +240,7 @@ def test_legacy_file_grants_are_removed_with_visudo_checks(sudoers: Sandbox) -> 
             main.write("#include sudoers-p0\n")
         assert "NOPASSWD" in sudo_list(alice)
 
-        dry = edit_legacy_file(lambda content: remove_block(content, "AbC123"), dry_run=True)
+        dry = preview_legacy_file(lambda content: remove_block(content, "AbC123"))
         assert dry.changed and LEGACY.read_text() == go_wrote
 
         edit = edit_legacy_file(lambda content: remove_block(content, "AbC123"))

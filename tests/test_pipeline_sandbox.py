@@ -54,9 +54,7 @@ def _engine(tmp_path: Path) -> tuple[Engine, CountingStore, Path]:
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
     store = CountingStore(state, str(state / LOCK_SUBDIR))
-    engine = Engine(
-        AgentConfig(state_dir=state), state, dry_run=False, audit_trail=AuditTrail.off(), ledger_store=store
-    )
+    engine = Engine.on_host(AgentConfig(state_dir=state), state, audit_trail=AuditTrail.off(), ledger_store=store)
     return engine, store, state
 
 

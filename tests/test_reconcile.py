@@ -58,7 +58,7 @@ def engine(sandbox: Sandbox, tmp_path: Path, journal: JournalSink) -> Engine:
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
     config = AgentConfig(state_dir=state, max_grant_seconds=3600)
-    return Engine(config, state, dry_run=False, audit_trail=journal.trail())
+    return Engine.on_host(config, state, audit_trail=journal.trail())
 
 
 def keys_file(user: str) -> Path:
@@ -232,7 +232,7 @@ def test_a_dry_run_engine_only_reports(engine: Engine, journal: JournalSink) -> 
     path = keys_file(user)
     path.write_bytes(path.read_bytes() + b"# RequestID: rec-1\n" + USER_OWN)
     before = snapshot(engine, user)
-    found = reconcile(dataclasses.replace(engine, dry_run=True), repair=True)
+    found = reconcile(engine.as_dry_run(), repair=True)
     assert kinds(found) == [("foreign_line", "rec-1")] and not found[0].repaired
     assert snapshot(engine, user) == before
     [entry] = journal.entries()

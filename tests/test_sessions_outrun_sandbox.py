@@ -17,7 +17,6 @@ After a revoke that answers success, no process of the UID may be left. "Left" i
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pwd
 import signal
@@ -239,10 +238,8 @@ def handle(engine: Engine, command: str, user: str, action: str) -> CommandResul
 def engines(state: Path, mode: str) -> tuple[Engine, Engine]:
     """(the host's engine, the same with the stuck process table)."""
     state.mkdir(mode=0o700, exist_ok=True)
-    real = Engine(
-        AgentConfig(state_dir=state, user_revoke_mode=mode), state, dry_run=False, audit_trail=AuditTrail.off()
-    )
-    return real, dataclasses.replace(real, processes=StuckProcesses())
+    real = Engine.on_host(AgentConfig(state_dir=state, user_revoke_mode=mode), state, audit_trail=AuditTrail.off())
+    return real, real.with_processes(StuckProcesses())
 
 
 def test_a_session_revoke_with_survivors_fails_and_names_them(sandbox: Sandbox, tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ def main(state_dir: str, seed: str, users: list[str]) -> None:
     rng = random.Random(int(seed))  # noqa: S311 - a reproducible schedule, not a secret
     # The users were made by the test, not by the agent: adopted, as an operator would list them in adoptUsers.
     config = AgentConfig(state_dir=Path(state_dir), adopt_users=tuple(users))
-    engine = Engine(config, Path(state_dir), dry_run=False, audit_trail=AuditTrail.off())
+    engine = Engine.on_host(config, Path(state_dir), audit_trail=AuditTrail.off())
     for n in range(1_000_000):
         user, request_id = rng.choice(users), rng.choice(REQUEST_IDS)
         command = rng.choice(["provisionAuthorizedKeys", "provisionAuthorizedKeys", "provisionCAKeys", "provisionSudo"])

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(verdict) if args.json else f"ALLOW  {verdict['reason']}")
         return int(ExitCode.OK)
     # Only looks (the facts a real grant would be decided on): it records nothing.
-    engine = Engine(config, resolve_state_dir(config.state_dir, os.environ), dry_run=True, audit_trail=AuditTrail.off())
+    engine = Engine.describing(config, resolve_state_dir(config.state_dir, os.environ), audit_trail=AuditTrail.off())
     now = _moment(args.at) if args.at else datetime.now(UTC)
     facts = policy_facts(gather(engine, grant, now), grant, org_id=config.org_id or "", adopted=config.adopt_users)
     decision = policy.evaluate(facts)

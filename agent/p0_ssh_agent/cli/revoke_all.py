@@ -32,15 +32,17 @@ def add_parser(subparsers: Any, parents: list[argparse.ArgumentParser]) -> argpa
 
 def run(args: argparse.Namespace) -> int:
     from p0_ssh_agent.config import load_config
+    from p0_ssh_agent.host.actions import Description
     from p0_ssh_agent.host.audit_trail import AuditTrail
-    from p0_ssh_agent.provisioning.engine import Engine, Plan
+    from p0_ssh_agent.provisioning.engine import Engine
     from p0_ssh_agent.provisioning.revoke_everything import revoke_all
     from p0_ssh_agent.runtime.statedir import resolve_state_dir
 
     config = load_config(args.config, missing_ok=True)
     state_dir = resolve_state_dir(config.state_dir, os.environ)
-    plan = Plan()
-    engine = Engine(config, state_dir, args.dry_run, audit_trail=AuditTrail.from_config(config, os.environ))
+    plan = Description()
+    trail = AuditTrail.from_config(config, os.environ)
+    engine = Engine.for_run(config, state_dir, dry_run=args.dry_run, audit_trail=trail)
     report = revoke_all(engine, args.users or config.user_revoke_mode, plan)
     for line in report.done:
         print(f"ok      {line}")

@@ -28,7 +28,7 @@ from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.host import accounts
 from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.host.ledger import Ledger, ledger_path, load_ledger
-from p0_ssh_agent.provisioning.authorized_keys import AUTHORIZED_KEYS, SSH_DIR, edit_authorized_keys
+from p0_ssh_agent.provisioning.authorized_keys import AUTHORIZED_KEYS, SSH_DIR, read_authorized_keys
 from p0_ssh_agent.provisioning.engine import Engine
 from p0_ssh_agent.provisioning.sudo_rules import DROPIN_PATH, current_rules
 
@@ -57,14 +57,14 @@ def _unknown_key_pairs(engine: Engine, ledger: Ledger, user: str) -> list[str]:
     if record is None:
         return []
     try:
-        edit = edit_authorized_keys(engine, record, lambda data: data, create=False, read_only=True)
+        content = read_authorized_keys(record)
     except AgentError:
         return []  # a file the agent refuses to read is not one it wrote to either
     owned = ledger.keys.get(user, {})
     path = f"{record.home.rstrip('/')}/{SSH_DIR}/{AUTHORIZED_KEYS}"
     return [
         f"key {user} {request_id} {path}: {len(lines)} line(s) under the marker, in no ledger"
-        for request_id, lines in sorted(blocks(edit.before or b"").items())
+        for request_id, lines in sorted(blocks(content).items())
         if request_id not in owned and lines
     ]
 
@@ -76,7 +76,7 @@ def check_orphans(config: AgentConfig, state_dir: Path, *, users: list[str] | No
         ledger = load_ledger(state_dir) if has_ledger else Ledger()
     except AgentError as exc:
         return Finding("orphans", "skip", f"the ledger cannot be read ({exc}): see the ledger finding")
-    engine = Engine(config, state_dir, dry_run=True, audit_trail=AuditTrail.off())  # only looks
+    engine = Engine.describing(config, state_dir, audit_trail=AuditTrail.off())  # only looks
     found: list[str] = []
     if not has_ledger:
         try:

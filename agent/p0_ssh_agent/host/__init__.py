@@ -1,7 +1,10 @@
 """Effects on the host: every file write, account change and subprocess the agent makes lives here.
 
+    actions     a change as data: the Plan (a tuple of actions) a handler builds, what applying it came to
+    apply       HostApplier: runs a Plan's actions in order, with their locks and rollbacks
+    describe    DescribingApplier: a dry run's; checks read-only and describes each action, changes nothing
     proc        run(argv) with an absolute path, minimal environment and a deadline; which() without PATH
-    safefile    edit_in_user_dir (symlink-safe ~/.ssh edits), write_root_file / remove_root_file; FileEdit
+    safefile    edit_in_user_dir (symlink-safe ~/.ssh edits), write_root_file / remove_root_file, their previews
     plainfile   the rules for reading a file a user controls: one link, a limit counted in bytes read
     locks       user_file_lock(uid), global_lock(name): cross-process flock locks
     selinux     restorecon after a write, when SELinux is on

@@ -33,7 +33,7 @@ import itertools
 import os
 import pwd
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -291,30 +291,39 @@ def _secure_home(record: UserRecord) -> None:
         os.close(fd)
 
 
-def create_user(
-    name: str, *, uid: int, shell: str = DEFAULT_SHELL, dry_run: bool = False, home_root: str = HOME_ROOT
-) -> tuple[UserRecord | None, list[list[str]]]:
-    """Create `name` with UID = GID = `uid`, its own group, a home, `shell` and password "*".
-
-    Returns the record as NSS shows it (None in a dry run) and the commands run (or that would run). Refuses
-    (AccountConflict) when the name, UID, GID, group name or home is taken, and (AccountRefused) a name a new account
-    may not have; rolls back a failed useradd.
-    """
+def _creation_argvs(name: str, uid: int, shell: str, home_root: str, tool: Callable[[str], str]) -> list[list[str]]:
+    """The commands that create `name`, after every check they need (conflicts, the name, the shell)."""
     _check_name(name)
     if not Path(shell).is_absolute():
         raise DataError(f"shell {shell!r} must be an absolute path")
-    groupadd = _planned_tool("groupadd") if dry_run else _tool("groupadd")
-    useradd = _planned_tool("useradd") if dry_run else _tool("useradd")
     argvs = [
-        [groupadd, "-g", str(uid), name],
-        [useradd, "-m", "-u", str(uid), "-g", str(uid), "-s", shell, "-p", NO_PASSWORD_FIELD, name],
+        [tool("groupadd"), "-g", str(uid), name],
+        [tool("useradd"), "-m", "-u", str(uid), "-g", str(uid), "-s", shell, "-p", NO_PASSWORD_FIELD, name],
     ]
     conflict = _creation_conflict(name, uid, home_root)
     if conflict is not None:
         raise AccountConflict(f"cannot create user {name}: {conflict}")
     check_new_account_name(name)  # after the conflicts: "user root already exists" says more than "reserved"
-    if dry_run:
-        return None, argvs
+    return argvs
+
+
+def planned_create_user(
+    name: str, *, uid: int, shell: str = DEFAULT_SHELL, home_root: str = HOME_ROOT
+) -> list[list[str]]:
+    """The commands create_user would run, through the same checks (a dry run): nothing is created."""
+    return _creation_argvs(name, uid, shell, home_root, _planned_tool)
+
+
+def create_user(
+    name: str, *, uid: int, shell: str = DEFAULT_SHELL, home_root: str = HOME_ROOT
+) -> tuple[UserRecord, list[list[str]]]:
+    """Create `name` with UID = GID = `uid`, its own group, a home, `shell` and password "*".
+
+    Returns the record as NSS shows it and the commands run. Refuses (AccountConflict) when the name, UID, GID,
+    group name or home is taken, and (AccountRefused) a name a new account may not have; rolls back a failed
+    useradd.
+    """
+    argvs = _creation_argvs(name, uid, shell, home_root, _tool)
     try:
         proc.run(argvs[0], timeout=TOOL_TIMEOUT)
     except proc.CommandFailed as exc:
@@ -349,13 +358,18 @@ def _existing(name: str, adopted: Collection[str]) -> UserRecord:
     return record
 
 
-def lock_user(name: str, *, dry_run: bool = False, adopted: Collection[str] = ()) -> list[list[str]]:
+def planned_lock_user(name: str, *, adopted: Collection[str] = ()) -> list[list[str]]:
+    """What lock_user would run, through the same checks (a dry run)."""
+    _existing(name, adopted)
+    return [[_planned_tool("usermod"), "-L", "-e", "1", name]]
+
+
+def lock_user(name: str, *, adopted: Collection[str] = ()) -> list[list[str]]:
     """Lock the password and expire the account (`usermod -L -e 1`): sshd then refuses even a valid key."""
     _existing(name, adopted)
-    argv = [_planned_tool("usermod") if dry_run else _tool("usermod"), "-L", "-e", "1", name]
-    if not dry_run:
-        proc.run(argv, timeout=TOOL_TIMEOUT)
-        invalidate_caches()
+    argv = [_tool("usermod"), "-L", "-e", "1", name]
+    proc.run(argv, timeout=TOOL_TIMEOUT)
+    invalidate_caches()
     return [argv]
 
 
@@ -379,31 +393,46 @@ def is_locked(name: str, *, shadow: str = "/etc/shadow", today: int | None = Non
     return False
 
 
-def unlock_user(name: str, *, dry_run: bool = False, adopted: Collection[str] = ()) -> list[list[str]]:
+def planned_unlock_user(name: str, *, adopted: Collection[str] = ()) -> list[list[str]]:
+    """What unlock_user would run, through the same checks (a dry run)."""
+    _existing(name, adopted)
+    return [[_planned_tool("usermod"), "-U", "-e", "", name]]
+
+
+def unlock_user(name: str, *, adopted: Collection[str] = ()) -> list[list[str]]:
     """Undo lock_user for a re-grant (`usermod -U -e ''`): the password field returns to "*"."""
     _existing(name, adopted)
-    argv = [_planned_tool("usermod") if dry_run else _tool("usermod"), "-U", "-e", "", name]
-    if not dry_run:
-        proc.run(argv, timeout=TOOL_TIMEOUT)
-        invalidate_caches()
+    argv = [_tool("usermod"), "-U", "-e", "", name]
+    proc.run(argv, timeout=TOOL_TIMEOUT)
+    invalidate_caches()
     return [argv]
 
 
-def delete_user(name: str, *, dry_run: bool = False, adopted: Collection[str] = ()) -> list[list[str]]:
+def _deletable(name: str, adopted: Collection[str]) -> bool:
+    """Whether there is an account to delete (a user already gone is not an error); AccountRefused if not ours."""
+    _check_name(name)
+    record = lookup_user(name)
+    if record is None:
+        return False
+    refusal = manage_refusal(record, adopted=adopted)
+    if refusal is not None:
+        raise AccountRefused(refusal)
+    return True
+
+
+def planned_delete_user(name: str, *, adopted: Collection[str] = ()) -> list[list[str]]:
+    """What delete_user would run, through the same checks (a dry run)."""
+    return [[_planned_tool("userdel"), "-r", name]] if _deletable(name, adopted) else []
+
+
+def delete_user(name: str, *, adopted: Collection[str] = ()) -> list[list[str]]:
     """Delete the user, its home and mail spool (`userdel -r`). A user that is already gone is not an error.
 
     Raises UserBusy when userdel reports the user still logged in (exit 8): end its sessions, retry later.
     """
-    _check_name(name)
-    argv = [_planned_tool("userdel") if dry_run else _tool("userdel"), "-r", name]
-    record = lookup_user(name)
-    if record is None:
+    argv = [_tool("userdel"), "-r", name]
+    if not _deletable(name, adopted):
         return []
-    refusal = manage_refusal(record, adopted=adopted)
-    if refusal is not None:
-        raise AccountRefused(refusal)
-    if dry_run:
-        return [argv]
     result = proc.run(argv, timeout=TOOL_TIMEOUT, check=False)
     invalidate_caches()
     if result.returncode == EXIT_USER_LOGGED_IN:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +89,7 @@ __all__ = [
     "Ledger",
     "LedgerCorrupt",
     "LedgerFull",
+    "LedgerRecords",
     "LedgerStore",
     "SudoEntry",
     "UserEntry",
@@ -190,6 +192,49 @@ class LedgerStore:
                 write_host(self._layout, HostRecord(high_water))
             elif current.uid_high_water < high_water:
                 write_host(self._layout, HostRecord(high_water, current.migrated_from))
+
+
+@dataclass
+class LedgerRecords:
+    """The ledger records one request read (once), and the commits it makes from them.
+
+    Every commit stores only the users whose records the change touched (LedgerStore.commit replaces every user
+    `before` or `after` names), so a snapshot of the whole ledger (a sudo request's) never overwrites a concurrent
+    change to someone else."""
+
+    store: LedgerStore
+    committed: Ledger
+
+    def after(self, change: Callable[[Ledger], object]) -> Ledger:
+        """The ledger after `change` (pure: a copy; nothing is stored)."""
+        result = copy_ledger(self.committed)
+        change(result)
+        return result
+
+    def commit(self, after: Ledger) -> None:
+        touched = {name for name in users_in(self.committed) | users_in(after) if _differs(self.committed, after, name)}
+        if touched:
+            self.store.commit(_only(self.committed, touched), _only(after, touched))
+        self.committed = copy_ledger(after)
+
+    def change(self, change: Callable[[Ledger], object]) -> None:
+        self.commit(self.after(change))
+
+
+def _differs(before: Ledger, after: Ledger, name: str) -> bool:
+    old, new = user_view(before, name), user_view(after, name)
+    return (old.users, old.keys, old.sudo) != (new.users, new.keys, new.sudo)
+
+
+def _only(ledger: Ledger, names: set[str]) -> Ledger:
+    """The records of `names` in `ledger` (with its UID high-water mark)."""
+    result = Ledger(uid_high_water=ledger.uid_high_water)
+    for name in names:
+        view = user_view(ledger, name)
+        result.users.update(view.users)
+        result.keys.update(view.keys)
+        result.sudo.update(view.sudo)
+    return result
 
 
 def load_ledger(state_dir: Path) -> Ledger:

@@ -53,6 +53,9 @@ __all__ = [
     "FileTooLarge",
     "UnsafePath",
     "edit_in_user_dir",
+    "preview_in_user_dir",
+    "preview_root_file",
+    "preview_root_removal",
     "read_root_file",
     "remove_root_file",
     "write_root_file",
@@ -239,16 +242,48 @@ def edit_in_user_dir(
     dir_mode: int = 0o700,
     file_mode: int = 0o600,
     create: bool = True,
-    dry_run: bool = False,
 ) -> FileEdit:
     """Replace <home>/<subdir>/<filename> with transform(its bytes, or b"" if missing), safely (module docstring).
 
     create False: a missing directory or file is left missing and transform is not called (a revoke with nothing
-    to remove). A missing file whose transform is empty is not created. dry_run: nothing on disk changes, not even
-    a mode; the FileEdit says what would happen. The directory and file end up uid:gid with dir_mode/file_mode
-    (a root-owned one, as the Go agent left them, is handed to the user). transform must be a pure function of
-    the bytes: it may run twice when the directory has to be created.
+    to remove). A missing file whose transform is empty is not created. The directory and file end up uid:gid
+    with dir_mode/file_mode (a root-owned one, as the Go agent left them, is handed to the user). transform must
+    be a pure function of the bytes: it may run twice when the directory has to be created.
     """
+    return _user_file_edit(
+        home, (uid, gid), subdir, filename, transform, modes=(dir_mode, file_mode), create=create, write=True
+    )
+
+
+def preview_in_user_dir(
+    *,
+    home: str,
+    uid: int,
+    gid: int,
+    subdir: str,
+    filename: str,
+    transform: Callable[[bytes], bytes],
+    create: bool = True,
+) -> FileEdit:
+    """What edit_in_user_dir would do, through the same checks: nothing on disk changes, not even a mode. Also
+    how a file in a user's directory is read safely (transform: the identity)."""
+    return _user_file_edit(
+        home, (uid, gid), subdir, filename, transform, modes=(0o700, 0o600), create=create, write=False
+    )
+
+
+def _user_file_edit(
+    home: str,
+    owner: tuple[int, int],
+    subdir: str,
+    filename: str,
+    transform: Callable[[bytes], bytes],
+    *,
+    modes: tuple[int, int],
+    create: bool,
+    write: bool,
+) -> FileEdit:
+    (uid, gid), (dir_mode, file_mode) = owner, modes
     _check_component(subdir, "subdir")
     _check_component(filename, "filename")
     shown_dir = f"{home.rstrip('/')}/{subdir}"
@@ -265,18 +300,18 @@ def edit_in_user_dir(
         made_dir = dir_fd is None
         if dir_fd is None:
             after = transform(b"") if create else b""
-            if not after or dry_run:
+            if not after or not write:
                 return FileEdit(path, None, after or None, changed=bool(after))
             dir_fd = _make_dir(home_fd, subdir, shown_dir, dir_mode)
         cleanup.callback(os.close, dir_fd)
         # A loose ~/.ssh of the user's own is tightened, not refused: only the user can write into it anyway.
         dir_info = _check_dir(dir_fd, shown_dir, owners, allow_loose=True)
-        if not dry_run:
+        if write:
             _enforce(dir_fd, dir_info, uid, gid, dir_mode)
         edit = _edit_file(
-            dir_fd, filename, shown_dir, transform, owner=(uid, gid), mode=file_mode, create=create, dry_run=dry_run
+            dir_fd, filename, shown_dir, transform, owner=(uid, gid), mode=file_mode, create=create, write=write
         )
-    if edit.changed and not dry_run:
+    if edit.changed and write:
         selinux.restorecon([shown_dir, path] if made_dir else [path])
     return edit
 
@@ -303,7 +338,7 @@ def _edit_file(
     owner: tuple[int, int],
     mode: int,
     create: bool,
-    dry_run: bool,
+    write: bool,
 ) -> FileEdit:
     path = f"{shown_dir}/{filename}"
     with contextlib.ExitStack() as cleanup:
@@ -318,8 +353,8 @@ def _edit_file(
         after = transform(before or b"")
         if before is None and not after:
             return FileEdit(path, None, None, changed=False)  # never create an empty file
-        if dry_run or after == before:
-            if existing is not None and not dry_run:
+        if not write or after == before:
+            if existing is not None and write:
                 _enforce(file_fd, file_info, *owner, mode)
             return FileEdit(path, before, after, changed=after != before)
         temp_name = f".{filename}.p0tmp.{secrets.token_hex(8)}"
@@ -362,7 +397,6 @@ def write_root_file(
     *,
     mode: int,
     validate: Callable[[str], None] | None = None,
-    dry_run: bool = False,
     max_bytes: int = MAX_FILE_BYTES,
 ) -> FileEdit:
     """Replace a root-owned file (e.g. under /etc) with `data`, mode `mode`, owner 0:0.
@@ -381,8 +415,6 @@ def write_root_file(
             file_fd, file_info, before = existing
             cleanup.callback(os.close, file_fd)
         changed = data != before
-        if dry_run:
-            return FileEdit(path, before, data, changed)
         if not changed:
             _enforce(file_fd, file_info, 0, 0, mode)
             return FileEdit(path, before, data, changed=False)
@@ -394,7 +426,19 @@ def write_root_file(
     return FileEdit(path, before, data, changed=True)
 
 
-def remove_root_file(path: str, *, dry_run: bool = False) -> FileEdit:
+def preview_root_file(path: str, data: bytes, *, max_bytes: int = MAX_FILE_BYTES) -> FileEdit:
+    """What write_root_file(path, data) would do, through the same checks of the directory and the target."""
+    before = read_root_file(path, max_bytes=max_bytes)
+    return FileEdit(path, before, data, changed=data != before)
+
+
+def preview_root_removal(path: str) -> FileEdit:
+    """What remove_root_file(path) would do, through the same checks."""
+    before = read_root_file(path)
+    return FileEdit(path, before, None, changed=before is not None)
+
+
+def remove_root_file(path: str) -> FileEdit:
     """Delete a root-owned regular file (checked like write_root_file's target); a missing file is no change."""
     dir_fd, _directory, name = _open_root_dir(path)
     with contextlib.ExitStack() as cleanup:
@@ -404,8 +448,6 @@ def remove_root_file(path: str, *, dry_run: bool = False) -> FileEdit:
             return FileEdit(path, None, None, changed=False)
         file_fd, _info, before = existing
         cleanup.callback(os.close, file_fd)
-        if dry_run:
-            return FileEdit(path, before, None, changed=True)
         try:
             os.unlink(name, dir_fd=dir_fd)
             os.fsync(dir_fd)

@@ -27,7 +27,14 @@ from pathlib import Path
 from p0_ssh_agent.core.sudoers import DROPIN_DIR, DROPIN_NAME, LEGACY_FILE, includes_sudoers_d
 from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.host import proc
-from p0_ssh_agent.host.safefile import FileEdit, read_root_file, remove_root_file, write_root_file
+from p0_ssh_agent.host.safefile import (
+    FileEdit,
+    preview_root_file,
+    preview_root_removal,
+    read_root_file,
+    remove_root_file,
+    write_root_file,
+)
 
 VISUDO_CANDIDATES = ("/usr/sbin/visudo", "/sbin/visudo", "/usr/bin/visudo")
 VISUDO_TIMEOUT = 30.0
@@ -139,7 +146,7 @@ def _restored(edit: FileEdit, problem: str) -> SudoersInvalid:
     )
 
 
-def _write_checked(path: str, data: bytes, *, dry_run: bool, removes_only: bool = False) -> FileEdit:
+def _write_checked(path: str, data: bytes, *, removes_only: bool = False) -> FileEdit:
     """Write a sudoers file through visudo -cf, then check the whole tree, restoring the old file on failure.
 
     With a tree that is already broken the file is left as it was, unless `removes_only` (the change only takes
@@ -149,9 +156,6 @@ def _write_checked(path: str, data: bytes, *, dry_run: bool, removes_only: bool 
     runs per grant instead of three (a third of a sudo grant's time). While the new file is briefly live next to
     a tree that fails, sudo refuses every rule anyway (a tree visudo rejects is one sudo will not parse).
     """
-    if dry_run:
-        visudo_check_text(data.decode("utf-8", errors="replace"))
-        return write_root_file(path, data, mode=SUDOERS_MODE, dry_run=True)
     edit = write_root_file(path, data, mode=SUDOERS_MODE, validate=visudo_check_file)
     if not edit.changed:
         return edit
@@ -175,19 +179,16 @@ def _check_dropin_name(name: str) -> None:
         raise ValueError(f"a sudoers drop-in name must not contain '/', '.' or '~': {name!r}")
 
 
-def install_dropin(
-    text: str | None, *, directory: str = DROPIN_DIR, name: str = DROPIN_NAME, dry_run: bool = False
-) -> FileEdit:
-    """Make <directory>/<name> hold `text` (0440 root:root, checked by visudo), or remove it when text is None.
-
-    dry_run checks the text with visudo (through stdin) and the layout, and writes nothing.
-    """
+def _dropin_path(directory: str, name: str) -> str:
     _check_dropin_name(name)
     find_visudo()
-    path = f"{directory.rstrip('/')}/{name}"
+    return f"{directory.rstrip('/')}/{name}"
+
+
+def install_dropin(text: str | None, *, directory: str = DROPIN_DIR, name: str = DROPIN_NAME) -> FileEdit:
+    """Make <directory>/<name> hold `text` (0440 root:root, checked by visudo), or remove it when text is None."""
+    path = _dropin_path(directory, name)
     if text is None:
-        if dry_run:
-            return remove_root_file(path, dry_run=True)
         # Removing grants is allowed even when the tree is already broken: it can only take rights away.
         broken_before = _tree_problem() is not None
         edit = remove_root_file(path)
@@ -195,12 +196,20 @@ def install_dropin(
             _verify_or_restore(edit)
         return edit
     check_sudoers_layout(dropin_dir=directory)
-    return _write_checked(path, text.encode("utf-8"), dry_run=dry_run)
+    return _write_checked(path, text.encode("utf-8"))
 
 
-def edit_legacy_file(
-    transform: Callable[[bytes], bytes], *, path: str = LEGACY_FILE, dry_run: bool = False
-) -> FileEdit:
+def preview_dropin(text: str | None, *, directory: str = DROPIN_DIR, name: str = DROPIN_NAME) -> FileEdit:
+    """What install_dropin would do: the text checked by visudo (through stdin) and the layout; nothing written."""
+    path = _dropin_path(directory, name)
+    if text is None:
+        return preview_root_removal(path)
+    check_sudoers_layout(dropin_dir=directory)
+    visudo_check_text(text)
+    return preview_root_file(path, text.encode("utf-8"))
+
+
+def edit_legacy_file(transform: Callable[[bytes], bytes], *, path: str = LEGACY_FILE) -> FileEdit:
     """Rewrite the Go agent's /etc/sudoers-p0 as transform(content), checked like the drop-in.
 
     Only for taking grants away (authorized_keys.remove_block works on its bytes): a missing file stays missing,
@@ -212,4 +221,15 @@ def edit_legacy_file(
     before = read_root_file(path)
     if before is None:
         return FileEdit(path, None, None, changed=False)
-    return _write_checked(path, transform(before), dry_run=dry_run, removes_only=True)
+    return _write_checked(path, transform(before), removes_only=True)
+
+
+def preview_legacy_file(transform: Callable[[bytes], bytes], *, path: str = LEGACY_FILE) -> FileEdit:
+    """What edit_legacy_file would do: the new content checked by visudo through stdin; nothing written."""
+    find_visudo()
+    before = read_root_file(path)
+    if before is None:
+        return FileEdit(path, None, None, changed=False)
+    after = transform(before)
+    visudo_check_text(after.decode("utf-8", errors="replace"))
+    return FileEdit(path, before, after, changed=after != before)

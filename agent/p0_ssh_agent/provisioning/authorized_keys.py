@@ -1,14 +1,18 @@
 """provisionAuthorizedKeys and provisionCAKeys: one managed pair per request in ~/.ssh/authorized_keys.
 
-The text edits are core.authorized_keys (whole-line markers, exactly one line per pair, everything else kept byte
-for byte); the file edit is host.safefile.edit_in_user_dir (directory fds, O_NOFOLLOW, owner and mode checks,
-fsync + rename + directory fsync, restorecon), under the user's lock (the pipeline holds it for the whole request).
-Compared with §6.3 / §12 items 1-4 and 6: the key is parsed and re-serialised (no options can be smuggled in), revoke
-removes only this request's pair of this kind, and a symlinked ~/.ssh or a file owned by someone else is refused.
+plan_keys is pure: it turns the request and its facts into a Plan (host/actions.py). The text edits are
+core.authorized_keys (whole-line markers, exactly one line per pair, everything else kept byte for byte); the file
+edit is an EditUserFile that the applier runs through host.safefile (directory fds, O_NOFOLLOW, owner and mode
+checks, fsync + rename + directory fsync, restorecon), under the user's lock (the pipeline holds it for the whole
+request). Compared with §6.3 / §12 items 1-4 and 6: the key is parsed and re-serialised (no options can be smuggled
+in), revoke removes only this request's pair of this kind, and a symlinked ~/.ssh or a file owned by someone else
+is refused.
 
 Ledger order: a grant is recorded before the file is written and a revoke forgotten after, so a crash in between
-leaves the ledger claiming a little more than the host holds (harmless to revoke), never less. Both happen under the
-user's lock (lock order: uid before ledger). The ledger records are the request's facts, read once.
+leaves the ledger claiming a little more than the host holds (harmless to revoke), never less. A grant refused as
+unsafe (UnsafePath) before anything was written is forgotten again (EditUserFile.if_refused), unless an earlier
+grant had recorded it. Both happen under the user's lock (lock order: uid before ledger). The ledger records are
+the request's facts, read once.
 
 With maxGrantSeconds set, a line carries `expiry-time=` at the ledger's granted_at + maxGrantSeconds (host/openssh.py
 picks the form the local OpenSSH reads), so sshd refuses it on time even if the agent is not running.
@@ -16,51 +20,40 @@ picks the form the local OpenSSH reads), so sshd refuses it on time even if the 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
+from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.core import messages
 from p0_ssh_agent.core.authorized_keys_format import add_block, ca_line, is_ca_line, key_line, remove_block
 from p0_ssh_agent.core.requests import Action, CaKeyRequest, KeyRequest
 from p0_ssh_agent.host.accounts import UserRecord
-from p0_ssh_agent.host.ledger import KeyKind, Ledger, utc_now
+from p0_ssh_agent.host.actions import ChangeLedger, EditUserFile, Plan, RequireAccount
+from p0_ssh_agent.host.ledger import KeyKind, Ledger
 from p0_ssh_agent.host.openssh import grant_stamp
-from p0_ssh_agent.host.safefile import FileEdit, UnsafePath, edit_in_user_dir
+from p0_ssh_agent.host.safefile import preview_in_user_dir
 from p0_ssh_agent.protocol.forwarded import CommandResult
-from p0_ssh_agent.provisioning.engine import Engine, LedgerRecords, Plan
-from p0_ssh_agent.provisioning.facts import HostFacts, NotManaged, claimed_account
+from p0_ssh_agent.provisioning.facts import HostFacts, NotManaged
+from p0_ssh_agent.provisioning.planning import PlanBuilder
 
 SSH_DIR = ".ssh"
 AUTHORIZED_KEYS = "authorized_keys"
 
 
-def edit_authorized_keys(
-    engine: Engine,
-    record: UserRecord,
-    transform: Callable[[bytes], bytes],
-    *,
-    create: bool = True,
-    read_only: bool = False,
-) -> FileEdit:
-    """Apply `transform` to the user's authorized_keys through the symlink-safe walk every edit takes (create False:
-    a revoke; read_only: only read it, as reconciliation does). The caller holds the user's lock."""
-    return edit_in_user_dir(
-        home=record.home,
-        uid=record.uid,
-        gid=record.gid,
-        subdir=SSH_DIR,
-        filename=AUTHORIZED_KEYS,
-        transform=transform,
-        create=create,
-        dry_run=engine.dry_run or read_only,
-    )
+def authorized_keys_edit(
+    record: UserRecord, transform: Callable[[bytes], bytes], *, create: bool = True
+) -> EditUserFile:
+    """The user's authorized_keys := transform(it), through the symlink-safe walk every edit takes (create False:
+    a revoke). The applier runs it under the user's lock, which its caller holds."""
+    return EditUserFile(record.home, record.uid, record.gid, SSH_DIR, AUTHORIZED_KEYS, transform, create=create)
 
 
-def _granted_at(ledger: Ledger, name: str, request_id: str, kind: KeyKind, fingerprint: str) -> str:
+def _granted_at(ledger: Ledger, name: str, request_id: str, kind: KeyKind, fingerprint: str) -> str | None:
     """When the ledger says this line was first granted: a repeated grant keeps its first time, hence its expiry."""
     for entry in ledger.keys.get(name, {}).get(request_id, []):
         if (entry.kind, entry.fingerprint) == (kind, fingerprint):
             return entry.granted_at
-    return utc_now()
+    return None
 
 
 def _is_recorded(ledger: Ledger, name: str, request_id: str, kind: KeyKind, fingerprint: str) -> bool:
@@ -79,11 +72,11 @@ def _forget_key(ledger: Ledger, name: str, request_id: str, kind: KeyKind, finge
         ledger.keys.setdefault(name, {})[request_id] = kept
 
 
-def _target(engine: Engine, facts: HostFacts, records: LedgerRecords, action: Action) -> UserRecord | None:
+def _target(builder: PlanBuilder, facts: HostFacts, adopted: tuple[str, ...], action: Action) -> UserRecord | None:
     """The account to edit. A revoke may also clean an account we do not manage (not root): P0's Go agent added
     keys to any existing user, and a revoke only ever removes this request's own marked pair."""
     try:
-        return claimed_account(facts, records, engine.config.adopt_users)
+        return builder.claim(facts, adopted)
     except NotManaged:
         record = facts.account
         if action is Action.GRANT or record is None or record.uid == 0:
@@ -91,9 +84,8 @@ def _target(engine: Engine, facts: HostFacts, records: LedgerRecords, action: Ac
         return record
 
 
-def provision_keys(
-    engine: Engine, request: KeyRequest | CaKeyRequest, facts: HostFacts, records: LedgerRecords, plan: Plan
-) -> CommandResult:
+def plan_keys(request: KeyRequest | CaKeyRequest, facts: HostFacts, config: AgentConfig) -> Plan | CommandResult:
+    """Pure (the clock and grant_stamp's cached OpenSSH version aside): the Plan, or the answer without one."""
     is_ca = isinstance(request, CaKeyRequest)
     kind: KeyKind = "ca" if is_ca else "key"
     key = request.key
@@ -104,49 +96,66 @@ def provision_keys(
             return CommandResult(success=False, error=messages.NO_CA_PUBLIC_KEY)
         return CommandResult(success=True, message=messages.NO_PUBLIC_KEY)
 
-    record = _target(engine, facts, records, request.action)
+    builder = PlanBuilder(facts.ledger)
+    record = _target(builder, facts, config.adopt_users, request.action)
     if record is None:
         if request.action is Action.REVOKE:
             # The account is gone, and its keys with it: a retried revoke must not turn into a failure.
             return CommandResult(success=True, message=f"user {name} does not exist; nothing to remove")
-        if engine.dry_run and key is not None:
-            # In a dry run the provisionUser grant before this one created nothing: plan on the account to be.
-            expiry = grant_stamp(utc_now(), engine.config.max_grant_seconds)
-            line = ca_line(name, key, expiry=expiry) if is_ca else key_line(key, expiry=expiry)
-            plan.note(f"{name} does not exist yet (provisionUser creates it); its authorized_keys would get:")
-            plan.note(f"+# RequestID: {request_id}\n+{line}")
-            return CommandResult(success=True, message=messages.dry_run(request.command.value, name))
-        return CommandResult(success=False, error=messages.user_not_found(name, f"user: unknown user {name}"))
+        assert key is not None  # noqa: S101 - a grant without a key was answered above
+        # A real run fails; a dry run's provisionUser grant before this one created nothing: it plans on the
+        # account to be.
+        expiry = grant_stamp(builder.now, config.max_grant_seconds)
+        line = ca_line(name, key, expiry=expiry) if is_ca else key_line(key, expiry=expiry)
+        missing = CommandResult(success=False, error=messages.user_not_found(name, f"user: unknown user {name}"))
+        notes = (
+            f"{name} does not exist yet (provisionUser creates it); its authorized_keys would get:",
+            f"+# RequestID: {request_id}\n+{line}",
+        )
+        builder.add(RequireAccount(missing, notes))
+        return builder.plan(CommandResult(success=True, message=messages.dry_run(request.command.value, name)))
     path = f"{record.home.rstrip('/')}/{SSH_DIR}/{AUTHORIZED_KEYS}"
 
     # The user's lock (held by the pipeline) covers the ledger change and the file edit together, so reconciliation
     # (which takes it too) never sees one without the other and calls an in-flight grant drift.
     if key is not None:  # a grant (a revoke carries no key)
-        fingerprint = key.fingerprint()
-        before = records.committed
-        recorded = _is_recorded(before, name, request_id, kind, fingerprint)
-        after = records.after(lambda ledger: ledger.record_key(name, request_id, kind, fingerprint))
-        expiry = grant_stamp(_granted_at(after, name, request_id, kind, fingerprint), engine.config.max_grant_seconds)
+        fingerprint, now = key.fingerprint(), builder.now
+        recorded = _is_recorded(builder.ledger, name, request_id, kind, fingerprint)
+        after = builder.change_ledger(  # recorded before the file is written
+            lambda ledger: ledger.record_key(name, request_id, kind, fingerprint, now=now)
+        )
+        granted = _granted_at(after, name, request_id, kind, fingerprint) or now
+        expiry = grant_stamp(granted, config.max_grant_seconds)
         line = ca_line(name, key, expiry=expiry) if is_ca else key_line(key, expiry=expiry)
-        records.commit(after)  # recorded before the file is written
-        try:
-            edit = edit_authorized_keys(engine, record, lambda content: add_block(content, request_id, line))
-        except UnsafePath:
-            # Refused before anything was written (symlinked ~/.ssh, foreign owner): the ledger must not go on
-            # claiming a grant the host never held (status, reconciliation and revoke-all would chase it).
-            if not recorded:
-                records.change(lambda led: _forget_key(led, name, request_id, kind, fingerprint))
-            raise
-        plan.file(edit)
+        # Refused before anything was written (symlinked ~/.ssh, foreign owner): the ledger must not go on claiming
+        # a grant the host never held (status, reconciliation and revoke-all would chase it).
+        undo = () if recorded else (ChangeLedger(lambda led: _forget_key(led, name, request_id, kind, fingerprint)),)
+        edit = authorized_keys_edit(record, lambda content: add_block(content, request_id, line))
+        builder.add(dataclasses.replace(edit, if_refused=undo))
         message = messages.ca_key_added(path, line) if is_ca else messages.key_added(path)
-        return CommandResult(success=True, message=message)
+        return builder.plan(CommandResult(success=True, message=message))
 
     def select(content_line: bytes) -> bool:
         return is_ca_line(content_line) == is_ca
 
-    removal = edit_authorized_keys(
-        engine, record, lambda content: remove_block(content, request_id, select=select), create=False
+    builder.add(
+        authorized_keys_edit(record, lambda content: remove_block(content, request_id, select=select), create=False)
     )
-    plan.file(removal)
-    records.change(lambda ledger: ledger.forget_keys(name, request_id, kind))  # forgotten after the file edit
-    return CommandResult(success=True, message=messages.ca_key_removed(path) if is_ca else messages.key_removed(path))
+    builder.change_ledger(lambda ledger: ledger.forget_keys(name, request_id, kind))  # forgotten after the file edit
+    removed = messages.ca_key_removed(path) if is_ca else messages.key_removed(path)
+    return builder.plan(CommandResult(success=True, message=removed))
+
+
+def read_authorized_keys(record: UserRecord) -> bytes:
+    """The user's authorized_keys as it is (b"" if missing), read through the same symlink-safe walk as an edit
+    (UnsafePath, FileEditFailed). The caller holds the user's lock if what it reads must not change meanwhile."""
+    edit = preview_in_user_dir(
+        home=record.home,
+        uid=record.uid,
+        gid=record.gid,
+        subdir=SSH_DIR,
+        filename=AUTHORIZED_KEYS,
+        transform=lambda data: data,
+        create=False,
+    )
+    return edit.before or b""

@@ -28,9 +28,10 @@ from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.core.openssh_expiry import grant_time
 from p0_ssh_agent.core.requests import Action, CaKeyRequest, Command, KeyRequest, SudoRequest
 from p0_ssh_agent.host import audit_trail
+from p0_ssh_agent.host.actions import Description
 from p0_ssh_agent.host.ledger import Ledger
 from p0_ssh_agent.protocol.forwarded import CommandResult
-from p0_ssh_agent.provisioning.engine import Engine, Plan
+from p0_ssh_agent.provisioning.engine import Engine
 from p0_ssh_agent.provisioning.pipeline import run_change
 from p0_ssh_agent.provisioning.revoke_everything import Report, revoke_all
 
@@ -165,12 +166,12 @@ def sweep(engine: Engine, now: datetime) -> SweepReport:
             result = CommandResult(success=False, error=str(exc))
         if result.success:
             report.revoked.append(grant)
-            outcome = "revoked" if not engine.dry_run else "would revoke"
-            record_expiry(grant, result=outcome, dry_run=engine.dry_run, trail=engine.audit_trail)
+            outcome = "revoked" if not engine.describes else "would revoke"
+            record_expiry(grant, result=outcome, dry_run=engine.describes, trail=engine.audit_trail)
         else:
             report.failed.append((grant, result.error))
             error = result.error or "revoke failed"
-            record_expiry(grant, result="failed", error=error, dry_run=engine.dry_run, trail=engine.audit_trail)
+            record_expiry(grant, result="failed", error=error, dry_run=engine.describes, trail=engine.audit_trail)
     report.next_expiry = next_expiry(grants, now)
     return report
 
@@ -186,7 +187,7 @@ def offline_user_mode(configured: str) -> str:
 def offline_revoke(engine: Engine, offline_seconds: float) -> Report:
     """Take back every grant in the ledger because the backend has been unreachable for `offline_seconds`."""
     mode = offline_user_mode(engine.config.user_revoke_mode)
-    report = revoke_all(engine, mode, Plan(), origin="offline-revoke")
+    report = revoke_all(engine, mode, Description(), origin="offline-revoke")
     log.warning(
         "offline_revoke",
         offline_seconds=round(offline_seconds),
@@ -195,6 +196,6 @@ def offline_revoke(engine: Engine, offline_seconds: float) -> Report:
         done=len(report.done),
         failed=len(report.failed),
         failures=report.failed or None,
-        dry_run=engine.dry_run,
+        dry_run=engine.describes,
     )
     return report

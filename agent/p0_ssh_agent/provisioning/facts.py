@@ -30,7 +30,7 @@ from p0_ssh_agent.host import accounts
 from p0_ssh_agent.host.accounts import UserRecord
 from p0_ssh_agent.host.ledger import Ledger, LedgerCorrupt
 from p0_ssh_agent.protocol.forwarded import CommandResult
-from p0_ssh_agent.provisioning.engine import Engine, LedgerRecords
+from p0_ssh_agent.provisioning.engine import Engine
 
 Ownership = Literal["owned", "adoptable", "uid-changed", "foreign"]
 
@@ -225,12 +225,3 @@ def denial(decision: Decision, policy: LocalPolicy, facts: Facts) -> CommandResu
             "list it under adoptUsers in the configuration to let the agent manage it"
         )
     return CommandResult(success=False, error=error, http_status=403, policy_denied=True)
-
-
-def claimed_account(facts: HostFacts, records: LedgerRecords, adopted: Collection[str]) -> UserRecord | None:
-    """claim(), and an adoptable account recorded as adopted (one commit) before anything else is changed."""
-    record = claim(facts, adopted)
-    if record is not None and record.name not in records.committed.users:
-        name, uid = record.name, record.uid
-        records.change(lambda ledger: ledger.record_user(name, uid, adopted=True))
-    return record

@@ -5,9 +5,11 @@
       Change -> the first lock the change needs (the user's; the accounts lock for an account to create)
              -> facts.gather: account, groups, the ledger read ONCE                (provisioning/facts.py)
              -> facts.decide: the local policy on those facts -> Allow | Deny      (pure)
-             -> the command's handler, on the same facts: ledger commits and host edits in the order its module
-                documents (authorized_keys, sudo_rules, users, end_sessions); a dry run's Engine writes nothing
-                and the Plan describes what a real run would do
+             -> plan: the command's handler, pure, on the same facts -> a Plan (host/actions.py: ledger commits
+                and host edits in the order its module documents) or an answer without one (authorized_keys,
+                sudo_rules, users, end_sessions)
+             -> apply: the engine's applier runs the Plan (host/apply.py) or, in a dry run, describes it
+                (host/describe.py); the Plan's answer follows from what the actions came to
       -> Outcome -> one audit entry, the dry-run answer, the result (the runtime frames and logs it)
 
 Every failure becomes a result in run_change, the one place that translates errors: a handler raises AgentError
@@ -49,17 +51,18 @@ from p0_ssh_agent.core.requests import (
 )
 from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.host import accounts
+from p0_ssh_agent.host.actions import Description, Plan
 from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.host.policy_file import load_policy
 from p0_ssh_agent.protocol.forwarded import NO_COMMAND_MESSAGE, CommandResult, ForwardedRequest, command_name
-from p0_ssh_agent.provisioning.authorized_keys import provision_keys
+from p0_ssh_agent.provisioning.authorized_keys import plan_keys
 from p0_ssh_agent.provisioning.context import ExecutionContext
-from p0_ssh_agent.provisioning.end_sessions import provision_session
-from p0_ssh_agent.provisioning.engine import Engine, LedgerRecords, Plan
+from p0_ssh_agent.provisioning.end_sessions import plan_session
+from p0_ssh_agent.provisioning.engine import Engine
 from p0_ssh_agent.provisioning.facts import Deny, HostFacts, decide, gather
 from p0_ssh_agent.provisioning.readonly import run_read_only
-from p0_ssh_agent.provisioning.sudo_rules import provision_sudo
-from p0_ssh_agent.provisioning.users import provision_user
+from p0_ssh_agent.provisioning.sudo_rules import plan_sudo
+from p0_ssh_agent.provisioning.users import new_uid, plan_user
 
 log = get_logger(__name__)
 COMMANDS = frozenset(command.value for command in Command)
@@ -67,10 +70,10 @@ COMMANDS = frozenset(command.value for command in Command)
 
 @dataclass
 class Outcome:
-    """What a change came to: its result, the plan (what it did or, in a dry run, would do), and the policy's say."""
+    """What a change came to: its result, the description of what it would do (a dry run's), and the policy's say."""
 
     result: CommandResult
-    plan: Plan = field(default_factory=Plan)
+    description: Description = field(default_factory=Description)
     policy: str = ""  # the policies that decided a grant ("" for a revoke)
     denied: bool = False
 
@@ -106,7 +109,10 @@ class Pipeline:
 
     async def change(self, request: Change) -> CommandResult:
         context = self.context
-        engine = Engine(context.config, context.state_dir, context.dry_run, audit_trail=context.audit_trail)
+        # The one place that picks the applier: a dry run describes the plan, anything else applies it.
+        engine = Engine.for_run(
+            context.config, context.state_dir, dry_run=context.dry_run, audit_trail=context.audit_trail
+        )
         # Not abandoned on cancel: a host edit, once started, always runs to its end (the worker answers the
         # backend on time regardless and keeps the result for a retry).
         outcome = await trio.to_thread.run_sync(run_change, engine, request, context.policy)
@@ -125,7 +131,7 @@ def run_change(
 ) -> Outcome:
     """Facts, decision, change (blocking). `policy` None: no local policy is asked (the agent's own revokes, and
     tests of the handlers alone). The one place where an error becomes a result."""
-    plan, decided_by, moment = Plan(), "", now or datetime.now(UTC)
+    description, decided_by, moment = Description(), "", now or datetime.now(UTC)
     judged = policy is not None and request.action is Action.GRANT
     try:
         if judged:
@@ -140,12 +146,17 @@ def run_change(
             decided_by = verdict.policy
             if isinstance(verdict, Deny):  # the host changed between the two looks
                 return _denied(request, verdict)
-            result = _handle(engine, request, facts, LedgerRecords(engine.store, facts.ledger), plan)
+            planned = _plan(request, facts, engine.config)
+            if isinstance(planned, Plan):
+                applied = engine.apply(planned, facts.ledger)
+                description, result = applied.description, planned.result(applied)
+            else:
+                result = planned
     except AgentError as exc:
         result = CommandResult(success=False, error=str(exc))
     except OSError as exc:  # a failure no module translated: still the operator's to read, never a crash
         result = CommandResult(success=False, error=f"{request.command.value}: {exc.strerror or exc}")
-    return Outcome(result, plan, decided_by)
+    return Outcome(result, description, decided_by)
 
 
 def _judge(engine: Engine, policy: LocalPolicy | None, request: Change, now: datetime) -> Outcome | None:
@@ -167,7 +178,7 @@ def _denied(request: Change, verdict: Deny) -> Outcome:
         policy=verdict.policy,
         reason=verdict.reason,
     )
-    return Outcome(verdict.result, Plan(), verdict.policy, denied=True)
+    return Outcome(verdict.result, Description(), verdict.policy, denied=True)
 
 
 def _first_lock(engine: Engine, request: Change) -> contextlib.AbstractContextManager[None]:
@@ -182,16 +193,17 @@ def _first_lock(engine: Engine, request: Change) -> contextlib.AbstractContextMa
     return contextlib.nullcontext()
 
 
-def _handle(engine: Engine, request: Change, facts: HostFacts, records: LedgerRecords, plan: Plan) -> CommandResult:
+def _plan(request: Change, facts: HostFacts, config: AgentConfig) -> Plan | CommandResult:
+    """The command's handler: a Plan, or the answer when there is nothing to do (pure, but for new_uid's read)."""
     match request:
         case UserRequest():
-            return provision_user(engine, request, facts, records, plan)
+            return plan_user(request, facts, config, new_uid(request, facts, config.adopt_users))
         case KeyRequest() | CaKeyRequest():
-            return provision_keys(engine, request, facts, records, plan)
+            return plan_keys(request, facts, config)
         case SudoRequest():
-            return provision_sudo(engine, request, facts, records, plan)
+            return plan_sudo(request, facts, config)
         case SessionRequest():
-            return provision_session(engine, request, facts, records, plan)
+            return plan_session(request, facts, config)
 
 
 def dry_run_answer(request: Change, outcome: Outcome) -> CommandResult:
@@ -201,7 +213,7 @@ def dry_run_answer(request: Change, outcome: Outcome) -> CommandResult:
         return result
     answer = result.message if not result.message.startswith("DRY-RUN") else ""
     lines = [f"a real run would answer: {answer}"] if answer else []
-    lines.append(outcome.plan.text() or "no change on this host")
+    lines.append(outcome.description.text() or "no change on this host")
     output = "\n".join(lines)
     return CommandResult(success=True, message=messages.dry_run(request.command.value, request.user), output=output)
 

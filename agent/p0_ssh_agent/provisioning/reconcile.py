@@ -51,10 +51,17 @@ from p0_ssh_agent.core.sshkeys import KNOWN_KEY_TYPES, parse_public_key
 from p0_ssh_agent.core.sudoers import SudoGrant
 from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.host import accounts, audit_trail
-from p0_ssh_agent.host.ledger import KeyEntry, Ledger
-from p0_ssh_agent.provisioning.authorized_keys import AUTHORIZED_KEYS, SSH_DIR, edit_authorized_keys
-from p0_ssh_agent.provisioning.engine import Engine, LedgerRecords, Plan
-from p0_ssh_agent.provisioning.sudo_rules import DROPIN_PATH, change_rules, current_rules
+from p0_ssh_agent.host.actions import Plan
+from p0_ssh_agent.host.ledger import KeyEntry, Ledger, LedgerRecords
+from p0_ssh_agent.protocol.forwarded import CommandResult
+from p0_ssh_agent.provisioning.authorized_keys import (
+    AUTHORIZED_KEYS,
+    SSH_DIR,
+    authorized_keys_edit,
+    read_authorized_keys,
+)
+from p0_ssh_agent.provisioning.engine import Engine
+from p0_ssh_agent.provisioning.sudo_rules import DROPIN_PATH, current_rules, rules_change
 
 log = get_logger(__name__)
 
@@ -63,6 +70,7 @@ DriftKind = Literal[
 ]
 # sshd reads expiry-time= to the second; a stamp may sit up to a second before the exact instant, never after.
 _STAMP_SLACK = timedelta(seconds=1)
+_DONE = CommandResult(success=True)  # the answer of a repair's plan: nobody reads it
 
 
 @dataclass(frozen=True)
@@ -121,7 +129,7 @@ def _repairable(drift: Drift) -> bool:
 def inspect_drift(config: AgentConfig, state_dir: Path) -> list[Drift]:
     """The drift as `status` and `doctor` show it: a dry-run engine (no lock, no repair), nothing logged or audited."""
     return reconcile(
-        Engine(config, state_dir, dry_run=True, audit_trail=audit_trail.AuditTrail.off()), repair=False, record=False
+        Engine.describing(config, state_dir, audit_trail=audit_trail.AuditTrail.off()), repair=False, record=False
     )
 
 
@@ -130,11 +138,13 @@ def reconcile(engine: Engine, *, repair: bool, record: bool = True) -> list[Drif
 
     A dry-run engine (dryRun: true, or `status`) only reports: it changes nothing and takes no locks.
     """
-    repair = repair and not engine.dry_run
+    repair = repair and not engine.describes
     found = _reconcile_keys(engine, repair) + _reconcile_sudo(engine, repair)
     if record:
         for drift in found:
-            record_drift(drift, mode="repair" if repair else "report", trail=engine.audit_trail, dry_run=engine.dry_run)
+            record_drift(
+                drift, mode="repair" if repair else "report", trail=engine.audit_trail, dry_run=engine.describes
+            )
     return found
 
 
@@ -257,9 +267,7 @@ def _reconcile_user(engine: Engine, user: str, repair: bool) -> list[Drift]:
         if not owned:
             return []
         try:
-            content = (
-                edit_authorized_keys(engine, record, lambda data: data, create=False, read_only=True).before or b""
-            )
+            content = read_authorized_keys(record)
         except AgentError as exc:
             return [Drift("unreadable", path, user, None, str(exc))]
         findings = _compare_user(user, owned, content, path, max_seconds)
@@ -268,7 +276,8 @@ def _reconcile_user(engine: Engine, user: str, repair: bool) -> list[Drift]:
         try:
             if findings.foreign:
                 foreign = findings.foreign
-                edit_authorized_keys(engine, record, lambda data: _strip_foreign(data, foreign), create=False)
+                strip = authorized_keys_edit(record, lambda data: _strip_foreign(data, foreign), create=False)
+                engine.apply(Plan((strip,), _DONE))
             records.change(lambda ledger: _forget_entries(ledger, user, findings.vanished))
         except AgentError as exc:
             log.error("drift_repair_failed", path=path, target_user=user, error=str(exc))
@@ -326,8 +335,8 @@ def _reconcile_sudo(engine: Engine, repair: bool) -> list[Drift]:
     if not repair or not drift:
         return drift
     try:
-        # change_rules mirrors the ledger to the drop-in afterwards: vanished and changed grants are forgotten.
-        change_rules(engine, _keep_ledger_rules(engine), Plan())
+        # rules_change mirrors the ledger to the drop-in afterwards: vanished and changed grants are forgotten.
+        engine.apply(Plan((rules_change(_keep_ledger_rules(engine), users=None),), _DONE))
     except AgentError as exc:
         log.error("drift_repair_failed", path=DROPIN_PATH, error=str(exc))
         return drift

@@ -29,11 +29,11 @@ from p0_ssh_agent.core.requests import (
 from p0_ssh_agent.core.sudoers import LEGACY_FILE
 from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.host import audit_trail
-from p0_ssh_agent.host.sudoers_install import edit_legacy_file
+from p0_ssh_agent.host.actions import Description, EditLegacySudoers, HostAction, Plan
 from p0_ssh_agent.protocol.forwarded import CommandResult
-from p0_ssh_agent.provisioning.engine import Engine, Plan
+from p0_ssh_agent.provisioning.engine import Engine
 from p0_ssh_agent.provisioning.pipeline import run_change
-from p0_ssh_agent.provisioning.sudo_rules import change_rules
+from p0_ssh_agent.provisioning.sudo_rules import rules_change
 
 REVOKE_ALL_ID = "revoke-all"
 
@@ -64,15 +64,24 @@ def _attempt(report: Report, what: str, step: object) -> CommandResult:
     return CommandResult(success=True, message=what)
 
 
-def _change(engine: Engine, request: KeyRequest | CaKeyRequest | UserRequest, plan: Plan) -> CommandResult:
-    """One revoke through the request line (no local policy: revokes are never evaluated); its steps join `plan`."""
+def _change(
+    engine: Engine, request: KeyRequest | CaKeyRequest | UserRequest, description: Description
+) -> CommandResult:
+    """One revoke through the request line (no local policy: revokes are never evaluated); what a dry run would
+    do joins `description`."""
     outcome = run_change(engine, request)
-    plan.steps.extend(outcome.plan.steps)
+    description.steps.extend(outcome.description.steps)
     return outcome.result
 
 
+def _apply(engine: Engine, action: HostAction, description: Description) -> None:
+    """One action of the sweep's own, through the engine's applier (the sudoers lock is the action's)."""
+    applied = engine.apply(Plan((action,), CommandResult(success=True)))
+    description.steps.extend(applied.description.steps)
+
+
 def _audit(engine: Engine, request: ProvisioningRequest, result: CommandResult, origin: audit_trail.Origin) -> None:
-    event = audit_trail.request_event(request, result, dry_run=engine.dry_run, origin=origin)
+    event = audit_trail.request_event(request, result, dry_run=engine.describes, origin=origin)
     if event is not None:
         engine.audit_trail.record(event)
 
@@ -89,17 +98,19 @@ def _audit_summary(engine: Engine, report: Report, user_mode: str, origin: audit
             action=Action.REVOKE.value,
             target_user="",
             result=result,
-            summary=f"{'[dry run] ' if engine.dry_run else ''}{origin}: every grant in the ledger revoked: {counts}",
-            dry_run=engine.dry_run,
+            summary=f"{'[dry run] ' if engine.describes else ''}{origin}: every grant in the ledger revoked: {counts}",
+            dry_run=engine.describes,
             error="; ".join(report.failed),
             detail=counts,
         ),
     )
 
 
-def revoke_all(engine: Engine, user_mode: str, plan: Plan, *, origin: audit_trail.Origin = "revoke-all") -> Report:
+def revoke_all(
+    engine: Engine, user_mode: str, description: Description, *, origin: audit_trail.Origin = "revoke-all"
+) -> Report:
     """Blocking. user_mode: keep | lock | delete, for the accounts the agent created. origin names who asked
-    (`revoke-all`, or the offline revoke) in the audit entries."""
+    (`revoke-all`, or the offline revoke) in the audit entries. A describing engine's steps join `description`."""
     report = Report()
     ledger = engine.read_ledger()
     for user, per_request in sorted(ledger.keys.items()):
@@ -112,12 +123,11 @@ def revoke_all(engine: Engine, user_mode: str, plan: Plan, *, origin: audit_trai
                 requests.append(CaKeyRequest(Command.CA_KEYS, user, Action.REVOKE, request_id, None))
             for request in requests:
                 what = f"{request.command.value} {user} {request_id}"
-                result = _attempt(report, what, lambda r=request: _change(engine, r, plan))
+                result = _attempt(report, what, lambda r=request: _change(engine, r, description))
                 _audit(engine, request, result, origin)
 
-    result = _attempt(
-        report, "sudo rules in /etc/sudoers.d", lambda: change_rules(engine, lambda grants: grants.clear(), plan)
-    )
+    clear = rules_change(lambda grants: grants.clear(), users=None)
+    result = _attempt(report, "sudo rules in /etc/sudoers.d", lambda: _apply(engine, clear, description))
     for request_id, sudo in sorted(ledger.sudo.items()):  # one drop-in rewrite, one entry per grant it took back
         sudo_request = SudoRequest(Command.SUDO, sudo.user, Action.REVOKE, request_id, sudo=False, run_as=None)
         _audit(engine, sudo_request, result, origin)
@@ -126,8 +136,8 @@ def revoke_all(engine: Engine, user_mode: str, plan: Plan, *, origin: audit_trai
             _attempt(
                 report,
                 f"{LEGACY_FILE} {request_id}",
-                lambda rid=request_id: plan.file(
-                    edit_legacy_file(lambda content: remove_block(content, rid), dry_run=engine.dry_run)
+                lambda rid=request_id: _apply(
+                    engine, EditLegacySudoers(lambda content: remove_block(content, rid)), description
                 ),
             )
 
@@ -136,11 +146,11 @@ def revoke_all(engine: Engine, user_mode: str, plan: Plan, *, origin: audit_trai
         if entry.adopted:
             report.done.append(f"provisionUser {name}: adopted, account left as it is")
             continue
-        if engine.dry_run:  # the grants above are still in the ledger: the handler would keep the account
+        if engine.describes:  # the grants above are still in the ledger: the handler would keep the account
             report.done.append(f"provisionUser {name}: would {user_mode} the account once its grants are gone")
             continue
         user_request = UserRequest(Command.PROVISION_USER, name, Action.REVOKE, REVOKE_ALL_ID)
-        result = _attempt(report, f"provisionUser {name}", lambda r=user_request: _change(user_engine, r, plan))
+        result = _attempt(report, f"provisionUser {name}", lambda r=user_request: _change(user_engine, r, description))
         _audit(engine, user_request, result, origin)
     _audit_summary(engine, report, user_mode, origin)
     return report

@@ -2,8 +2,11 @@
 
 The drop-in is the truth for sudo: under the sudoers lock it is read and parsed strictly (core.sudoers.parse_dropin,
 so a hand-edited file is refused, not silently rewritten), changed as a set of grants, rendered whole, checked by
-visudo before the rename and again after it (host.sudo.install_dropin, which puts the old file back on failure:
-sudo is never left broken). The ledger's sudo map then mirrors the file, for `status` and `revoke-all`.
+visudo before the rename and again after it (host.sudoers_install.install_dropin, which puts the old file back on
+failure: sudo is never left broken). The ledger's sudo map then mirrors the file, for `status` and `revoke-all`.
+
+plan_sudo is pure: the read under the lock is the applier's (an UnderSudoersLock action), and what follows it
+(InstallSudoers, then the ledger's mirror) is a pure function of the drop-in's content (rules_change).
 
 Revoke also takes the request's rule out of the Go agent's /etc/sudoers-p0 (§6.4), through the same checks.
 Compared with §12 items 7-9: names are validated before they get near a rule, the drop-in sits where sudo's
@@ -12,65 +15,71 @@ Compared with §12 items 7-9: names are validated before they get near a rule, t
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
+from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.core import messages
 from p0_ssh_agent.core.authorized_keys_format import remove_block
 from p0_ssh_agent.core.requests import Action, SudoRequest
-from p0_ssh_agent.core.sudoers import DROPIN_DIR, DROPIN_NAME, LEGACY_FILE, SudoGrant, parse_dropin, render_dropin, rule
+from p0_ssh_agent.core.sudoers import DROPIN_DIR, DROPIN_NAME, SudoGrant, parse_dropin, render_dropin, rule
 from p0_ssh_agent.errors import AgentError
+from p0_ssh_agent.host.actions import (
+    ChangeLedger,
+    EditLegacySudoers,
+    HostAction,
+    InstallSudoers,
+    Plan,
+    RequireAccount,
+    UnderSudoersLock,
+)
 from p0_ssh_agent.host.ledger import Ledger, SudoEntry, utc_now
 from p0_ssh_agent.host.safefile import read_root_file
-from p0_ssh_agent.host.sudoers_install import edit_legacy_file, install_dropin
 from p0_ssh_agent.protocol.forwarded import CommandResult
-from p0_ssh_agent.provisioning.engine import Engine, LedgerRecords, Plan
-from p0_ssh_agent.provisioning.facts import HostFacts, claimed_account
+from p0_ssh_agent.provisioning.facts import HostFacts
+from p0_ssh_agent.provisioning.planning import PlanBuilder
 
 DROPIN_PATH = f"{DROPIN_DIR}/{DROPIN_NAME}"
 
 Grants = dict[str, SudoGrant]  # request id -> its rule: one rule per request, a re-grant replaces it
 
 
-def provision_sudo(
-    engine: Engine, request: SudoRequest, facts: HostFacts, records: LedgerRecords, plan: Plan
-) -> CommandResult:
+def plan_sudo(request: SudoRequest, facts: HostFacts, config: AgentConfig) -> Plan | CommandResult:
     name, request_id = request.user, request.request_id
+    builder = PlanBuilder(facts.ledger)
     if request.action is Action.GRANT:
         if not request.sudo:
             return CommandResult(success=True, message=messages.SUDO_NOT_REQUESTED)
-        account = claimed_account(facts, records, engine.config.adopt_users)
-        if account is None and not engine.dry_run:  # a dry run plans on the account to be
-            return CommandResult(success=False, error=messages.user_not_found(name, f"user: unknown user {name}"))
+        if builder.claim(facts, config.adopt_users) is None:
+            # A real run fails; a dry run plans on the account to be (its provisionUser grant created nothing).
+            missing = CommandResult(success=False, error=messages.user_not_found(name, f"user: unknown user {name}"))
+            builder.add(RequireAccount(missing))
         grant = SudoGrant(request_id, name, request.run_as)
 
         def add(grants: Grants) -> None:
             grants[request_id] = grant
 
-        change_rules(engine, add, plan, records, (name,))
-        return CommandResult(success=True, message=messages.sudo_granted(rule(name, request.run_as)))
+        builder.add(rules_change(add, (name,)))
+        return builder.plan(CommandResult(success=True, message=messages.sudo_granted(rule(name, request.run_as))))
 
     # A revoke is keyed by the request id alone, like upstream's; the user named in it does not limit it.
-    change_rules(engine, lambda grants: grants.pop(request_id, None), plan, records, (name,))
-    if os.path.lexists(LEGACY_FILE):  # most hosts never ran the Go agent: no need for visudo to revoke then
-        legacy = edit_legacy_file(lambda content: remove_block(content, request_id), dry_run=engine.dry_run)
-        plan.file(legacy)
-    return CommandResult(success=True, message=messages.sudo_revoked(request_id))
+    builder.add(rules_change(lambda grants: grants.pop(request_id, None), (name,)))
+    # Most hosts never ran the Go agent: the applier skips this when there is no /etc/sudoers-p0.
+    builder.add(EditLegacySudoers(lambda content: remove_block(content, request_id)))
+    return builder.plan(CommandResult(success=True, message=messages.sudo_revoked(request_id)))
 
 
-def remove_user_rules(engine: Engine, name: str, plan: Plan, records: LedgerRecords | None = None) -> None:
-    """Take every rule of `name` out of the drop-in (before its account is deleted)."""
+def remove_user_rules(name: str) -> UnderSudoersLock:
+    """Take every rule of `name` out of the drop-in (before its account is deleted), mirrored for `name`."""
 
     def drop(grants: Grants) -> None:
         for request_id in [rid for rid, grant in grants.items() if grant.user == name]:
             del grants[request_id]
 
-    change_rules(engine, drop, plan, records, (name,))
+    return rules_change(drop, (name,))
 
 
-def current_rules() -> Grants:
-    """The grants in the drop-in now; AgentError if it is not a file this agent wrote."""
-    data = read_root_file(DROPIN_PATH)
+def parse_rules(data: bytes | None) -> Grants:
+    """The grants in the drop-in's content; AgentError if it is not a file this agent wrote."""
     if data is None:
         return {}
     try:
@@ -82,34 +91,36 @@ def current_rules() -> Grants:
         ) from None
 
 
-def change_rules(
-    engine: Engine,
-    change: Callable[[Grants], object],
-    plan: Plan,
-    records: LedgerRecords | None = None,
-    users: tuple[str, ...] = (),
-) -> None:
-    """Change the drop-in's grants, then mirror them into the ledger. `records`: the request's own (read once, under
-    the user's lock), mirrored for the users whose rules this change touched; None (the agent's own sweeps): the
-    whole ledger, read under the sudoers lock and mirrored whole."""
-    with engine.lock("sudoers"):
-        grants = current_rules()
+def current_rules() -> Grants:
+    """The grants in the drop-in now; AgentError if it is not a file this agent wrote."""
+    return parse_rules(read_root_file(DROPIN_PATH))
+
+
+def rules_change(change: Callable[[Grants], object], users: tuple[str, ...] | None = ()) -> UnderSudoersLock:
+    """Change the drop-in's grants, then mirror them into the ledger. `users`: a request's change, mirrored (into
+    the request's own records, read once under the user's lock) for the users whose rules it touched and those
+    named; None (the agent's own sweeps): mirrored whole into the whole ledger, read under the sudoers lock."""
+
+    def then(data: bytes | None) -> tuple[HostAction, ...]:
+        grants = parse_rules(data)
         before = dict(grants)
         change(grants)
+        actions: list[HostAction] = []
         # An unchanged set is still re-rendered for real (it repairs a drop-in that lost its mode), unless empty.
-        if grants != before or (grants and not engine.dry_run):
+        if grants != before or grants:
             text = render_dropin(grants.values()) if grants else None
-            edit = install_dropin(text, dry_run=engine.dry_run)
-            if edit.changed:
-                plan.file(edit)
-        if records is None:
-            LedgerRecords(engine.store, engine.store.read_all()).change(lambda ledger: _mirror(ledger, grants))
+            actions.append(InstallSudoers(text, repair_only=grants == before))
+        if users is None:
+            actions.append(ChangeLedger(lambda ledger: _mirror(ledger, grants)))
         else:
             # The users whose rules changed, and the request's own: another user's records are left as they are
             # (a rule of theirs the ledger lost is reconciliation's to report).
             both = (*before.values(), *grants.values())
             touched = {g.user for g in both if before.get(g.request_id) != grants.get(g.request_id)} | set(users)
-            records.change(lambda ledger: _mirror(ledger, grants, touched))
+            actions.append(ChangeLedger(lambda ledger: _mirror(ledger, grants, touched)))
+        return tuple(actions)
+
+    return UnderSudoersLock(DROPIN_PATH, then)
 
 
 def _mirror(ledger: Ledger, grants: Grants, users: set[str] | None = None) -> None:

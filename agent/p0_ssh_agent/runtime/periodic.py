@@ -131,7 +131,7 @@ class GuardTasks:
 
     def _engine(self) -> Engine:
         config, state_dir = self._settings()
-        return Engine(config, state_dir, config.dry_run, audit_trail=self._audit_trail)
+        return Engine.for_run(config, state_dir, dry_run=config.dry_run, audit_trail=self._audit_trail)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._offline_since = trio.current_time()
@@ -181,7 +181,7 @@ class GuardTasks:
             self.state.reconciles += 1
             self.state.last_drift = drift
             if drift is not None:
-                log.info("reconciled", drift=len(drift), mode=engine.config.reconcile, dry_run=engine.dry_run)
+                log.info("reconciled", drift=len(drift), mode=engine.config.reconcile, dry_run=engine.describes)
             await self._reconcile_wake.wait(float(engine.config.reconcile_interval_seconds))
 
     async def _guarded(self, what: str, work: Callable[[], T]) -> T | None:

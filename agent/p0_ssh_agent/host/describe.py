@@ -1,0 +1,127 @@
+"""The describing applier: what a dry run runs in place of the host's (host/apply.py). It changes nothing.
+
+Each action is checked as the host's applier would check it (the symlink-safe walk, visudo on the new sudoers
+text, the account checks) and described: `run: <argv>` for a command, a unified diff for a file, a note for ending
+sessions (with how many processes there are now) or for an account that does not exist yet. It takes no lock (a
+dry run may run unprivileged) and its ledger store commits nothing; the ledger is no part of a description.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from typing import ClassVar, assert_never
+
+from p0_ssh_agent.core.sudoers import LEGACY_FILE
+from p0_ssh_agent.host import accounts, sessions
+from p0_ssh_agent.host.actions import (
+    Applied,
+    ChangeLedger,
+    CreateAccount,
+    DeleteAccount,
+    Description,
+    EditLegacySudoers,
+    EditUserFile,
+    EndSessions,
+    HostAction,
+    InstallSudoers,
+    LockAccount,
+    Plan,
+    RequireAccount,
+    SessionsEnded,
+    StopIfSurvivors,
+    UnderSudoersLock,
+    UnlockAccount,
+)
+from p0_ssh_agent.host.ledger import Ledger, LedgerStore
+from p0_ssh_agent.host.safefile import preview_in_user_dir, read_root_file
+from p0_ssh_agent.host.sudoers_install import preview_dropin, preview_legacy_file
+
+
+@dataclass(frozen=True)
+class DescribingApplier:
+    store: LedgerStore  # without a lock directory: it commits nothing
+    processes: sessions.ProcessTable = field(default_factory=sessions.HostProcesses)
+    describes: ClassVar[bool] = True
+
+    def lock(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def user_lock(self, uid: int) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def apply(self, plan: Plan, ledger: Ledger | None = None) -> Applied:
+        applied = Applied()
+        self._actions(plan.actions, applied)
+        return applied
+
+    def _actions(self, actions: tuple[HostAction, ...], applied: Applied) -> None:
+        for action in actions:
+            self._action(action, applied)
+
+    def _action(self, action: HostAction, applied: Applied) -> None:
+        match action:
+            case ChangeLedger() | StopIfSurvivors():
+                pass  # the ledger is no part of a description; sessions always "end" in one
+            case CreateAccount() | UnlockAccount() | LockAccount() | DeleteAccount():
+                self._account(action, applied.description)
+            case EndSessions(uid, name):
+                count = len(self.processes.pids(uid))
+                applied.description.note(f"end every session and process of {name} (UID {uid}): {count} now")
+                applied.sessions = SessionsEnded(True, f"would end {count} processes", described=True)
+            case EditUserFile() | UnderSudoersLock() | InstallSudoers() | EditLegacySudoers() | RequireAccount():
+                self._file(action, applied)
+            case _:
+                assert_never(action)
+
+    def _file(
+        self,
+        action: EditUserFile | UnderSudoersLock | InstallSudoers | EditLegacySudoers | RequireAccount,
+        applied: Applied,
+    ) -> None:
+        described = applied.description
+        match action:
+            case EditUserFile():
+                described.file(
+                    preview_in_user_dir(
+                        home=action.home,
+                        uid=action.uid,
+                        gid=action.gid,
+                        subdir=action.subdir,
+                        filename=action.filename,
+                        transform=action.transform,
+                        create=action.create,
+                    )
+                )
+            case UnderSudoersLock(path, then):
+                self._actions(then(read_root_file(path)), applied)
+            case InstallSudoers(text, repair_only):
+                if not repair_only:
+                    edit = preview_dropin(text)
+                    if edit.changed:
+                        described.file(edit)
+            case EditLegacySudoers(transform):
+                if os.path.lexists(LEGACY_FILE):
+                    described.file(preview_legacy_file(transform))
+            case RequireAccount(_missing, notes):
+                for note in notes:
+                    described.note(note)
+
+    def _account(
+        self, action: CreateAccount | UnlockAccount | LockAccount | DeleteAccount, described: Description
+    ) -> None:
+        match action:
+            case CreateAccount(name, uid):
+                for argv in accounts.planned_create_user(name, uid=uid):
+                    described.command(argv)
+            case UnlockAccount(name, adopted):
+                if accounts.is_locked(name):
+                    for argv in accounts.planned_unlock_user(name, adopted=adopted):
+                        described.command(argv)
+            case LockAccount(name, adopted):
+                for argv in accounts.planned_lock_user(name, adopted=adopted):
+                    described.command(argv)
+            case DeleteAccount(name, _uid, adopted):
+                for argv in accounts.planned_delete_user(name, adopted=adopted):
+                    described.command(argv)

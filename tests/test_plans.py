@@ -1,0 +1,128 @@
+"""The handlers are pure: a request and its facts in, a Plan (host/actions.py) out, nothing on the host touched.
+
+These check the order each handler's module documents, on the plan itself (the sandbox tests check the host):
+a key grant is recorded before the file is written and forgotten again if the file is refused as unsafe; a revoke
+is forgotten after the file edit; a new account is recorded before useradd; a delete ends sessions, takes the
+sudo rules out and stops (locking the account) while processes survive, before userdel and the ledger's forget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime
+
+from p0_ssh_agent.config import AgentConfig
+from p0_ssh_agent.core.requests import Action, Command, KeyRequest, SessionRequest, UserRequest
+from p0_ssh_agent.core.sshkeys import parse_public_key
+from p0_ssh_agent.host.accounts import UserRecord
+from p0_ssh_agent.host.actions import (
+    Applied,
+    ChangeLedger,
+    CreateAccount,
+    DeleteAccount,
+    EditUserFile,
+    EndSessions,
+    LockAccount,
+    Plan,
+    RequireAccount,
+    SessionsEnded,
+    StopIfSurvivors,
+    UnderSudoersLock,
+)
+from p0_ssh_agent.host.ledger import Ledger
+from p0_ssh_agent.provisioning.authorized_keys import plan_keys
+from p0_ssh_agent.provisioning.end_sessions import plan_session
+from p0_ssh_agent.provisioning.facts import HostFacts
+from p0_ssh_agent.provisioning.users import plan_user
+
+KEY = parse_public_key(
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHNLmYVg4wR7L+9IQJslJexzhJmdx/XrwOb60irE5wOE alice@example.com", field="key"
+)
+ALICE = UserRecord("alice", 70001, 70001, "/home/alice", "/bin/bash")
+CONFIG = AgentConfig(user_revoke_mode="delete")
+
+
+def facts(account: UserRecord | None = ALICE, ledger: Ledger | None = None) -> HostFacts:
+    if ledger is None:
+        ledger = Ledger()
+        if account is not None:
+            ledger.record_user(account.name, account.uid)
+    return HostFacts("alice", account, "alice", ("alice",), 1000, ledger, "host", datetime.now(UTC))
+
+
+def kinds(plan: Plan | object) -> list[type]:
+    assert isinstance(plan, Plan)
+    return [type(action) for action in plan.actions]
+
+
+def test_a_key_grant_is_recorded_before_the_file_and_forgotten_if_the_file_is_refused() -> None:
+    plan = plan_keys(KeyRequest(Command.AUTHORIZED_KEYS, "alice", Action.GRANT, "r1", KEY), facts(), CONFIG)
+    assert kinds(plan) == [ChangeLedger, EditUserFile]
+    assert isinstance(plan, Plan)
+    edit = plan.actions[1]
+    assert isinstance(edit, EditUserFile) and edit.create and (edit.home, edit.uid) == ("/home/alice", 70001)
+    assert b"# RequestID: r1\n" in edit.transform(b"")
+    ledger = Ledger()
+    for action in (plan.actions[0], *edit.if_refused):
+        assert isinstance(action, ChangeLedger)
+        action.change(ledger)
+    assert ledger.keys == {}  # recorded, then forgotten again: no trace of a grant the host never held
+
+
+def test_a_repeated_key_grant_is_not_forgotten_when_the_file_is_refused() -> None:
+    ledger = Ledger()
+    ledger.record_user("alice", ALICE.uid)
+    ledger.record_key("alice", "r1", "key", KEY.fingerprint())
+    plan = plan_keys(
+        KeyRequest(Command.AUTHORIZED_KEYS, "alice", Action.GRANT, "r1", KEY), facts(ledger=ledger), CONFIG
+    )
+    assert isinstance(plan, Plan) and isinstance(plan.actions[-1], EditUserFile)
+    assert plan.actions[-1].if_refused == ()
+
+
+def test_a_key_revoke_is_forgotten_after_the_file_edit() -> None:
+    plan = plan_keys(KeyRequest(Command.AUTHORIZED_KEYS, "alice", Action.REVOKE, "r1", None), facts(), CONFIG)
+    assert kinds(plan) == [EditUserFile, ChangeLedger]
+    assert isinstance(plan, Plan) and isinstance(plan.actions[0], EditUserFile)
+    assert not plan.actions[0].create
+
+
+def test_a_key_grant_for_a_missing_account_requires_it_and_notes_it_for_a_dry_run() -> None:
+    plan = plan_keys(KeyRequest(Command.AUTHORIZED_KEYS, "alice", Action.GRANT, "r1", KEY), facts(None), CONFIG)
+    assert kinds(plan) == [RequireAccount]
+    assert isinstance(plan, Plan) and isinstance(plan.actions[0], RequireAccount)
+    assert "alice does not exist yet (provisionUser creates it)" in plan.actions[0].notes[0]
+    assert plan.result(Applied(stopped=plan.actions[0].missing)).success is False
+
+
+def test_a_new_account_is_recorded_before_useradd_and_forgotten_if_it_fails() -> None:
+    plan = plan_user(UserRequest(Command.PROVISION_USER, "alice", Action.GRANT, "r1"), facts(None), CONFIG, uid=70002)
+    assert kinds(plan) == [ChangeLedger, CreateAccount]
+    assert isinstance(plan, Plan) and isinstance(plan.actions[1], CreateAccount)
+    assert (plan.actions[1].name, plan.actions[1].uid) == ("alice", 70002)
+    assert [type(action) for action in plan.actions[1].if_failed] == [ChangeLedger]
+
+
+def test_a_delete_ends_sessions_and_removes_sudo_rules_before_userdel_and_stops_on_survivors() -> None:
+    plan = plan_user(UserRequest(Command.PROVISION_USER, "alice", Action.REVOKE, "r1"), facts(), CONFIG)
+    assert kinds(plan) == [EndSessions, UnderSudoersLock, StopIfSurvivors, DeleteAccount, ChangeLedger]
+    assert isinstance(plan, Plan) and isinstance(plan.actions[2], StopIfSurvivors)
+    assert [type(action) for action in plan.actions[2].then] == [LockAccount]
+    survived = plan.result(Applied(sessions=SessionsEnded(False, "1 processes survived"), halted=True))
+    assert (survived.success, survived.error) == (False, "User alice locked, not deleted: 1 processes survived")
+    assert plan.result(Applied(sessions=SessionsEnded(True, "ended"))).message == "User alice deleted; ended"
+
+
+def test_a_lock_revoke_locks_then_ends_sessions() -> None:
+    config = dataclasses.replace(CONFIG, user_revoke_mode="lock")
+    plan = plan_user(UserRequest(Command.PROVISION_USER, "alice", Action.REVOKE, "r1"), facts(), config)
+    assert kinds(plan) == [LockAccount, EndSessions]
+
+
+def test_a_session_revoke_answers_from_what_ending_the_sessions_came_to() -> None:
+    plan = plan_session(SessionRequest(Command.SESSION, "alice", Action.REVOKE, None), facts(), CONFIG)
+    assert kinds(plan) == [EndSessions]
+    assert isinstance(plan, Plan)
+    assert plan.result(Applied(sessions=SessionsEnded(False, "PIDs 7"))).error == "PIDs 7"
+    described = plan.result(Applied(sessions=SessionsEnded(True, "would end 2 processes", described=True)))
+    assert described.message == "DRY-RUN: Would execute provisionSession for user alice"
