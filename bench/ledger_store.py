@@ -27,7 +27,7 @@ from p0_ssh_agent.host.ledger import (
     save_ledger,
     to_json,
 )
-from p0_ssh_agent.host.safefile import read_root_file, write_root_file
+from p0_ssh_agent.host.rootfile import read_root_file, write_root_file
 
 T0 = "2026-11-23T10:00:00Z"
 FINGERPRINT = "SHA256:uQ0fFoYbAH3vSTxCoG7N6XlCJQ/A0Qd5JmdeWXz8Cug"

@@ -317,7 +317,8 @@ def test_nscd_that_the_agent_cannot_flush_is_a_warning(tmp_path: Path, monkeypat
     monkeypatch.setattr(host_checks, "NSCD_CANDIDATES", (str(tmp_path / "bin/nscd"),))
     stale = nss(tmp_path / "a", "passwd: files", "nscd")["nscd"]
     assert stale.level == "warn" and "enable-cache passwd no" in stale.fix
-    # With the program and its socket where accounts.invalidate_caches() looks, the agent flushes after each change.
+    # With the program and its socket where account_changes.invalidate_caches() looks, the agent flushes after each
+    # change.
     (tmp_path / "bin").mkdir()
     fake_program(tmp_path / "bin", "nscd", "exit 0\n")
     socket = tmp_path / "socket"

@@ -24,7 +24,7 @@ from p0_ssh_agent.core import openssh_expiry
 from p0_ssh_agent.core.authorized_keys_format import add_block, blocks, ca_line, key_line, parse_own_line, remove_block
 from p0_ssh_agent.core.requests import parse_change
 from p0_ssh_agent.core.sshkeys import parse_public_key
-from p0_ssh_agent.host import accounts, openssh
+from p0_ssh_agent.host import account_changes, openssh
 from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.host.ledger import Ledger, load_ledger, save_ledger
 from p0_ssh_agent.protocol.forwarded import CommandResult
@@ -357,7 +357,9 @@ async def test_offline_revoke_fails_closed_once_the_backend_was_gone_that_long(
         nursery.cancel_scope.cancel()
     assert grants_in(engine) == 0
     assert b"exp-1" not in authorized_keys(user) and b"exp-1" not in dropin()
-    assert pwd.getpwnam(user) and accounts.is_locked(user)  # userRevokeMode delete: locked, never deleted offline
+    assert pwd.getpwnam(user) and account_changes.is_locked(
+        user
+    )  # userRevokeMode delete: locked, never deleted offline
     report = tasks.state.last_offline_revoke
     assert report is not None and not report.failed
     # One revoke entry per grant under its own request id, then the run's summary.
@@ -390,7 +392,7 @@ async def test_offline_revoke_counts_from_start_up_when_the_backend_never_answer
         await trio.sleep(1000)
         nursery.cancel_scope.cancel()
     assert tasks.state.offline_revokes == 1 and grants_in(engine) == 0
-    assert not accounts.is_locked(user)  # keep: the account is left as it is
+    assert not account_changes.is_locked(user)  # keep: the account is left as it is
 
 
 @pytest.mark.sandbox

@@ -11,6 +11,12 @@ from pathlib import Path
 import pytest
 
 from p0_ssh_agent.errors import DataError
+from p0_ssh_agent.host.account_changes import (
+    planned_create_user,
+    planned_delete_user,
+    planned_lock_user,
+    planned_unlock_user,
+)
 from p0_ssh_agent.host.accounts import (
     AccountConflict,
     AccountRefused,
@@ -20,10 +26,6 @@ from p0_ssh_agent.host.accounts import (
     allocate_uid,
     lookup_user,
     manage_refusal,
-    planned_create_user,
-    planned_delete_user,
-    planned_lock_user,
-    planned_unlock_user,
     uid_min,
     user_exists_in_nss,
 )

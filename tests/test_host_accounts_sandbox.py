@@ -17,18 +17,8 @@ from pathlib import Path
 import pytest
 
 from p0_ssh_agent.host import accounts, proc
-from p0_ssh_agent.host.accounts import (
-    JIT_UID_HIGH,
-    JIT_UID_LOW,
-    AccountConflict,
-    UserBusy,
-    allocate_uid,
-    create_user,
-    delete_user,
-    lock_user,
-    lookup_user,
-    unlock_user,
-)
+from p0_ssh_agent.host.account_changes import create_user, delete_user, lock_user, unlock_user
+from p0_ssh_agent.host.accounts import JIT_UID_HIGH, JIT_UID_LOW, AccountConflict, UserBusy, allocate_uid, lookup_user
 from p0_ssh_agent.host.sessions import terminate_user_sessions
 from sandbox.fixtures import Sandbox, Sshd, unique_user_name
 

@@ -1,4 +1,4 @@
-"""host.safefile.write_root_file / remove_root_file on real root-owned directories in tmp_path."""
+"""host.rootfile.write_root_file / remove_root_file on real root-owned directories in tmp_path."""
 
 from __future__ import annotations
 
@@ -8,15 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from p0_ssh_agent.host.safefile import (
-    FileEdit,
-    FileEditFailed,
-    UnsafePath,
-    preview_root_file,
-    preview_root_removal,
-    remove_root_file,
-    write_root_file,
-)
+from p0_ssh_agent.host.rootfile import preview_root_file, preview_root_removal, remove_root_file, write_root_file
+from p0_ssh_agent.host.safefile import FileEdit, FileEditFailed, UnsafePath
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="root-owned files: needs root")
 

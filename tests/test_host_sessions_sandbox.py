@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from p0_ssh_agent.host.accounts import UserRecord, allocate_uid, create_user
+from p0_ssh_agent.host.account_changes import create_user
+from p0_ssh_agent.host.accounts import UserRecord, allocate_uid
 from p0_ssh_agent.host.sessions import terminate_user_sessions, user_processes
 from sandbox.fixtures import CHILD_ENV, SSH, Sandbox, Sshd, unique_user_name
 

@@ -1,4 +1,4 @@
-"""Local accounts: look up, allocate a UID, create, lock, unlock and delete JIT users with shadow-utils.
+"""Local accounts: look up, judge, allocate a UID (the changes themselves, useradd and co.: host/account_changes.py).
 
 Every change goes through the shadow tools by absolute path (no shell, no sudo), and every answer comes from NSS
 (`pwd`/`grp`), which is what sshd and sudo consult too: a user is only reported as created once NSS shows it with
@@ -32,15 +32,13 @@ import grp
 import itertools
 import os
 import pwd
-import time
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 from p0_ssh_agent.core.new_accounts import new_account_refusal
 from p0_ssh_agent.core.requests import RESERVED_USER_NAMES, USER_NAME_RE, is_user_name
 from p0_ssh_agent.errors import AgentError, DataError
-from p0_ssh_agent.host import proc
 
 DEFAULT_UID_MIN = 1000
 JIT_UID_LOW = 65536
@@ -202,18 +200,6 @@ def allocate_uid(
     )
 
 
-def _tool(name: str) -> str:
-    path = proc.which(name, (f"/usr/sbin/{name}", f"/sbin/{name}"))
-    if path is None:
-        raise AgentError(f"{name} was not found in /usr/sbin or /sbin: install shadow-utils (Debian: passwd)")
-    return path
-
-
-def _planned_tool(name: str) -> str:
-    """The tool's path for a plan, even on a host that lacks it (a dry run must not fail for that)."""
-    return proc.which(name, (f"/usr/sbin/{name}", f"/sbin/{name}")) or f"/usr/sbin/{name}"
-
-
 def _check_name(name: str) -> None:
     if not is_user_name(name):
         raise DataError(f"invalid user name {name[:40]!r}: must match {USER_NAME_RE}")
@@ -226,217 +212,3 @@ def check_new_account_name(name: str) -> None:
     refusal = new_account_refusal(name)
     if refusal is not None:
         raise AccountRefused(refusal)
-
-
-def _creation_conflict(name: str, uid: int, home_root: str) -> str | None:
-    if user_exists_in_nss(name):
-        return f"user {name} already exists"
-    if _group_exists(name):
-        return (
-            f"a group named {name} already exists; refusing to put the new user into a group the agent did not create"
-        )
-    if _uid_taken(uid):
-        return f"UID {uid} is already in use"
-    if _gid_taken(uid):
-        return f"GID {uid} is already in use (the new user's group gets GID = UID)"
-    home = Path(home_root) / name
-    if home.exists() or home.is_symlink():
-        return f"{home} already exists; refusing to give a new user the files (and keys) left there; move it away"
-    return None
-
-
-def invalidate_caches() -> list[list[str]]:
-    """Flush nscd's passwd/group caches (if nscd runs) and sssd's (if installed); returns what it ran.
-
-    Failures are ignored: a cache that cannot be flushed expires on its own, and the NSS check after a change
-    catches a stale answer.
-    """
-    ran: list[list[str]] = []
-    nscd = proc.which("nscd", ("/usr/sbin/nscd", "/sbin/nscd"))
-    if nscd is not None and any(Path(p).exists() for p in ("/run/nscd/socket", "/var/run/nscd/socket")):
-        ran += [[nscd, "-i", "passwd"], [nscd, "-i", "group"]]
-    sss_cache = proc.which("sss_cache", ("/usr/sbin/sss_cache", "/sbin/sss_cache"))
-    if sss_cache is not None:
-        ran.append([sss_cache, "-E"])
-    for argv in ran:
-        proc.run(argv, timeout=30, check=False)
-    return ran
-
-
-def _rollback(name: str, uid: int) -> None:
-    """Undo a failed creation: remove the half-made user (only if it has our UID), then our group if left."""
-    invalidate_caches()
-    record = lookup_user(name)
-    if record is not None and record.uid == uid:
-        proc.run([_tool("userdel"), "-r", name], timeout=TOOL_TIMEOUT, check=False)
-    with contextlib.suppress(KeyError):
-        if grp.getgrnam(name).gr_gid == uid:  # userdel usually removes it already (USERGROUPS_ENAB)
-            proc.run([_tool("groupdel"), name], timeout=TOOL_TIMEOUT, check=False)
-    invalidate_caches()
-    left = [what for what, present in (("user", user_exists_in_nss(name)), ("group", _group_exists(name))) if present]
-    if left:
-        raise AgentError(
-            f"creating user {name} failed and the rollback left the {' and '.join(left)} {name} behind: "
-            f"remove it by hand (userdel -r {name}; groupdel {name})"
-        )
-
-
-def _secure_home(record: UserRecord) -> None:
-    """chmod 0700 the new home (Debian's useradd makes it 0755), through an fd opened without following links."""
-    fd = os.open(record.home, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        if os.fstat(fd).st_uid == record.uid:
-            os.fchmod(fd, HOME_MODE)
-    finally:
-        os.close(fd)
-
-
-def _creation_argvs(name: str, uid: int, shell: str, home_root: str, tool: Callable[[str], str]) -> list[list[str]]:
-    """The commands that create `name`, after every check they need (conflicts, the name, the shell)."""
-    _check_name(name)
-    if not Path(shell).is_absolute():
-        raise DataError(f"shell {shell!r} must be an absolute path")
-    argvs = [
-        [tool("groupadd"), "-g", str(uid), name],
-        [tool("useradd"), "-m", "-u", str(uid), "-g", str(uid), "-s", shell, "-p", NO_PASSWORD_FIELD, name],
-    ]
-    conflict = _creation_conflict(name, uid, home_root)
-    if conflict is not None:
-        raise AccountConflict(f"cannot create user {name}: {conflict}")
-    check_new_account_name(name)  # after the conflicts: "user root already exists" says more than "reserved"
-    return argvs
-
-
-def planned_create_user(
-    name: str, *, uid: int, shell: str = DEFAULT_SHELL, home_root: str = HOME_ROOT
-) -> list[list[str]]:
-    """The commands create_user would run, through the same checks (a dry run): nothing is created."""
-    return _creation_argvs(name, uid, shell, home_root, _planned_tool)
-
-
-def create_user(
-    name: str, *, uid: int, shell: str = DEFAULT_SHELL, home_root: str = HOME_ROOT
-) -> tuple[UserRecord, list[list[str]]]:
-    """Create `name` with UID = GID = `uid`, its own group, a home, `shell` and password "*".
-
-    Returns the record as NSS shows it and the commands run. Refuses (AccountConflict) when the name, UID, GID,
-    group name or home is taken, and (AccountRefused) a name a new account may not have; rolls back a failed
-    useradd.
-    """
-    argvs = _creation_argvs(name, uid, shell, home_root, _tool)
-    try:
-        proc.run(argvs[0], timeout=TOOL_TIMEOUT)
-    except proc.CommandFailed as exc:
-        if exc.result.returncode in (EXIT_NAME_IN_USE, EXIT_ID_IN_USE):  # lost a race with another writer
-            raise AccountConflict(f"cannot create user {name}: {exc}") from exc
-        raise
-    try:
-        proc.run(argvs[1], timeout=TOOL_TIMEOUT)
-    except proc.CommandFailed:
-        _rollback(name, uid)
-        raise
-    invalidate_caches()
-    record = lookup_user(name)
-    if record is None or (record.uid, record.gid) != (uid, uid):
-        _rollback(name, uid)
-        raise AgentError(
-            f"useradd reported success but NSS does not show {name} with UID/GID {uid} (found {record}); "
-            "check /etc/nsswitch.conf (passwd: files ...) and name-service caches; the user was removed again"
-        )
-    _secure_home(record)
-    return record, argvs
-
-
-def _existing(name: str, adopted: Collection[str]) -> UserRecord:
-    _check_name(name)
-    record = lookup_user(name)
-    if record is None:
-        raise UserMissing(f"user {name} does not exist")
-    refusal = manage_refusal(record, adopted=adopted)
-    if refusal is not None:
-        raise AccountRefused(refusal)
-    return record
-
-
-def planned_lock_user(name: str, *, adopted: Collection[str] = ()) -> list[list[str]]:
-    """What lock_user would run, through the same checks (a dry run)."""
-    _existing(name, adopted)
-    return [[_planned_tool("usermod"), "-L", "-e", "1", name]]
-
-
-def lock_user(name: str, *, adopted: Collection[str] = ()) -> list[list[str]]:
-    """Lock the password and expire the account (`usermod -L -e 1`): sshd then refuses even a valid key."""
-    _existing(name, adopted)
-    argv = [_tool("usermod"), "-L", "-e", "1", name]
-    proc.run(argv, timeout=TOOL_TIMEOUT)
-    invalidate_caches()
-    return [argv]
-
-
-def is_locked(name: str, *, shadow: str = "/etc/shadow", today: int | None = None) -> bool:
-    """Whether lock_user's marks are on the account: a "!" password or an expiry date already passed.
-
-    An account that /etc/shadow does not list (LDAP, sssd) or a shadow file we cannot read counts as not locked:
-    unlock_user would have nothing to undo there.
-    """
-    try:
-        text = Path(shadow).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    days = int(time.time() // 86400) if today is None else today
-    for line in text.splitlines():
-        fields = line.split(":")
-        if fields[0] != name or len(fields) < 8:
-            continue
-        expiry = fields[7]
-        return fields[1].startswith("!") or (expiry.isdigit() and int(expiry) <= days)
-    return False
-
-
-def planned_unlock_user(name: str, *, adopted: Collection[str] = ()) -> list[list[str]]:
-    """What unlock_user would run, through the same checks (a dry run)."""
-    _existing(name, adopted)
-    return [[_planned_tool("usermod"), "-U", "-e", "", name]]
-
-
-def unlock_user(name: str, *, adopted: Collection[str] = ()) -> list[list[str]]:
-    """Undo lock_user for a re-grant (`usermod -U -e ''`): the password field returns to "*"."""
-    _existing(name, adopted)
-    argv = [_tool("usermod"), "-U", "-e", "", name]
-    proc.run(argv, timeout=TOOL_TIMEOUT)
-    invalidate_caches()
-    return [argv]
-
-
-def _deletable(name: str, adopted: Collection[str]) -> bool:
-    """Whether there is an account to delete (a user already gone is not an error); AccountRefused if not ours."""
-    _check_name(name)
-    record = lookup_user(name)
-    if record is None:
-        return False
-    refusal = manage_refusal(record, adopted=adopted)
-    if refusal is not None:
-        raise AccountRefused(refusal)
-    return True
-
-
-def planned_delete_user(name: str, *, adopted: Collection[str] = ()) -> list[list[str]]:
-    """What delete_user would run, through the same checks (a dry run)."""
-    return [[_planned_tool("userdel"), "-r", name]] if _deletable(name, adopted) else []
-
-
-def delete_user(name: str, *, adopted: Collection[str] = ()) -> list[list[str]]:
-    """Delete the user, its home and mail spool (`userdel -r`). A user that is already gone is not an error.
-
-    Raises UserBusy when userdel reports the user still logged in (exit 8): end its sessions, retry later.
-    """
-    argv = [_tool("userdel"), "-r", name]
-    if not _deletable(name, adopted):
-        return []
-    result = proc.run(argv, timeout=TOOL_TIMEOUT, check=False)
-    invalidate_caches()
-    if result.returncode == EXIT_USER_LOGGED_IN:
-        raise UserBusy(f"user {name} is still logged in; end its sessions and delete it again later")
-    if result.returncode not in (0, EXIT_NO_SUCH_USER):
-        raise proc.CommandFailed(result)
-    return [argv]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, assert_never
 
 from p0_ssh_agent.core.sudoers import LEGACY_FILE
-from p0_ssh_agent.host import accounts, locks, sessions
+from p0_ssh_agent.host import account_changes, accounts, locks, sessions
 from p0_ssh_agent.host.actions import (
     Applied,
     ChangeLedger,
@@ -45,7 +45,8 @@ from p0_ssh_agent.host.actions import (
     UnlockAccount,
 )
 from p0_ssh_agent.host.ledger import Ledger, LedgerRecords, LedgerStore
-from p0_ssh_agent.host.safefile import UnsafePath, edit_in_user_dir, read_root_file
+from p0_ssh_agent.host.rootfile import read_root_file
+from p0_ssh_agent.host.safefile import UnsafePath, edit_in_user_dir
 from p0_ssh_agent.host.sudoers_install import edit_legacy_file, install_dropin
 
 
@@ -128,22 +129,22 @@ class _Run:
                 self.applied.stopped = missing
             case CreateAccount(name, uid, if_failed):
                 try:
-                    accounts.create_user(name, uid=uid)
+                    account_changes.create_user(name, uid=uid)
                 except BaseException:
                     if accounts.lookup_user(name) is None:
                         self.actions(if_failed)
                     raise
             case UnlockAccount(name, adopted):
-                if accounts.is_locked(name):
-                    accounts.unlock_user(name, adopted=adopted)
+                if account_changes.is_locked(name):
+                    account_changes.unlock_user(name, adopted=adopted)
             case LockAccount(name, adopted):
-                accounts.lock_user(name, adopted=adopted)
+                account_changes.lock_user(name, adopted=adopted)
             case DeleteAccount(name, uid, adopted):
                 try:
-                    accounts.delete_user(name, adopted=adopted)
+                    account_changes.delete_user(name, adopted=adopted)
                 except accounts.UserBusy:
                     self._end_sessions(uid, name)
-                    accounts.delete_user(name, adopted=adopted)
+                    account_changes.delete_user(name, adopted=adopted)
 
     def _sessions(self, action: EndSessions | StopIfSurvivors) -> None:
         match action:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, assert_never
 
 from p0_ssh_agent.core.sudoers import LEGACY_FILE
-from p0_ssh_agent.host import accounts, sessions
+from p0_ssh_agent.host import account_changes, sessions
 from p0_ssh_agent.host.actions import (
     Applied,
     ChangeLedger,
@@ -35,7 +35,8 @@ from p0_ssh_agent.host.actions import (
     UnlockAccount,
 )
 from p0_ssh_agent.host.ledger import Ledger, LedgerStore
-from p0_ssh_agent.host.safefile import preview_in_user_dir, read_root_file
+from p0_ssh_agent.host.rootfile import read_root_file
+from p0_ssh_agent.host.safefile import preview_in_user_dir
 from p0_ssh_agent.host.sudoers_install import preview_dropin, preview_legacy_file
 
 
@@ -113,15 +114,15 @@ class DescribingApplier:
     ) -> None:
         match action:
             case CreateAccount(name, uid):
-                for argv in accounts.planned_create_user(name, uid=uid):
+                for argv in account_changes.planned_create_user(name, uid=uid):
                     described.command(argv)
             case UnlockAccount(name, adopted):
-                if accounts.is_locked(name):
-                    for argv in accounts.planned_unlock_user(name, adopted=adopted):
+                if account_changes.is_locked(name):
+                    for argv in account_changes.planned_unlock_user(name, adopted=adopted):
                         described.command(argv)
             case LockAccount(name, adopted):
-                for argv in accounts.planned_lock_user(name, adopted=adopted):
+                for argv in account_changes.planned_lock_user(name, adopted=adopted):
                     described.command(argv)
             case DeleteAccount(name, _uid, adopted):
-                for argv in accounts.planned_delete_user(name, adopted=adopted):
+                for argv in account_changes.planned_delete_user(name, adopted=adopted):
                     described.command(argv)

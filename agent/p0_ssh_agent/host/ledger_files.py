@@ -1,6 +1,6 @@
 """Root-only files in root-only directories, by directory fd: the ledger's reads and its grouped, atomic writes.
 
-safefile.write_root_file replaces one file and fsyncs its directory; a ledger commit that names fifty users
+rootfile.write_root_file replaces one file and fsyncs its directory; a ledger commit that names fifty users
 (revoke-all, reconciliation, an expiry sweep) would then pay fifty directory fsyncs. `replace_files` keeps every
 guarantee and pays one: each new file is written to a temp file and fsync-ed, then every temp file is renamed
 over its target, then the directory is fsync-ed once. A crash anywhere leaves each target old or new, never torn

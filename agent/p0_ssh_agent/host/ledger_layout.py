@@ -40,7 +40,7 @@ from p0_ssh_agent.host.ledger_records import (
     read_user_record,
     user_record_json,
 )
-from p0_ssh_agent.host.safefile import read_root_file
+from p0_ssh_agent.host.rootfile import read_root_file
 
 LEDGER_NAME = "ledger.json"
 LEDGER_DIR = "ledger"

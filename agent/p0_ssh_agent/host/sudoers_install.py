@@ -1,7 +1,7 @@
 """The sudoers files the agent writes, always checked by visudo, never left broken (upstream-protocol.md §12 item 3).
 
 The drop-in /etc/sudoers.d/p0-ssh-agent is rewritten whole from the grants the agent holds (core/sudoers.py
-renders it). A write goes through safefile.write_root_file: the temp file `.p0-ssh-agent.tmp.<random>` has a '.',
+renders it). A write goes through rootfile.write_root_file: the temp file `.p0-ssh-agent.tmp.<random>` has a '.',
 so sudo ignores it while it exists; it is 0440 root:root, and `visudo -cf` checks it before the rename. After the
 rename `visudo -c` checks the whole tree, because a file can be fine on its own and still clash with another (a
 duplicate alias); if that fails, the previous file is put back (or the new one removed) and SudoersInvalid is
@@ -27,14 +27,14 @@ from pathlib import Path
 from p0_ssh_agent.core.sudoers import DROPIN_DIR, DROPIN_NAME, LEGACY_FILE, includes_sudoers_d
 from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.host import proc
-from p0_ssh_agent.host.safefile import (
-    FileEdit,
+from p0_ssh_agent.host.rootfile import (
     preview_root_file,
     preview_root_removal,
     read_root_file,
     remove_root_file,
     write_root_file,
 )
+from p0_ssh_agent.host.safefile import FileEdit
 
 VISUDO_CANDIDATES = ("/usr/sbin/visudo", "/sbin/visudo", "/usr/bin/visudo")
 VISUDO_TIMEOUT = 30.0

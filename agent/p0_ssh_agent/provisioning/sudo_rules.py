@@ -33,7 +33,7 @@ from p0_ssh_agent.host.actions import (
     UnderSudoersLock,
 )
 from p0_ssh_agent.host.ledger import Ledger, SudoEntry, utc_now
-from p0_ssh_agent.host.safefile import read_root_file
+from p0_ssh_agent.host.rootfile import read_root_file
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning.facts import HostFacts
 from p0_ssh_agent.provisioning.planning import PlanBuilder
