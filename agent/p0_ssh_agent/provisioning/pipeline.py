@@ -77,7 +77,7 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Pipeline:
-    """What the runtime's worker calls for every `call` (runtime/worker.py's Executor)."""
+    """What the runtime's worker calls for every `call` (runtime/worker.py's Pipeline protocol)."""
 
     context: ExecutionContext
 
