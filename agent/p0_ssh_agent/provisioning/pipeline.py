@@ -51,7 +51,7 @@ from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.host import accounts
 from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.host.policy_file import load_policy
-from p0_ssh_agent.protocol.forwarded import NO_COMMAND_MESSAGE, CommandResult, ForwardedRequest, command_name
+from p0_ssh_agent.protocol.forwarded import NO_COMMAND_MESSAGE, CommandResult, ForwardedRequest
 from p0_ssh_agent.provisioning.authorized_keys import provision_keys
 from p0_ssh_agent.provisioning.context import ExecutionContext
 from p0_ssh_agent.provisioning.end_sessions import provision_session
@@ -82,8 +82,9 @@ class Pipeline:
     context: ExecutionContext
 
     async def execute(self, request: ForwardedRequest, key: object = None) -> CommandResult:
-        """`key`: the runtime's JobKey (for its locking and log line); the request is judged on its own."""
-        command = command_name(request)
+        """`key`: the runtime's JobKey (for its locking and log line); the request is judged on its own, by the
+        command name parse_forwarded_request worked out (request.command)."""
+        command = request.command
         if not command:
             return CommandResult(success=True, message=NO_COMMAND_MESSAGE)
         if command not in COMMANDS:

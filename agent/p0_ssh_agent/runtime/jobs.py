@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from p0_ssh_agent.protocol.forwarded import ForwardedRequest, command_name
+from p0_ssh_agent.protocol.forwarded import ForwardedRequest
 
 _SAFE_TOKEN = re.compile(r"[A-Za-z0-9_.@:-]{1,128}")
 ABSENT = "-"
@@ -59,7 +59,8 @@ class JobKey:
 
 
 def job_key(request: ForwardedRequest) -> JobKey:
-    command = command_name(request)
+    """The key of a parsed `call`; its command is the one parse_forwarded_request worked out, bounded here."""
+    command = request.command
     data = request.data if isinstance(request.data, Mapping) else {}
     safe_command = command if _SAFE_TOKEN.fullmatch(command or "") else (ABSENT if command else "")
     return JobKey(
