@@ -12,6 +12,7 @@ start_soon and to_thread.run_sync are boundaries a stack cannot show: the printe
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import tempfile
@@ -90,6 +91,12 @@ class Recorder:
         if frame.f_code.co_qualname == "Pipeline.change" and not self.handoff_stack:
             self.handoff_stack = _agent_stack(frame)
 
+    def spine(self) -> list[tuple[str, str]]:
+        """The hops that lead to the write: the reader's hand-over to the worker (a call), then the hops on the
+        stacks above and below the worker thread (trio's start_soon and to_thread join them)."""
+        handover = [(a, b) for a, b in self.edges if b == "runtime.worker:Worker.submit"]
+        return handover + _hops(self.handoff_stack) + _hops(self.write_stack)
+
 
 class FakeSocket:
     def __init__(self) -> None:
@@ -99,16 +106,20 @@ class FakeSocket:
         self.sent.append(message)
 
 
-def main() -> int:
-    state = Path(tempfile.mkdtemp(prefix="p0-hops-"))
-    state.chmod(0o700)
+def _hops(stack: list[str]) -> list[tuple[str, str]]:
+    """The calls from one module into another along a stack, outermost first."""
+    return [(a, b) for a, b in itertools.pairwise(stack) if a.split(":")[0] != b.split(":")[0]]
+
+
+def measure(state: Path, user: str) -> Recorder:
+    """Create `user`, then trace its provisionAuthorizedKeys grant from the frame to the write (run as root, in
+    the sandbox). RuntimeError if the grant is not made or not answered."""
     config = AgentConfig(state_dir=state)
     engine = Engine(config, state, dry_run=False, audit_trail=AuditTrail.off())
-    data: dict[str, object] = {"userName": USER, "action": "grant", "requestId": "hops-1", "publicKey": KEY}
+    data: dict[str, object] = {"userName": user, "action": "grant", "requestId": "hops-1", "publicKey": KEY}
     created = run_change(engine, parse_change("provisionUser", data), builtin_policy())
     if not created.result.success:
-        print(created.result.error, file=sys.stderr)
-        return 1
+        raise RuntimeError(created.result.error)
 
     recorder = Recorder()
     real_replace = os.replace
@@ -144,14 +155,23 @@ def main() -> int:
         sys.setprofile(None)
         threading.setprofile(None)
         os.replace = real_replace
-    if not socket.sent:
-        print("the call was not answered", file=sys.stderr)
-        return 1
-    report(recorder)
+    if not socket.sent or not recorder.write_stack:
+        raise RuntimeError("the grant was not answered, or did not write authorized_keys")
+    return recorder
+
+
+def main() -> int:
+    state = Path(tempfile.mkdtemp(prefix="p0-hops-"))
+    state.chmod(0o700)
+    report(measure(state, USER))
     return 0
 
 
 def report(recorder: Recorder) -> None:
+    spine = recorder.spine()
+    print(f"spine ({len(spine)} hops):")
+    for caller, callee in spine:
+        print(f"  {caller} -> {callee}")
     print("spine above the worker thread (stack at Pipeline.change):")
     print("  " + "\n  ".join(recorder.handoff_stack))
     print("spine in the worker thread (stack at the authorized_keys rename):")
