@@ -16,7 +16,6 @@ import itertools
 import os
 import sys
 import tempfile
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -147,13 +146,27 @@ def measure(state: Path, user: str) -> Recorder:
             await worker.drain()
             nursery.cancel_scope.cancel()
 
-    threading.setprofile(recorder.profile)
+    real_run_sync = trio.to_thread.run_sync
+
+    async def run_sync(function: Callable[..., object], *args: object, **kwargs: Any) -> object:
+        """trio's, with the profiler in the thread (its thread cache reuses threads threading.setprofile missed)."""
+
+        def profiled(*inner: object) -> object:
+            sys.setprofile(recorder.profile)
+            try:
+                return function(*inner)
+            finally:
+                sys.setprofile(None)
+
+        return await real_run_sync(profiled, *args, **kwargs)
+
+    setattr(trio.to_thread, "run_sync", run_sync)  # noqa: B010 - a module attribute, swapped for the measurement
     sys.setprofile(recorder.profile)
     try:
         trio.run(one_call)
     finally:
         sys.setprofile(None)
-        threading.setprofile(None)
+        setattr(trio.to_thread, "run_sync", real_run_sync)  # noqa: B010
         os.replace = real_replace
     if not socket.sent or not recorder.write_stack:
         raise RuntimeError("the grant was not answered, or did not write authorized_keys")
