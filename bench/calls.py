@@ -1,7 +1,7 @@
 """Scenario 1: call round trip through the real WebSocket, next to a bare trio-websocket echo (the floor).
 
 Agent path: DevBackend.call() (JSON-RPC encode, send, wait for the matching response, parse) -> the daemon's
-session reader -> worker -> executor -> answer frame. Two calls: one without a command (the protocol alone) and a
+session reader -> worker -> pipeline -> answer frame. Two calls: one without a command (the protocol alone) and a
 dry-run `provisionAuthorizedKeys` grant (request validation, key parsing, planning in a worker thread).
 Floor: the bench's own trio-websocket server and bench/echo_peer.py in a child process, moving frames of the same
 sizes as the agent's real request and response frames. Both are measured in the same run, interleaved.

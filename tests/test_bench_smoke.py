@@ -21,13 +21,15 @@ import trio
 # bench/ is a top-level package of the repository, not of the installed distribution.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import calls, footprint, grants, ledger_store, run, scale
+from bench import calls, footprint, grants, hops, ledger_store, run, scale
 from bench.fleet import measure_fleet, simulate
 from bench.plot import Line, Panel, render
 from bench.report import SECTIONS
 from bench.report import render as render_markdown
 from bench.sandbox import sandbox_root
 from bench.stats import Measurement, Series, Target, percentile
+
+from sandbox.fixtures import unique_user_name
 
 
 def assert_well_formed(measurement: Measurement) -> None:
@@ -184,3 +186,18 @@ def test_report_renders_every_section() -> None:
     assert "| no-command call | 10 | 2.00 | 4.00 | 333 | 1.00 | 2.00 | 667 | 2.00x | 2.00x |" in text
     assert "| dry-run grant | 100 |" in text
     assert "Not run: grants." in text and "- one finding" in text
+
+
+@pytest.mark.sandbox
+def test_the_hops_of_a_grant(sandbox: object, tmp_path: Path) -> None:
+    """bench/hops.py: one real grant from the frame to the authorized_keys write; the spine is issue 13's target
+    (at most 12 hops through at most 7 files), and the line's cross-module calls are what docs/development.md lists."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    recorder = hops.measure(state, unique_user_name())
+    spine = recorder.spine()
+    assert spine[0] == ("runtime.connection:Session._on_request", "runtime.worker:Worker.submit")
+    assert spine[-1][1].startswith("host."), "the last hop is into the host layer that writes"
+    assert len(spine) <= 12
+    assert len({name.split(":")[0] for hop in spine for name in hop}) <= 7
+    assert ("provisioning.facts:_read_ledger", "host.ledger:LedgerStore.read_user") in recorder.edges

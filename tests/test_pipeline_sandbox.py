@@ -1,15 +1,20 @@
 """The request line reads the ledger once per request (issue 13): the policy decides on the snapshot the change acts
-on. A LedgerStore subclass counts the reads of a real grant in the namespace sandbox (real useradd, real files)."""
+on. A LedgerStore subclass counts the reads of a real grant in the namespace sandbox (real useradd, real files), and
+can change the user's record right after the first read, as a concurrent commit would."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from p0_ssh_agent.config import AgentConfig
+from p0_ssh_agent.core.local_policy import Decision, Facts, LocalPolicy
 from p0_ssh_agent.core.requests import parse_change
+from p0_ssh_agent.host import accounts
 from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.host.ledger import Ledger, LedgerStore, load_ledger
 from p0_ssh_agent.host.policy_file import builtin_policy
@@ -28,6 +33,8 @@ class CountingStore(LedgerStore):
 
     reads: list[str] = field(default_factory=list)
     committing: list[bool] = field(default_factory=list)
+    # Run once, right after the next read_user (then cleared): a change that lands between the read and the lock.
+    after_read: list[Callable[[], None]] = field(default_factory=list)
 
     def read_all(self) -> Ledger:
         if not self.committing:
@@ -41,6 +48,8 @@ class CountingStore(LedgerStore):
             return super().read_user(name)
         finally:
             self.committing.pop()
+            while self.after_read:
+                self.after_read.pop()()
 
     def commit(self, before: Ledger, after: Ledger) -> None:
         self.committing.append(True)
@@ -48,6 +57,22 @@ class CountingStore(LedgerStore):
             super().commit(before, after)
         finally:
             self.committing.pop()
+
+
+@dataclass(frozen=True)
+class CountingPolicy(LocalPolicy):
+    """The built-in policy, counting its evaluations (one per decision)."""
+
+    evaluated: list[str] = field(default_factory=list)
+
+    def evaluate(self, facts: Facts) -> Decision:
+        self.evaluated.append(facts.user)
+        return super().evaluate(facts)
+
+
+def _counting_policy() -> CountingPolicy:
+    policy = builtin_policy()
+    return CountingPolicy(**{f.name: getattr(policy, f.name) for f in dataclasses.fields(policy)})
 
 
 def _engine(tmp_path: Path) -> tuple[Engine, CountingStore, Path]:
@@ -77,16 +102,69 @@ def test_a_key_grant_and_its_revoke_read_the_ledger_once(sandbox: Sandbox, tmp_p
     assert user not in load_ledger(state).keys
 
 
-def test_a_judged_grant_reads_once_to_judge_and_once_under_the_lock(sandbox: Sandbox, tmp_path: Path) -> None:
-    """The policy judges lock-free first (a refusal leaves no trace, not even a lock file), then again on the facts
-    read under the user's lock, which the change acts on: two reads, never the three of before."""
-    engine, store, _state = _engine(tmp_path)
+def test_a_judged_grant_reads_the_ledger_once(sandbox: Sandbox, tmp_path: Path) -> None:
+    """The policy judges lock-free (a refusal leaves no trace, not even a lock file); under the user's lock the
+    snapshot is confirmed by NSS and a stat, not read again: one read, where there were two (and three before)."""
+    engine, store, state = _engine(tmp_path)
     user = unique_user_name()
     data: dict[str, object] = {"userName": user, "action": "grant", "requestId": "once-2", "publicKey": KEY}
     assert run_change(engine, parse_change("provisionUser", data), builtin_policy()).result.success
     store.reads.clear()
+    policy = _counting_policy()
 
-    outcome = run_change(engine, parse_change("provisionAuthorizedKeys", data), builtin_policy())
+    outcome = run_change(engine, parse_change("provisionAuthorizedKeys", data), policy)
+
+    assert outcome.result.success, outcome.result.error
+    assert store.reads == [user]
+    assert policy.evaluated == [user]
+    assert "once-2" in load_ledger(state).keys[user]
+
+
+def test_a_record_changed_before_the_lock_is_read_and_judged_again(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A commit for the user between the lock-free read and the lock (another request's revoke of a sudo rule, a
+    sweep): the facts are read and judged again, and the change acts on the new snapshot; acting on the old one
+    would have written the user's record without the concurrent key."""
+    engine, store, state = _engine(tmp_path)
+    user = unique_user_name()
+    data: dict[str, object] = {"userName": user, "action": "grant", "requestId": "once-3", "publicKey": KEY}
+    assert run_change(engine, parse_change("provisionUser", data), builtin_policy()).result.success
+    other = LedgerStore(state, str(state / LOCK_SUBDIR))
+
+    def concurrent_commit() -> None:
+        before = other.read_user(user)
+        after = other.read_user(user)
+        after.record_key(user, "concurrent-1", "key", "SHA256:concurrent")
+        other.commit(before, after)
+
+    store.reads.clear()
+    store.after_read.append(concurrent_commit)
+    policy = _counting_policy()
+
+    outcome = run_change(engine, parse_change("provisionAuthorizedKeys", data), policy)
+
+    assert outcome.result.success, outcome.result.error
+    assert store.reads == [user, user], "read again under the lock"
+    assert policy.evaluated == [user, user], "and judged again"
+    keys = load_ledger(state).keys[user]
+    assert set(keys) == {"concurrent-1", "once-3"}, "the change acted on the new snapshot"
+
+
+def test_an_account_changed_before_the_lock_is_judged_again(
+    sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The account facts are looked up again under the lock (NSS, cheap): if they changed (here uid_min, as an
+    edit of /etc/login.defs would), the facts are gathered and judged again."""
+    engine, store, _state = _engine(tmp_path)
+    user = unique_user_name()
+    data: dict[str, object] = {"userName": user, "action": "grant", "requestId": "once-4", "publicKey": KEY}
+    assert run_change(engine, parse_change("provisionUser", data), builtin_policy()).result.success
+    uid_min = accounts.uid_min()
+    store.reads.clear()
+    store.after_read.append(lambda: monkeypatch.setattr(accounts, "uid_min", lambda: uid_min + 1))
+    policy = _counting_policy()
+
+    outcome = run_change(engine, parse_change("provisionAuthorizedKeys", data), policy)
 
     assert outcome.result.success, outcome.result.error
     assert store.reads == [user, user]
+    assert policy.evaluated == [user, user]

@@ -113,14 +113,14 @@ async def test_sighup_with_a_broken_policy_keeps_the_old_one(sandbox: Sandbox, t
     supervisor = Supervisor.create(
         prepare(load_config(config_path, env=env), env),
         reload_config=lambda: load_config(config_path, env=env),
-        executor_factory=build_pipeline,
+        pipeline_factory=build_pipeline,
         notifier=Notifier(env),
         env=env,
     )
 
     def policy_ids() -> set[str]:
-        executor = supervisor.worker.executor
-        return set(executor.context.policy.lines)  # type: ignore[attr-defined]
+        pipeline = supervisor.worker.pipeline
+        return set(pipeline.context.policy.lines)  # type: ignore[attr-defined]
 
     assert "no-sudo-on-this-host" in policy_ids()
     (tmp_path / "policy.cedar").write_text("forbid (principal, action, resource) whn { true };\n")
@@ -153,20 +153,20 @@ async def test_building_a_supervisor_has_no_side_effects_create_loads_the_policy
     placeholder = Pipeline(ExecutionContext(prepared.config, prepared.state_dir, False, audit_trail=trail))
     supervisor = Supervisor(
         prepared,
-        executor=placeholder,
+        pipeline=placeholder,
         audit_trail=trail,
         reload_config=lambda: load_config(config_path, env=env),
-        executor_factory=factory,
+        pipeline_factory=factory,
         notifier=Notifier(env),
         env=env,
     )
     assert built == [] and trail._journal is None  # nothing loaded, nothing opened
-    assert supervisor.worker.executor is placeholder
+    assert supervisor.worker.pipeline is placeholder
     with pytest.raises(PolicyError, match="invalid policy condition"):
         Supervisor.create(
             prepared,
             reload_config=lambda: load_config(config_path, env=env),
-            executor_factory=factory,
+            pipeline_factory=factory,
             notifier=Notifier(env),
             env=env,
         )

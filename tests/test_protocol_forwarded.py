@@ -14,7 +14,6 @@ from p0_ssh_agent.protocol.forwarded import (
     CommandResult,
     ForwardedRequest,
     InvalidParams,
-    command_name,
     forwarded_response,
     parse_forwarded_request,
     redact_headers,
@@ -53,13 +52,13 @@ def test_parses_the_upstream_wire_example() -> None:
     assert request.headers["host"] == "tunnel.internal:8081"
     assert request.data == WIRE_PARAMS["data"]
     assert request.timeout_millis == 4000
-    assert command_name(request) == "provisionAuthorizedKeys"
+    assert request.command == "provisionAuthorizedKeys"
 
 
 def test_missing_members_take_defaults() -> None:
     request = parse_forwarded_request({})
     assert request == ForwardedRequest(headers={}, method="", path="", params={}, data=None, timeout_millis=None)
-    assert command_name(request) == ""
+    assert request.command == ""
 
 
 def test_null_members_take_defaults() -> None:
@@ -126,7 +125,7 @@ def test_data_is_kept_as_sent() -> None:
 
 
 def _command(params: dict[str, object]) -> str:
-    return command_name(parse_forwarded_request(params))
+    return parse_forwarded_request(params).command
 
 
 def test_command_comes_from_data() -> None:

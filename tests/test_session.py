@@ -36,7 +36,7 @@ TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 Frame = dict[str, object]
 
 
-class ScriptedExecutor:
+class ScriptedPipeline:
     """Succeeds with "did <command>", except command "breakMe", which fails; records the commands it ran."""
 
     def __init__(self) -> None:
@@ -83,17 +83,17 @@ class Harness:
     ended: trio.Event
     reason: list[str]
     ended_at: list[float]
-    executor: ScriptedExecutor
+    pipeline: ScriptedPipeline
     worker: Worker
 
 
 @asynccontextmanager
 async def connected(
-    heartbeat: float = 60.0, *, server_pings: bool = True, executor: ScriptedExecutor | None = None
+    heartbeat: float = 60.0, *, server_pings: bool = True, pipeline: ScriptedPipeline | None = None
 ) -> AsyncIterator[Harness]:
     client_stream, server_stream = trio.testing.memory_stream_pair()
-    executor = executor or ScriptedExecutor()
-    worker = Worker(executor)
+    pipeline = pipeline or ScriptedPipeline()
+    worker = Worker(pipeline)
     activity = Activity()
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.run)
@@ -125,7 +125,7 @@ async def connected(
             ended.set()
 
         nursery.start_soon(run_session)
-        yield Harness(server, session, ended, reason, ended_at, executor, worker)
+        yield Harness(server, session, ended, reason, ended_at, pipeline, worker)
         nursery.cancel_scope.cancel()
 
 
@@ -246,7 +246,7 @@ async def test_a_call_is_answered_with_its_id_and_the_upstream_success_shape(
         assert data["success"] is True and data["message"] == "did listUsers"
         assert data["client_id"] == CLIENT_ID and data["command"] == "listUsers" and data["status"] == "completed"
         assert TIMESTAMP.fullmatch(str(data["timestamp"]))
-        assert h.executor.seen == ["listUsers"]
+        assert h.pipeline.seen == ["listUsers"]
 
 
 async def test_a_failed_call_has_the_upstream_failure_shape(autojump_clock: object) -> None:
@@ -285,7 +285,7 @@ async def test_call_ids_equal_to_the_agents_own_outstanding_ids_do_not_confuse_i
         await h.server.send({"jsonrpc": "2.0", "id": own_id, "result": {"ok": True}})
         await trio.sleep(CALL_TIMEOUT_SECONDS + 1)
         assert not h.ended.is_set()
-        assert sorted(h.executor.seen) == ["listUsers", "runAudit"]
+        assert sorted(h.pipeline.seen) == ["listUsers", "runAudit"]
 
 
 async def test_responses_with_unknown_ids_are_ignored(autojump_clock: object) -> None:
@@ -315,7 +315,7 @@ async def test_unknown_method_gets_32601_with_the_same_id(autojump_clock: object
             await h.server.send({"jsonrpc": "2.0", "id": rpc_id, "method": "shell", "params": {}})
             reply = await h.server.next_frame()
             assert reply["id"] == rpc_id and error_of(reply)["code"] == -32601
-        assert h.executor.seen == []
+        assert h.pipeline.seen == []
 
 
 @pytest.mark.parametrize(
@@ -329,7 +329,7 @@ async def test_invalid_call_params_get_32602(autojump_clock: object, params: obj
         await h.server.send({"jsonrpc": "2.0", "id": 3, "method": "call", "params": params})
         reply = await h.server.next_frame()
         assert reply["id"] == 3 and error_of(reply)["code"] == -32602
-        assert h.executor.seen == []
+        assert h.pipeline.seen == []
 
 
 async def test_garbage_never_closes_the_connection(autojump_clock: object) -> None:
@@ -357,7 +357,7 @@ async def test_binary_frames_are_ignored(autojump_clock: object) -> None:
         await h.server.send(call_frame(2, {"command": "listUsers"}))
         reply = await h.server.next_frame()  # the first frame back answers the text call: nothing for the binaries
         assert reply["id"] == 2
-        assert h.executor.seen == ["listUsers"]
+        assert h.pipeline.seen == ["listUsers"]
 
 
 async def test_frames_over_the_byte_limit_are_refused_and_the_session_goes_on(autojump_clock: object) -> None:
@@ -375,7 +375,7 @@ async def test_frames_over_the_byte_limit_are_refused_and_the_session_goes_on(au
         await h.server.send(call_frame(7, {"command": "listUsers"}))
         reply = await h.server.next_frame()
         assert reply["id"] == 7
-        assert h.executor.seen == ["listUsers"]  # the oversized call never ran
+        assert h.pipeline.seen == ["listUsers"]  # the oversized call never ran
         assert not h.ended.is_set()
 
 
@@ -389,10 +389,10 @@ async def test_a_frame_over_the_library_limit_closes_the_connection_with_1009(au
         await h.server.send(frame)
         await h.ended.wait()
         assert h.reason == [f"the server sent a frame over {MAX_FRAME_BYTES} characters (code 1009)"]
-        assert h.executor.seen == []
+        assert h.pipeline.seen == []
 
 
-class HeldExecutor(ScriptedExecutor):
+class HeldPipeline(ScriptedPipeline):
     """Every execution waits until the test opens `gate`, as behind a slow useradd."""
 
     def __init__(self) -> None:
@@ -409,8 +409,8 @@ async def test_a_flood_of_large_calls_never_takes_more_than_the_in_flight_budget
     """40 calls of about 1 MiB each, one wide character making Python hold each at 4 MiB, while nothing finishes:
     the agent takes in what fits in its budget, answers the rest 503 busy at once, and answers the calls it took
     once they finish. The budget's high-water mark never passes its limit."""
-    executor = HeldExecutor()
-    async with connected(executor=executor) as h:
+    pipeline = HeldPipeline()
+    async with connected(pipeline=pipeline) as h:
         await h.server.answer_set_client_id()
         pad = "\U0001f600" + "p" * (MAX_FRAME_BYTES - 1024)
         calls = 40
@@ -421,17 +421,17 @@ async def test_a_flood_of_large_calls_never_takes_more_than_the_in_flight_budget
                 )
             )
         busy: list[object] = []
-        while len(busy) + len(executor.seen) < calls:
+        while len(busy) + len(pipeline.seen) < calls:
             reply = await h.server.next_frame()
             assert result_of(reply)["status"] == 503, reply
             busy.append(reply["id"])
         budget = h.worker.budget
-        taken = len(executor.seen)
+        taken = len(pipeline.seen)
         assert 0 < taken < calls
         assert budget.peak <= budget.limit == IN_FLIGHT_BUDGET
         # The budget, not the count of calls, is what stopped them: one more 4 MiB call would not have fit.
         assert budget.peak + 4 * MAX_FRAME_BYTES > budget.limit
-        executor.gate.set()
+        pipeline.gate.set()
         answered = {(await h.server.next_frame())["id"] for _ in range(taken)}
         assert answered.isdisjoint(busy) and len(answered) == taken
         await trio.testing.wait_all_tasks_blocked()

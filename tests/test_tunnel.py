@@ -46,7 +46,7 @@ GUARD_SECONDS = 20.0  # real-time guard so a broken build fails instead of hangi
 RETRY = re.compile(r"retrying in (\d+)s: (.*)")
 
 
-class DryExecutor:
+class DryPipeline:
     async def execute(self, request: ForwardedRequest, key: JobKey) -> CommandResult:
         return CommandResult(success=True, message=f"DRY-RUN: {key.command}")
 
@@ -93,7 +93,7 @@ async def tunnel_running(
     url: str, key: AgentKey, *, ca_file: str | None = None, retry: RetrySettings | None = None
 ) -> AsyncIterator[StatusLog]:
     log = StatusLog()
-    worker = Worker(DryExecutor())
+    worker = Worker(DryPipeline())
     tunnel = Tunnel(
         TunnelSettings(url=url, client_id=CLIENT_ID, key=key, ca_file=ca_file, proxy=None),
         SessionSettings(CLIENT_ID, heartbeat_interval=60.0),

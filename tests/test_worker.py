@@ -1,6 +1,6 @@
-"""The provisioning worker with hand-written executors and trio's autojump clock.
+"""The provisioning worker with hand-written pipelines and trio's autojump clock.
 
-Executors here block on per-request gates the test opens, so every ordering claim (serialised per user, parallel
+Pipelines here block on per-request gates the test opens, so every ordering claim (serialised per user, parallel
 across users, one execution for duplicate deliveries, answers before the backend's deadline, drain on shutdown)
 is checked by what had started and finished at each point, not by timing.
 """
@@ -19,7 +19,7 @@ from p0_ssh_agent.host.inventory import MAX_OUTPUT_BYTES
 from p0_ssh_agent.protocol.forwarded import CommandResult, ForwardedRequest, parse_forwarded_request
 from p0_ssh_agent.runtime.jobs import JobKey
 from p0_ssh_agent.runtime.limits import answer_chars_allowed
-from p0_ssh_agent.runtime.worker import DEFAULT_ANSWER_SECONDS, TRUNCATED, Executor, Reply, Worker, fit_answer
+from p0_ssh_agent.runtime.worker import DEFAULT_ANSWER_SECONDS, TRUNCATED, Pipeline, Reply, Worker, fit_answer
 
 
 def forwarded(
@@ -43,7 +43,7 @@ def forwarded(
 
 
 @dataclass
-class GatedExecutor:
+class GatedPipeline:
     """Each execution records "start <id>", waits until the test opens its gate (or `hold` seconds pass when
     set), records "end <id>" and succeeds with "done <id> #<n>" (n counts executions of that id)."""
 
@@ -70,7 +70,7 @@ class GatedExecutor:
         return CommandResult(success=True, message=f"done {name} #{self.runs[name]}")
 
 
-class CrashingExecutor:
+class CrashingPipeline:
     async def execute(self, request: ForwardedRequest, key: JobKey) -> CommandResult:
         raise RuntimeError("boom")
 
@@ -97,8 +97,8 @@ class Replies:
 
 
 @asynccontextmanager
-async def running(executor: Executor, *, max_pending: int = 1024) -> AsyncIterator[Worker]:
-    worker = Worker(executor, max_pending=max_pending)
+async def running(pipeline: Pipeline, *, max_pending: int = 1024) -> AsyncIterator[Worker]:
+    worker = Worker(pipeline, max_pending=max_pending)
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.run)
         yield worker
@@ -110,20 +110,20 @@ async def submit(worker: Worker, replies: Replies, name: str, request: Forwarded
 
 
 async def test_same_user_is_serialised_in_arrival_order(autojump_clock: object) -> None:
-    executor, replies = GatedExecutor(), Replies()
-    async with running(executor) as worker:
+    pipeline, replies = GatedPipeline(), Replies()
+    async with running(pipeline) as worker:
         # One at a time, as the reader hands them over (it reaches a checkpoint between frames).
         for name, request_id in (("a", "r1"), ("b", "r2"), ("c", "r3")):
             await submit(worker, replies, name, forwarded("alice", request_id))
             await trio.testing.wait_all_tasks_blocked()
-        assert executor.started() == ["r1/grant"]  # r2 and r3 wait for alice's lock
-        executor.gate("r3/grant").set()  # opening later gates first changes nothing
-        executor.gate("r2/grant").set()
+        assert pipeline.started() == ["r1/grant"]  # r2 and r3 wait for alice's lock
+        pipeline.gate("r3/grant").set()  # opening later gates first changes nothing
+        pipeline.gate("r2/grant").set()
         await trio.testing.wait_all_tasks_blocked()
-        assert executor.started() == ["r1/grant"] and set(replies.got) == set()
-        executor.gate("r1/grant").set()
+        assert pipeline.started() == ["r1/grant"] and set(replies.got) == set()
+        pipeline.gate("r1/grant").set()
         await worker.drain()
-        assert executor.events == [
+        assert pipeline.events == [
             "start r1/grant",
             "end r1/grant",
             "start r2/grant",
@@ -139,38 +139,38 @@ async def test_same_user_is_serialised_in_arrival_order(autojump_clock: object) 
 
 
 async def test_different_users_run_in_parallel(autojump_clock: object) -> None:
-    executor, replies = GatedExecutor(), Replies()
-    async with running(executor) as worker:
+    pipeline, replies = GatedPipeline(), Replies()
+    async with running(pipeline) as worker:
         await submit(worker, replies, "a", forwarded("alice", "r1"))
         await submit(worker, replies, "b", forwarded("bob", "r2"))
         await trio.testing.wait_all_tasks_blocked()
-        assert sorted(executor.started()) == ["r1/grant", "r2/grant"]
-        executor.gate("r2/grant").set()  # bob's finishes first although alice's started first
+        assert sorted(pipeline.started()) == ["r1/grant", "r2/grant"]
+        pipeline.gate("r2/grant").set()  # bob's finishes first although alice's started first
         await trio.testing.wait_all_tasks_blocked()
         assert replies.result("b").success and "a" not in replies.got
-        executor.gate("r1/grant").set()
+        pipeline.gate("r1/grant").set()
         await worker.drain()
         assert replies.result("a").success
 
 
 async def test_requests_without_a_user_do_not_queue_behind_each_other(autojump_clock: object) -> None:
     # listUsers and runAudit carry no userName: they used to share one lock named "-" and run one at a time.
-    executor, replies = GatedExecutor(), Replies()
-    async with running(executor) as worker:
+    pipeline, replies = GatedPipeline(), Replies()
+    async with running(pipeline) as worker:
         await submit(worker, replies, "a", forwarded("", "r1", command="listUsers"))
         await submit(worker, replies, "b", forwarded("", "r2", command="runAudit"))
         await trio.testing.wait_all_tasks_blocked()
-        assert sorted(executor.started()) == ["r1/grant", "r2/grant"]
-        executor.gate("r2/grant").set()
+        assert sorted(pipeline.started()) == ["r1/grant", "r2/grant"]
+        pipeline.gate("r2/grant").set()
         await trio.testing.wait_all_tasks_blocked()
         assert replies.result("b").success and "a" not in replies.got
-        executor.gate("r1/grant").set()
+        pipeline.gate("r1/grant").set()
         await worker.drain()
 
 
 async def test_a_duplicate_delivery_gets_the_first_result_and_runs_once(autojump_clock: object) -> None:
-    executor, replies = GatedExecutor(), Replies()
-    async with running(executor) as worker:
+    pipeline, replies = GatedPipeline(), Replies()
+    async with running(pipeline) as worker:
         await submit(worker, replies, "first", forwarded("alice", "r1"))
         await trio.testing.wait_all_tasks_blocked()
         await submit(worker, replies, "again", forwarded("alice", "r1"))
@@ -178,11 +178,11 @@ async def test_a_duplicate_delivery_gets_the_first_result_and_runs_once(autojump
         # Same request id but another action (or command) is a different request: it runs after, on its own.
         await submit(worker, replies, "revoke", forwarded("alice", "r1", action="revoke"))
         await trio.testing.wait_all_tasks_blocked()
-        assert executor.started() == ["r1/grant"]
-        executor.gate("r1/grant").set()
-        executor.gate("r1/revoke").set()
+        assert pipeline.started() == ["r1/grant"]
+        pipeline.gate("r1/grant").set()
+        pipeline.gate("r1/revoke").set()
         await worker.drain()
-        assert executor.runs == {"r1/grant": 1, "r1/revoke": 1}
+        assert pipeline.runs == {"r1/grant": 1, "r1/revoke": 1}
         first = replies.result("first")
         assert first.message == "done r1/grant #1"
         assert replies.result("again") == first and replies.result("again2") == first
@@ -190,27 +190,27 @@ async def test_a_duplicate_delivery_gets_the_first_result_and_runs_once(autojump
 
 
 async def test_a_redelivery_after_the_first_finished_runs_again(autojump_clock: object) -> None:
-    """De-duplication covers deliveries while the first is in flight; later ones are new work for the executor
+    """De-duplication covers deliveries while the first is in flight; later ones are new work for the pipeline
     (the handlers themselves are idempotent)."""
-    executor, replies = GatedExecutor(), Replies()
-    executor.gate("r1/grant").set()
-    async with running(executor) as worker:
+    pipeline, replies = GatedPipeline(), Replies()
+    pipeline.gate("r1/grant").set()
+    async with running(pipeline) as worker:
         await submit(worker, replies, "first", forwarded("alice", "r1"))
         await worker.drain()
         await submit(worker, replies, "later", forwarded("alice", "r1"))
         await worker.drain()
-        assert executor.runs == {"r1/grant": 2}
+        assert pipeline.runs == {"r1/grant": 2}
         assert replies.result("later").message == "done r1/grant #2"
 
 
 async def test_a_full_queue_answers_busy_at_once(autojump_clock: object) -> None:
-    executor, replies = GatedExecutor(), Replies()
-    async with running(executor, max_pending=4) as worker:
+    pipeline, replies = GatedPipeline(), Replies()
+    async with running(pipeline, max_pending=4) as worker:
         for n in range(10):
             await submit(worker, replies, f"j{n}", forwarded(f"user{n}", f"r{n}"))
             await trio.testing.wait_all_tasks_blocked()
         busy = [name for name, answers in replies.got.items() if answers[0][1].http_status == 503]
-        accepted = executor.started()
+        accepted = pipeline.started()
         assert busy and accepted, (busy, accepted)
         assert len(busy) + len(accepted) == 10
         for name in busy:
@@ -218,10 +218,10 @@ async def test_a_full_queue_answers_busy_at_once(autojump_clock: object) -> None
             result = replies.result(name)
             assert not result.success and "busy" in result.error
         # Capacity comes back once the running jobs finish.
-        for gate in list(executor.gates.values()):
+        for gate in list(pipeline.gates.values()):
             gate.set()
         await worker.drain()
-        executor.gate("r-late/grant").set()
+        pipeline.gate("r-late/grant").set()
         await submit(worker, replies, "late", forwarded("late", "r-late"))
         await worker.drain()
         assert replies.result("late").success
@@ -233,23 +233,23 @@ async def test_timeout_millis_is_ignored_and_a_retry_merges_with_the_running_cha
 ) -> None:
     """Like P0's Go agent, no early 504 at the hint: the tunnel server retries its own timeouts (not an answer),
     and the retry it sends gets the one execution's result, as does the first delivery."""
-    executor, replies = GatedExecutor(hold=60.0), Replies()
-    async with running(executor) as worker:
+    pipeline, replies = GatedPipeline(hold=60.0), Replies()
+    async with running(pipeline) as worker:
         await submit(worker, replies, "slow", forwarded("alice", "r1", timeout_ms=timeout_ms))
         await trio.sleep(timeout_ms / 1000 + 5)
         assert replies.got == {}  # nothing answered at (or after) the hint
-        assert executor.events == ["start r1/grant"]
+        assert pipeline.events == ["start r1/grant"]
         await submit(worker, replies, "retry", forwarded("alice", "r1", timeout_ms=timeout_ms))
         await worker.drain()
-        assert executor.events == ["start r1/grant", "end r1/grant"]
+        assert pipeline.events == ["start r1/grant", "end r1/grant"]
         for name in ("slow", "retry"):
             assert replies.result(name).message == "done r1/grant #1"
             assert replies.at(name) == pytest.approx(60.0)
 
 
 async def test_without_timeout_millis_the_answer_waits_for_the_change(autojump_clock: object) -> None:
-    executor, replies = GatedExecutor(hold=DEFAULT_ANSWER_SECONDS - 10), Replies()
-    async with running(executor) as worker:
+    pipeline, replies = GatedPipeline(hold=DEFAULT_ANSWER_SECONDS - 10), Replies()
+    async with running(pipeline) as worker:
         await submit(worker, replies, "slow", forwarded("alice", "r1"))
         await worker.drain()
         assert replies.result("slow").success
@@ -257,8 +257,8 @@ async def test_without_timeout_millis_the_answer_waits_for_the_change(autojump_c
 
 
 async def test_drain_on_shutdown_lets_in_flight_jobs_finish(autojump_clock: object) -> None:
-    executor, replies = GatedExecutor(hold=10.0), Replies()
-    async with running(executor) as worker:
+    pipeline, replies = GatedPipeline(hold=10.0), Replies()
+    async with running(pipeline) as worker:
         await submit(worker, replies, "inflight", forwarded("alice", "r1"))
         await trio.testing.wait_all_tasks_blocked()
         worker.stop_accepting()
@@ -266,28 +266,28 @@ async def test_drain_on_shutdown_lets_in_flight_jobs_finish(autojump_clock: obje
         await trio.testing.wait_all_tasks_blocked()
         refused = replies.result("refused")
         assert replies.at("refused") == 0.0 and refused.http_status == 503 and "shutting down" in refused.error
-        assert executor.started() == ["r1/grant"]
+        assert pipeline.started() == ["r1/grant"]
         await worker.drain()
         assert trio.current_time() == pytest.approx(10.0)
-        assert executor.events == ["start r1/grant", "end r1/grant"]
+        assert pipeline.events == ["start r1/grant", "end r1/grant"]
         assert replies.result("inflight").success and replies.at("inflight") == pytest.approx(10.0)
 
 
 async def test_drain_waits_for_a_change_whose_answer_already_timed_out(autojump_clock: object) -> None:
-    executor, replies = GatedExecutor(hold=DEFAULT_ANSWER_SECONDS + 30), Replies()
-    async with running(executor) as worker:
+    pipeline, replies = GatedPipeline(hold=DEFAULT_ANSWER_SECONDS + 30), Replies()
+    async with running(pipeline) as worker:
         await submit(worker, replies, "slow", forwarded("alice", "r1"))
         await trio.sleep(DEFAULT_ANSWER_SECONDS + 5)
         assert replies.result("slow").http_status == 504
         worker.stop_accepting()
         await worker.drain()
         assert trio.current_time() == pytest.approx(DEFAULT_ANSWER_SECONDS + 30)
-        assert executor.events == ["start r1/grant", "end r1/grant"]
+        assert pipeline.events == ["start r1/grant", "end r1/grant"]
 
 
-async def test_a_crashing_executor_answers_failure_and_the_worker_lives_on(autojump_clock: object) -> None:
+async def test_a_crashing_pipeline_answers_failure_and_the_worker_lives_on(autojump_clock: object) -> None:
     replies = Replies()
-    async with running(CrashingExecutor()) as worker:
+    async with running(CrashingPipeline()) as worker:
         for n in range(3):
             await submit(worker, replies, f"j{n}", forwarded("alice", f"r{n}"))
         await worker.drain()
@@ -301,8 +301,8 @@ async def test_a_crashing_executor_answers_failure_and_the_worker_lives_on(autoj
 
 async def test_a_timed_out_change_keeps_its_share_of_the_budget_until_it_ends(autojump_clock: object) -> None:
     """The execution still holds the request after its answer went out: the budget must still count it."""
-    executor, replies = GatedExecutor(hold=DEFAULT_ANSWER_SECONDS + 30), Replies()
-    async with running(executor) as worker:
+    pipeline, replies = GatedPipeline(hold=DEFAULT_ANSWER_SECONDS + 30), Replies()
+    async with running(pipeline) as worker:
         await worker.submit(forwarded("alice", "r1"), replies.slot("slow"), held_bytes=1000)
         taken = worker.budget.used
         assert taken >= 1000
@@ -314,24 +314,24 @@ async def test_a_timed_out_change_keeps_its_share_of_the_budget_until_it_ends(au
 
 
 async def test_a_call_that_does_not_fit_the_budget_is_answered_busy(autojump_clock: object) -> None:
-    executor, replies = GatedExecutor(), Replies()
-    worker = Worker(executor, budget_bytes=1_000_000)
+    pipeline, replies = GatedPipeline(), Replies()
+    worker = Worker(pipeline, budget_bytes=1_000_000)
     async with trio.open_nursery() as nursery:
         await nursery.start(worker.run)
         await worker.submit(forwarded("alice", "r1"), replies.slot("fits"), held_bytes=500_000)
         await worker.submit(forwarded("bob", "r2"), replies.slot("too big"), held_bytes=500_000)
         await trio.testing.wait_all_tasks_blocked()
-        assert executor.started() == ["r1/grant"]
+        assert pipeline.started() == ["r1/grant"]
         assert replies.result("too big").http_status == 503 and replies.at("too big") == 0.0
         assert worker.budget.peak <= worker.budget.limit
-        executor.gate("r1/grant").set()
+        pipeline.gate("r1/grant").set()
         await worker.drain()
         assert replies.result("fits").success and worker.budget.used == 0
         nursery.cancel_scope.cancel()
 
 
 @dataclass
-class LoudExecutor:
+class LoudPipeline:
     """Answers with `size` characters of output (or of message), whatever the command."""
 
     size: int
@@ -347,7 +347,7 @@ class LoudExecutor:
 @pytest.mark.parametrize("in_output", [True, False])
 async def test_an_answer_is_cut_to_its_commands_allowance(autojump_clock: object, in_output: bool) -> None:
     replies = Replies()
-    async with running(LoudExecutor(MAX_OUTPUT_BYTES * 2, in_output)) as worker:
+    async with running(LoudPipeline(MAX_OUTPUT_BYTES * 2, in_output)) as worker:
         await submit(worker, replies, "grant", forwarded("alice", "r1"))
         await submit(worker, replies, "audit", forwarded("", "r2", command="runAudit"))
         await worker.drain()

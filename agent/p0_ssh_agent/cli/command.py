@@ -76,7 +76,9 @@ def run(args: argparse.Namespace) -> int:
     if not dry_run:
         ensure_state_dir(state_dir)
     data = build_request(args)
-    request = ForwardedRequest(headers={}, method="POST", path="", params={}, data=data, timeout_millis=None)
+    request = ForwardedRequest(
+        headers={}, method="POST", path="", params={}, data=data, timeout_millis=None, command=args.command
+    )
     pipeline = build_pipeline(config, state_dir, AuditTrail.from_config(config, os.environ), dry_run=dry_run)
     result = trio.run(pipeline.execute, request, job_key(request))
     print("Provisioning Request:")

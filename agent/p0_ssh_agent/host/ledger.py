@@ -42,6 +42,7 @@ from p0_ssh_agent.host.ledger_layout import (
     LEDGER_NAME,
     MAX_LEDGER_BYTES,
     Layout,
+    LedgerVersion,
     changed_only,
     digest,
     encode_records,
@@ -52,6 +53,7 @@ from p0_ssh_agent.host.ledger_layout import (
     read_record,
     retire_legacy,
     snapshot,
+    version,
     write_everything,
     write_host,
 )
@@ -91,6 +93,7 @@ __all__ = [
     "LedgerFull",
     "LedgerRecords",
     "LedgerStore",
+    "LedgerVersion",
     "SudoEntry",
     "UserEntry",
     "apply_change",
@@ -155,6 +158,14 @@ class LedgerStore:
         view = Ledger(uid_high_water=found.uid_high_water)
         read_record(self._layout, name, view)
         return view
+
+    def version(self, name: str) -> LedgerVersion:
+        """A token that changes whenever a commit or a migration changes what read_user(name) would return, taken
+        by lstat alone (host/ledger_layout.py version): taken before a read, and again later, equal tokens mean the
+        read is still the ledger's. A store that may write migrates first, so the token is the layout's that the
+        read will see."""
+        self._migrate_if_needed()
+        return version(self._layout, name)
 
     def commit(self, before: Ledger, after: Ledger) -> None:
         """Store `after` in place of `before` for every user either names: each record whole, one directory fsync

@@ -141,6 +141,32 @@ def snapshot(layout: Layout) -> HostRecord | Ledger:
     return host
 
 
+# (inode, device, size, mtime_ns, ctime_ns) of one file; None if it does not exist; (-1, errno, ...) if unreadable.
+FileVersion = tuple[int, int, int, int, int] | None
+LedgerVersion = tuple[FileVersion, FileVersion, FileVersion]
+
+
+def _file_version(path: str) -> FileVersion:
+    try:
+        found = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # a dry run by an unprivileged user: unreadable both times is "unchanged"
+        return (-1, exc.errno or 0, 0, 0, 0)
+    return (found.st_ino, found.st_dev, found.st_size, found.st_mtime_ns, found.st_ctime_ns)
+
+
+def version(layout: Layout, name: str) -> LedgerVersion:
+    """What a read of user `name`'s records depends on, by lstat alone: ledger.json (while not migrated), host.json
+    and the user's record. Every file is replaced by rename, never written in place, so a replacement gives the
+    path another inode; the inode of a file freed by an earlier replacement can be reused, which is why size,
+    mtime and ctime are compared too (a replacement that reuses the inode within one timestamp tick and has the
+    same size is the one change this cannot see)."""
+    record = layout.record(name) if is_user_name(name) else None
+    host = f"{layout.ledger_dir}/{HOST_NAME}"
+    return (_file_version(layout.legacy), _file_version(host), None if record is None else _file_version(record))
+
+
 def read_record(layout: Layout, name: str, into: Ledger) -> None:
     """Add user `name`'s record to `into` (nothing if it has none, or the name could not be one's)."""
     if not is_user_name(name):

@@ -31,8 +31,8 @@ class ForwardedRequest:
     params: Mapping[str, object]
     data: object
     timeout_millis: int | None
-    # Only one intermediate Go version put the command at the top level (§5.1); kept to be tolerant.
-    top_level_command: str | None = None
+    # The command name, worked out once here (_command_name) and carried to the worker, the pipeline and the answer.
+    command: str = ""
 
 
 def _string(params: Mapping[str, object], name: str) -> str:
@@ -85,26 +85,27 @@ def parse_forwarded_request(params: object) -> ForwardedRequest:
         query = {}
     if not isinstance(query, dict):
         raise InvalidParams("params.params must be an object")
-    top_level = params.get("command")
+    data = params.get("data")
     return ForwardedRequest(
         headers=_headers(params.get("headers")),
         method=_string(params, "method"),
         path=_string(params, "path"),
         params=query,
-        data=params.get("data"),
+        data=data,
         timeout_millis=_timeout(params.get("options")),
-        top_level_command=top_level if isinstance(top_level, str) else None,
+        command=_command_name(data, params.get("command")),
     )
 
 
-def command_name(request: ForwardedRequest) -> str:
-    """data.command when data is an object and command a string (§5.2); else the old top-level field; else ""."""
-    data = request.data
+def _command_name(data: object, top_level: object) -> str:
+    """data.command when data is an object and command a string (§5.2); else the top-level field, which only one
+    intermediate Go version sent (§5.1; kept to be tolerant); else "". Any string, hostile ones too: each user of
+    it bounds it for its purpose (runtime/jobs.py for locks and logs, the pipeline for an error's echo)."""
     if isinstance(data, dict):
         command = data.get("command")
         if isinstance(command, str):
             return command
-    return request.top_level_command or ""
+    return top_level if isinstance(top_level, str) else ""
 
 
 def redact_headers(headers: Mapping[str, str | list[str]]) -> dict[str, str | list[str]]:

@@ -1,11 +1,14 @@
 """Facts and the decision: what the host holds for one request, read once, and the pure rules that judge it.
 
     gather(engine, request)            -> HostFacts   (I/O: NSS, /etc/login.defs, the ledger read ONCE)
+    still_current(engine, facts)       -> whether nothing they depend on changed since  (NSS and a stat, no read)
     claim(facts, adopted)              -> the account the change may touch, or NotManaged        (pure)
     decide(policy, facts, request)     -> Allow | Deny                                           (pure)
 
-The pipeline (provisioning/pipeline.py) gathers the facts under the user's lock and hands the same facts to the
-decision and to the handler, so the local policy decides on exactly the snapshot the change acts on.
+The pipeline (provisioning/pipeline.py) hands the same facts to the decision and to the handler, so the local
+policy decides on exactly the snapshot the change acts on. A grant the policy judges is gathered before any lock
+(a refusal leaves no trace); under the lock, still_current confirms the snapshot without reading the ledger again,
+and only if something changed meanwhile are the facts gathered and judged again.
 
 Ownership (issue 4, upstream-protocol.md §12 item 5): the agent touches an account only if it created it (the
 ledger says so), the operator adopted it (`adoptUsers`), or the Go agent created it (a user in the JIT range
@@ -28,7 +31,7 @@ from p0_ssh_agent.core.requests import Action, Change, SudoRequest, public_key_o
 from p0_ssh_agent.errors import AgentError, PermissionProblem
 from p0_ssh_agent.host import accounts
 from p0_ssh_agent.host.accounts import UserRecord
-from p0_ssh_agent.host.ledger import Ledger, LedgerCorrupt
+from p0_ssh_agent.host.ledger import Ledger, LedgerCorrupt, LedgerVersion
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning.engine import Engine
 
@@ -51,27 +54,48 @@ class HostFacts:
     ledger: Ledger  # the ledger's records for this request (LedgerStore.read_user, or read_all for sudo)
     hostname: str
     now: datetime.datetime
+    # LedgerStore.version of the user's records, taken just before the read: still_current compares it.
+    ledger_version: LedgerVersion | None = None
+
+
+_AccountView = tuple[UserRecord | None, str | None, tuple[str, ...], int]
+
+
+def _account_view(user: str) -> _AccountView:
+    """The account, its primary group's name, its groups' names, uid_min: NSS and /etc/login.defs, cheap."""
+    account = accounts.lookup_user(user)
+    if account is None:
+        return None, None, (), accounts.uid_min()
+    return account, _group_name(account.gid), _group_names(user, account.gid), accounts.uid_min()
 
 
 def gather(engine: Engine, request: Change, now: datetime.datetime) -> HostFacts:
-    """Read what the request needs (blocking). The caller holds the user's lock, so nothing changes meanwhile."""
-    account = accounts.lookup_user(request.user)
-    primary = groups = None
-    if account is not None:
-        primary = _group_name(account.gid)
-        groups = _group_names(request.user, account.gid)
-    # A sudo revoke is keyed by request id alone and the drop-in is shared: its rules may belong to anyone.
+    """Read what the request needs (blocking): the facts the decision and the change share."""
+    account, primary, groups, uid_min = _account_view(request.user)
+    # A sudo request renders the shared drop-in, which holds everyone's rules: it reads the whole ledger. Its
+    # decision and its commits depend on the user's own records only (sudo_rules.change_rules commits the users
+    # its change touched), so the version of those is what still_current compares.
     whole = isinstance(request, SudoRequest)
+    version = engine.store.version(request.user)  # before the read: a commit after it changes the version
     return HostFacts(
         user=request.user,
         account=account,
         primary_group=primary,
-        groups=groups or (),
-        uid_min=accounts.uid_min(),
+        groups=groups,
+        uid_min=uid_min,
         ledger=_read_ledger(engine, request.user, whole=whole),
         hostname=engine.config.hostname or socket.gethostname(),
         now=now,
+        ledger_version=version,
     )
+
+
+def still_current(engine: Engine, facts: HostFacts) -> bool:
+    """Whether `facts` are still the host's (the caller now holds the lock the change needs): the account facts
+    looked up again (NSS, cheap) and the ledger's version compared by stat, without reading the ledger again."""
+    if facts.ledger_version is None or engine.store.version(facts.user) != facts.ledger_version:
+        return False
+    return _account_view(facts.user) == (facts.account, facts.primary_group, facts.groups, facts.uid_min)
 
 
 def _read_ledger(engine: Engine, name: str, *, whole: bool) -> Ledger:

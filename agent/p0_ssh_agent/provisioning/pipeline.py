@@ -2,9 +2,13 @@
 
     frame -> command name -> core.requests.parse_request -> Change | Query          (parsed once; one `match`)
       Query  -> readonly.run_read_only                                             (for real, even in a dry run)
-      Change -> the first lock the change needs (the user's; the accounts lock for an account to create)
-             -> facts.gather: account, groups, the ledger read ONCE                (provisioning/facts.py)
+      Change -> facts.gather: account, groups, the ledger read ONCE                (provisioning/facts.py)
              -> facts.decide: the local policy on those facts -> Allow | Deny      (pure)
+                (a grant the policy judges: both before any lock, so a refusal leaves no trace; the others: both
+                under the lock below)
+             -> the first lock the change needs (the user's; the accounts lock for an account to create), and
+                facts.still_current: the judged snapshot confirmed by NSS and a stat (else gathered and judged
+                again: a rare race)
              -> plan: the command's handler, pure, on the same facts -> a Plan (host/actions.py: ledger commits
                 and host edits in the order its module documents) or an answer without one (authorized_keys,
                 sudo_rules, users, end_sessions)
@@ -54,12 +58,12 @@ from p0_ssh_agent.host import accounts
 from p0_ssh_agent.host.actions import Description, Plan
 from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.host.policy_file import load_policy
-from p0_ssh_agent.protocol.forwarded import NO_COMMAND_MESSAGE, CommandResult, ForwardedRequest, command_name
+from p0_ssh_agent.protocol.forwarded import NO_COMMAND_MESSAGE, CommandResult, ForwardedRequest
 from p0_ssh_agent.provisioning.authorized_keys import plan_keys
 from p0_ssh_agent.provisioning.context import ExecutionContext
 from p0_ssh_agent.provisioning.end_sessions import plan_session
 from p0_ssh_agent.provisioning.engine import Engine
-from p0_ssh_agent.provisioning.facts import Deny, HostFacts, decide, gather
+from p0_ssh_agent.provisioning.facts import Allow, Deny, HostFacts, decide, gather, still_current
 from p0_ssh_agent.provisioning.readonly import run_read_only
 from p0_ssh_agent.provisioning.sudo_rules import plan_sudo
 from p0_ssh_agent.provisioning.users import new_uid, plan_user
@@ -80,13 +84,14 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Pipeline:
-    """What the runtime's worker calls for every `call` (runtime/worker.py's Executor)."""
+    """What the runtime's worker calls for every `call` (runtime/worker.py's Pipeline protocol)."""
 
     context: ExecutionContext
 
     async def execute(self, request: ForwardedRequest, key: object = None) -> CommandResult:
-        """`key`: the runtime's JobKey (for its locking and log line); the request is judged on its own."""
-        command = command_name(request)
+        """`key`: the runtime's JobKey (for its locking and log line); the request is judged on its own, by the
+        command name parse_forwarded_request worked out (request.command)."""
+        command = request.command
         if not command:
             return CommandResult(success=True, message=NO_COMMAND_MESSAGE)
         if command not in COMMANDS:
@@ -132,20 +137,24 @@ def run_change(
     """Facts, decision, change (blocking). `policy` None: no local policy is asked (the agent's own revokes, and
     tests of the handlers alone). The one place where an error becomes a result."""
     description, decided_by, moment = Description(), "", now or datetime.now(UTC)
-    judged = policy is not None and request.action is Action.GRANT
     try:
-        if judged:
-            # A grant the policy refuses changes nothing, not even a lock file: it is judged before any lock, and
-            # judged again below on the facts the change acts on.
-            refused = _judge(engine, policy, request, moment)
-            if refused is not None:
-                return refused
+        looked: Outcome | tuple[HostFacts, Allow] | None = None
+        if policy is not None and request.action is Action.GRANT:
+            # Judged before any lock: a grant the policy refuses changes nothing, not even a lock file.
+            looked = _judge(engine, policy, request, moment)
+        if isinstance(looked, Outcome):
+            return looked
         with _first_lock(engine, request):
-            facts = gather(engine, request, moment)
-            verdict = decide(policy, facts, request, org_id=engine.config.org_id or "", adopted=engine.adopted())
+            if looked is not None and not still_current(engine, looked[0]):
+                # A rare race, counted in the log: what was judged changed while the lock was awaited.
+                log.info("facts_changed_before_lock", request_id=request.request_id, user=request.user)
+                looked = None
+            if looked is None:  # not judged yet (no policy, a revoke), or judged on facts that changed since
+                looked = _decided(engine, policy, gather(engine, request, moment), request)
+                if isinstance(looked, Outcome):
+                    return looked
+            facts, verdict = looked  # a judged grant's one ledger read, when nothing changed before the lock
             decided_by = verdict.policy
-            if isinstance(verdict, Deny):  # the host changed between the two looks
-                return _denied(request, verdict)
             planned = _plan(request, facts, engine.config)
             if isinstance(planned, Plan):
                 applied = engine.apply(planned, facts.ledger)
@@ -159,14 +168,21 @@ def run_change(
     return Outcome(result, description, decided_by)
 
 
-def _judge(engine: Engine, policy: LocalPolicy | None, request: Change, now: datetime) -> Outcome | None:
-    """The local policy on lock-free facts: the Outcome of a refusal, or None to go on."""
+def _judge(engine: Engine, policy: LocalPolicy, request: Change, now: datetime) -> Outcome | tuple[HostFacts, Allow]:
+    """The local policy on lock-free facts (see _decided)."""
     try:
         facts = gather(engine, request, now)
     except AgentError as exc:  # the ledger or NSS could not be read: no facts, no grant
         return Outcome(CommandResult(success=False, error=f"local policy not evaluated: {exc}"))
+    return _decided(engine, policy, facts, request)
+
+
+def _decided(
+    engine: Engine, policy: LocalPolicy | None, facts: HostFacts, request: Change
+) -> Outcome | tuple[HostFacts, Allow]:
+    """The Outcome of a refusal, or the facts and the verdict to go on with."""
     verdict = decide(policy, facts, request, org_id=engine.config.org_id or "", adopted=engine.adopted())
-    return _denied(request, verdict) if isinstance(verdict, Deny) else None
+    return _denied(request, verdict) if isinstance(verdict, Deny) else (facts, verdict)
 
 
 def _denied(request: Change, verdict: Deny) -> Outcome:

@@ -22,7 +22,6 @@ from p0_ssh_agent.protocol import jsonrpc
 from p0_ssh_agent.protocol.forwarded import (
     CommandResult,
     InvalidParams,
-    command_name,
     forwarded_response,
     parse_forwarded_request,
     redact_headers,
@@ -216,8 +215,7 @@ class Session:
             path=forwarded.path,
             headers=redact_headers(forwarded.headers),
         )
-        command = command_name(forwarded)
-        rpc_id = request.id
+        command, rpc_id = forwarded.command, request.id
 
         def encoded(result: CommandResult) -> str:
             body = forwarded_response(result, client_id=self.settings.client_id, command=command, now=datetime.now(UTC))

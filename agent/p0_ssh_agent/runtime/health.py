@@ -46,9 +46,9 @@ class _LedgerSummary:
     users: int | None = None
 
 
-def policy_of(executor: object) -> tuple[str, str | None]:
-    """(policy file, digest of the policy text in force) of a CommandExecutor; ("", None) for anything else."""
-    policy = getattr(getattr(executor, "context", None), "policy", None)
+def policy_of(pipeline: object) -> tuple[str, str | None]:
+    """(policy file, digest of the policy text in force) of a Pipeline; ("", None) for anything else."""
+    policy = getattr(getattr(pipeline, "context", None), "policy", None)
     text, source = getattr(policy, "text", None), getattr(policy, "source", "")
     if not isinstance(text, str):
         return "", None
@@ -56,7 +56,7 @@ def policy_of(executor: object) -> tuple[str, str | None]:
 
 
 class Health:
-    def __init__(self, config: AgentConfig, state_dir: Path, *, url: str, client_id: str, executor: object) -> None:
+    def __init__(self, config: AgentConfig, state_dir: Path, *, url: str, client_id: str, pipeline: object) -> None:
         self.metrics = Metrics()
         self.live = LiveState(
             pid=os.getpid(),
@@ -72,7 +72,7 @@ class Health:
         # The session's latest setClientId answer (heartbeats included), read when the state is written.
         self.answer_source: Callable[[], tuple[datetime, object] | None] = lambda: None
         self.poke: Callable[[], None] = lambda: None  # the publisher's, once it exists
-        self.configured(config, state_dir, url=url, client_id=client_id, executor=executor)
+        self.configured(config, state_dir, url=url, client_id=client_id, pipeline=pipeline)
 
     # --- what the STATUS= line says ---------------------------------------------------------------------------
     @property
@@ -112,22 +112,22 @@ class Health:
         self._changed()
 
     # --- configuration -----------------------------------------------------------------------------------------
-    def configured(self, config: AgentConfig, state_dir: Path, *, url: str, client_id: str, executor: object) -> None:
+    def configured(self, config: AgentConfig, state_dir: Path, *, url: str, client_id: str, pipeline: object) -> None:
         """After start-up and after each successful reload: what is in force now."""
         self._config, self._state_dir = config, state_dir
         self._ledger = _LedgerSummary()
         live = self.live
         live.backend_url, live.client_id, live.dry_run = status_text.display_url(url), client_id, config.dry_run
-        live.policy_file, live.policy_digest = policy_of(executor)
+        live.policy_file, live.policy_digest = policy_of(pipeline)
         live.config_file = str(config.source) if config.source else None
         live.config_digest = file_digest(config.source)
         live.reload_failed, live.reload_error = False, None
         self.metrics.set_gauge("reload_failed", 0)
         self._changed()
 
-    def reloaded(self, config: AgentConfig, state_dir: Path, *, url: str, client_id: str, executor: object) -> None:
+    def reloaded(self, config: AgentConfig, state_dir: Path, *, url: str, client_id: str, pipeline: object) -> None:
         self.live.last_reload_at = datetime.now(UTC)
-        self.configured(config, state_dir, url=url, client_id=client_id, executor=executor)
+        self.configured(config, state_dir, url=url, client_id=client_id, pipeline=pipeline)
 
     def reload_failed(self, error: str) -> None:
         self.live.last_reload_at = datetime.now(UTC)

@@ -1,7 +1,7 @@
 """What the runtime needs to know about a `call` before executing it (pure).
 
 The reader must never block, and requests for one user must run one at a time, so the runtime reads a few
-fields of the forwarded request *before* the full validation that the executor does. These fields are used for
+fields of the forwarded request *before* the full validation that the pipeline does. These fields are used for
 locking, de-duplication and the canonical log line only; nothing here decides what happens on the host, so a
 hostile value can at worst pick a lock name. Values that are not short printable strings become "-".
 """
@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from p0_ssh_agent.protocol.forwarded import ForwardedRequest, command_name
+from p0_ssh_agent.protocol.forwarded import ForwardedRequest
 
 _SAFE_TOKEN = re.compile(r"[A-Za-z0-9_.@:-]{1,128}")
 ABSENT = "-"
@@ -20,7 +20,7 @@ ABSENT = "-"
 
 def _field(data: Mapping[str, object], name: str) -> str:
     # Go's encoding/json matches keys case-insensitively (upstream-protocol.md §5.3); do the same here so the lock
-    # key agrees with what the executor will act on.
+    # key agrees with what the pipeline will act on.
     lowered = name.lower()
     for key, value in data.items():
         if isinstance(key, str) and key.lower() == lowered:
@@ -59,7 +59,8 @@ class JobKey:
 
 
 def job_key(request: ForwardedRequest) -> JobKey:
-    command = command_name(request)
+    """The key of a parsed `call`; its command is the one parse_forwarded_request worked out, bounded here."""
+    command = request.command
     data = request.data if isinstance(request.data, Mapping) else {}
     safe_command = command if _SAFE_TOKEN.fullmatch(command or "") else (ABSENT if command else "")
     return JobKey(

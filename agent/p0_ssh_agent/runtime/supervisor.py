@@ -33,7 +33,7 @@ from p0_ssh_agent.runtime.periodic import GuardTasks
 from p0_ssh_agent.runtime.publisher import Publisher
 from p0_ssh_agent.runtime.statedir import ensure_state_dir, resolve_state_dir
 from p0_ssh_agent.runtime.tunnel import Tunnel, TunnelSettings
-from p0_ssh_agent.runtime.worker import Executor, Worker
+from p0_ssh_agent.runtime.worker import Pipeline, Worker
 
 log = get_logger(__name__)
 
@@ -45,7 +45,7 @@ CLOSE_SECONDS = 1.5
 # can watch systemd's watchdog restart a hung agent. Without it SIGUSR2 is not even handled.
 TEST_HOOKS_ENV = "P0_SSH_AGENT_TEST_HOOKS"
 
-ExecutorFactory = Callable[[AgentConfig, Path, AuditTrail], Executor]
+PipelineFactory = Callable[[AgentConfig, Path, AuditTrail], Pipeline]
 
 
 @dataclass
@@ -103,7 +103,7 @@ def tunnel_changed(old: TunnelSettings, new: TunnelSettings) -> bool:
 
 
 class Supervisor:
-    """Built by `create` (which loads what the first executor needs); __init__ only wires the parts together, and
+    """Built by `create` (which loads what the first pipeline needs); __init__ only wires the parts together, and
     `run` opens what lives as long as the process (the journald socket) before anything starts."""
 
     @classmethod
@@ -112,21 +112,21 @@ class Supervisor:
         prepared: Prepared,
         *,
         reload_config: Callable[[], AgentConfig],
-        executor_factory: ExecutorFactory,
+        pipeline_factory: PipelineFactory,
         notifier: Notifier,
         env: Mapping[str, str],
     ) -> Supervisor:
-        """The daemon's one audit trail and its first executor (the local policy loads here: a broken one raises
+        """The daemon's one audit trail and its first pipeline (the local policy loads here: a broken one raises
         PolicyError, exit 78, before READY=1), then the supervisor around them."""
         # The one audit trail of the daemon: every request, expiry, offline revoke and drift is recorded in it.
         audit_trail = AuditTrail.from_config(prepared.config, env)
-        executor = executor_factory(prepared.config, prepared.state_dir, audit_trail)
+        pipeline = pipeline_factory(prepared.config, prepared.state_dir, audit_trail)
         return cls(
             prepared,
-            executor=executor,
+            pipeline=pipeline,
             audit_trail=audit_trail,
             reload_config=reload_config,
-            executor_factory=executor_factory,
+            pipeline_factory=pipeline_factory,
             notifier=notifier,
             env=env,
         )
@@ -135,16 +135,16 @@ class Supervisor:
         self,
         prepared: Prepared,
         *,
-        executor: Executor,
+        pipeline: Pipeline,
         audit_trail: AuditTrail,
         reload_config: Callable[[], AgentConfig],
-        executor_factory: ExecutorFactory,
+        pipeline_factory: PipelineFactory,
         notifier: Notifier,
         env: Mapping[str, str],
     ) -> None:
         self.prepared = prepared
         self._reload_config = reload_config
-        self._executor_factory = executor_factory
+        self._pipeline_factory = pipeline_factory
         self._notifier = notifier
         self._env = env
         self._status = ""
@@ -154,7 +154,7 @@ class Supervisor:
             call_timeout=float(prepared.config.heartbeat_timeout_seconds),
         )
         self.audit_trail = audit_trail
-        self.worker = Worker(executor)
+        self.worker = Worker(pipeline)
         # Expiry sweep, offline revoke, reconciliation: they read the current configuration at each round.
         self.guard = GuardTasks(lambda: (self.prepared.config, self.prepared.state_dir), audit_trail=self.audit_trail)
         self.health = Health(
@@ -162,7 +162,7 @@ class Supervisor:
             prepared.state_dir,
             url=prepared.tunnel.url,
             client_id=prepared.tunnel.client_id,
-            executor=self.worker.executor,
+            pipeline=self.worker.pipeline,
         )
         self.worker.on_answered = self.health.request_done
         self.tunnel = Tunnel(
@@ -248,7 +248,7 @@ class Supervisor:
         log.info("reloading")
         try:
             new = prepare(self._reload_config(), self._env)
-            executor = self._executor_factory(new.config, new.state_dir, self.audit_trail)
+            pipeline = self._pipeline_factory(new.config, new.state_dir, self.audit_trail)
         except AgentError as exc:
             log.error("reload_failed", error=str(exc))
             self.health.reload_failed(str(exc))
@@ -257,7 +257,7 @@ class Supervisor:
             return
         old = self.prepared
         self.prepared = new
-        self.worker.set_executor(executor)
+        self.worker.set_pipeline(pipeline)
         self.audit_trail.reconfigure(new.config)
         self.session_settings.heartbeat_interval = float(new.config.heartbeat_interval_seconds)
         self.session_settings.call_timeout = float(new.config.heartbeat_timeout_seconds)
@@ -270,7 +270,7 @@ class Supervisor:
         # The metrics file may move or change group at once; runtimeDir holds the lock, so it needs a restart.
         self.publisher.metrics_file, self.publisher.metrics_gid = new.metrics_file, new.metrics_gid
         tunnel = new.tunnel
-        self.health.reloaded(new.config, new.state_dir, url=tunnel.url, client_id=tunnel.client_id, executor=executor)
+        self.health.reloaded(new.config, new.state_dir, url=tunnel.url, client_id=tunnel.client_id, pipeline=pipeline)
         self._send_status()  # a standing reload failure is gone from STATUS= now
         self._notifier.ready()
         log.info("reloaded", reconnect=tunnel_changed(old.tunnel, new.tunnel))

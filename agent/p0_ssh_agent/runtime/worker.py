@@ -44,8 +44,9 @@ Reply = Callable[[CommandResult], Awaitable[None]]
 DEFAULT_ANSWER_SECONDS = 120.0
 
 
-class Executor(Protocol):
-    """Runs one validated request against the host (or plans it in dry-run)."""
+class Pipeline(Protocol):
+    """What each request runs on: provisioning/pipeline.py's Pipeline (parse, facts, decision, change, answer; a
+    dry run plans), or a test's fake."""
 
     async def execute(self, request: ForwardedRequest, key: JobKey) -> CommandResult: ...
 
@@ -143,13 +144,13 @@ def timeout_result(seconds: float) -> CommandResult:
 class Worker:
     def __init__(
         self,
-        executor: Executor,
+        pipeline: Pipeline,
         *,
         max_pending: int = limits.MAX_JOBS,
         max_parallel: int = 64,
         budget_bytes: int = limits.IN_FLIGHT_BUDGET,
     ) -> None:
-        self._executor = executor
+        self._pipeline = pipeline
         self._max_pending = max_pending
         self.budget = InFlightBudget(budget_bytes)
         self._limiter = trio.CapacityLimiter(max_parallel)
@@ -168,13 +169,13 @@ class Worker:
         return self._pending
 
     @property
-    def executor(self) -> Executor:
+    def pipeline(self) -> Pipeline:
         """What new requests run on (a reload replaces it; requests in flight finish on the old one)."""
-        return self._executor
+        return self._pipeline
 
-    def set_executor(self, executor: Executor) -> None:
-        """Swap the executor (SIGHUP reload); jobs already running keep the one they started with."""
-        self._executor = executor
+    def set_pipeline(self, pipeline: Pipeline) -> None:
+        """Swap the pipeline (SIGHUP reload); jobs already running keep the one they started with."""
+        self._pipeline = pipeline
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -256,7 +257,7 @@ class Worker:
     async def _execute(self, request: ForwardedRequest, key: JobKey, inflight: _InFlight, share: Share) -> None:
         try:
             async with self._user_lock(key.lock_name), self._limiter:
-                result = await self._executor.execute(request, key)
+                result = await self._pipeline.execute(request, key)
             inflight.result = fit_answer(result, limits.answer_chars_allowed(key.command))
         except Exception as exc:  # one broken request must never take the worker down
             log.exception("request_crashed", request_id=key.request_id, command=key.command)
