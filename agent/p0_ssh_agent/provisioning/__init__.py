@@ -7,4 +7,5 @@ planning.py        PlanBuilder: how a handler builds its Plan (host/actions.py),
 authorized_keys.py, sudo_rules.py, users.py, end_sessions.py   one pure handler (plan_<command>) per change command
 readonly.py        listUsers, runAudit, collectSudoshRecordings
 expiry.py, reconcile.py, revoke_everything.py                  the agent's own sweeps
+drift.py           reconciliation's pure part: the drift between ledger and host, and the repair's Plan
 """
