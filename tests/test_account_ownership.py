@@ -32,7 +32,8 @@ def make_cli(sandbox: Sandbox, tmp_path: Path) -> MakeCli:
 
     def make(*, adopt_users: tuple[str, ...] = (), user_revoke_mode: str | None = None) -> AgentCli:
         name = f"config-{len(list(tmp_path.glob('config-*')))}.yaml"
-        return AgentCli(write_config(tmp_path, keys, adopt_users=adopt_users, user_revoke_mode=user_revoke_mode, name=name))
+        config = write_config(tmp_path, keys, adopt_users=adopt_users, user_revoke_mode=user_revoke_mode, name=name)
+        return AgentCli(config)
 
     return make
 
@@ -45,6 +46,11 @@ def accounts(sandbox: Sandbox) -> Iterator[list[str]]:
     for name in made:
         if _exists(name):
             sandbox.userdel(name)
+
+
+@pytest.fixture
+def make_lookalike(sandbox: Sandbox, accounts: list[str]) -> Callable[[], str]:
+    return lambda: go_agent_lookalike(sandbox, accounts)
 
 
 @pytest.fixture
@@ -165,11 +171,10 @@ def test_an_admins_lock_on_an_adopted_account_survives_a_grant(
 
 
 def test_adopt_lists_and_adopts_a_go_agent_account_with_its_sudoers_p0_rule_and_refuses_one_without(
-    sandbox: Sandbox, make_cli: MakeCli, accounts: list[str], legacy_file: Path, sshd: Sshd,
-    user_keypair: tuple[Path, str],
-) -> None:  # fmt: skip
-    made_by_go = go_agent_lookalike(sandbox, accounts)
-    hand_made = go_agent_lookalike(sandbox, accounts)
+    make_cli: MakeCli, make_lookalike: Callable[[], str], legacy_file: Path, sshd: Sshd, user_keypair: tuple[Path, str]
+) -> None:
+    made_by_go = make_lookalike()
+    hand_made = make_lookalike()
     legacy_file.write_text(f"# RequestID: go-7\n{made_by_go} ALL=(ALL) NOPASSWD: ALL\n")
     legacy_file.chmod(0o440)
     cli = make_cli(user_revoke_mode="delete")

@@ -1,6 +1,6 @@
 """`p0-ssh-agent adopt`: on a host migrating from P0's Go agent, list its accounts and adopt the ones confirmed.
 
-The evidence and what adoption allows (keys and sudo rules only, like adoptUsers) are provisioning/go_agent_accounts.py's.
+The evidence, and what adoption allows (keys and sudo rules only, like adoptUsers): provisioning/go_agent_accounts.py.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.list:
         ensure_state_dir(state_dir)
     # Listing changes nothing: a describing engine, which reads a ledger not made yet as an empty one.
-    engine = Engine.for_run(config, state_dir, dry_run=args.list, audit_trail=AuditTrail.from_config(config, os.environ))
+    trail = AuditTrail.from_config(config, os.environ)
+    engine = Engine.for_run(config, state_dir, dry_run=args.list, audit_trail=trail)
     if args.list:
         found = candidates(engine)
         for candidate in found:

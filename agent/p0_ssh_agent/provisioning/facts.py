@@ -181,8 +181,7 @@ def claim(facts: HostFacts, adopted: Collection[str]) -> UserRecord | None:
             f"has UID {record.uid} (deleted and re-created by someone else?); remove it from the ledger to adopt it"
         )
     raise NotManaged(
-        f"refusing to manage {name}: the account exists but was not created by p0-ssh-agent; "
-        + ADOPT_HINT
+        f"refusing to manage {name}: the account exists but was not created by p0-ssh-agent; " + ADOPT_HINT
     )
 
 
@@ -257,7 +256,6 @@ def denial(decision: Decision, policy: LocalPolicy, facts: Facts) -> CommandResu
     if decision.policies == (NO_PERMIT,) and facts.exists and not facts.managed:
         # The usual reason in practice: say what the provisioning engine would have said, and how to fix it.
         error += (
-            f"; refusing to manage {facts.user}: the account exists but was not created by p0-ssh-agent; "
-            + ADOPT_HINT
+            f"; refusing to manage {facts.user}: the account exists but was not created by p0-ssh-agent; " + ADOPT_HINT
         )
     return CommandResult(success=False, error=error, http_status=403, policy_denied=True)
