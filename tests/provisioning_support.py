@@ -3,6 +3,7 @@
     write_config(directory, keys, **extra) -> Path     a config YAML for `command`, `revoke-all` and `start`
     AgentCli(config).command(...) -> Answer            `p0-ssh-agent command ...` as a subprocess, result parsed
     AgentCli(config).revoke_all(...)                   `p0-ssh-agent revoke-all ...`
+    AgentCli(config).adopt(...)                        `p0-ssh-agent adopt ...`
     running_daemon(directory, keys, **extra)           dev backend + `p0-ssh-agent start`; yields a Daemon to post()
     tree_digest(*roots) / changed(before, after)       what changed under /etc, /home, a state directory
     shadow_entry(name), visudo_ok()                    account and sudo state, read the way sshd and sudo see it
@@ -150,6 +151,10 @@ class AgentCli:
 
     def revoke_all(self, *extra: str) -> subprocess.CompletedProcess[str]:
         argv = [str(AGENT), "revoke-all", "--config", str(self.config), *extra]
+        return subprocess.run(argv, capture_output=True, text=True, env=CHILD_ENV, timeout=120, check=False)
+
+    def adopt(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        argv = [str(AGENT), "adopt", "--config", str(self.config), *extra]
         return subprocess.run(argv, capture_output=True, text=True, env=CHILD_ENV, timeout=120, check=False)
 
 

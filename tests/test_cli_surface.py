@@ -43,6 +43,9 @@ def test_version_and_usage_errors() -> None:
     assert agent("version").stdout.startswith(f"p0-ssh-agent {__version__} ")
     assert agent("no-such-subcommand").returncode == 64
     assert agent("keygen", "--no-such-flag").returncode == 64
+    # adopt wants either --list or the names the admin confirms, never both or neither (issue 14 item 1).
+    assert agent("adopt").returncode == 64
+    assert agent("adopt", "--list", "alice").returncode == 64
 
 
 def test_keygen_twice_refuses_and_force_replaces(tmp_path: Path) -> None:

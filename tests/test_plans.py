@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime
 
+import pytest
+
 from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.core.requests import Action, Command, KeyRequest, SessionRequest, UserRequest
 from p0_ssh_agent.core.sshkeys import parse_public_key
@@ -28,11 +30,13 @@ from p0_ssh_agent.host.actions import (
     SessionsEnded,
     StopIfSurvivors,
     UnderSudoersLock,
+    UnlockAccount,
 )
 from p0_ssh_agent.host.ledger import Ledger
+from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning.authorized_keys import plan_keys
 from p0_ssh_agent.provisioning.end_sessions import plan_session
-from p0_ssh_agent.provisioning.facts import HostFacts
+from p0_ssh_agent.provisioning.facts import HostFacts, NotManaged
 from p0_ssh_agent.provisioning.users import plan_user
 
 KEY = parse_public_key(
@@ -126,3 +130,29 @@ def test_a_session_revoke_answers_from_what_ending_the_sessions_came_to() -> Non
     assert plan.result(Applied(sessions=SessionsEnded(False, "PIDs 7"))).error == "PIDs 7"
     described = plan.result(Applied(sessions=SessionsEnded(True, "would end 2 processes", described=True)))
     assert described.message == "DRY-RUN: Would execute provisionSession for user alice"
+
+
+def test_only_an_account_the_agent_created_is_unlocked_locked_or_deleted() -> None:
+    """Issue 14 item 1: an adopted account (adoptUsers, or in the ledger as adopted) gets no account action at all;
+    one that merely has the Go agent's shape (UID = GID in its range, a group of its name) is not the agent's."""
+    created = plan_user(UserRequest(Command.PROVISION_USER, "alice", Action.GRANT, "r1"), facts(), CONFIG)
+    assert kinds(created) == [UnlockAccount]
+    held = Ledger()
+    held.record_user("alice", ALICE.uid, adopted=True)
+    listed = dataclasses.replace(CONFIG, adopt_users=("alice",))
+    for config, ledger in ((CONFIG, held), (listed, held), (listed, Ledger())):
+        grant = plan_user(
+            UserRequest(Command.PROVISION_USER, "alice", Action.GRANT, "r1"), facts(ledger=ledger), config
+        )
+        assert UnlockAccount not in kinds(grant)  # at most the adoption's record
+        for mode in ("lock", "delete"):
+            revoking = dataclasses.replace(config, user_revoke_mode=mode)
+            request = UserRequest(Command.PROVISION_USER, "alice", Action.REVOKE, "r1")
+            revoke = plan_user(request, facts(ledger=ledger), revoking)
+            assert isinstance(revoke, CommandResult) and revoke.success and "adopted" in revoke.message, revoke
+    lookalike = plan_user(
+        UserRequest(Command.PROVISION_USER, "alice", Action.REVOKE, "r1"), facts(ledger=Ledger()), CONFIG
+    )
+    assert isinstance(lookalike, CommandResult) and "not created by p0-ssh-agent" in lookalike.message
+    with pytest.raises(NotManaged, match="p0-ssh-agent adopt --list"):
+        plan_user(UserRequest(Command.PROVISION_USER, "alice", Action.GRANT, "r1"), facts(ledger=Ledger()), CONFIG)

@@ -29,6 +29,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "doctor",
     "command",
     "revoke_all",
+    "adopt",
     "policy",
     "dev_backend",
     "version",

@@ -10,10 +10,13 @@ policy decides on exactly the snapshot the change acts on. A grant the policy ju
 (a refusal leaves no trace); under the lock, still_current confirms the snapshot without reading the ledger again,
 and only if something changed meanwhile are the facts gathered and judged again.
 
-Ownership (issue 4, upstream-protocol.md §12 item 5): the agent touches an account only if it created it (the
-ledger says so), the operator adopted it (`adoptUsers`), or the Go agent created it (a user in the JIT range
-65536-90000 whose primary group has its name and GID = UID; adopted into the ledger on first sight, so a migration
-from the Go agent keeps working). Root and system accounts are refused even when adopted by mistake.
+Ownership (issue 4, upstream-protocol.md §12 item 5; issue 14 item 1): the agent touches an account only if the
+ledger says it created it ("created"), or it is adopted: listed in `adoptUsers` (recorded in the ledger as adopted
+on first sight) or adopted into the ledger by an admin's `p0-ssh-agent adopt` (P0's Go agent's accounts, on the
+evidence of their rule in the root-owned /etc/sudoers-p0: provisioning/go_agent_accounts.py). Looking like a Go
+agent account (UID = GID in 65536-90000, a group of its name) is not ownership: anyone can make such an account.
+Only a created account's lock state and existence are the agent's to change (provisioning/users.py); an adopted one
+gets keys and sudo rules only. Root and system accounts are refused even when adopted by mistake.
 """
 
 from __future__ import annotations
@@ -35,7 +38,14 @@ from p0_ssh_agent.host.ledger import Ledger, LedgerCorrupt, LedgerVersion
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning.engine import Engine
 
-Ownership = Literal["owned", "adoptable", "uid-changed", "foreign"]
+# created: the ledger says the agent made it; adopted: the ledger holds it as adopted; adoptable: in adoptUsers,
+# not yet recorded; uid-changed: in the ledger with another UID; foreign: none of these.
+Ownership = Literal["created", "adopted", "adoptable", "uid-changed", "foreign"]
+MANAGED: tuple[Ownership, ...] = ("created", "adopted", "adoptable")
+ADOPT_HINT = (
+    "list it under adoptUsers in the configuration to let the agent manage its keys and sudo rules "
+    "(an account P0's Go agent created: see `p0-ssh-agent adopt --list`)"
+)
 
 
 class NotManaged(PermissionProblem):
@@ -48,7 +58,7 @@ class HostFacts:
 
     user: str
     account: UserRecord | None
-    primary_group: str | None  # the name of the account's primary group (the Go agent's accounts have their own)
+    primary_group: str | None  # the name of the account's primary group
     groups: tuple[str, ...]  # every group the account is in, by name (what Cedar sees)
     uid_min: int
     ledger: Ledger  # the ledger's records for this request (LedgerStore.read_user, or read_all for sudo)
@@ -134,20 +144,22 @@ def _group_names(user: str, gid: int) -> tuple[str, ...]:
 # --- the ownership rule (pure) -----------------------------------------------------------------------------------
 
 
-def is_go_agent_user(record: UserRecord, primary_group: str | None) -> bool:
-    """The Go agent's accounts: UID in 65536-90000 with a primary group of the same name and GID = UID (§6.2)."""
-    in_range = accounts.JIT_UID_LOW <= record.uid <= accounts.JIT_UID_HIGH
-    return in_range and record.gid == record.uid and primary_group == record.name
-
-
 def ownership(facts: HostFacts, record: UserRecord, adopted: Collection[str]) -> Ownership:
-    """The ownership rule alone (root and system accounts are judged by accounts.manage_refusal): in the ledger
-    with the same UID, adoptable (adoptUsers or the Go agent's), in the ledger with another UID, or foreign."""
+    """The ownership rule alone (root and system accounts are judged by accounts.manage_refusal): what the ledger
+    says (created or adopted, with the same UID; or another UID), else adoptable if in adoptUsers, else foreign.
+    Never the UID pattern: a hand-made account in the Go agent's range is foreign until an admin adopts it."""
     entry = facts.ledger.users.get(record.name)
     if entry is not None:
-        return "owned" if entry.uid == record.uid else "uid-changed"
-    adoptable = record.name in adopted or is_go_agent_user(record, facts.primary_group)
-    return "adoptable" if adoptable else "foreign"
+        if entry.uid != record.uid:
+            return "uid-changed"
+        return "adopted" if entry.adopted else "created"
+    return "adoptable" if record.name in adopted else "foreign"
+
+
+def created_by_agent(facts: HostFacts, record: UserRecord) -> bool:
+    """Whether the ledger says the agent created this account: then, and only then, may a change lock, unlock or
+    delete it. Adopted accounts (adoptUsers, `p0-ssh-agent adopt`) get keys and sudo rules only."""
+    return ownership(facts, record, ()) == "created"
 
 
 def claim(facts: HostFacts, adopted: Collection[str]) -> UserRecord | None:
@@ -160,7 +172,7 @@ def claim(facts: HostFacts, adopted: Collection[str]) -> UserRecord | None:
     if refusal is not None:
         raise NotManaged(refusal)
     claimed = ownership(facts, record, adopted)
-    if claimed in ("owned", "adoptable"):
+    if claimed in MANAGED:
         return record
     name = record.name
     if claimed == "uid-changed":
@@ -169,8 +181,7 @@ def claim(facts: HostFacts, adopted: Collection[str]) -> UserRecord | None:
             f"has UID {record.uid} (deleted and re-created by someone else?); remove it from the ledger to adopt it"
         )
     raise NotManaged(
-        f"refusing to manage {name}: the account exists but was not created by p0-ssh-agent; "
-        "list it under adoptUsers in the configuration to let the agent manage it"
+        f"refusing to manage {name}: the account exists but was not created by p0-ssh-agent; " + ADOPT_HINT
     )
 
 
@@ -195,7 +206,7 @@ def policy_facts(facts: HostFacts, request: Change, *, org_id: str, adopted: Col
     managed = system = False
     if record is not None:
         system = accounts.manage_refusal(record, min_uid=facts.uid_min) is not None  # UID 0, system, reserved
-        managed = record.uid != 0 and ownership(facts, record, adopted) in ("owned", "adoptable")
+        managed = record.uid != 0 and ownership(facts, record, adopted) in MANAGED
     local = facts.now.astimezone()
     key = public_key_of(request)
     sudo = isinstance(request, SudoRequest) and (request.sudo or request.run_as is not None)
@@ -245,7 +256,6 @@ def denial(decision: Decision, policy: LocalPolicy, facts: Facts) -> CommandResu
     if decision.policies == (NO_PERMIT,) and facts.exists and not facts.managed:
         # The usual reason in practice: say what the provisioning engine would have said, and how to fix it.
         error += (
-            f"; refusing to manage {facts.user}: the account exists but was not created by p0-ssh-agent; "
-            "list it under adoptUsers in the configuration to let the agent manage it"
+            f"; refusing to manage {facts.user}: the account exists but was not created by p0-ssh-agent; " + ADOPT_HINT
         )
     return CommandResult(success=False, error=error, http_status=403, policy_denied=True)

@@ -14,6 +14,11 @@ by new_uid (under the accounts lock) before it. The plans, in the order the appl
     revoke, lock          usermod -L -e 1 -> end its sessions
     revoke, delete        end its sessions -> its sudo rules out of the drop-in -> (processes left: lock it, fail)
                           -> userdel -r (still logged in: end its sessions again, retry) -> the ledger forgets it
+
+Only for an account the ledger says the agent created (facts.created_by_agent; issue 14 item 1). An adopted one
+(adoptUsers, or a Go agent account adopted by `p0-ssh-agent adopt`) gets keys and sudo rules only: a grant changes
+nothing on it (an admin's `usermod -L -e 1` stays), a revoke never locks, unlocks or deletes it (its keys and rules
+go with their own revokes).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from p0_ssh_agent.host.actions import (
 from p0_ssh_agent.host.ledger import Ledger
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning import sudo_rules
-from p0_ssh_agent.provisioning.facts import HostFacts, NotManaged, claim
+from p0_ssh_agent.provisioning.facts import HostFacts, NotManaged, claim, created_by_agent
 from p0_ssh_agent.provisioning.planning import PlanBuilder
 
 REVOKE_MODES = ("keep", "lock", "delete")
@@ -63,9 +68,12 @@ def plan_user(
 
 def _grant(name: str, facts: HostFacts, adopted: tuple[str, ...], uid: int | None) -> Plan | CommandResult:
     builder = PlanBuilder(facts.ledger)
-    if builder.claim(facts, adopted) is not None:
-        # An account we manage is granted again: undo an earlier revoke's lock, if any.
-        builder.add(UnlockAccount(name, adopted))
+    record = builder.claim(facts, adopted)
+    if record is not None:
+        if created_by_agent(facts, record):
+            # An account we created is granted again: undo an earlier revoke's lock, if any.
+            builder.add(UnlockAccount(name, adopted))
+        # An adopted one stays exactly as its admin left it, locked or not: not ours to unlock.
         return builder.plan(CommandResult(success=True, message=messages.USER_EXISTS))
     if uid is None:
         raise ValueError(f"plan_user: no UID for the account {name} to create (new_uid)")
@@ -86,14 +94,21 @@ def _revoke(request: UserRequest, facts: HostFacts, config: AgentConfig) -> Plan
     name, mode, adopted = request.user, config.user_revoke_mode, config.adopt_users
     if mode == "keep":
         return CommandResult(success=True, message=messages.USER_REVOKE_HANDLED)
-    builder = PlanBuilder(facts.ledger)
     try:
-        record = builder.claim(facts, adopted)
+        record = claim(facts, adopted)
     except NotManaged as exc:
         # Not ours: a revoke has nothing to take away here, and succeeding keeps the backend's retries quiet.
         return CommandResult(success=True, message=f"{messages.USER_REVOKE_HANDLED} ({exc}: left as it is)")
     if record is None:
         return CommandResult(success=True, message=f"{messages.USER_REVOKE_HANDLED} (user {name} does not exist)")
+    if not created_by_agent(facts, record):
+        # Adopted: its keys and sudo rules go with their own revokes; the account is not the agent's to lock or delete.
+        return CommandResult(
+            success=True,
+            message=f"{messages.USER_REVOKE_HANDLED} (user {name} is adopted, not created by p0-ssh-agent: "
+            "account left as it is)",
+        )
+    builder = PlanBuilder(facts.ledger)
     # Grants of this same request are being revoked by their own commands (they share the requestId, §6.9);
     # grants of other requests mean someone else still has access through this account.
     remaining = _other_grants(builder.ledger, name, request.request_id)
