@@ -132,6 +132,35 @@ def test_root_owned_ssh_and_file_are_handed_to_the_user(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("change", [False, True])
+def test_keep_owner_leaves_owner_and_mode_and_writes_only_a_change(tmp_path: Path, change: bool) -> None:
+    """A revoke in an account the agent does not manage: nothing is handed to the user, nothing is tightened."""
+    home = make_home(tmp_path)
+    make_ssh(home, owner=0, mode=0o755, keys=b"old\n# RequestID: req-1\nkey\n", key_mode=0o644)
+    keys = home / ".ssh" / "authorized_keys"
+    inode = keys.stat().st_ino
+    result = edit_in_user_dir(
+        home=str(home),
+        uid=UID,
+        gid=GID,
+        subdir=".ssh",
+        filename="authorized_keys",
+        transform=(lambda content: remove_block(content, "req-1")) if change else (lambda content: content),
+        create=False,
+        keep_owner=True,
+    )
+    assert result.changed is change
+    for path, mode in ((home / ".ssh", 0o755), (keys, 0o644)):
+        assert (path.stat().st_uid, path.stat().st_gid, stat.S_IMODE(path.stat().st_mode)) == (0, 0, mode)
+    assert keys.read_bytes() == (b"old\n" if change else b"old\n# RequestID: req-1\nkey\n")
+    assert (keys.stat().st_ino == inode) is not change  # unchanged: not rewritten at all
+    with pytest.raises(ValueError, match="keep_owner"):
+        edit_in_user_dir(
+            home=str(home), uid=UID, gid=GID, subdir=".ssh", filename="authorized_keys",
+            transform=lambda content: content, keep_owner=True,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("change", [False, True])
 def test_loose_modes_are_tightened(tmp_path: Path, change: bool) -> None:
     home = make_home(tmp_path)
     make_ssh(home, mode=0o777, keys=b"old\n", key_mode=0o666)

@@ -32,7 +32,7 @@ from p0_ssh_agent.host.actions import (
     UnderSudoersLock,
     UnlockAccount,
 )
-from p0_ssh_agent.host.ledger import Ledger
+from p0_ssh_agent.host.ledger import Ledger, copy_ledger
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning.authorized_keys import plan_keys
 from p0_ssh_agent.provisioning.end_sessions import plan_session
@@ -59,36 +59,41 @@ def kinds(plan: Plan | object) -> list[type]:
     return [type(action) for action in plan.actions]
 
 
-def test_a_key_grant_is_recorded_before_the_file_and_forgotten_if_the_file_is_refused() -> None:
+def test_a_key_grant_is_recorded_ahead_of_the_file_so_a_failed_write_undoes_it() -> None:
     plan = plan_keys(KeyRequest(Command.AUTHORIZED_KEYS, "alice", Action.GRANT, "r1", KEY), facts(), CONFIG)
     assert kinds(plan) == [ChangeLedger, EditUserFile]
     assert isinstance(plan, Plan)
-    edit = plan.actions[1]
+    record, edit = plan.actions
     assert isinstance(edit, EditUserFile) and edit.create and (edit.home, edit.uid) == ("/home/alice", 70001)
     assert b"# RequestID: r1\n" in edit.transform(b"")
+    assert not edit.keep_owner
+    # ahead: the applier undoes it if the write fails (tests/test_failed_changes_e2e.py drives that for real).
+    assert isinstance(record, ChangeLedger) and record.ahead
     ledger = Ledger()
-    for action in (plan.actions[0], *edit.if_refused):
-        assert isinstance(action, ChangeLedger)
-        action.change(ledger)
-    assert ledger.keys == {}  # recorded, then forgotten again: no trace of a grant the host never held
+    record.change(ledger)
+    assert [entry.fingerprint for entry in ledger.keys["alice"]["r1"]] == [KEY.fingerprint()]
 
 
-def test_a_repeated_key_grant_is_not_forgotten_when_the_file_is_refused() -> None:
+def test_a_repeated_key_grant_records_nothing_new_ahead_of_the_file() -> None:
     ledger = Ledger()
     ledger.record_user("alice", ALICE.uid)
     ledger.record_key("alice", "r1", "key", KEY.fingerprint())
     plan = plan_keys(
         KeyRequest(Command.AUTHORIZED_KEYS, "alice", Action.GRANT, "r1", KEY), facts(ledger=ledger), CONFIG
     )
-    assert isinstance(plan, Plan) and isinstance(plan.actions[-1], EditUserFile)
-    assert plan.actions[-1].if_refused == ()
+    assert isinstance(plan, Plan) and isinstance(plan.actions[0], ChangeLedger)
+    # Undone on failure means back to the records as read: the earlier grant's record stays.
+    after = copy_ledger(ledger)
+    plan.actions[0].change(after)
+    assert after.keys == ledger.keys
 
 
 def test_a_key_revoke_is_forgotten_after_the_file_edit() -> None:
     plan = plan_keys(KeyRequest(Command.AUTHORIZED_KEYS, "alice", Action.REVOKE, "r1", None), facts(), CONFIG)
     assert kinds(plan) == [EditUserFile, ChangeLedger]
     assert isinstance(plan, Plan) and isinstance(plan.actions[0], EditUserFile)
-    assert not plan.actions[0].create
+    assert not plan.actions[0].create and not plan.actions[0].keep_owner  # our account: modes enforced
+    assert isinstance(plan.actions[1], ChangeLedger) and not plan.actions[1].ahead
 
 
 def test_a_key_grant_for_a_missing_account_requires_it_and_notes_it_for_a_dry_run() -> None:
@@ -104,7 +109,7 @@ def test_a_new_account_is_recorded_before_useradd_and_forgotten_if_it_fails() ->
     assert kinds(plan) == [ChangeLedger, CreateAccount]
     assert isinstance(plan, Plan) and isinstance(plan.actions[1], CreateAccount)
     assert (plan.actions[1].name, plan.actions[1].uid) == ("alice", 70002)
-    assert [type(action) for action in plan.actions[1].if_failed] == [ChangeLedger]
+    assert isinstance(plan.actions[0], ChangeLedger) and plan.actions[0].ahead  # undone if no account is made
 
 
 def test_a_delete_ends_sessions_and_removes_sudo_rules_before_userdel_and_stops_on_survivors() -> None:

@@ -35,16 +35,25 @@ LedgerChange = Callable[[Ledger], object]
 
 @dataclass(frozen=True)
 class ChangeLedger:
-    """One ledger commit: `change` applied to the records as the plan's earlier actions left them."""
+    """One ledger commit: `change` applied to the records as the plan's earlier actions left them.
+
+    ahead: a record made ahead of the effect it stands for (a grant's, so that a crash in between leaves the ledger
+    claiming a little more than the host holds, never less). The applier undoes it (commits the records as they
+    were before it) when the next effect fails, for any reason, without leaving anything behind, or when the plan
+    stops before that effect ran: a failure the agent sees leaves the ledger as it was. What an earlier grant had
+    recorded stays, since the records go back to what the request read. False: a change that follows its effect
+    (a revoke's, a mirror of the drop-in), kept whatever comes after it."""
 
     change: LedgerChange
+    ahead: bool = False
 
 
 @dataclass(frozen=True)
 class EditUserFile:
     """<home>/<subdir>/<filename> := transform(its bytes), through host/safefile.py's symlink-safe walk (the
-    caller holds the user's lock). create False: a missing file stays missing (a revoke). if_refused: what undoes
-    the plan's earlier actions when the file is refused as unsafe before anything was written (UnsafePath)."""
+    caller holds the user's lock). create False: a missing file stays missing (a revoke). keep_owner: owner and
+    modes of ~/.ssh and the file are left as they are, and a file whose content stays the same is not written (a
+    revoke in an account the agent does not manage: it removes only its own pair and hands nothing to the user)."""
 
     home: str
     uid: int
@@ -53,7 +62,7 @@ class EditUserFile:
     filename: str
     transform: Callable[[bytes], bytes]
     create: bool = True
-    if_refused: tuple[HostAction, ...] = ()
+    keep_owner: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,11 +103,10 @@ class RequireAccount:
 @dataclass(frozen=True)
 class CreateAccount:
     """groupadd + useradd with UID = GID = uid (host/accounts.py create_user, which rolls back a failed useradd).
-    if_failed: applied when the creation fails and the account does not exist (the ledger forgets the intent)."""
+    A failure that leaves no account undoes the intent recorded ahead of it; a half-made account stays recorded."""
 
     name: str
     uid: int
-    if_failed: tuple[HostAction, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,16 @@ Each action keeps the crash-safe order and the rollbacks its handler relies on:
 
 * ChangeLedger commits at once (the handlers put a grant's record before the file edit and a revoke's after it,
   so a crash in between leaves the ledger claiming a little more than the host holds, never less);
-* EditUserFile refused as unsafe (UnsafePath: a symlinked ~/.ssh, a foreign owner) runs its `if_refused` first,
-  so a grant the host never held leaves no ledger trace, then raises;
+* a change recorded ahead of its effect (ChangeLedger.ahead: a grant's record, an adoption, a new account's intent)
+  is undone, one commit back to the records as they were before it, when the next effect fails for any reason
+  (an unsafe path, ENXIO, a full disk, visudo rejecting, a failed useradd, a full ledger) and left nothing behind,
+  or when the plan stops before it: a failure the agent sees leaves the ledger as it was. An effect that failed
+  after changing the host (a file renamed but not synced: EditNotDurable; a useradd that left an account) keeps
+  its record. Only a crash (kill -9) between record and effect leaves a record of more than the host holds;
 * UnderSudoersLock reads the drop-in under the sudoers lock and runs what its content makes (InstallSudoers:
   visudo before the rename and on the whole tree after it, the old file put back on failure; then the ledger's
   mirror of it);
-* CreateAccount runs create_user (which rolls back a failed useradd) and, if the account does not exist
-  afterwards, the `if_failed` actions (the ledger forgets the intent it recorded first);
+* CreateAccount runs create_user (which rolls back a failed useradd);
 * DeleteAccount retries once after ending the user's sessions again when userdel finds it still logged in;
 * EndSessions keeps what it came to; StopIfSurvivors stops the plan when processes survived.
 
@@ -21,9 +24,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar, assert_never
 
+from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.core.sudoers import LEGACY_FILE
 from p0_ssh_agent.host import account_changes, accounts, locks, sessions
 from p0_ssh_agent.host.actions import (
@@ -44,10 +49,12 @@ from p0_ssh_agent.host.actions import (
     UnderSudoersLock,
     UnlockAccount,
 )
-from p0_ssh_agent.host.ledger import Ledger, LedgerRecords, LedgerStore
+from p0_ssh_agent.host.ledger import Ledger, LedgerRecords, LedgerStore, copy_ledger
 from p0_ssh_agent.host.rootfile import read_root_file
-from p0_ssh_agent.host.safefile import UnsafePath, edit_in_user_dir
+from p0_ssh_agent.host.safefile import EditNotDurable, edit_in_user_dir
 from p0_ssh_agent.host.sudoers_install import edit_legacy_file, install_dropin
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,12 @@ class HostApplier:
 
     def apply(self, plan: Plan, ledger: Ledger | None = None) -> Applied:
         run = _Run(self, None if ledger is None else LedgerRecords(self.store, ledger))
-        run.actions(plan.actions)
+        try:
+            run.actions(plan.actions)
+        except BaseException:
+            run.undo_ahead()
+            raise
+        run.undo_ahead()  # a plan stopped (RequireAccount, StopIfSurvivors) before the effect recorded ahead
         return run.applied
 
 
@@ -74,6 +86,8 @@ class _Run:
     applier: HostApplier
     records: LedgerRecords | None
     applied: Applied = field(default_factory=Applied)
+    # The records as committed before the first change recorded ahead of an effect that has not succeeded yet.
+    before_ahead: Ledger | None = None
 
     def actions(self, actions: tuple[HostAction, ...]) -> None:
         for action in actions:
@@ -83,56 +97,87 @@ class _Run:
 
     def action(self, action: HostAction) -> None:
         match action:
-            case ChangeLedger() | EditUserFile() | UnderSudoersLock() | InstallSudoers() | EditLegacySudoers():
-                self._file(action)
-            case RequireAccount() | CreateAccount() | UnlockAccount() | LockAccount() | DeleteAccount():
-                self._account(action)
-            case EndSessions() | StopIfSurvivors():
-                self._sessions(action)
+            case ChangeLedger() | UnderSudoersLock() | RequireAccount() | StopIfSurvivors():
+                self._step(action)  # no effect of its own (UnderSudoersLock: those of `then`, one by one)
+            case EditUserFile() | InstallSudoers() | EditLegacySudoers():
+                with self._effect():
+                    self._file(action)
+            case CreateAccount() | UnlockAccount() | LockAccount() | DeleteAccount():
+                with self._effect():
+                    self._account(action)
+            case EndSessions():
+                with self._effect():
+                    self.applied.sessions = self._end_sessions(action.uid, action.name)
             case _:
                 assert_never(action)
 
-    def _file(
-        self, action: ChangeLedger | EditUserFile | UnderSudoersLock | InstallSudoers | EditLegacySudoers
-    ) -> None:
+    @contextlib.contextmanager
+    def _effect(self) -> Iterator[None]:
+        """An effect on the host: if it succeeds, what was recorded ahead of it now stands for what the host holds;
+        if it changed the host and then failed, too (the exception goes on either way). Any other failure
+        propagates, and apply() undoes the records made ahead of it."""
+        try:
+            yield
+        except EditNotDurable:
+            self.before_ahead = None  # renamed into place: the record is true
+            raise
+        self.before_ahead = None
+
+    def undo_ahead(self) -> None:
+        """Commit the records as they were before the changes made ahead of an effect that never happened."""
+        before, self.before_ahead = self.before_ahead, None
+        if before is None or self.records is None:
+            return
+        try:
+            self.records.commit(before)
+        except Exception as exc:  # the failure that got us here is the one to answer with
+            log.error("ledger_undo_failed", error=str(exc), note="the ledger claims a grant the host does not hold")
+
+    def _step(self, action: ChangeLedger | UnderSudoersLock | RequireAccount | StopIfSurvivors) -> None:
         match action:
-            case ChangeLedger(change):
+            case ChangeLedger(change, ahead):
                 if self.records is None:  # a sweep: the whole ledger as it is now (under the caller's locks)
                     self.records = LedgerRecords(self.applier.store, self.applier.store.read_all())
+                if ahead and self.before_ahead is None:
+                    self.before_ahead = copy_ledger(self.records.committed)
                 self.records.change(change)
-            case EditUserFile():
-                try:
-                    edit_in_user_dir(
-                        home=action.home,
-                        uid=action.uid,
-                        gid=action.gid,
-                        subdir=action.subdir,
-                        filename=action.filename,
-                        transform=action.transform,
-                        create=action.create,
-                    )
-                except UnsafePath:
-                    self.actions(action.if_refused)  # refused before anything was written
-                    raise
             case UnderSudoersLock(path, then):
                 with self.applier.lock("sudoers"):
                     self.actions(then(read_root_file(path)))
+            case RequireAccount(missing):
+                self.applied.stopped = missing
+            case StopIfSurvivors(then):
+                if self.applied.sessions is not None and not self.applied.sessions.ended:
+                    self.actions(then)
+                    self.applied.halted = True
+
+    def _file(self, action: EditUserFile | InstallSudoers | EditLegacySudoers) -> None:
+        match action:
+            case EditUserFile():
+                edit_in_user_dir(
+                    home=action.home,
+                    uid=action.uid,
+                    gid=action.gid,
+                    subdir=action.subdir,
+                    filename=action.filename,
+                    transform=action.transform,
+                    create=action.create,
+                    keep_owner=action.keep_owner,
+                )
             case InstallSudoers(text):
                 install_dropin(text)
             case EditLegacySudoers(transform):
                 if os.path.lexists(LEGACY_FILE):  # most hosts never ran the Go agent: no visudo needed then
                     edit_legacy_file(transform)
 
-    def _account(self, action: RequireAccount | CreateAccount | UnlockAccount | LockAccount | DeleteAccount) -> None:
+    def _account(self, action: CreateAccount | UnlockAccount | LockAccount | DeleteAccount) -> None:
         match action:
-            case RequireAccount(missing):
-                self.applied.stopped = missing
-            case CreateAccount(name, uid, if_failed):
+            case CreateAccount(name, uid):
                 try:
                     account_changes.create_user(name, uid=uid)
                 except BaseException:
-                    if accounts.lookup_user(name) is None:
-                        self.actions(if_failed)
+                    if accounts.lookup_user(name) is not None:
+                        self.before_ahead = None  # a half-made account is ours: its intent stays recorded
                     raise
             case UnlockAccount(name, adopted):
                 if account_changes.is_locked(name):
@@ -145,15 +190,6 @@ class _Run:
                 except accounts.UserBusy:
                     self._end_sessions(uid, name)
                     account_changes.delete_user(name, adopted=adopted)
-
-    def _sessions(self, action: EndSessions | StopIfSurvivors) -> None:
-        match action:
-            case EndSessions(uid, name):
-                self.applied.sessions = self._end_sessions(uid, name)
-            case StopIfSurvivors(then):
-                if self.applied.sessions is not None and not self.applied.sessions.ended:
-                    self.actions(then)
-                    self.applied.halted = True
 
     def _end_sessions(self, uid: int, name: str) -> SessionsEnded:
         result = sessions.terminate_user_sessions(uid, name=name, processes=self.applier.processes)

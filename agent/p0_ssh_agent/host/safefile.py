@@ -18,7 +18,9 @@ Every file is checked and read by host/plainfile.py's two rules, the ones runAud
 with one link (check_plain_file), read up to a limit counted in bytes read, not taken from fstat (read_at_most).
 
     AgentError
-    ├── FileEditFailed      an I/O error (missing home, disk full, ...): names the path and the OS error
+    ├── FileEditFailed      an I/O error (missing home, disk full, ...): names the path and the OS error; the file
+    │   │                   is as it was
+    │   └── EditNotDurable  the new content is in place, but the directory's fsync after the rename failed
     └── PermissionProblem
         └── UnsafePath      a symlink, hard link, foreign owner, wrong type, or a group/world-writable directory
             └── FileTooLarge    more than the limit could be read from it
@@ -49,6 +51,7 @@ from p0_ssh_agent.host.plainfile import (
 
 __all__ = [
     "MAX_FILE_BYTES",
+    "EditNotDurable",
     "FileEdit",
     "FileEditFailed",
     "FileTooLarge",
@@ -76,6 +79,11 @@ class FileEdit:
 
 class FileEditFailed(AgentError):
     """The edit failed for an ordinary reason (missing directory, I/O error); the message names the path."""
+
+
+class EditNotDurable(FileEditFailed):
+    """The rename went through (readers see the new content) but the directory's fsync failed: a crash may still
+    bring the old file back. Unlike its parent, this failure changed the file: a ledger record of it must stay."""
 
 
 def _check_component(name: str, what: str) -> None:
@@ -224,7 +232,7 @@ def _replace(
     try:
         os.fsync(dir_fd)  # make the rename itself durable
     except OSError as exc:
-        raise FileEditFailed(f"cannot sync {shown_dir}: {exc.strerror}") from None
+        raise EditNotDurable(f"cannot sync {shown_dir}: {exc.strerror}") from None
 
 
 def edit_in_user_dir(
@@ -238,6 +246,7 @@ def edit_in_user_dir(
     dir_mode: int = 0o700,
     file_mode: int = 0o600,
     create: bool = True,
+    keep_owner: bool = False,
 ) -> FileEdit:
     """Replace <home>/<subdir>/<filename> with transform(its bytes, or b"" if missing), safely (module docstring).
 
@@ -245,10 +254,14 @@ def edit_in_user_dir(
     to remove). A missing file whose transform is empty is not created. The directory and file end up uid:gid
     with dir_mode/file_mode (a root-owned one, as the Go agent left them, is handed to the user). transform must
     be a pure function of the bytes: it may run twice when the directory has to be created.
+
+    keep_owner (only with create False: a revoke in an account the agent does not manage): owner and modes are
+    left as they are, the new file gets the old one's, and an unchanged file is not written at all.
     """
-    return _user_file_edit(
-        home, (uid, gid), subdir, filename, transform, modes=(dir_mode, file_mode), create=create, write=True
-    )
+    if keep_owner and create:
+        raise ValueError("edit_in_user_dir: keep_owner only for an edit that creates nothing (create=False)")
+    modes = None if keep_owner else (dir_mode, file_mode)
+    return _user_file_edit(home, (uid, gid), subdir, filename, transform, modes=modes, create=create, write=True)
 
 
 def preview_in_user_dir(
@@ -275,11 +288,12 @@ def _user_file_edit(
     filename: str,
     transform: Callable[[bytes], bytes],
     *,
-    modes: tuple[int, int],
+    modes: tuple[int, int] | None,
     create: bool,
     write: bool,
 ) -> FileEdit:
-    (uid, gid), (dir_mode, file_mode) = owner, modes
+    """modes None: owner and modes are kept as found (edit_in_user_dir's keep_owner)."""
+    (uid, gid), (dir_mode, file_mode) = owner, modes or (0o700, 0o600)
     _check_component(subdir, "subdir")
     _check_component(filename, "filename")
     shown_dir = f"{home.rstrip('/')}/{subdir}"
@@ -302,10 +316,11 @@ def _user_file_edit(
         cleanup.callback(os.close, dir_fd)
         # A loose ~/.ssh of the user's own is tightened, not refused: only the user can write into it anyway.
         dir_info = _check_dir(dir_fd, shown_dir, owners, allow_loose=True)
-        if write:
+        if write and modes is not None:
             _enforce(dir_fd, dir_info, uid, gid, dir_mode)
+        mode = None if modes is None else file_mode
         edit = _edit_file(
-            dir_fd, filename, shown_dir, transform, owner=(uid, gid), mode=file_mode, create=create, write=write
+            dir_fd, filename, shown_dir, transform, owner=(uid, gid), mode=mode, create=create, write=write
         )
     if edit.changed and write:
         selinux.restorecon([shown_dir, path] if made_dir else [path])
@@ -332,15 +347,16 @@ def _edit_file(
     transform: Callable[[bytes], bytes],
     *,
     owner: tuple[int, int],
-    mode: int,
+    mode: int | None,
     create: bool,
     write: bool,
 ) -> FileEdit:
+    """mode None: the file keeps its owner and mode (a rewrite gets the old file's); nothing is created then."""
     path = f"{shown_dir}/{filename}"
     with contextlib.ExitStack() as cleanup:
         existing = _read_regular(dir_fd, filename, path, (owner[0], 0))
         if existing is None:
-            if not create:
+            if not create or mode is None:
                 return FileEdit(path, None, None, changed=False)
             before = None
         else:
@@ -350,9 +366,11 @@ def _edit_file(
         if before is None and not after:
             return FileEdit(path, None, None, changed=False)  # never create an empty file
         if not write or after == before:
-            if existing is not None and write:
+            if existing is not None and write and mode is not None:
                 _enforce(file_fd, file_info, *owner, mode)
             return FileEdit(path, before, after, changed=after != before)
+        if mode is None:  # kept as found (existing is not None here: a missing file is never created then)
+            owner, mode = (file_info.st_uid, file_info.st_gid), stat.S_IMODE(file_info.st_mode)
         temp_name = f".{filename}.p0tmp.{secrets.token_hex(8)}"
         _replace(dir_fd, filename, after, shown_dir=shown_dir, temp_name=temp_name, owner=owner, mode=mode)
     return FileEdit(path, before, after, changed=True)

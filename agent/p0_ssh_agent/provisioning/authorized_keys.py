@@ -6,13 +6,15 @@ edit is an EditUserFile that the applier runs through host.safefile (directory f
 checks, fsync + rename + directory fsync, restorecon), under the user's lock (the pipeline holds it for the whole
 request). Compared with §6.3 / §12 items 1-4 and 6: the key is parsed and re-serialised (no options can be smuggled
 in), revoke removes only this request's pair of this kind, and a symlinked ~/.ssh or a file owned by someone else
-is refused.
+is refused. A revoke in an account the agent does not manage (P0's Go agent added keys to any user) changes no
+owner and no mode: it removes only this request's marked pair, and writes nothing if the file holds none.
 
-Ledger order: a grant is recorded before the file is written and a revoke forgotten after, so a crash in between
-leaves the ledger claiming a little more than the host holds (harmless to revoke), never less. A grant refused as
-unsafe (UnsafePath) before anything was written is forgotten again (EditUserFile.if_refused), unless an earlier
-grant had recorded it. Both happen under the user's lock (lock order: uid before ledger). The ledger records are
-the request's facts, read once.
+Ledger order: a grant is recorded before the file is written (ChangeLedger ahead) and a revoke forgotten after, so
+a crash in between leaves the ledger claiming a little more than the host holds (harmless to revoke), never less.
+A grant whose write fails, for any reason (an unsafe path, a socket in place of the file, a full disk), is
+forgotten again by the applier, unless an earlier grant had recorded it: a failure leaves the ledger as it was.
+Both happen under the user's lock (lock order: uid before ledger). The ledger records are the request's facts,
+read once.
 
 With maxGrantSeconds set, a line carries `expiry-time=` at the ledger's granted_at + maxGrantSeconds (host/openssh.py
 picks the form the local OpenSSH reads), so sshd refuses it on time even if the agent is not running.
@@ -28,7 +30,7 @@ from p0_ssh_agent.core import messages
 from p0_ssh_agent.core.authorized_keys_format import add_block, ca_line, is_ca_line, key_line, remove_block
 from p0_ssh_agent.core.requests import Action, CaKeyRequest, KeyRequest
 from p0_ssh_agent.host.accounts import UserRecord
-from p0_ssh_agent.host.actions import ChangeLedger, EditUserFile, Plan, RequireAccount
+from p0_ssh_agent.host.actions import EditUserFile, Plan, RequireAccount
 from p0_ssh_agent.host.ledger import KeyKind, Ledger
 from p0_ssh_agent.host.openssh import grant_stamp
 from p0_ssh_agent.host.safefile import preview_in_user_dir
@@ -56,32 +58,19 @@ def _granted_at(ledger: Ledger, name: str, request_id: str, kind: KeyKind, finge
     return None
 
 
-def _is_recorded(ledger: Ledger, name: str, request_id: str, kind: KeyKind, fingerprint: str) -> bool:
-    entries = ledger.keys.get(name, {}).get(request_id, [])
-    return any((entry.kind, entry.fingerprint) == (kind, fingerprint) for entry in entries)
-
-
-def _forget_key(ledger: Ledger, name: str, request_id: str, kind: KeyKind, fingerprint: str) -> None:
-    """Undo one record_key, leaving the request's other lines recorded."""
-    kept = [
-        entry
-        for entry in ledger.forget_keys(name, request_id)
-        if (entry.kind, entry.fingerprint) != (kind, fingerprint)
-    ]
-    if kept:
-        ledger.keys.setdefault(name, {})[request_id] = kept
-
-
-def _target(builder: PlanBuilder, facts: HostFacts, adopted: tuple[str, ...], action: Action) -> UserRecord | None:
-    """The account to edit. A revoke may also clean an account we do not manage (not root): P0's Go agent added
-    keys to any existing user, and a revoke only ever removes this request's own marked pair."""
+def _target(
+    builder: PlanBuilder, facts: HostFacts, adopted: tuple[str, ...], action: Action
+) -> tuple[UserRecord | None, bool]:
+    """The account to edit, and whether the agent manages it. A revoke may also clean an account we do not manage
+    (not root): P0's Go agent added keys to any existing user, and a revoke only ever removes this request's own
+    marked pair, leaving owners and modes as they are (it did not create them)."""
     try:
-        return builder.claim(facts, adopted)
+        return builder.claim(facts, adopted), True
     except NotManaged:
         record = facts.account
         if action is Action.GRANT or record is None or record.uid == 0:
             raise
-        return record
+        return record, False
 
 
 def plan_keys(request: KeyRequest | CaKeyRequest, facts: HostFacts, config: AgentConfig) -> Plan | CommandResult:
@@ -97,7 +86,7 @@ def plan_keys(request: KeyRequest | CaKeyRequest, facts: HostFacts, config: Agen
         return CommandResult(success=True, message=messages.NO_PUBLIC_KEY)
 
     builder = PlanBuilder(facts.ledger)
-    record = _target(builder, facts, config.adopt_users, request.action)
+    record, managed = _target(builder, facts, config.adopt_users, request.action)
     if record is None:
         if request.action is Action.REVOKE:
             # The account is gone, and its keys with it: a retried revoke must not turn into a failure.
@@ -120,27 +109,24 @@ def plan_keys(request: KeyRequest | CaKeyRequest, facts: HostFacts, config: Agen
     # (which takes it too) never sees one without the other and calls an in-flight grant drift.
     if key is not None:  # a grant (a revoke carries no key)
         fingerprint, now = key.fingerprint(), builder.now
-        recorded = _is_recorded(builder.ledger, name, request_id, kind, fingerprint)
-        after = builder.change_ledger(  # recorded before the file is written
-            lambda ledger: ledger.record_key(name, request_id, kind, fingerprint, now=now)
+        # Recorded before the file is written; if the write fails the applier undoes it: the ledger must not go on
+        # claiming a grant the host never held (status, reconciliation, revoke-all and a provisionUser revoke's
+        # "other grants" would chase it).
+        after = builder.change_ledger(
+            lambda ledger: ledger.record_key(name, request_id, kind, fingerprint, now=now), ahead=True
         )
         granted = _granted_at(after, name, request_id, kind, fingerprint) or now
         expiry = grant_stamp(granted, config.max_grant_seconds)
         line = ca_line(name, key, expiry=expiry) if is_ca else key_line(key, expiry=expiry)
-        # Refused before anything was written (symlinked ~/.ssh, foreign owner): the ledger must not go on claiming
-        # a grant the host never held (status, reconciliation and revoke-all would chase it).
-        undo = () if recorded else (ChangeLedger(lambda led: _forget_key(led, name, request_id, kind, fingerprint)),)
-        edit = authorized_keys_edit(record, lambda content: add_block(content, request_id, line))
-        builder.add(dataclasses.replace(edit, if_refused=undo))
+        builder.add(authorized_keys_edit(record, lambda content: add_block(content, request_id, line)))
         message = messages.ca_key_added(path, line) if is_ca else messages.key_added(path)
         return builder.plan(CommandResult(success=True, message=message))
 
     def select(content_line: bytes) -> bool:
         return is_ca_line(content_line) == is_ca
 
-    builder.add(
-        authorized_keys_edit(record, lambda content: remove_block(content, request_id, select=select), create=False)
-    )
+    edit = authorized_keys_edit(record, lambda content: remove_block(content, request_id, select=select), create=False)
+    builder.add(dataclasses.replace(edit, keep_owner=not managed))
     builder.change_ledger(lambda ledger: ledger.forget_keys(name, request_id, kind))  # forgotten after the file edit
     removed = messages.ca_key_removed(path) if is_ca else messages.key_removed(path)
     return builder.plan(CommandResult(success=True, message=removed))

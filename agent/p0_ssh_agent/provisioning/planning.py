@@ -20,12 +20,13 @@ class PlanBuilder:
         self.actions: list[HostAction] = []
         self.now = utc_now()  # one time for every record the plan makes: the applier's commits are the plan's
 
-    def change_ledger(self, change: LedgerChange) -> Ledger:
-        """Add one ledger commit; the ledger after it."""
+    def change_ledger(self, change: LedgerChange, *, ahead: bool = False) -> Ledger:
+        """Add one ledger commit; the ledger after it. ahead: recorded ahead of the effect that follows it (a
+        grant's record), so undone if that effect fails (host/actions.py ChangeLedger)."""
         after = copy_ledger(self.ledger)
         change(after)
         self.ledger = after
-        self.actions.append(ChangeLedger(change))
+        self.actions.append(ChangeLedger(change, ahead=ahead))
         return after
 
     def add(self, *actions: HostAction) -> None:
@@ -36,7 +37,8 @@ class PlanBuilder:
         record = claim(facts, adopted)
         if record is not None and record.name not in self.ledger.users:
             name, uid, now = record.name, record.uid, self.now
-            self.change_ledger(lambda ledger: ledger.record_user(name, uid, adopted=True, now=now))
+            # Ahead of the first effect: a request that fails adopts nothing.
+            self.change_ledger(lambda ledger: ledger.record_user(name, uid, adopted=True, now=now), ahead=True)
         return record
 
     def plan(self, answer: Answer) -> Plan:

@@ -9,7 +9,7 @@ plan_user is pure; the one thing it needs that the facts do not hold, a free UID
 by new_uid (under the accounts lock) before it. The plans, in the order the applier (host/apply.py) runs them:
 
     grant, new account    check the name -> ledger records the intent -> groupadd + useradd (a failure: the ledger
-                          forgets the intent if no account was made)
+                          forgets the intent if no account was made: host/apply.py undoes what was recorded ahead)
     grant, our account    usermod -U -e '' if an earlier revoke locked it
     revoke, lock          usermod -L -e 1 -> end its sessions
     revoke, delete        end its sessions -> its sudo rules out of the drop-in -> (processes left: lock it, fail)
@@ -29,7 +29,6 @@ from p0_ssh_agent.core.requests import Action, UserRequest
 from p0_ssh_agent.host import accounts
 from p0_ssh_agent.host.actions import (
     Applied,
-    ChangeLedger,
     CreateAccount,
     DeleteAccount,
     EndSessions,
@@ -79,8 +78,8 @@ def _grant(name: str, facts: HostFacts, adopted: tuple[str, ...], uid: int | Non
         raise ValueError(f"plan_user: no UID for the account {name} to create (new_uid)")
     now = builder.now
     # The intent goes into the ledger first: after a crash mid-useradd the half-made account is still ours.
-    builder.change_ledger(lambda ledger: ledger.record_user(name, uid, now=now))
-    builder.add(CreateAccount(name, uid, if_failed=(ChangeLedger(lambda ledger: ledger.users.pop(name, None)),)))
+    builder.change_ledger(lambda ledger: ledger.record_user(name, uid, now=now), ahead=True)
+    builder.add(CreateAccount(name, uid))
     return builder.plan(CommandResult(success=True, message=messages.user_created(name, uid)))
 
 
