@@ -39,6 +39,7 @@ from p0_ssh_agent.host.actions import (
     LockAccount,
     Plan,
     RequireAccount,
+    RequireSudo,
     SessionsEnded,
     StopIfSurvivors,
     UnderSudoersLock,
@@ -47,7 +48,7 @@ from p0_ssh_agent.host.actions import (
 from p0_ssh_agent.host.ledger import Ledger, LedgerRecords, LedgerStore
 from p0_ssh_agent.host.rootfile import read_root_file
 from p0_ssh_agent.host.safefile import UnsafePath, edit_in_user_dir
-from p0_ssh_agent.host.sudoers_install import edit_legacy_file, install_dropin
+from p0_ssh_agent.host.sudoers_install import check_sudo_installed, edit_legacy_file, install_dropin
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,8 @@ class _Run:
                 self._file(action)
             case RequireAccount() | CreateAccount() | UnlockAccount() | LockAccount() | DeleteAccount():
                 self._account(action)
+            case RequireSudo():
+                check_sudo_installed()
             case EndSessions() | StopIfSurvivors():
                 self._sessions(action)
             case _:
