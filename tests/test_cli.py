@@ -209,13 +209,17 @@ def parse_command_output(out: str) -> tuple[dict[str, object], dict[str, object]
     return json.loads(request_text), json.loads(result_text)
 
 
-def test_command_dry_run_prints_the_plan_and_changes_nothing(
+def test_command_dry_run_prints_the_request_and_a_real_runs_refusal_and_changes_nothing(
     config: Path, public_key: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # Issue 14 item 7: a dry run refuses what a real run refuses. There is no account "alice" here, so a real run
+    # fails, and so does the dry run now (it used to print a plan "alice does not exist yet"). The printed plan for
+    # an account that exists (success, DRY-RUN message, the key and the id in the output) is asserted in the
+    # sandbox, where one can be created: tests/test_dry_run_refusals_sandbox.py.
     root = config.parent
     before = tree(root)
     argv = ["command", "--config", str(config), "--dry-run", "--command", "provisionAuthorizedKeys"]
-    assert main([*argv, "--username", "alice", "--public-key", public_key]) == 0
+    assert main([*argv, "--username", "alice", "--public-key", public_key]) == 1
     request, result = parse_command_output(capsys.readouterr().out)
     expected_id = f"cmd-{1000000 + abs(java_string_hash('alice')) % 8999999}"
     assert request == {
@@ -225,9 +229,8 @@ def test_command_dry_run_prints_the_plan_and_changes_nothing(
         "requestId": expected_id,
         "publicKey": public_key,
     }
-    assert result["success"] is True
-    assert str(result["message"]).startswith("DRY-RUN: ")
-    assert public_key in str(result["output"]) and expected_id in str(result["output"])
+    assert result["success"] is False
+    assert result["error"] == "user alice not found: user: unknown user alice"
     assert tree(root) == before  # not even the state directory
 
 
@@ -235,8 +238,10 @@ def test_dry_run_from_the_configuration_is_honoured(
     config: Path, public_key: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config.write_text(config.read_text() + "dryRun: true\n")
+    # A revoke (issue 14 item 7: a dry-run grant for the missing alice is refused like a real one): it succeeds in
+    # both modes, so only the DRY-RUN answer and the missing state directory tell that dryRun was honoured.
     argv = ["command", "--config", str(config), "--command", "provisionAuthorizedKeys", "--username", "alice"]
-    assert main([*argv, "--public-key", public_key, "--request-id", "req-7"]) == 0
+    assert main([*argv, "--action", "revoke", "--request-id", "req-7"]) == 0
     _, result = parse_command_output(capsys.readouterr().out)
     assert str(result["message"]).startswith("DRY-RUN: ")
     assert not (config.parent / "state").exists()

@@ -45,7 +45,6 @@ from strict_backend import JsonId, StrictBackend, response_shape_problems, token
 
 GUARD = 30.0  # never asserted on: only stops a broken agent from hanging the suite
 STOP_LIMIT = 10.0  # issue 3: exit 0 within 10 s of SIGTERM
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHNLmYVg4wR7L+9IQJslJexzhJmdx/XrwOb60irE5wOE alice@example.com"
 CALLER_SECRET = "caller-secret-token"  # the authorization header braekhus forwards from the backend's caller
 
 
@@ -104,9 +103,11 @@ def forwarded(data: object, **extra: object) -> dict[str, object]:
     return {"path": "", "headers": headers, "method": "POST", "params": {}, "data": data, **extra}
 
 
-def grant(n: int) -> dict[str, object]:
-    return {"command": "provisionAuthorizedKeys", "userName": f"user{n}", "action": "grant",
-            "requestId": f"req{n}", "publicKey": KEY}  # fmt: skip
+def key_call(n: int) -> dict[str, object]:
+    """A provisionAuthorizedKeys call that succeeds in a dry run without an account: a revoke. (A grant for the
+    missing user{n} is refused in a dry run as in a real run since issue 14 item 7; tests/test_cli.py and
+    tests/test_dry_run_refusals_sandbox.py cover that.)"""
+    return {"command": "provisionAuthorizedKeys", "userName": f"user{n}", "action": "revoke", "requestId": f"req{n}"}
 
 
 async def stop(agent: AgentProcess, backend: Backend) -> None:
@@ -178,7 +179,7 @@ async def test_protocol_against_both_backends(backend: Backend, keys: Keys, laun
     assert 2 <= len(backend.set_client_id_times) - heard <= 6, backend.set_client_id_times
 
     cases: list[tuple[object, str]] = [
-        (grant(1), "provisionAuthorizedKeys"),
+        (key_call(1), "provisionAuthorizedKeys"),
         ({"command": "provisionUser", "userName": "bob", "action": "grant", "requestId": "r2"}, "provisionUser"),
         ({"command": "provisionSudo", "userName": "bob", "action": "revoke", "requestId": "r3"}, "provisionSudo"),
         ({"command": "listUsers"}, "listUsers"),
@@ -196,7 +197,7 @@ async def test_protocol_against_both_backends(backend: Backend, keys: Keys, laun
         for frame, reply in GARBAGE:
             await raw(backend, frame, reply)
         # Still serving after all of it.
-        result = await backend.call(forwarded(grant(2)))
+        result = await backend.call(forwarded(key_call(2)))
         assert response_shape_problems(result, client_id=CLIENT_ID, command="provisionAuthorizedKeys") == []
         wanted = sorted([(424242, -32601), *(reply for _, reply in GARBAGE if reply)], key=repr)
         while sorted(error_replies(backend), key=repr) != wanted:
@@ -223,7 +224,7 @@ async def test_reconnects_after_the_server_drops_the_socket(
     assert backend.connection_number == 2 and len(backend.set_client_id_times) == before + 1
     assert agent_frames(backend)[-1]["method"] == "setClientId"  # the new connection's first frame
     with trio.fail_after(GUARD):
-        result = await backend.call(forwarded(grant(3)))
+        result = await backend.call(forwarded(key_call(3)))
     assert isinstance(result["data"], dict) and result["data"]["success"] is True
     assert agent.running
     await stop(agent, backend)
@@ -238,7 +239,7 @@ async def test_200_concurrent_dry_run_calls_through_http(keys: Keys, launch: Lau
     results: list[tuple[int, object]] = []
 
     async def post(n: int) -> None:
-        results.append(await http_post_json("127.0.0.1", dev.http_port, f"/client/{CLIENT_ID}", grant(n)))
+        results.append(await http_post_json("127.0.0.1", dev.http_port, f"/client/{CLIENT_ID}", key_call(n)))
 
     async with trio.open_nursery() as nursery:
         await nursery.start(dev.serve)
@@ -249,7 +250,7 @@ async def test_200_concurrent_dry_run_calls_through_http(keys: Keys, launch: Lau
             async with trio.open_nursery() as calls:
                 for n in range(200):
                     calls.start_soon(post, n)
-        print(f"\n200 concurrent dry-run grants over HTTP answered in {(time.monotonic() - started) * 1000:.0f} ms")
+        print(f"\n200 concurrent dry-run key calls over HTTP answered in {(time.monotonic() - started) * 1000:.0f} ms")
         assert agent.running
         await stop(agent, DevDriver(dev))
         nursery.cancel_scope.cancel()
@@ -422,7 +423,7 @@ async def test_tunnel_through_an_http_connect_proxy(scheme: str, keys: Keys, lau
         agent = launch(write_config(tmp_path, strict.url, keys.directory, **extra))
         with trio.fail_after(GUARD):
             await strict.wait_connected()
-            result = await strict.call(forwarded(grant(4)))
+            result = await strict.call(forwarded(key_call(4)))
         assert isinstance(result["data"], dict) and result["data"]["success"] is True
         await stop(agent, strict)
         nursery.cancel_scope.cancel()

@@ -28,7 +28,6 @@ from p0_ssh_agent.identity.signing_key import generate_keys, load_public_jwk_fil
 AGENT = Path(sys.executable).parent / "p0-ssh-agent"
 ORG, HOST = "life-org", "host-1"
 CLIENT_ID = f"{ORG}:{HOST}:ssh"
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHNLmYVg4wR7L+9IQJslJexzhJmdx/XrwOb60irE5wOE life"
 
 pytestmark = pytest.mark.slow  # every test here runs the real daemon and waits on it in wall-clock time
 
@@ -165,8 +164,9 @@ async def test_alive_after_401_heartbeats_and_200_concurrent_calls(tmp_path: Pat
             results: list[object] = []
 
             async def grant(n: int) -> None:
-                data = {"command": "provisionAuthorizedKeys", "userName": f"u{n}", "action": "grant",
-                        "requestId": f"r{n}", "publicKey": KEY}  # fmt: skip
+                # A revoke: a dry-run grant for the missing u{n} is refused like a real one (issue 14 item 7).
+                data = {"command": "provisionAuthorizedKeys", "userName": f"u{n}", "action": "revoke",
+                        "requestId": f"r{n}"}  # fmt: skip
                 forwarded = {"path": "", "headers": {"authorization": "Bearer caller-secret"}, "method": "POST",
                              "params": {}, "data": data}  # fmt: skip
                 results.append(await backend.call(CLIENT_ID, forwarded))
@@ -176,7 +176,7 @@ async def test_alive_after_401_heartbeats_and_200_concurrent_calls(tmp_path: Pat
                 for n in range(200):
                     calls.start_soon(grant, n)
             elapsed = trio.current_time() - started
-            print(f"\n200 concurrent dry-run grants answered in {elapsed * 1000:.0f} ms")
+            print(f"\n200 concurrent dry-run key calls answered in {elapsed * 1000:.0f} ms")
             assert len(results) == 200
             assert all(isinstance(r, dict) and r["data"]["success"] is True for r in results)
             assert {r["data"]["command"] for r in results if isinstance(r, dict)} == {"provisionAuthorizedKeys"}

@@ -96,12 +96,16 @@ def test_a_key_revoke_is_forgotten_after_the_file_edit() -> None:
     assert isinstance(plan.actions[1], ChangeLedger) and not plan.actions[1].ahead
 
 
-def test_a_key_grant_for_a_missing_account_requires_it_and_notes_it_for_a_dry_run() -> None:
+def test_a_key_grant_for_a_missing_account_requires_it_in_a_real_run_and_a_dry_run_alike() -> None:
+    # Issue 14 item 7: a dry run refuses what a real run refuses. This plan used to carry a note for a dry run
+    # ("alice does not exist yet (provisionUser creates it)") and the describing applier planned on; now both
+    # appliers stop at RequireAccount with the same answer, and the plan's own answer is that refusal too.
     plan = plan_keys(KeyRequest(Command.AUTHORIZED_KEYS, "alice", Action.GRANT, "r1", KEY), facts(None), CONFIG)
     assert kinds(plan) == [RequireAccount]
     assert isinstance(plan, Plan) and isinstance(plan.actions[0], RequireAccount)
-    assert "alice does not exist yet (provisionUser creates it)" in plan.actions[0].notes[0]
+    assert plan.actions[0].missing.error == "user alice not found: user: unknown user alice"
     assert plan.result(Applied(stopped=plan.actions[0].missing)).success is False
+    assert plan.result(Applied()) == plan.actions[0].missing
 
 
 def test_a_new_account_is_recorded_before_useradd_and_forgotten_if_it_fails() -> None:

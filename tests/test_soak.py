@@ -51,8 +51,9 @@ def _request(n: int) -> tuple[dict[str, object], bool]:
         return {}, True  # no command: "Request logged"
     if kind == 1:
         user = f"soak{n % 997}"
+        # A grant for the missing user is refused in a dry run as in a real one (issue 14 item 7): it must fail.
         grant = {"command": "provisionAuthorizedKeys", "userName": user, "action": "grant", "requestId": f"r{n}"}
-        return {**grant, "publicKey": KEY}, True
+        return {**grant, "publicKey": KEY}, False
     if kind == 2:
         return {"command": "listUsers"}, True
     if kind == 3:

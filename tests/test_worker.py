@@ -364,3 +364,53 @@ def test_fit_answer_keeps_answers_that_fit() -> None:
     assert fit_answer(result, 20) is result
     cut = fit_answer(result, 19)
     assert len(cut.message) + len(cut.output or "") <= 19
+
+
+def with_key(request: ForwardedRequest, public_key: str, *, timeout_ms: int | None = None) -> ForwardedRequest:
+    data = dict(request.data) if isinstance(request.data, dict) else {}
+    params: dict[str, object] = {"path": "", "headers": {}, "method": "POST", "params": {}, "data": data}
+    data["publicKey"] = public_key
+    if timeout_ms is not None:
+        params["options"] = {"timeoutMillis": timeout_ms}
+    return parse_forwarded_request(params)
+
+
+async def test_a_duplicate_delivery_with_another_payload_is_refused_409_at_once(autojump_clock: object) -> None:
+    """Issue 14 item 4: the same request id with another key is not the same request: it must never get the
+    first's success (its key was never written). A retry that repeats the body, with another timeout hint around
+    it, still merges."""
+    pipeline, replies = GatedPipeline(), Replies()
+    first = with_key(forwarded("alice", "r1", command="provisionAuthorizedKeys"), "ssh-ed25519 AAAA-first")
+    other = with_key(forwarded("alice", "r1", command="provisionAuthorizedKeys"), "ssh-ed25519 AAAA-other")
+    retry = with_key(
+        forwarded("alice", "r1", command="provisionAuthorizedKeys"), "ssh-ed25519 AAAA-first", timeout_ms=9
+    )
+    async with running(pipeline) as worker:
+        await submit(worker, replies, "first", first)
+        await trio.testing.wait_all_tasks_blocked()
+        await submit(worker, replies, "other", other)
+        await submit(worker, replies, "retry", retry)
+        await trio.testing.wait_all_tasks_blocked()
+        refused = replies.result("other")  # answered while the first still runs
+        assert (refused.success, refused.http_status) == (False, 409)
+        assert "already in progress with another payload (differs in: publickey)" in refused.error
+        assert "AAAA" not in refused.error  # no key material echoed
+        pipeline.gate("r1/grant").set()
+        await worker.drain()
+        assert pipeline.runs == {"r1/grant": 1}
+        assert replies.result("first").message == "done r1/grant #1"
+        assert replies.result("retry") == replies.result("first")
+
+
+async def test_a_later_delivery_with_another_payload_runs_on_its_own(autojump_clock: object) -> None:
+    """No result is kept after the first finished, so there is nothing to merge with or to hand out falsely: a
+    later delivery under the same id is new work, answered by what the pipeline did with its own body."""
+    pipeline, replies = GatedPipeline(), Replies()
+    pipeline.gate("r1/grant").set()
+    async with running(pipeline) as worker:
+        await submit(worker, replies, "first", with_key(forwarded("alice", "r1"), "ssh-ed25519 AAAA-first"))
+        await worker.drain()
+        await submit(worker, replies, "later", with_key(forwarded("alice", "r1"), "ssh-ed25519 AAAA-other"))
+        await worker.drain()
+        assert pipeline.runs == {"r1/grant": 2}
+        assert replies.result("later").message == "done r1/grant #2"

@@ -32,6 +32,8 @@ class AgentError(Exception):
     """Base of every error the agent reports to an operator."""
 
     exit_code: ExitCode = ExitCode.FAILURE
+    # What a request failing with it answers (provisioning/pipeline.py run_change); None: 500, as upstream's.
+    http_status: int | None = None
 
 
 class UsageError(AgentError):

@@ -92,6 +92,12 @@ async def run_demo(backend: DevBackend, once: bool) -> int:
                     backend.http_host, backend.http_port, f"/client/{CLIENT_ID}", body.encode()
                 )
                 print(f"HTTP {status}\n{json.dumps(json.loads(payload), indent=2)}\n", flush=True)
+                answer = json.loads(payload)
+                if status != 200 and str(answer.get("error", "")).startswith("user demo-user not found"):
+                    # A dry run refuses what a real run refuses (issue 14 item 7): the dry-run provisionUser grant
+                    # created no account, so the key grant for it is refused as it would be without one.
+                    print("(expected in a dry run: the account was not really created)\n", flush=True)
+                    continue
                 failures += status != 200
             if once:
                 nursery.cancel_scope.cancel()

@@ -93,11 +93,16 @@ class EditLegacySudoers:
 
 @dataclass(frozen=True)
 class RequireAccount:
-    """The account must exist by now: a real run stops here with `missing`; a description plans on the account
-    to be (the provisionUser grant before it created nothing) and adds `notes`."""
+    """The account must exist by now: the plan stops here with `missing`, in a real run and a dry run alike (a dry
+    run answers what a real run would; issue 14 item 7)."""
 
     missing: CommandResult
-    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RequireSudo:
+    """sudo must be installed and its drop-in directory usable (host/sudoers_install.py check_sudo_installed);
+    else the request is refused with SudoUnavailable (412), in a real run and a dry run alike."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,7 @@ HostAction = (
     | InstallSudoers
     | EditLegacySudoers
     | RequireAccount
+    | RequireSudo
     | CreateAccount
     | UnlockAccount
     | LockAccount

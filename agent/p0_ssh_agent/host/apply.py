@@ -44,6 +44,7 @@ from p0_ssh_agent.host.actions import (
     LockAccount,
     Plan,
     RequireAccount,
+    RequireSudo,
     SessionsEnded,
     StopIfSurvivors,
     UnderSudoersLock,
@@ -52,7 +53,7 @@ from p0_ssh_agent.host.actions import (
 from p0_ssh_agent.host.ledger import Ledger, LedgerRecords, LedgerStore, copy_ledger
 from p0_ssh_agent.host.rootfile import read_root_file
 from p0_ssh_agent.host.safefile import EditNotDurable, edit_in_user_dir
-from p0_ssh_agent.host.sudoers_install import edit_legacy_file, install_dropin
+from p0_ssh_agent.host.sudoers_install import check_sudo_installed, edit_legacy_file, install_dropin
 
 log = get_logger(__name__)
 
@@ -108,6 +109,8 @@ class _Run:
             case EndSessions():
                 with self._effect():
                     self.applied.sessions = self._end_sessions(action.uid, action.name)
+            case RequireSudo():
+                check_sudo_installed()  # a check before anything is read or written: nothing to undo
             case _:
                 assert_never(action)
 

@@ -2,7 +2,8 @@
 
 Each action is checked as the host's applier would check it (the symlink-safe walk, visudo on the new sudoers
 text, the account checks) and described: `run: <argv>` for a command, a unified diff for a file, a note for ending
-sessions (with how many processes there are now) or for an account that does not exist yet. It takes no lock (a
+sessions (with how many processes there are now). What a real run refuses it refuses with the same answer (a
+missing account, sudo not installed: issue 14 item 7), and it stops where a real run would. It takes no lock (a
 dry run may run unprivileged) and its ledger store commits nothing; the ledger is no part of a description.
 """
 
@@ -29,6 +30,7 @@ from p0_ssh_agent.host.actions import (
     LockAccount,
     Plan,
     RequireAccount,
+    RequireSudo,
     SessionsEnded,
     StopIfSurvivors,
     UnderSudoersLock,
@@ -37,7 +39,7 @@ from p0_ssh_agent.host.actions import (
 from p0_ssh_agent.host.ledger import Ledger, LedgerStore
 from p0_ssh_agent.host.rootfile import read_root_file
 from p0_ssh_agent.host.safefile import preview_in_user_dir
-from p0_ssh_agent.host.sudoers_install import preview_dropin, preview_legacy_file
+from p0_ssh_agent.host.sudoers_install import check_sudo_installed, preview_dropin, preview_legacy_file
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ class DescribingApplier:
 
     def _actions(self, actions: tuple[HostAction, ...], applied: Applied) -> None:
         for action in actions:
+            if applied.done:  # stopped where a real run stops (a missing account, survivors)
+                return
             self._action(action, applied)
 
     def _action(self, action: HostAction, applied: Applied) -> None:
@@ -71,14 +75,18 @@ class DescribingApplier:
                 count = len(self.processes.pids(uid))
                 applied.description.note(f"end every session and process of {name} (UID {uid}): {count} now")
                 applied.sessions = SessionsEnded(True, f"would end {count} processes", described=True)
-            case EditUserFile() | UnderSudoersLock() | InstallSudoers() | EditLegacySudoers() | RequireAccount():
+            case RequireAccount(missing):
+                applied.stopped = missing
+            case RequireSudo():
+                check_sudo_installed()
+            case EditUserFile() | UnderSudoersLock() | InstallSudoers() | EditLegacySudoers():
                 self._file(action, applied)
             case _:
                 assert_never(action)
 
     def _file(
         self,
-        action: EditUserFile | UnderSudoersLock | InstallSudoers | EditLegacySudoers | RequireAccount,
+        action: EditUserFile | UnderSudoersLock | InstallSudoers | EditLegacySudoers,
         applied: Applied,
     ) -> None:
         described = applied.description
@@ -105,9 +113,6 @@ class DescribingApplier:
             case EditLegacySudoers(transform):
                 if os.path.lexists(LEGACY_FILE):
                     described.file(preview_legacy_file(transform))
-            case RequireAccount(_missing, notes):
-                for note in notes:
-                    described.note(note)
 
     def _account(
         self, action: CreateAccount | UnlockAccount | LockAccount | DeleteAccount, described: Description

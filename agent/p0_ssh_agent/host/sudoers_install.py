@@ -44,7 +44,10 @@ _MESSAGE_LIMIT = 600
 
 
 class SudoUnavailable(AgentError):
-    """sudo cannot be configured safely on this host; the message says what to install or fix."""
+    """sudo cannot be configured safely on this host; the message says what to install or fix. A request that
+    meets it is refused with 412 (the host lacks what the grant needs), not answered as an agent failure (500)."""
+
+    http_status = 412
 
 
 class SudoersInvalid(AgentError):
@@ -76,7 +79,8 @@ def check_sudoers_layout(sudoers: str = SUDOERS, dropin_dir: str = DROPIN_DIR) -
         info = Path(dropin_dir).lstat()
     except OSError as exc:
         raise SudoUnavailable(
-            f"cannot use {dropin_dir}: {exc.strerror}; create it: install -d -m 750 {dropin_dir}"
+            f"cannot use {dropin_dir}: {exc.strerror}; is sudo installed? If it is, create the directory: "
+            f"install -d -m 750 {dropin_dir}"
         ) from None
     if stat.S_ISLNK(info.st_mode):
         raise SudoUnavailable(f"refusing {dropin_dir}: it is a symlink (to {Path(dropin_dir).readlink()})")
@@ -87,6 +91,13 @@ def check_sudoers_layout(sudoers: str = SUDOERS, dropin_dir: str = DROPIN_DIR) -
             f"refusing {dropin_dir}: owned by uid {info.st_uid} with mode {stat.S_IMODE(info.st_mode):04o}; "
             "it must be root-owned and not group/world-writable"
         )
+
+
+def check_sudo_installed() -> None:
+    """What a sudo grant needs, checked before anything is read or written, by a real run and a dry run alike
+    (issue 14 item 7): visudo, an /etc/sudoers that includes /etc/sudoers.d, and a safe /etc/sudoers.d."""
+    find_visudo()
+    check_sudoers_layout()
 
 
 def _visudo(args: list[str], *, stdin: str | None = None) -> str | None:

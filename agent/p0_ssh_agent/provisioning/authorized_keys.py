@@ -91,18 +91,11 @@ def plan_keys(request: KeyRequest | CaKeyRequest, facts: HostFacts, config: Agen
         if request.action is Action.REVOKE:
             # The account is gone, and its keys with it: a retried revoke must not turn into a failure.
             return CommandResult(success=True, message=f"user {name} does not exist; nothing to remove")
-        assert key is not None  # noqa: S101 - a grant without a key was answered above
-        # A real run fails; a dry run's provisionUser grant before this one created nothing: it plans on the
-        # account to be.
-        expiry = grant_stamp(builder.now, config.max_grant_seconds)
-        line = ca_line(name, key, expiry=expiry) if is_ca else key_line(key, expiry=expiry)
+        # Refused in a dry run too, with the real run's answer: a dry run's provisionUser grant before this one
+        # created nothing, and a dry run answers what a real run would (issue 14 item 7).
         missing = CommandResult(success=False, error=messages.user_not_found(name, f"user: unknown user {name}"))
-        notes = (
-            f"{name} does not exist yet (provisionUser creates it); its authorized_keys would get:",
-            f"+# RequestID: {request_id}\n+{line}",
-        )
-        builder.add(RequireAccount(missing, notes))
-        return builder.plan(CommandResult(success=True, message=messages.dry_run(request.command.value, name)))
+        builder.add(RequireAccount(missing))
+        return builder.plan(missing)
     path = f"{record.home.rstrip('/')}/{SSH_DIR}/{AUTHORIZED_KEYS}"
 
     # The user's lock (held by the pipeline) covers the ledger change and the file edit together, so reconciliation

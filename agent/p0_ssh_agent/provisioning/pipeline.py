@@ -162,7 +162,7 @@ def run_change(
             else:
                 result = planned
     except AgentError as exc:
-        result = CommandResult(success=False, error=str(exc))
+        result = CommandResult(success=False, error=str(exc), http_status=exc.http_status)
     except OSError as exc:  # a failure no module translated: still the operator's to read, never a crash
         result = CommandResult(success=False, error=f"{request.command.value}: {exc.strerror or exc}")
     return Outcome(result, description, decided_by)

@@ -30,6 +30,7 @@ from p0_ssh_agent.host.actions import (
     InstallSudoers,
     Plan,
     RequireAccount,
+    RequireSudo,
     UnderSudoersLock,
 )
 from p0_ssh_agent.host.ledger import Ledger, SudoEntry, utc_now
@@ -50,9 +51,10 @@ def plan_sudo(request: SudoRequest, facts: HostFacts, config: AgentConfig) -> Pl
         if not request.sudo:
             return CommandResult(success=True, message=messages.SUDO_NOT_REQUESTED)
         if builder.claim(facts, config.adopt_users) is None:
-            # A real run fails; a dry run plans on the account to be (its provisionUser grant created nothing).
+            # Refused in a dry run too: a dry run answers what a real run would (issue 14 item 7).
             missing = CommandResult(success=False, error=messages.user_not_found(name, f"user: unknown user {name}"))
             builder.add(RequireAccount(missing))
+        builder.add(RequireSudo())  # sudo not installed: the same 412 refusal in both modes, before any read
         grant = SudoGrant(request_id, name, request.run_as)
 
         def add(grants: Grants) -> None:

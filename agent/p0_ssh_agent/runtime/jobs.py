@@ -8,6 +8,8 @@ hostile value can at worst pick a lock name. Values that are not short printable
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,7 +43,8 @@ class JobKey:
 
     @property
     def dedupe_key(self) -> tuple[str, str, str, str] | None:
-        """Deliveries with the same key while the first is in flight get the first's result.
+        """Deliveries with the same key while the first is in flight get the first's result, if they carry the
+        same payload (payload_digests); another payload under the same key is refused (runtime/worker.py).
 
         Only requests that carry a request id are de-duplicated: read-only commands without one are cheap and a
         second delivery may legitimately want fresh data.
@@ -69,3 +72,33 @@ def job_key(request: ForwardedRequest) -> JobKey:
         action=_field(data, "action"),
         request_id=_field(data, "requestId"),
     )
+
+
+Payload = Mapping[str, str]
+"""A request body as de-duplication compares it: field name (lower-cased) -> a digest of its value."""
+
+
+def payload_digests(request: ForwardedRequest) -> Payload:
+    """What a second delivery must repeat to be merged with the first: every member of the request body (`data`).
+
+    A retry of the same request (the tunnel server's retryWithBackoff, a backend resending after a timeout)
+    repeats the body exactly; what travels around it (headers, `options.timeoutMillis`, the JSON-RPC id) is
+    transport and is not compared. Names are lower-cased because the pipeline reads them case-insensitively, as
+    Go's encoding/json does, and values are kept as digests only: no key material is held or echoed.
+    """
+    data = request.data if isinstance(request.data, Mapping) else {}
+    values: dict[str, list[object]] = {}
+    for name, value in data.items():
+        values.setdefault(str(name).lower(), []).append(value)
+    return {
+        name: hashlib.sha256(
+            json.dumps(found, sort_keys=True, separators=(",", ":"), default=repr).encode()
+        ).hexdigest()
+        for name, found in values.items()
+    }
+
+
+def differing_fields(first: Payload, second: Payload) -> list[str]:
+    """The names of the members one payload has and the other lacks or holds with another value (bounded names)."""
+    names = sorted(name for name in first.keys() | second.keys() if first.get(name) != second.get(name))
+    return [name if _SAFE_TOKEN.fullmatch(name) else ABSENT for name in names]

@@ -10,7 +10,10 @@ Guarantees (issue 3, upstream-protocol.md §12 item 17):
   to their allowance.
 - Requests for different users run in parallel; requests for the same target user run one at a time.
 - A second delivery of the same (command, requestId, action, user) while the first is still running waits for
-  the first and gets its result, so backend retries after a timeout never apply a change twice concurrently.
+  the first and gets its result, so backend retries after a timeout never apply a change twice concurrently; if
+  its body differs from the first's (runtime/jobs.py payload_digests: another key under the same request id), it
+  is refused at once with 409 naming the fields that differ, never given the first's success (issue 14 item 4).
+  No result is kept once the first has finished: a later delivery runs again, and its answer is what it did.
 - Each job is answered when its change is done (at most DEFAULT_ANSWER_SECONDS), whatever `options.timeoutMillis`
   says, as P0's Go agent does: the tunnel server retries its own timeouts but not an answer, so an early 504 would
   end the call for good, while a retry after its timeout merges with the change still running (docs/connection.md).
@@ -33,7 +36,7 @@ from p0_ssh_agent.adapters.logging import get_logger, log_request_line
 from p0_ssh_agent.protocol.forwarded import CommandResult, ForwardedRequest
 from p0_ssh_agent.protocol.jsonrpc import STRING_BYTES_PER_CHAR
 from p0_ssh_agent.runtime import limits
-from p0_ssh_agent.runtime.jobs import JobKey, job_key
+from p0_ssh_agent.runtime.jobs import JobKey, Payload, differing_fields, job_key, payload_digests
 
 log = get_logger(__name__)
 
@@ -53,6 +56,7 @@ class Pipeline(Protocol):
 
 @dataclass
 class _InFlight:
+    payload: Payload  # the first delivery's body, as later deliveries are compared with it
     done: trio.Event = field(default_factory=trio.Event)
     result: CommandResult | None = None
 
@@ -128,6 +132,19 @@ def busy_result() -> CommandResult:
 
 def stopping_result() -> CommandResult:
     return CommandResult(success=False, error="agent is shutting down; retry shortly", http_status=503)
+
+
+def conflict_result(key: JobKey, differing: list[str]) -> CommandResult:
+    """A delivery that reuses a request in flight with another body: its values are not echoed (a key is one)."""
+    return CommandResult(
+        success=False,
+        error=(
+            f"request {key.request_id} ({key.command} {key.action} for {key.user}) is already in progress with "
+            f"another payload (differs in: {', '.join(differing)}); nothing was done for this delivery: a retry "
+            "must repeat the request unchanged, and a new request needs its own requestId"
+        ),
+        http_status=409,
+    )
 
 
 def timeout_result(seconds: float) -> CommandResult:
@@ -232,10 +249,14 @@ class Worker:
         nursery = self._started_nursery()
         try:
             dedupe = key.dedupe_key
+            payload = payload_digests(request) if dedupe else {}
             inflight = self._inflight.get(dedupe) if dedupe else None
             duplicate = inflight is not None
+            if inflight is not None and (differing := differing_fields(inflight.payload, payload)):
+                await self._answer(key, reply, conflict_result(key, differing), "conflict", started)
+                return
             if inflight is None:
-                inflight = _InFlight()
+                inflight = _InFlight(payload)
                 if dedupe:
                     self._inflight[dedupe] = inflight
                 self._job_started()  # the execution is its own unit of work: drain waits for it too
@@ -245,14 +266,16 @@ class Worker:
             with trio.move_on_after(deadline):
                 await inflight.done.wait()
             result = inflight.result if inflight.result is not None else timeout_result(deadline)
-            outcome = _outcome(result, inflight.result is None, duplicate)
-            await reply(result)
-            _log_line(key, outcome, (time.monotonic() - started) * 1000)
-            if self.on_answered is not None:
-                self.on_answered(key, outcome, time.monotonic() - started, result)
+            await self._answer(key, reply, result, _outcome(result, inflight.result is None, duplicate), started)
         finally:
             share.release()
             self._job_finished()
+
+    async def _answer(self, key: JobKey, reply: Reply, result: CommandResult, outcome: str, started: float) -> None:
+        await reply(result)
+        _log_line(key, outcome, (time.monotonic() - started) * 1000)
+        if self.on_answered is not None:
+            self.on_answered(key, outcome, time.monotonic() - started, result)
 
     async def _execute(self, request: ForwardedRequest, key: JobKey, inflight: _InFlight, share: Share) -> None:
         try:
