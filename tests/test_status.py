@@ -1,6 +1,6 @@
 """`p0-ssh-agent status`: a healthy host in tmp_path passes its setup checks, and each broken piece fails naming its
 fix. No agent runs here, so `status` exits 3 (not running) even on the healthy host: the exit codes of a running
-agent are tested against a real daemon in test_status_live.py.
+agent are tested against a real daemon in test_live_checks.py.
 
 Everything lives in tmp_path (config, keys, stateDir); the caller's STATE_DIRECTORY and P0_SSH_AGENT_* are
 removed so the machine's own /etc and /var/lib are never consulted. systemd is not running on the test machines,

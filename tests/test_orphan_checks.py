@@ -2,7 +2,7 @@
 no ledger knows about, e.g. after a purge that deleted the ledger while the grants stayed. Real grants through the
 engine in the namespace sandbox (real useradd, authorized_keys, visudo), then the installed command.
 
-`tests/sandbox/enter .venv/bin/pytest -q tests/test_doctor_orphans.py`
+`tests/sandbox/enter .venv/bin/pytest -q tests/test_orphan_checks.py`
 """
 
 from __future__ import annotations
