@@ -25,6 +25,7 @@ PYTEST = Path(sys.executable).parent / "pytest"
 TESTS = [
     "tests/test_hostile_daemon.py",
     "tests/test_crash_consistency.py",
+    "tests/test_crash_points.py",
     "tests/test_faults.py",
     "tests/test_slow_nss.py",
     "tests/test_backend_chaos.py",
@@ -67,10 +68,15 @@ def run_fuzz(seconds: int) -> dict[str, str]:
 def render(profile: str, figures: list[dict[str, object]], fuzz: dict[str, str], exit_code: int, took: float) -> str:
     merged: dict[str, object] = {}
     faults: list[str] = []
+    points: list[dict[str, object]] = []  # one per (command, action) of tests/test_crash_points.py
     for entry in figures:
         if "fault" in entry:
             faults.append(str(entry["fault"]))
+        elif "crash_point_scenario" in entry:
+            points.append(entry)
+            continue
         merged.update({k: v for k, v in entry.items() if k != "fault"})
+    findings = [p for p in points if p.get("crash_point_finding")]
 
     def get(key: str) -> str:
         value = merged.get(key)
@@ -82,6 +88,11 @@ def render(profile: str, figures: list[dict[str, object]], fuzz: dict[str, str],
         ("Grants and revokes under random kill -9", get("crash_operations"),
          f"{get('crash_kills')} kills survived; every file parsed, visudo -c passed, own lines intact; "
          f"{get('crash_drift_repaired')} drift findings repaired by reconciliation, none left"),
+        ("Crash points: kill -9 before each effect step of each command and action, in turn",
+         f"{sum(int(str(p['crash_point_count'])) for p in points):,}" if points else "not run",
+         f"{len(points)} (command, action) pairs, every step of each; every file parsed, visudo -c passed, foreign "
+         f"lines and the bystander's grants intact, no drift after repair, the retry ends as an uncrashed run; "
+         f"{len(findings)} findings (below)"),
         ("Faults injected", str(len(faults)), "; ".join(faults) or "not run"),
         ("Backend chaos scenarios", get("chaos_scenarios"),
          f"RSS {get('chaos_rss_start_kib')} -> {get('chaos_rss_end_kib')} KiB"),
@@ -103,6 +114,16 @@ def render(profile: str, figures: list[dict[str, object]], fuzz: dict[str, str],
         "Anything lost: "
         + ("**nothing**" if exit_code == 0 else "**see the failing test output: the run did not pass**"),
         "",
+        "## Crash points (tests/test_crash_points.py)",
+        "",
+        "| command, action | crash points | steps, in order | result |",
+        "|---|---|---|---|",
+        *(
+            f"| {p['crash_point_scenario']} | {p['crash_point_count']} | {p['crash_point_steps']} | "
+            f"{p.get('crash_point_finding') or 'consistent at every point'} |"
+            for p in points
+        ),
+        "",
         "## Fuzzing (atheris / libFuzzer, coverage-guided)",
         "",
         "| target | result |",
@@ -110,6 +131,7 @@ def render(profile: str, figures: list[dict[str, object]], fuzz: dict[str, str],
         *(f"| {target} | {result} |" for target, result in fuzz.items()),
         "",
         "How each figure is produced: tests/test_hostile_daemon.py, tests/test_crash_consistency.py,",
+        "tests/test_crash_points.py (every point in both profiles),",
         "tests/test_faults.py, tests/test_slow_nss.py, tests/test_backend_chaos.py, tests/test_soak.py,",
         "tests/fuzz/fuzz_parsers.py.",
         "The short profile of each runs in `make test` on every CI build.",

@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 
 from p0_ssh_agent.errors import AgentError, DataError
-from p0_ssh_agent.host import proc
+from p0_ssh_agent.host import crashpoints, proc
 from p0_ssh_agent.host.accounts import (
     DEFAULT_SHELL,
     EXIT_ID_IN_USE,
@@ -115,6 +115,7 @@ def _secure_home(record: UserRecord) -> None:
     fd = os.open(record.home, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         if os.fstat(fd).st_uid == record.uid:
+            crashpoints.step(f"fchmod {record.home}")
             os.fchmod(fd, HOME_MODE)
     finally:
         os.close(fd)

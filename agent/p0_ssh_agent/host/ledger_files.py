@@ -20,7 +20,7 @@ import contextlib
 import os
 from collections.abc import Iterator, Mapping
 
-from p0_ssh_agent.host import selinux
+from p0_ssh_agent.host import crashpoints, selinux
 from p0_ssh_agent.host.safefile import (
     _DIR_FLAGS,
     _TEMP_FLAGS,
@@ -53,12 +53,14 @@ def root_dir(path: str, *, create: bool = False) -> Iterator[int | None]:
             if parent_fd is None:
                 raise FileEditFailed(f"cannot create {path}: the directory {parent} does not exist")
             try:
+                crashpoints.step(f"mkdir {path}")
                 os.mkdir(name, DIR_MODE, dir_fd=parent_fd)
             except FileExistsError:
                 pass  # made meanwhile by another writer: opened and checked like any existing one
             except OSError as exc:
                 raise FileEditFailed(f"cannot create {path}: {exc.strerror}") from None
             else:
+                crashpoints.step(f"fsync {parent}")
                 os.fsync(parent_fd)  # the new directory's name is durable before anything is written in it
         fd = _open_dir(path, path)
     if fd is None:
@@ -115,22 +117,31 @@ def replace_files(dir_fd: int, shown_dir: str, changes: Mapping[str, bytes | Non
             if data is None:
                 continue
             temp = temp_name(name)
+            shown = f"{shown_dir}/{temp}"
+            if exists(dir_fd, temp):
+                crashpoints.step(f"unlink {shown}")
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp, dir_fd=dir_fd)  # a crashed writer's: we hold the file's lock
+            crashpoints.step(f"create {shown}")
             fd = os.open(temp, _TEMP_FLAGS, FILE_MODE, dir_fd=dir_fd)
             written.append(temp)
             try:
+                crashpoints.step(f"write {shown}")
                 _write_all(fd, data)
+                crashpoints.step(f"fchmod+fchown {shown}")
                 os.fchmod(fd, FILE_MODE)
                 os.fchown(fd, 0, 0)
+                crashpoints.step(f"fsync {shown}")
                 os.fsync(fd)
             finally:
                 os.close(fd)
         for name, data in changes.items():
             if data is None:
+                crashpoints.step(f"unlink {shown_dir}/{name}")
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(name, dir_fd=dir_fd)
             else:
+                crashpoints.step(f"rename {shown_dir}/{temp_name(name)} -> {name}")
                 os.replace(temp_name(name), name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
                 written.remove(temp_name(name))
     except OSError as exc:
@@ -139,6 +150,7 @@ def replace_files(dir_fd: int, shown_dir: str, changes: Mapping[str, bytes | Non
         for temp in written:
             with contextlib.suppress(OSError):
                 os.unlink(temp, dir_fd=dir_fd)
+    crashpoints.step(f"fsync {shown_dir}")
     try:
         os.fsync(dir_fd)  # make every rename durable, once for the group
     except OSError as exc:
@@ -151,7 +163,9 @@ def rename_aside(dir_fd: int, shown_dir: str, name: str, new_name: str) -> None:
     if exists(dir_fd, new_name):
         raise FileEditFailed(f"cannot rename {shown_dir}/{name}: {shown_dir}/{new_name} already exists")
     try:
+        crashpoints.step(f"rename {shown_dir}/{name} -> {new_name}")
         os.rename(name, new_name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        crashpoints.step(f"fsync {shown_dir}")
         os.fsync(dir_fd)
     except OSError as exc:
         raise FileEditFailed(f"cannot rename {shown_dir}/{name}: {exc.strerror}") from None

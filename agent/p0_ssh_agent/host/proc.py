@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from p0_ssh_agent.errors import AgentError
+from p0_ssh_agent.host import crashpoints
 
 CHILD_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 STDERR_IN_MESSAGE = 500
@@ -65,6 +66,7 @@ def run(argv: Sequence[str], *, timeout: float = 60, check: bool = True, input: 
     if not args or not Path(args[0]).is_absolute():
         # A programming error, not an operator's: every caller passes a resolved absolute path.
         raise ValueError(f"run() needs an absolute executable path, got {args[:1]!r}")
+    crashpoints.step(f"run {' '.join(args)}")
     try:
         child = subprocess.Popen(
             args,

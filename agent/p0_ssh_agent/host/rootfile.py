@@ -12,7 +12,7 @@ import os
 import secrets
 from collections.abc import Callable
 
-from p0_ssh_agent.host import selinux
+from p0_ssh_agent.host import crashpoints, selinux
 from p0_ssh_agent.host.plainfile import MAX_FILE_BYTES
 from p0_ssh_agent.host.safefile import (
     FileEdit,
@@ -113,7 +113,9 @@ def remove_root_file(path: str) -> FileEdit:
         file_fd, _info, before = existing
         cleanup.callback(os.close, file_fd)
         try:
+            crashpoints.step(f"unlink {path}")
             os.unlink(name, dir_fd=dir_fd)
+            crashpoints.step(f"fsync {_directory}")
             os.fsync(dir_fd)
         except OSError as exc:
             raise FileEditFailed(f"cannot remove {path}: {exc.strerror}") from None

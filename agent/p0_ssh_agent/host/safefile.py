@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from p0_ssh_agent.errors import AgentError
-from p0_ssh_agent.host import selinux
+from p0_ssh_agent.host import crashpoints, selinux
 from p0_ssh_agent.host.plainfile import (
     MAX_FILE_BYTES,
     FileTooLarge,
@@ -134,8 +134,10 @@ def _check_dir(fd: int, shown: str, owners: Collection[int], *, allow_loose: boo
 
 def _enforce(fd: int, info: os.stat_result, uid: int, gid: int, mode: int) -> None:
     if (info.st_uid, info.st_gid) != (uid, gid):
+        crashpoints.step("fchown")
         os.fchown(fd, uid, gid)
     if stat.S_IMODE(info.st_mode) != mode:
+        crashpoints.step("fchmod")
         os.fchmod(fd, mode)
 
 
@@ -189,6 +191,7 @@ def _remove_stale_temps(dir_fd: int, name: str) -> None:
     with contextlib.suppress(OSError), os.scandir(dir_fd) as entries:
         for entry in entries:
             if pattern.fullmatch(entry.name):
+                crashpoints.step(f"unlink {entry.name}")
                 with contextlib.suppress(OSError):
                     os.unlink(entry.name, dir_fd=dir_fd)
 
@@ -207,21 +210,26 @@ def _replace(
     """Write `data` to `temp_name`, check it, rename it over `name`, fsync the directory. No temp file survives."""
     temp_path = f"{shown_dir}/{temp_name}"
     _remove_stale_temps(dir_fd, name)
+    crashpoints.step(f"create {temp_path}")
     try:
         fd = os.open(temp_name, _TEMP_FLAGS, 0o600, dir_fd=dir_fd)
     except OSError as exc:
         raise FileEditFailed(f"cannot create {temp_path}: {exc.strerror}") from None
     try:
         try:
+            crashpoints.step(f"write {temp_path}")
             _write_all(fd, data)
             # Mode and owner only after the content is complete: a user never holds a half-written temp file.
+            crashpoints.step(f"fchmod+fchown {temp_path}")
             os.fchmod(fd, mode)
             os.fchown(fd, *owner)
+            crashpoints.step(f"fsync {temp_path}")
             os.fsync(fd)
         finally:
             os.close(fd)
         if validate is not None:
             validate(temp_path)
+        crashpoints.step(f"rename {temp_path} -> {name}")
         os.replace(temp_name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -229,6 +237,7 @@ def _replace(
         if isinstance(exc, OSError):
             raise FileEditFailed(f"cannot write {shown_dir}/{name}: {exc.strerror}") from None
         raise
+    crashpoints.step(f"fsync {shown_dir}")
     try:
         os.fsync(dir_fd)  # make the rename itself durable
     except OSError as exc:
@@ -328,6 +337,7 @@ def _user_file_edit(
 
 
 def _make_dir(home_fd: int, subdir: str, shown_dir: str, mode: int) -> int:
+    crashpoints.step(f"mkdir {shown_dir}")
     try:
         os.mkdir(subdir, mode, dir_fd=home_fd)
     except FileExistsError:

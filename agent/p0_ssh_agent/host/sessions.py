@@ -39,7 +39,7 @@ from typing import Protocol
 
 from p0_ssh_agent.core import messages
 from p0_ssh_agent.errors import PermissionProblem
-from p0_ssh_agent.host import proc, uidkill
+from p0_ssh_agent.host import crashpoints, proc, uidkill
 
 MIN_UID = 1000
 NOBODY_UID = 65534
@@ -140,6 +140,7 @@ def _send(pid: int, uid: int, sig: signal.Signals, proc_root: Path) -> bool:
     try:
         if not _is_target(pid, uid, proc_root):
             return False
+        crashpoints.step(f"signal {sig.name} to pid {pid}")
         signal.pidfd_send_signal(pidfd, sig)
     except ProcessLookupError:
         return False

@@ -36,6 +36,8 @@ import signal
 import time
 import warnings
 
+from p0_ssh_agent.host import crashpoints
+
 # Python 3.12+ warns on every fork() in a process with threads (the daemon's worker threads), because a child that
 # runs Python code may meet a lock another thread held. This child runs system call wrappers only, and a child that
 # hangs anyway is killed at REAP_SECONDS; the warning would only be noise in the journal.
@@ -128,6 +130,7 @@ def kill_all_as(uid: int, *, timeout: float = REAP_SECONDS) -> str | None:
     """
     if not 0 < uid <= MAX_UID:
         raise ValueError(f"kill_all_as: UID {uid} cannot be switched to")
+    crashpoints.step(f"fork a child to kill(-1) as uid {uid}")
     pid = os.fork()
     if pid == 0:
         code = EXIT_CRASHED
