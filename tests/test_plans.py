@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import pytest
 
 from p0_ssh_agent.config import AgentConfig
-from p0_ssh_agent.core.requests import Action, Command, KeyRequest, SessionRequest, UserRequest
+from p0_ssh_agent.core.requests import Action, Command, KeyRequest, SessionRequest, SudoRequest, UserRequest
 from p0_ssh_agent.core.sshkeys import parse_public_key
 from p0_ssh_agent.host.accounts import UserRecord
 from p0_ssh_agent.host.actions import (
@@ -22,6 +22,7 @@ from p0_ssh_agent.host.actions import (
     ChangeLedger,
     CreateAccount,
     DeleteAccount,
+    EditLegacySudoers,
     EditUserFile,
     EndSessions,
     LockAccount,
@@ -32,11 +33,12 @@ from p0_ssh_agent.host.actions import (
     UnderSudoersLock,
     UnlockAccount,
 )
-from p0_ssh_agent.host.ledger import Ledger, copy_ledger
+from p0_ssh_agent.host.ledger import Ledger, SudoEntry, copy_ledger
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning.authorized_keys import plan_keys
 from p0_ssh_agent.provisioning.end_sessions import plan_session
 from p0_ssh_agent.provisioning.facts import HostFacts, NotManaged
+from p0_ssh_agent.provisioning.sudo_rules import plan_sudo
 from p0_ssh_agent.provisioning.users import plan_user
 
 KEY = parse_public_key(
@@ -61,9 +63,11 @@ def kinds(plan: Plan | object) -> list[type]:
 
 def test_a_key_grant_is_recorded_ahead_of_the_file_so_a_failed_write_undoes_it() -> None:
     plan = plan_keys(KeyRequest(Command.AUTHORIZED_KEYS, "alice", Action.GRANT, "r1", KEY), facts(), CONFIG)
-    assert kinds(plan) == [ChangeLedger, EditUserFile]
+    # Issue 14 item 5: then UnlockAccount (a no-op unless an earlier last revoke locked the account we created),
+    # after the file edit, so a failed write leaves a locked account locked.
+    assert kinds(plan) == [ChangeLedger, EditUserFile, UnlockAccount]
     assert isinstance(plan, Plan)
-    record, edit = plan.actions
+    record, edit, _unlock = plan.actions
     assert isinstance(edit, EditUserFile) and edit.create and (edit.home, edit.uid) == ("/home/alice", 70001)
     assert b"# RequestID: r1\n" in edit.transform(b"")
     assert not edit.keep_owner
@@ -90,10 +94,54 @@ def test_a_repeated_key_grant_records_nothing_new_ahead_of_the_file() -> None:
 
 def test_a_key_revoke_is_forgotten_after_the_file_edit() -> None:
     plan = plan_keys(KeyRequest(Command.AUTHORIZED_KEYS, "alice", Action.REVOKE, "r1", None), facts(), CONFIG)
-    assert kinds(plan) == [EditUserFile, ChangeLedger]
+    # Issue 14 item 5: alice's last grant goes (the ledger holds none), so the account we created is then locked
+    # and its sessions ended, after the ledger's forget.
+    assert kinds(plan) == [EditUserFile, ChangeLedger, LockAccount, EndSessions]
     assert isinstance(plan, Plan) and isinstance(plan.actions[0], EditUserFile)
     assert not plan.actions[0].create and not plan.actions[0].keep_owner  # our account: modes enforced
     assert isinstance(plan.actions[1], ChangeLedger) and not plan.actions[1].ahead
+
+
+def _alice_with(*, key_of: tuple[str, ...] = (), sudo_of: tuple[str, ...] = (), adopted: bool = False) -> Ledger:
+    ledger = Ledger()
+    ledger.record_user("alice", ALICE.uid, adopted=adopted)
+    for request_id in key_of:
+        ledger.record_key("alice", request_id, "key", KEY.fingerprint())
+    for request_id in sudo_of:
+        ledger.sudo[request_id] = SudoEntry("alice", None, "2024-01-01T00:00:00Z")
+    return ledger
+
+
+def test_a_key_revoke_that_leaves_another_grant_locks_nothing() -> None:
+    # Issue 14 item 5: a live grant is a key or CA line or a sudo rule of any other request.
+    for ledger in (_alice_with(key_of=("r1", "r2")), _alice_with(key_of=("r1",), sudo_of=("r2",))):
+        plan = plan_keys(
+            KeyRequest(Command.AUTHORIZED_KEYS, "alice", Action.REVOKE, "r1", None), facts(ledger=ledger), CONFIG
+        )
+        assert kinds(plan) == [EditUserFile, ChangeLedger]
+
+
+def test_a_last_revoke_locks_only_created_accounts_and_never_in_keep_mode() -> None:
+    revoke = KeyRequest(Command.AUTHORIZED_KEYS, "alice", Action.REVOKE, "r1", None)
+    adopted = plan_keys(revoke, facts(ledger=_alice_with(key_of=("r1",), adopted=True)), CONFIG)
+    assert kinds(adopted) == [EditUserFile, ChangeLedger]  # item 1: never lock what the agent did not create
+    keep = plan_keys(revoke, facts(ledger=_alice_with(key_of=("r1",))), AgentConfig(user_revoke_mode="keep"))
+    assert kinds(keep) == [EditUserFile, ChangeLedger]
+    lock = plan_keys(revoke, facts(ledger=_alice_with(key_of=("r1",))), AgentConfig(user_revoke_mode="lock"))
+    assert kinds(lock) == [EditUserFile, ChangeLedger, LockAccount, EndSessions]
+    assert isinstance(lock, Plan)
+    survived = lock.result(Applied(sessions=SessionsEnded(False, "1 process of alice survived")))
+    assert not survived.success and "alice locked and expired, but 1 process of alice survived" in survived.error
+    ended = lock.result(Applied(sessions=SessionsEnded(True, "sessions ended")))
+    assert ended.success and ended.message.startswith("SSH public key removed") and ended.output
+
+
+def test_a_sudo_revoke_that_takes_the_last_grant_locks_a_created_account() -> None:
+    revoke = SudoRequest(Command.SUDO, "alice", Action.REVOKE, "r2", sudo=False, run_as=None)
+    last = plan_sudo(revoke, facts(ledger=_alice_with(sudo_of=("r2",))), CONFIG)
+    assert kinds(last) == [UnderSudoersLock, EditLegacySudoers, LockAccount, EndSessions]
+    other = plan_sudo(revoke, facts(ledger=_alice_with(key_of=("r1",), sudo_of=("r2",))), CONFIG)
+    assert kinds(other) == [UnderSudoersLock, EditLegacySudoers]
 
 
 def test_a_key_grant_for_a_missing_account_requires_it_in_a_real_run_and_a_dry_run_alike() -> None:

@@ -151,6 +151,9 @@ def test_key_revoke_refuses_the_login_and_keeps_the_users_own_lines_byte_for_byt
     os.chown(authorized_keys(name), entry.pw_uid, entry.pw_gid)
     authorized_keys(name).chmod(0o600)
 
+    # Issue 14 item 5: the last live grant's revoke locks the account, which would refuse the user's own key too.
+    # A sudo grant of another request keeps a live grant, so this test still sees the user's lines work.
+    assert cli.command("provisionSudo", name, request_id="req-S1", sudo=True).success
     grant_key(cli, name, granted, "req-K1")
     # The user adds lines after ours, the last one without a final newline.
     with authorized_keys(name).open("ab") as file:
@@ -178,6 +181,8 @@ def test_grant_then_revoke_on_a_file_without_final_newline_restores_it_exactly(
     own_key, own = make_keypair(tmp_path, "own")
     name = unique_user_name()
     grant_user(cli, name)
+    # Issue 14 item 5: a live grant of another request (sudo) keeps the account open after the key revokes.
+    assert cli.command("provisionSudo", name, request_id="req-S0", sudo=True).success
     grant_key(cli, name, granted, "req-N0")  # creates ~/.ssh as the agent makes it
     original = f"{own}".encode()  # one line, no final newline
     authorized_keys(name).write_bytes(original)

@@ -19,7 +19,7 @@ from pathlib import Path
 import trio
 
 from p0_ssh_agent.config import AgentConfig
-from p0_ssh_agent.diagnostics.config_checks import check_config
+from p0_ssh_agent.diagnostics.config_checks import check_config, check_revoke_mode
 from p0_ssh_agent.diagnostics.findings import Finding
 from p0_ssh_agent.diagnostics.host_checks import (
     check_nss,
@@ -77,7 +77,13 @@ def collect(
 ) -> list[Finding]:
     """Every finding, host checks first. Runs its own trio loop for the network: call it from sync code."""
     state_dir = resolve_state_dir(config.state_dir, env)
-    found = [check_config(config), *host_findings(), check_ledger(config, state_dir), check_orphans(config, state_dir)]
+    found = [
+        check_config(config),
+        check_revoke_mode(config),
+        *host_findings(),
+        check_ledger(config, state_dir),
+        check_orphans(config, state_dir),
+    ]
     if offline:
         return found + offline_findings()
     network = trio.run(

@@ -17,3 +17,23 @@ def check_config(config: AgentConfig) -> Finding:
     except AgentError as exc:
         return Finding("config", "fail", str(exc), "p0-ssh-agent register --url URL (or --org-id ORG --host-id HOST)")
     return Finding("config", "ok", f"client id {config.client_id}, tunnel {config.tunnel_host}")
+
+
+def check_revoke_mode(config: AgentConfig) -> Finding:
+    """What a revoke does to the access of an account the agent created (issue 14 item 5), said plainly: with
+    userRevokeMode keep, a key the JIT user added to their own authorized_keys outlives every revoke and expiry."""
+    mode = config.user_revoke_mode
+    if mode == "keep":
+        return Finding(
+            "revoke mode",
+            "warn",
+            "userRevokeMode is keep: accounts are never locked, so keys a JIT user added to their own "
+            "~/.ssh/authorized_keys survive the revoke and expiry of their grants and still log in",
+            "set `userRevokeMode: lock` (the default) so the last revoke locks the account and ends its sessions",
+        )
+    return Finding(
+        "revoke mode",
+        "ok",
+        f"userRevokeMode {mode}: a created account whose last grant is revoked or expires is locked and its "
+        "sessions ended" + ("; provisionUser revoke deletes it" if mode == "delete" else ""),
+    )

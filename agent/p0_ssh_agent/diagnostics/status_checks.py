@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from p0_ssh_agent.config import AgentConfig, load_config
-from p0_ssh_agent.diagnostics.config_checks import check_config
+from p0_ssh_agent.diagnostics.config_checks import check_config, check_revoke_mode
 from p0_ssh_agent.diagnostics.findings import Finding
 from p0_ssh_agent.diagnostics.live_checks import UNIT, agent_checks, overall_exit
 from p0_ssh_agent.errors import AgentError
@@ -107,6 +107,7 @@ def collect(
     checks.extend(live_checks)
     if config.dry_run:
         checks.append(Check("dry-run", "warn", "dryRun is on: requests are planned, nothing changes on the host"))
+    checks.append(check_revoke_mode(config))
 
     uid = os.geteuid()
     if config.source is not None:

@@ -8,6 +8,8 @@ request). Compared with §6.3 / §12 items 1-4 and 6: the key is parsed and re-s
 in), revoke removes only this request's pair of this kind, and a symlinked ~/.ssh or a file owned by someone else
 is refused. A revoke in an account the agent does not manage (P0's Go agent added keys to any user) changes no
 owner and no mode: it removes only this request's marked pair, and writes nothing if the file holds none.
+A revoke that leaves an account the agent created with no live grant also locks it and ends its sessions, and a
+grant unlocks it again (provisioning/access_ends.py, issue 14 item 5).
 
 Ledger order: a grant is recorded before the file is written (ChangeLedger ahead) and a revoke forgotten after, so
 a crash in between leaves the ledger claiming a little more than the host holds (harmless to revoke), never less.
@@ -35,6 +37,7 @@ from p0_ssh_agent.host.ledger import KeyKind, Ledger
 from p0_ssh_agent.host.openssh import grant_stamp
 from p0_ssh_agent.host.safefile import preview_in_user_dir
 from p0_ssh_agent.protocol.forwarded import CommandResult
+from p0_ssh_agent.provisioning.access_ends import end_access_if_last, locked_answer, unlock_for_grant
 from p0_ssh_agent.provisioning.facts import HostFacts, NotManaged
 from p0_ssh_agent.provisioning.planning import PlanBuilder
 
@@ -112,6 +115,9 @@ def plan_keys(request: KeyRequest | CaKeyRequest, facts: HostFacts, config: Agen
         expiry = grant_stamp(granted, config.max_grant_seconds)
         line = ca_line(name, key, expiry=expiry) if is_ca else key_line(key, expiry=expiry)
         builder.add(authorized_keys_edit(record, lambda content: add_block(content, request_id, line)))
+        # An earlier last revoke may have locked it (issue 14 item 5): unlocked once the key is in place, so a
+        # failed write leaves it locked.
+        unlock_for_grant(builder, facts, record, config)
         message = messages.ca_key_added(path, line) if is_ca else messages.key_added(path)
         return builder.plan(CommandResult(success=True, message=message))
 
@@ -121,8 +127,12 @@ def plan_keys(request: KeyRequest | CaKeyRequest, facts: HostFacts, config: Agen
     edit = authorized_keys_edit(record, lambda content: remove_block(content, request_id, select=select), create=False)
     builder.add(dataclasses.replace(edit, keep_owner=not managed))
     builder.change_ledger(lambda ledger: ledger.forget_keys(name, request_id, kind))  # forgotten after the file edit
-    removed = messages.ca_key_removed(path) if is_ca else messages.key_removed(path)
-    return builder.plan(CommandResult(success=True, message=removed))
+    message = messages.ca_key_removed(path) if is_ca else messages.key_removed(path)
+    removed = CommandResult(success=True, message=message)
+    # The last grant gone: lock the created account and end its sessions, so a key line the user added goes too.
+    if managed and end_access_if_last(builder, facts, record, config):
+        return builder.plan(locked_answer(name, removed))
+    return builder.plan(removed)
 
 
 def read_authorized_keys(record: UserRecord) -> bytes:

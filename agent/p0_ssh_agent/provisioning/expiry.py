@@ -10,7 +10,9 @@ Two layers, so a grant ends on time even when the backend never sends the revoke
    same locks, same checks, same messages), online or offline. The supervisor runs it at start-up (grants
    that expired while the agent was down) and then again at each next expiry (runtime/periodic.py).
 
-A sweep never touches accounts: the backend's provisionUser revoke decides about them (userRevokeMode). The
+A sweep never deletes an account: the backend's provisionUser revoke decides that (userRevokeMode). But a revoke
+that takes a created account's last grant locks it and ends its sessions (provisioning/access_ends.py, issue 14
+item 5: a key line the user added during the grant must not outlive it), unless userRevokeMode is keep. The
 offline revoke (offlineRevokeAfterSeconds, off by default) is the exception: when the backend has been unreachable
 that long it takes back everything, like `p0-ssh-agent revoke-all`, with created accounts kept or locked as
 userRevokeMode says (delete is downgraded to lock: a network outage must not destroy home directories).

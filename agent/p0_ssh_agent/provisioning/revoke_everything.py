@@ -113,6 +113,9 @@ def revoke_all(
     (`revoke-all`, or the offline revoke) in the audit entries. A describing engine's steps join `description`."""
     report = Report()
     ledger = engine.read_ledger()
+    # The key revokes below lock a created account whose last grant they take (access_ends.py) as user_mode says:
+    # `--users keep` keeps it unlocked even when userRevokeMode is lock.
+    user_engine = dataclasses.replace(engine, config=dataclasses.replace(engine.config, user_revoke_mode=user_mode))
     for user, per_request in sorted(ledger.keys.items()):
         for request_id, entries in sorted(per_request.items()):
             kinds = {entry.kind for entry in entries}
@@ -123,7 +126,7 @@ def revoke_all(
                 requests.append(CaKeyRequest(Command.CA_KEYS, user, Action.REVOKE, request_id, None))
             for request in requests:
                 what = f"{request.command.value} {user} {request_id}"
-                result = _attempt(report, what, lambda r=request: _change(engine, r, description))
+                result = _attempt(report, what, lambda r=request: _change(user_engine, r, description))
                 _audit(engine, request, result, origin)
 
     clear = rules_change(lambda grants: grants.clear(), users=None)
@@ -141,7 +144,6 @@ def revoke_all(
                 ),
             )
 
-    user_engine = dataclasses.replace(engine, config=dataclasses.replace(engine.config, user_revoke_mode=user_mode))
     for name, entry in sorted(ledger.users.items()):
         if entry.adopted:
             report.done.append(f"provisionUser {name}: adopted, account left as it is")

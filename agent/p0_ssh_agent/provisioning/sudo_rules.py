@@ -23,6 +23,7 @@ from p0_ssh_agent.core.authorized_keys_format import remove_block
 from p0_ssh_agent.core.requests import Action, SudoRequest
 from p0_ssh_agent.core.sudoers import DROPIN_DIR, DROPIN_NAME, SudoGrant, parse_dropin, render_dropin, rule
 from p0_ssh_agent.errors import AgentError
+from p0_ssh_agent.host.accounts import UserRecord
 from p0_ssh_agent.host.actions import (
     ChangeLedger,
     EditLegacySudoers,
@@ -33,10 +34,11 @@ from p0_ssh_agent.host.actions import (
     RequireSudo,
     UnderSudoersLock,
 )
-from p0_ssh_agent.host.ledger import Ledger, SudoEntry, utc_now
+from p0_ssh_agent.host.ledger import Ledger, SudoEntry, copy_ledger, utc_now
 from p0_ssh_agent.host.rootfile import read_root_file
 from p0_ssh_agent.protocol.forwarded import CommandResult
-from p0_ssh_agent.provisioning.facts import HostFacts
+from p0_ssh_agent.provisioning.access_ends import end_access_if_last, locked_answer, unlock_for_grant
+from p0_ssh_agent.provisioning.facts import HostFacts, NotManaged, claim
 from p0_ssh_agent.provisioning.planning import PlanBuilder
 
 DROPIN_PATH = f"{DROPIN_DIR}/{DROPIN_NAME}"
@@ -50,7 +52,8 @@ def plan_sudo(request: SudoRequest, facts: HostFacts, config: AgentConfig) -> Pl
     if request.action is Action.GRANT:
         if not request.sudo:
             return CommandResult(success=True, message=messages.SUDO_NOT_REQUESTED)
-        if builder.claim(facts, config.adopt_users) is None:
+        record = builder.claim(facts, config.adopt_users)
+        if record is None:
             # Refused in a dry run too: a dry run answers what a real run would (issue 14 item 7).
             missing = CommandResult(success=False, error=messages.user_not_found(name, f"user: unknown user {name}"))
             builder.add(RequireAccount(missing))
@@ -61,13 +64,30 @@ def plan_sudo(request: SudoRequest, facts: HostFacts, config: AgentConfig) -> Pl
             grants[request_id] = grant
 
         builder.add(rules_change(add, (name,)))
+        if record is not None:  # sudo refuses an expired account: an earlier last revoke's lock goes (item 5)
+            unlock_for_grant(builder, facts, record, config)
         return builder.plan(CommandResult(success=True, message=messages.sudo_granted(rule(name, request.run_as))))
 
     # A revoke is keyed by the request id alone, like upstream's; the user named in it does not limit it.
     builder.add(rules_change(lambda grants: grants.pop(request_id, None), (name,)))
     # Most hosts never ran the Go agent: the applier skips this when there is no /etc/sudoers-p0.
     builder.add(EditLegacySudoers(lambda content: remove_block(content, request_id)))
-    return builder.plan(CommandResult(success=True, message=messages.sudo_revoked(request_id)))
+    revoked = CommandResult(success=True, message=messages.sudo_revoked(request_id))
+    # Judged on the ledger's mirror of the drop-in (the records this request read): its last grant gone, a created
+    # account is locked and its sessions ended (provisioning/access_ends.py, issue 14 item 5).
+    record = _own_account(facts, config)
+    after = copy_ledger(builder.ledger)
+    after.sudo.pop(request_id, None)
+    if record is not None and end_access_if_last(builder, facts, record, config, after=after):
+        return builder.plan(locked_answer(name, revoked))
+    return builder.plan(revoked)
+
+
+def _own_account(facts: HostFacts, config: AgentConfig) -> UserRecord | None:
+    try:
+        return claim(facts, config.adopt_users)
+    except NotManaged:
+        return None
 
 
 def remove_user_rules(name: str) -> UnderSudoersLock:
