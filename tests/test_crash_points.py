@@ -291,11 +291,6 @@ KNOWN_FINDINGS: dict[tuple[str, int], str] = {
         "of the grant is refused ('a group named NAME already exists; refusing to put the new user into a group the "
         "agent did not create', host/account_changes.py _creation_conflict) until an admin runs groupdel"
     ),
-    ("provisionUser-revoke-delete", 3): (
-        "killed after `userdel -r` and before the ledger forgets the user: the ledger keeps the agent-created "
-        "account's record with no account; reconciliation checks keys and sudo only, and the retried revoke answers "
-        "'user does not exist' without forgetting it (provisioning/users.py _revoke, record None)"
-    ),
 }
 
 

@@ -174,6 +174,17 @@ def test_a_delete_ends_sessions_and_removes_sudo_rules_before_userdel_and_stops_
     assert plan.result(Applied(sessions=SessionsEnded(True, "ended"))).message == "User alice deleted; ended"
 
 
+def test_a_revoke_for_a_deleted_account_still_in_the_ledger_finishes_the_delete() -> None:
+    """A delete killed after userdel and before the ledger forgot the user (tests/test_crash_points.py): the retried
+    revoke removes the name's sudo rules and its record, so a later account of that name is never taken for ours."""
+    request = UserRequest(Command.PROVISION_USER, "alice", Action.REVOKE, "r1")
+    plan = plan_user(request, facts(None, _alice_with(sudo_of=("r2",))), CONFIG)
+    assert kinds(plan) == [UnderSudoersLock, ChangeLedger]
+    assert isinstance(plan, Plan) and plan.result(Applied()).message.endswith("(user alice does not exist)")
+    # Nothing of the name in the ledger: nothing to finish, the answer alone.
+    assert not isinstance(plan_user(request, facts(None, Ledger()), CONFIG), Plan)
+
+
 def test_a_lock_revoke_locks_then_ends_sessions() -> None:
     config = dataclasses.replace(CONFIG, user_revoke_mode="lock")
     plan = plan_user(UserRequest(Command.PROVISION_USER, "alice", Action.REVOKE, "r1"), facts(), config)

@@ -99,7 +99,16 @@ def _revoke(request: UserRequest, facts: HostFacts, config: AgentConfig) -> Plan
         # Not ours: a revoke has nothing to take away here, and succeeding keeps the backend's retries quiet.
         return CommandResult(success=True, message=f"{messages.USER_REVOKE_HANDLED} ({exc}: left as it is)")
     if record is None:
-        return CommandResult(success=True, message=f"{messages.USER_REVOKE_HANDLED} (user {name} does not exist)")
+        gone = CommandResult(success=True, message=f"{messages.USER_REVOKE_HANDLED} (user {name} does not exist)")
+        if name not in facts.ledger.users:
+            return gone
+        # The account is gone but the ledger still holds it: a delete that was cut off (killed after userdel,
+        # before the ledger forgot the user; tests/test_crash_points.py). Finish it, so a later account of the
+        # same name, made by someone else, is never taken for the agent's: its rules and its record go.
+        builder = PlanBuilder(facts.ledger)
+        builder.add(sudo_rules.remove_user_rules(name))
+        builder.change_ledger(lambda ledger: ledger.forget_user(name))
+        return builder.plan(gone)
     if not created_by_agent(facts, record):
         # Adopted: its keys and sudo rules go with their own revokes; the account is not the agent's to lock or delete.
         return CommandResult(
