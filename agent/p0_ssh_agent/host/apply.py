@@ -75,10 +75,9 @@ class HostApplier:
         run = _Run(self, None if ledger is None else LedgerRecords(self.store, ledger))
         try:
             run.actions(plan.actions)
-        except BaseException:
+        finally:
+            # After a failure, or a plan stopped (RequireAccount, StopIfSurvivors) before the effect recorded ahead.
             run.undo_ahead()
-            raise
-        run.undo_ahead()  # a plan stopped (RequireAccount, StopIfSurvivors) before the effect recorded ahead
         return run.applied
 
 

@@ -105,6 +105,13 @@ class Ledger:
     def forget_sudo(self, request_id: str) -> SudoEntry | None:
         return self.sudo.pop(request_id, None)
 
+    def grants_held(self, user: str, *, besides: str | None = None) -> int:
+        """How many grants the ledger records for `user`: requests holding a key or CA line, and sudo rules (the
+        account entry is not a grant). besides: leave that request's out (the one being revoked)."""
+        keys = sum(1 for rid, entries in self.keys.get(user, {}).items() if entries and rid != besides)
+        rules = sum(1 for rid, entry in self.sudo.items() if entry.user == user and rid != besides)
+        return keys + rules
+
     def sudo_grants(self) -> list[SudoGrant]:
         """What core.sudoers.render_dropin needs to render the drop-in."""
         return [SudoGrant(request_id, entry.user, entry.run_as) for request_id, entry in self.sudo.items()]

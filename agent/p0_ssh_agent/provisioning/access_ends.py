@@ -31,13 +31,6 @@ KEEP_LEAVES_OWN_KEYS = (
 )
 
 
-def holds_live_grant(ledger: Ledger, name: str) -> bool:
-    """Whether the ledger records a key or CA line, or a sudo rule, for `name` (of any request)."""
-    if any(entries for entries in ledger.keys.get(name, {}).values()):
-        return True
-    return any(entry.user == name for entry in ledger.sudo.values())
-
-
 def end_access_if_last(
     builder: PlanBuilder, facts: HostFacts, record: UserRecord, config: AgentConfig, *, after: Ledger | None = None
 ) -> bool:
@@ -46,7 +39,7 @@ def end_access_if_last(
     this revoke removed nothing: a retry after a crash between the ledger commit and the lock converges."""
     if config.user_revoke_mode == "keep" or not created_by_agent(facts, record):
         return False
-    if holds_live_grant(builder.ledger if after is None else after, record.name):
+    if (builder.ledger if after is None else after).grants_held(record.name):
         return False
     builder.add(LockAccount(record.name, config.adopt_users), EndSessions(record.uid, record.name))
     return True

@@ -180,9 +180,12 @@ def claim(facts: HostFacts, adopted: Collection[str]) -> UserRecord | None:
             f"refusing to manage {name}: the agent created it with UID {facts.ledger.users[name].uid}, but it now "
             f"has UID {record.uid} (deleted and re-created by someone else?); remove it from the ledger to adopt it"
         )
-    raise NotManaged(
-        f"refusing to manage {name}: the account exists but was not created by p0-ssh-agent; " + ADOPT_HINT
-    )
+    raise NotManaged(not_created_refusal(name))
+
+
+def not_created_refusal(name: str) -> str:
+    """Why an account the agent did not create is refused, and how to let it manage its keys and sudo rules."""
+    return f"refusing to manage {name}: the account exists but was not created by p0-ssh-agent; " + ADOPT_HINT
 
 
 # --- the decision (pure) -----------------------------------------------------------------------------------------
@@ -255,7 +258,5 @@ def denial(decision: Decision, policy: LocalPolicy, facts: Facts) -> CommandResu
     error = f"{facts.command} for user {facts.user} denied by the local policy ({policy.source}): {decision.reason}"
     if decision.policies == (NO_PERMIT,) and facts.exists and not facts.managed:
         # The usual reason in practice: say what the provisioning engine would have said, and how to fix it.
-        error += (
-            f"; refusing to manage {facts.user}: the account exists but was not created by p0-ssh-agent; " + ADOPT_HINT
-        )
+        error += "; " + not_created_refusal(facts.user)
     return CommandResult(success=False, error=error, http_status=403, policy_denied=True)

@@ -37,7 +37,6 @@ from p0_ssh_agent.host.actions import (
     StopIfSurvivors,
     UnlockAccount,
 )
-from p0_ssh_agent.host.ledger import Ledger
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning import sudo_rules
 from p0_ssh_agent.provisioning.facts import HostFacts, NotManaged, claim, created_by_agent
@@ -83,12 +82,6 @@ def _grant(name: str, facts: HostFacts, adopted: tuple[str, ...], uid: int | Non
     return builder.plan(CommandResult(success=True, message=messages.user_created(name, uid)))
 
 
-def _other_grants(ledger: Ledger, name: str, request_id: str) -> int:
-    keys = sum(1 for rid in ledger.keys.get(name, {}) if rid != request_id)
-    rules = sum(1 for rid, entry in ledger.sudo.items() if entry.user == name and rid != request_id)
-    return keys + rules
-
-
 def _revoke(request: UserRequest, facts: HostFacts, config: AgentConfig) -> Plan | CommandResult:
     name, mode, adopted = request.user, config.user_revoke_mode, config.adopt_users
     if mode == "keep":
@@ -119,7 +112,7 @@ def _revoke(request: UserRequest, facts: HostFacts, config: AgentConfig) -> Plan
     builder = PlanBuilder(facts.ledger)
     # Grants of this same request are being revoked by their own commands (they share the requestId, §6.9);
     # grants of other requests mean someone else still has access through this account.
-    remaining = _other_grants(builder.ledger, name, request.request_id)
+    remaining = builder.ledger.grants_held(name, besides=request.request_id)
     if remaining:
         return builder.plan(
             CommandResult(
