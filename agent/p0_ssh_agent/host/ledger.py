@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from p0_ssh_agent.host import ledger_files, locks
+from p0_ssh_agent.host import ledger_files, locks, rootfile
 from p0_ssh_agent.host.ledger_layout import (
     LEDGER_NAME,
     MAX_LEDGER_BYTES,
@@ -185,7 +185,7 @@ class LedgerStore:
             self._raise_high_water(max([after.uid_high_water, *created]))
             if not names:
                 return
-            with ledger_files.root_dir(layout.users_dir, create=True) as users_fd:
+            with rootfile.root_dir(layout.users_dir, create=True) as users_fd:
                 assert users_fd is not None  # noqa: S101 - create=True returns a directory or raises
                 changes = changed_only(users_fd, layout, records)
                 if changes:

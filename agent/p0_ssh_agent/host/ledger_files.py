@@ -1,4 +1,4 @@
-"""Root-only files in root-only directories, by directory fd: the ledger's reads and its grouped, atomic writes.
+"""Root-only files in root-only directories, by directory fd: the ledger's grouped, atomic writes.
 
 rootfile.write_root_file replaces one file and fsyncs its directory; a ledger commit that names fifty users
 (revoke-all, reconciliation, an expiry sweep) would then pay fifty directory fsyncs. `replace_files` keeps every
@@ -7,79 +7,28 @@ over its target, then the directory is fsync-ed once. A crash anywhere leaves ea
 (a rename is atomic; the temp was durable before it); which of the renames survive a crash before the directory
 fsync is the file system's choice, so callers must accept any mix of old and new files (each one whole).
 
-The rules are safefile's (this module uses its checks): directories owned by root, not group/world-writable,
-opened with O_NOFOLLOW; files root-owned regular files with one link, read up to a limit; a symlink, hard link or
-foreign owner is refused with UnsafePath. Temp files have fixed names (`.<name>.tmp`): the caller holds the lock
-of every file it replaces, so a temp file by that name is a crashed writer's and is removed first; no directory
-scan (the users directory may hold 100,000 records). Everything here blocks.
+The rules are safefile's; the directory fd comes from host/rootfile.py root_dir and reads go through its
+read_in_dir: directories owned by root, not group/world-writable, opened with O_NOFOLLOW; files root-owned regular
+files with one link, read up to a limit; a symlink, hard link or foreign owner is refused with UnsafePath.
+Temp files have fixed names (`.<name>.tmp`): the caller holds the lock of every file it replaces, so a temp file
+by that name is a crashed writer's and is removed first; no directory scan (the users directory may hold 100,000
+records). Everything here blocks.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 from p0_ssh_agent.host import crashpoints, selinux
-from p0_ssh_agent.host.safefile import (
-    _DIR_FLAGS,
-    _TEMP_FLAGS,
-    FileEditFailed,
-    _check_dir,
-    _open_dir,
-    _read_regular,
-    _write_all,
-)
+from p0_ssh_agent.host.safefile import _DIR_FLAGS, _TEMP_FLAGS, FileEditFailed, _write_all
 
 FILE_MODE = 0o600
-DIR_MODE = 0o700
 
 
 def temp_name(name: str) -> str:
     return f".{name}.tmp"
-
-
-@contextlib.contextmanager
-def root_dir(path: str, *, create: bool = False) -> Iterator[int | None]:
-    """A checked fd for the root-owned directory `path` (absolute), or None if it does not exist and not `create`.
-
-    create: a missing last component is made (mode 0700) and its parent fsync-ed; the parent must exist."""
-    if not path.startswith("/"):
-        raise ValueError(f"root directories are addressed by absolute path, got {path!r}")
-    fd = _open_dir(path, path)
-    if fd is None and create:
-        parent, name = os.path.split(path.rstrip("/"))
-        with root_dir(parent) as parent_fd:
-            if parent_fd is None:
-                raise FileEditFailed(f"cannot create {path}: the directory {parent} does not exist")
-            try:
-                crashpoints.step(f"mkdir {path}")
-                os.mkdir(name, DIR_MODE, dir_fd=parent_fd)
-            except FileExistsError:
-                pass  # made meanwhile by another writer: opened and checked like any existing one
-            except OSError as exc:
-                raise FileEditFailed(f"cannot create {path}: {exc.strerror}") from None
-            else:
-                crashpoints.step(f"fsync {parent}")
-                os.fsync(parent_fd)  # the new directory's name is durable before anything is written in it
-        fd = _open_dir(path, path)
-    if fd is None:
-        yield None
-        return
-    try:
-        _check_dir(fd, path, (0,))
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def read_file(dir_fd: int, shown_dir: str, name: str, max_bytes: int) -> bytes | None:
-    """The content of root-owned regular file `name` in the directory, at most max_bytes; None if missing."""
-    found = _read_regular(dir_fd, name, f"{shown_dir}/{name}", (0,), max_bytes)
-    if found is None:
-        return None
-    os.close(found[0])
-    return found[2]
 
 
 def exists(dir_fd: int, name: str) -> bool:

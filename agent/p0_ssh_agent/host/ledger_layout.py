@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from p0_ssh_agent.core.requests import is_user_name
-from p0_ssh_agent.host import ledger_files
+from p0_ssh_agent.host import ledger_files, rootfile
 from p0_ssh_agent.host.ledger_model import Ledger, LedgerCorrupt, LedgerFull, users_in
 from p0_ssh_agent.host.ledger_records import (
     HostRecord,
@@ -99,8 +99,8 @@ def digest(data: bytes) -> str:
 
 
 def read_host(layout: Layout) -> HostRecord | None:
-    with ledger_files.root_dir(layout.ledger_dir) as fd:
-        data = None if fd is None else ledger_files.read_file(fd, layout.ledger_dir, HOST_NAME, _MAX_HOST_BYTES)
+    with rootfile.root_dir(layout.ledger_dir) as fd:
+        data = None if fd is None else rootfile.read_in_dir(fd, layout.ledger_dir, HOST_NAME, _MAX_HOST_BYTES)
     source = f"{layout.ledger_dir}/{HOST_NAME}"
     return None if data is None else read_host_record(_text(data, source), source)
 
@@ -171,9 +171,9 @@ def read_record(layout: Layout, name: str, into: Ledger) -> None:
     """Add user `name`'s record to `into` (nothing if it has none, or the name could not be one's)."""
     if not is_user_name(name):
         return
-    with ledger_files.root_dir(layout.users_dir) as fd:
+    with rootfile.root_dir(layout.users_dir) as fd:
         file_name = name + RECORD_SUFFIX
-        data = None if fd is None else ledger_files.read_file(fd, layout.users_dir, file_name, MAX_LEDGER_BYTES)
+        data = None if fd is None else rootfile.read_in_dir(fd, layout.users_dir, file_name, MAX_LEDGER_BYTES)
     if data is not None:
         source = layout.record(name)
         read_user_record(_text(data, source), source, name, into)
@@ -198,11 +198,11 @@ def record_names(users_fd: int, layout: Layout) -> list[str]:
 
 def read_every_record(layout: Layout, host: HostRecord) -> Ledger:
     ledger = Ledger(uid_high_water=host.uid_high_water)
-    with ledger_files.root_dir(layout.users_dir) as fd:
+    with rootfile.root_dir(layout.users_dir) as fd:
         if fd is None:
             return ledger
         for name in record_names(fd, layout):
-            data = ledger_files.read_file(fd, layout.users_dir, name + RECORD_SUFFIX, MAX_LEDGER_BYTES)
+            data = rootfile.read_in_dir(fd, layout.users_dir, name + RECORD_SUFFIX, MAX_LEDGER_BYTES)
             if data is not None:  # None: deleted since the listing (its user's commit emptied it)
                 source = layout.record(name)
                 read_user_record(_text(data, source), source, name, ledger)
@@ -238,12 +238,12 @@ def changed_only(users_fd: int, layout: Layout, records: dict[str, bytes | None]
     return {
         file_name: data
         for file_name, data in records.items()
-        if ledger_files.read_file(users_fd, layout.users_dir, file_name, MAX_LEDGER_BYTES) != data
+        if rootfile.read_in_dir(users_fd, layout.users_dir, file_name, MAX_LEDGER_BYTES) != data
     }
 
 
 def write_host(layout: Layout, host: HostRecord) -> None:
-    with ledger_files.root_dir(layout.ledger_dir, create=True) as fd:
+    with rootfile.root_dir(layout.ledger_dir, create=True) as fd:
         assert fd is not None  # noqa: S101 - create=True returns a directory or raises
         ledger_files.replace_files(fd, layout.ledger_dir, {HOST_NAME: host_record_json(host).encode("utf-8")})
 
@@ -253,8 +253,8 @@ def write_everything(layout: Layout, ledger: Ledger, migrated_from: str | None) 
     caller excludes every other writer (the migration lock, or a save by the only writer)."""
     records = encode_records(layout, ledger, sorted(users_in(ledger)))
     with (
-        ledger_files.root_dir(layout.ledger_dir, create=True),
-        ledger_files.root_dir(layout.users_dir, create=True) as users_fd,
+        rootfile.root_dir(layout.ledger_dir, create=True),
+        rootfile.root_dir(layout.users_dir, create=True) as users_fd,
     ):
         assert users_fd is not None  # noqa: S101 - create=True returns a directory or raises
         stale = {name + RECORD_SUFFIX: None for name in record_names(users_fd, layout)}
@@ -267,7 +267,7 @@ def write_everything(layout: Layout, ledger: Ledger, migrated_from: str | None) 
 def retire_legacy(layout: Layout) -> None:
     """Step 4: move ledger.json aside as ledger.json.migrated-<UTC time> (never over an existing file)."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    with ledger_files.root_dir(layout.state_dir) as fd:
+    with rootfile.root_dir(layout.state_dir) as fd:
         if fd is None or not ledger_files.exists(fd, LEDGER_NAME):
             return
         backup, number = f"{LEDGER_NAME}.migrated-{stamp}", 1

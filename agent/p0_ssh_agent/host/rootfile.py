@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from p0_ssh_agent.host import crashpoints, selinux
 from p0_ssh_agent.host.plainfile import MAX_FILE_BYTES
@@ -24,6 +24,51 @@ from p0_ssh_agent.host.safefile import (
     _read_regular,
     _replace,
 )
+
+DIR_MODE = 0o700  # what root_dir(create=True) makes a missing directory with
+
+
+@contextlib.contextmanager
+def root_dir(path: str, *, create: bool = False) -> Iterator[int | None]:
+    """A checked fd for the root-owned directory `path` (absolute), or None if it does not exist and not `create`.
+
+    create: a missing last component is made (mode 0700) and its parent fsync-ed; the parent must exist."""
+    if not path.startswith("/"):
+        raise ValueError(f"root directories are addressed by absolute path, got {path!r}")
+    fd = _open_dir(path, path)
+    if fd is None and create:
+        parent, name = os.path.split(path.rstrip("/"))
+        with root_dir(parent) as parent_fd:
+            if parent_fd is None:
+                raise FileEditFailed(f"cannot create {path}: the directory {parent} does not exist")
+            try:
+                crashpoints.step(f"mkdir {path}")
+                os.mkdir(name, DIR_MODE, dir_fd=parent_fd)
+            except FileExistsError:
+                pass  # made meanwhile by another writer: opened and checked like any existing one
+            except OSError as exc:
+                raise FileEditFailed(f"cannot create {path}: {exc.strerror}") from None
+            else:
+                crashpoints.step(f"fsync {parent}")
+                os.fsync(parent_fd)  # the new directory's name is durable before anything is written in it
+        fd = _open_dir(path, path)
+    if fd is None:
+        yield None
+        return
+    try:
+        _check_dir(fd, path, (0,))
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def read_in_dir(dir_fd: int, shown_dir: str, name: str, max_bytes: int = MAX_FILE_BYTES) -> bytes | None:
+    """The content of root-owned regular file `name` in the directory, at most max_bytes; None if missing."""
+    found = _read_regular(dir_fd, name, f"{shown_dir}/{name}", (0,), max_bytes)
+    if found is None:
+        return None
+    os.close(found[0])
+    return found[2]
 
 
 def _open_root_dir(path: str) -> tuple[int, str, str]:
@@ -44,15 +89,11 @@ def _open_root_dir(path: str) -> tuple[int, str, str]:
 
 def read_root_file(path: str, *, max_bytes: int = MAX_FILE_BYTES) -> bytes | None:
     """The content of a root-owned file, checked like write_root_file's target; None if it does not exist."""
-    dir_fd, _directory, name = _open_root_dir(path)
+    dir_fd, directory, name = _open_root_dir(path)
     try:
-        existing = _read_regular(dir_fd, name, path, (0,), max_bytes)
+        return read_in_dir(dir_fd, directory, name, max_bytes)
     finally:
         os.close(dir_fd)
-    if existing is None:
-        return None
-    os.close(existing[0])
-    return existing[2]
 
 
 def write_root_file(
