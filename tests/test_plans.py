@@ -15,6 +15,7 @@ import pytest
 
 from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.core.requests import Action, Command, KeyRequest, SessionRequest, SudoRequest, UserRequest
+from p0_ssh_agent.core.sshd_key_store import KEY_STORE_DIR
 from p0_ssh_agent.core.sshkeys import parse_public_key
 from p0_ssh_agent.host.accounts import UserRecord
 from p0_ssh_agent.host.actions import (
@@ -22,9 +23,11 @@ from p0_ssh_agent.host.actions import (
     ChangeLedger,
     CreateAccount,
     DeleteAccount,
+    EditKeyStore,
     EditLegacySudoers,
     EditUserFile,
     EndSessions,
+    JoinKeyStoreGroup,
     LockAccount,
     Plan,
     RequireAccount,
@@ -96,10 +99,45 @@ def test_a_key_revoke_is_forgotten_after_the_file_edit() -> None:
     plan = plan_keys(KeyRequest(Command.AUTHORIZED_KEYS, "alice", Action.REVOKE, "r1", None), facts(), CONFIG)
     # Issue 14 item 5: alice's last grant goes (the ledger holds none), so the account we created is then locked
     # and its sessions ended, after the ledger's forget.
-    assert kinds(plan) == [EditUserFile, ChangeLedger, LockAccount, EndSessions]
-    assert isinstance(plan, Plan) and isinstance(plan.actions[0], EditUserFile)
-    assert not plan.actions[0].create and not plan.actions[0].keep_owner  # our account: modes enforced
-    assert isinstance(plan.actions[1], ChangeLedger) and not plan.actions[1].ahead
+    # Issue 14 item 6: a created account's pair goes from the key store too, in either keyStore mode.
+    assert kinds(plan) == [EditKeyStore, EditUserFile, ChangeLedger, LockAccount, EndSessions]
+    assert isinstance(plan, Plan) and isinstance(plan.actions[1], EditUserFile)
+    assert not plan.actions[1].create and not plan.actions[1].keep_owner  # our account: modes enforced
+    assert isinstance(plan.actions[2], ChangeLedger) and not plan.actions[2].ahead
+
+
+STORE = dataclasses.replace(CONFIG, key_store="store")
+
+
+def test_in_store_mode_a_created_accounts_key_goes_to_the_store_and_the_account_into_its_group() -> None:
+    plan = plan_keys(KeyRequest(Command.AUTHORIZED_KEYS, "alice", Action.GRANT, "r1", KEY), facts(), STORE)
+    assert kinds(plan) == [ChangeLedger, EditKeyStore, JoinKeyStoreGroup, UnlockAccount]
+    assert isinstance(plan, Plan)
+    _record, edit, join, _unlock = plan.actions
+    assert isinstance(edit, EditKeyStore) and (edit.key_dir, edit.name, edit.gid) == (KEY_STORE_DIR, "alice", 70001)
+    assert edit.create and b"# RequestID: r1\n" in edit.transform(b"")
+    assert join == JoinKeyStoreGroup("alice")
+    assert plan.result(Applied()).message == f"SSH public key added to {KEY_STORE_DIR}/alice successfully"
+
+
+def test_in_store_mode_an_adopted_account_keeps_its_home_file() -> None:
+    ledger = _alice_with(adopted=True)
+    plan = plan_keys(
+        KeyRequest(Command.AUTHORIZED_KEYS, "alice", Action.GRANT, "r1", KEY), facts(ledger=ledger), STORE
+    )
+    assert kinds(plan) == [ChangeLedger, EditUserFile]
+    revoke = plan_keys(
+        KeyRequest(Command.AUTHORIZED_KEYS, "alice", Action.REVOKE, "r1", None), facts(ledger=ledger), STORE
+    )
+    assert EditKeyStore not in kinds(revoke)  # the store only ever holds created accounts' keys
+
+
+def test_a_delete_removes_the_accounts_store_file() -> None:
+    plan = plan_user(UserRequest(Command.PROVISION_USER, "alice", Action.REVOKE, "r1"), facts(), CONFIG)
+    assert isinstance(plan, Plan)
+    removals = [a for a in plan.actions if isinstance(a, EditKeyStore)]
+    assert len(removals) == 1 and not removals[0].create and removals[0].transform(b"x") == b""
+    assert kinds(plan).index(EditKeyStore) > kinds(plan).index(DeleteAccount)
 
 
 def _alice_with(*, key_of: tuple[str, ...] = (), sudo_of: tuple[str, ...] = (), adopted: bool = False) -> Ledger:
@@ -118,7 +156,7 @@ def test_a_key_revoke_that_leaves_another_grant_locks_nothing() -> None:
         plan = plan_keys(
             KeyRequest(Command.AUTHORIZED_KEYS, "alice", Action.REVOKE, "r1", None), facts(ledger=ledger), CONFIG
         )
-        assert kinds(plan) == [EditUserFile, ChangeLedger]
+        assert kinds(plan) == [EditKeyStore, EditUserFile, ChangeLedger]
 
 
 def test_a_last_revoke_locks_only_created_accounts_and_never_in_keep_mode() -> None:
@@ -126,9 +164,9 @@ def test_a_last_revoke_locks_only_created_accounts_and_never_in_keep_mode() -> N
     adopted = plan_keys(revoke, facts(ledger=_alice_with(key_of=("r1",), adopted=True)), CONFIG)
     assert kinds(adopted) == [EditUserFile, ChangeLedger]  # item 1: never lock what the agent did not create
     keep = plan_keys(revoke, facts(ledger=_alice_with(key_of=("r1",))), AgentConfig(user_revoke_mode="keep"))
-    assert kinds(keep) == [EditUserFile, ChangeLedger]
+    assert kinds(keep) == [EditKeyStore, EditUserFile, ChangeLedger]
     lock = plan_keys(revoke, facts(ledger=_alice_with(key_of=("r1",))), AgentConfig(user_revoke_mode="lock"))
-    assert kinds(lock) == [EditUserFile, ChangeLedger, LockAccount, EndSessions]
+    assert kinds(lock) == [EditKeyStore, EditUserFile, ChangeLedger, LockAccount, EndSessions]
     assert isinstance(lock, Plan)
     survived = lock.result(Applied(sessions=SessionsEnded(False, "1 process of alice survived")))
     assert not survived.success and "alice locked and expired, but 1 process of alice survived" in survived.error
@@ -166,7 +204,7 @@ def test_a_new_account_is_recorded_before_useradd_and_forgotten_if_it_fails() ->
 
 def test_a_delete_ends_sessions_and_removes_sudo_rules_before_userdel_and_stops_on_survivors() -> None:
     plan = plan_user(UserRequest(Command.PROVISION_USER, "alice", Action.REVOKE, "r1"), facts(), CONFIG)
-    assert kinds(plan) == [EndSessions, UnderSudoersLock, StopIfSurvivors, DeleteAccount, ChangeLedger]
+    assert kinds(plan) == [EndSessions, UnderSudoersLock, StopIfSurvivors, DeleteAccount, EditKeyStore, ChangeLedger]
     assert isinstance(plan, Plan) and isinstance(plan.actions[2], StopIfSurvivors)
     assert [type(action) for action in plan.actions[2].then] == [LockAccount]
     survived = plan.result(Applied(sessions=SessionsEnded(False, "1 processes survived"), halted=True))

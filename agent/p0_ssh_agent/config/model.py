@@ -16,6 +16,7 @@ from p0_ssh_agent.errors import ConfigError
 DEFAULT_CONFIG_PATH = Path("/etc/p0-ssh-agent/config.yaml")
 USER_REVOKE_MODES = ("keep", "lock", "delete")
 RECONCILE_MODES = ("report", "repair")
+KEY_STORE_MODES = ("home", "store")  # core/sshd_key_store.py
 DEFAULT_POLICY_PATH = Path("/etc/p0-ssh-agent/policy.cedar")
 
 
@@ -41,6 +42,8 @@ class AgentConfig:
     proxy: str | None = None  # proxy: http://[user:pass@]host:port
     user_revoke_mode: str = "lock"  # userRevokeMode: keep | lock | delete
     adopt_users: tuple[str, ...] = ()  # adoptUsers: existing users the agent may manage
+    # keyStore: home | store (core/sshd_key_store.py; change it with `p0-ssh-agent key-store`, which moves the grants)
+    key_store: str = "home"
     # Guardrails (issue 6): a local Cedar policy, grant expiry on the host, reconciliation, an audit file.
     policy_file: Path = DEFAULT_POLICY_PATH  # policyFile: local Cedar policy, root-owned; never set over the network
     max_grant_seconds: int | None = None  # maxGrantSeconds: grants older than this are revoked by the agent
@@ -79,6 +82,7 @@ Kind = Literal[
     "user_names",  # list of login names
     "revoke_mode",  # one of USER_REVOKE_MODES
     "reconcile_mode",  # one of RECONCILE_MODES
+    "key_store",  # one of KEY_STORE_MODES
     "ignored",  # accepted for old files, never used
 ]
 
@@ -120,6 +124,7 @@ KEYS: tuple[Key, ...] = (
     Key("proxy", "proxy", "proxy_url"),
     Key("userRevokeMode", "user_revoke_mode", "revoke_mode"),
     Key("adoptUsers", "adopt_users", "user_names"),
+    Key("keyStore", "key_store", "key_store"),
     Key("policyFile", "policy_file", "absolute_path"),
     Key("maxGrantSeconds", "max_grant_seconds", "positive_int"),
     Key("offlineRevokeAfterSeconds", "offline_revoke_after_seconds", "positive_int"),

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from p0_ssh_agent.config.model import RECONCILE_MODES, USER_REVOKE_MODES, Key, Kind
+from p0_ssh_agent.config.model import KEY_STORE_MODES, RECONCILE_MODES, USER_REVOKE_MODES, Key, Kind
 
 USER_NAME_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 LABEL_RE = re.compile(r"[A-Za-z0-9._/-]{1,128}=[^\x00-\x1f\x7f]{0,256}")
@@ -154,6 +154,15 @@ def _revoke_mode(text: str) -> str:
     return text
 
 
+def _key_store(text: str) -> str:
+    if text not in KEY_STORE_MODES:
+        raise ValueProblem(
+            f"{text!r} is not a key-store mode; write one of {', '.join(KEY_STORE_MODES)} "
+            "(and change it with `p0-ssh-agent key-store`, which moves the live grants and sets up sshd)"
+        )
+    return text
+
+
 def _reconcile_mode(text: str) -> str:
     if text not in RECONCILE_MODES:
         raise ValueProblem(f"{text!r} is not a reconcile mode; write one of {', '.join(RECONCILE_MODES)}")
@@ -177,6 +186,7 @@ _TEXTUAL: dict[str, Callable[[str], object]] = {
     "absolute_path": _absolute_path,
     "revoke_mode": _revoke_mode,
     "reconcile_mode": _reconcile_mode,
+    "key_store": _key_store,
 }
 
 

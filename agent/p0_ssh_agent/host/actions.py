@@ -66,6 +66,26 @@ class EditUserFile:
 
 
 @dataclass(frozen=True)
+class EditKeyStore:
+    """The account's file in the key store (host/key_store.py) := transform(its bytes); create False: a missing
+    file stays missing (a revoke). An empty result removes it. The caller holds the user's lock."""
+
+    key_dir: str  # <state directory>/keys: the sshd drop-in names the same directory
+    name: str
+    gid: int
+    transform: Callable[[bytes], bytes]
+    create: bool = True
+
+
+@dataclass(frozen=True)
+class JoinKeyStoreGroup:
+    """Make the account a member of the key store's group, so that sshd reads its keys from the store (and only
+    from there: core/sshd_key_store.py); nothing if it is one already."""
+
+    name: str
+
+
+@dataclass(frozen=True)
 class UnderSudoersLock:
     """Under the sudoers lock: read the drop-in at `path` (None: no such file) and run the actions `then` makes
     of its content (pure: parse, change, render; the ledger mirror that follows the file)."""
@@ -157,6 +177,8 @@ class StopIfSurvivors:
 HostAction = (
     ChangeLedger
     | EditUserFile
+    | EditKeyStore
+    | JoinKeyStoreGroup
     | UnderSudoersLock
     | InstallSudoers
     | EditLegacySudoers

@@ -30,17 +30,19 @@ from typing import ClassVar, assert_never
 
 from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.core.sudoers import LEGACY_FILE
-from p0_ssh_agent.host import account_changes, accounts, locks, sessions
+from p0_ssh_agent.host import account_changes, accounts, key_store, locks, sessions
 from p0_ssh_agent.host.actions import (
     Applied,
     ChangeLedger,
     CreateAccount,
     DeleteAccount,
+    EditKeyStore,
     EditLegacySudoers,
     EditUserFile,
     EndSessions,
     HostAction,
     InstallSudoers,
+    JoinKeyStoreGroup,
     LockAccount,
     Plan,
     RequireAccount,
@@ -99,9 +101,12 @@ class _Run:
         match action:
             case ChangeLedger() | UnderSudoersLock() | RequireAccount() | StopIfSurvivors():
                 self._step(action)  # no effect of its own (UnderSudoersLock: those of `then`, one by one)
-            case EditUserFile() | InstallSudoers() | EditLegacySudoers():
+            case EditUserFile() | EditKeyStore() | InstallSudoers() | EditLegacySudoers():
                 with self._effect():
                     self._file(action)
+            case JoinKeyStoreGroup(name):
+                with self._effect():
+                    key_store.join_store_group(name)
             case CreateAccount() | UnlockAccount() | LockAccount() | DeleteAccount():
                 with self._effect():
                     self._account(action)
@@ -153,7 +158,7 @@ class _Run:
                     self.actions(then)
                     self.applied.halted = True
 
-    def _file(self, action: EditUserFile | InstallSudoers | EditLegacySudoers) -> None:
+    def _file(self, action: EditUserFile | EditKeyStore | InstallSudoers | EditLegacySudoers) -> None:
         match action:
             case EditUserFile():
                 edit_in_user_dir(
@@ -166,6 +171,8 @@ class _Run:
                     create=action.create,
                     keep_owner=action.keep_owner,
                 )
+            case EditKeyStore(key_dir, name, gid, transform, create):
+                key_store.edit_key_file(name, gid, transform, create=create, key_dir=key_dir)
             case InstallSudoers(text):
                 install_dropin(text)
             case EditLegacySudoers(transform):

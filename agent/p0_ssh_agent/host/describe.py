@@ -15,18 +15,20 @@ from dataclasses import dataclass, field
 from typing import ClassVar, assert_never
 
 from p0_ssh_agent.core.sudoers import LEGACY_FILE
-from p0_ssh_agent.host import account_changes, sessions
+from p0_ssh_agent.host import account_changes, key_store, sessions
 from p0_ssh_agent.host.actions import (
     Applied,
     ChangeLedger,
     CreateAccount,
     DeleteAccount,
     Description,
+    EditKeyStore,
     EditLegacySudoers,
     EditUserFile,
     EndSessions,
     HostAction,
     InstallSudoers,
+    JoinKeyStoreGroup,
     LockAccount,
     Plan,
     RequireAccount,
@@ -79,14 +81,17 @@ class DescribingApplier:
                 applied.stopped = missing
             case RequireSudo():
                 check_sudo_installed()
-            case EditUserFile() | UnderSudoersLock() | InstallSudoers() | EditLegacySudoers():
+            case JoinKeyStoreGroup(name):
+                for argv in key_store.planned_join(name):
+                    applied.description.command(argv)
+            case EditUserFile() | EditKeyStore() | UnderSudoersLock() | InstallSudoers() | EditLegacySudoers():
                 self._file(action, applied)
             case _:
                 assert_never(action)
 
     def _file(
         self,
-        action: EditUserFile | UnderSudoersLock | InstallSudoers | EditLegacySudoers,
+        action: EditUserFile | EditKeyStore | UnderSudoersLock | InstallSudoers | EditLegacySudoers,
         applied: Applied,
     ) -> None:
         described = applied.description
@@ -102,6 +107,10 @@ class DescribingApplier:
                         transform=action.transform,
                         create=action.create,
                     )
+                )
+            case EditKeyStore(key_dir, name, gid, transform, create):
+                described.file(
+                    key_store.edit_key_file(name, gid, transform, create=create, write=False, key_dir=key_dir)
                 )
             case UnderSudoersLock(path, then):
                 self._actions(then(read_root_file(path)), applied)

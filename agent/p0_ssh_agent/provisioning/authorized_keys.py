@@ -31,14 +31,15 @@ from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.core import messages
 from p0_ssh_agent.core.authorized_keys_format import add_block, ca_line, is_ca_line, key_line, remove_block
 from p0_ssh_agent.core.requests import Action, CaKeyRequest, KeyRequest
+from p0_ssh_agent.core.sshd_key_store import key_file_path
 from p0_ssh_agent.host.accounts import UserRecord
-from p0_ssh_agent.host.actions import EditUserFile, Plan, RequireAccount
+from p0_ssh_agent.host.actions import EditKeyStore, EditUserFile, HostAction, JoinKeyStoreGroup, Plan, RequireAccount
 from p0_ssh_agent.host.ledger import KeyKind, Ledger
 from p0_ssh_agent.host.openssh import grant_stamp
 from p0_ssh_agent.host.safefile import preview_in_user_dir
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning.access_ends import end_access_if_last, locked_answer, unlock_for_grant
-from p0_ssh_agent.provisioning.facts import HostFacts, NotManaged
+from p0_ssh_agent.provisioning.facts import HostFacts, NotManaged, created_by_agent
 from p0_ssh_agent.provisioning.planning import PlanBuilder
 
 SSH_DIR = ".ssh"
@@ -51,6 +52,12 @@ def authorized_keys_edit(
     """The user's authorized_keys := transform(it), through the symlink-safe walk every edit takes (create False:
     a revoke). The applier runs it under the user's lock, which its caller holds."""
     return EditUserFile(record.home, record.uid, record.gid, SSH_DIR, AUTHORIZED_KEYS, transform, create=create)
+
+
+def in_key_store(facts: HostFacts, record: UserRecord, config: AgentConfig) -> bool:
+    """Whether this account's grants go to the key store (issue 14 item 6): keyStore store, and an account the
+    ledger says the agent created. Adopted and unmanaged accounts keep their ~/.ssh/authorized_keys."""
+    return config.key_store == "store" and created_by_agent(facts, record)
 
 
 def _granted_at(ledger: Ledger, name: str, request_id: str, kind: KeyKind, fingerprint: str) -> str | None:
@@ -99,7 +106,8 @@ def plan_keys(request: KeyRequest | CaKeyRequest, facts: HostFacts, config: Agen
         missing = CommandResult(success=False, error=messages.user_not_found(name, f"user: unknown user {name}"))
         builder.add(RequireAccount(missing))
         return builder.plan(missing)
-    path = f"{record.home.rstrip('/')}/{SSH_DIR}/{AUTHORIZED_KEYS}"
+    stored = managed and in_key_store(facts, record, config)
+    path = key_file_path(name, facts.key_dir) if stored else f"{record.home.rstrip('/')}/{SSH_DIR}/{AUTHORIZED_KEYS}"
 
     # The user's lock (held by the pipeline) covers the ledger change and the file edit together, so reconciliation
     # (which takes it too) never sees one without the other and calls an in-flight grant drift.
@@ -114,7 +122,15 @@ def plan_keys(request: KeyRequest | CaKeyRequest, facts: HostFacts, config: Agen
         granted = _granted_at(after, name, request_id, kind, fingerprint) or now
         expiry = grant_stamp(granted, config.max_grant_seconds)
         line = ca_line(name, key, expiry=expiry) if is_ca else key_line(key, expiry=expiry)
-        builder.add(authorized_keys_edit(record, lambda content: add_block(content, request_id, line)))
+        if stored:
+            # The store file first, then the group that makes sshd read it: a failure between them leaves sshd
+            # reading the home file, which never held this grant (the answer is the failure).
+            builder.add(
+                EditKeyStore(facts.key_dir, name, record.gid, lambda content: add_block(content, request_id, line)),
+                JoinKeyStoreGroup(name),
+            )
+        else:
+            builder.add(authorized_keys_edit(record, lambda content: add_block(content, request_id, line)))
         # An earlier last revoke may have locked it (issue 14 item 5): unlocked once the key is in place, so a
         # failed write leaves it locked.
         unlock_for_grant(builder, facts, record, config)
@@ -124,8 +140,10 @@ def plan_keys(request: KeyRequest | CaKeyRequest, facts: HostFacts, config: Agen
     def select(content_line: bytes) -> bool:
         return is_ca_line(content_line) == is_ca
 
-    edit = authorized_keys_edit(record, lambda content: remove_block(content, request_id, select=select), create=False)
-    builder.add(dataclasses.replace(edit, keep_owner=not managed))
+    def remove(content: bytes) -> bytes:
+        return remove_block(content, request_id, select=select)
+
+    builder.add(*_removals(facts, record, managed, remove))
     builder.change_ledger(lambda ledger: ledger.forget_keys(name, request_id, kind))  # forgotten after the file edit
     message = messages.ca_key_removed(path) if is_ca else messages.key_removed(path)
     removed = CommandResult(success=True, message=message)
@@ -133,6 +151,18 @@ def plan_keys(request: KeyRequest | CaKeyRequest, facts: HostFacts, config: Agen
     if managed and end_access_if_last(builder, facts, record, config):
         return builder.plan(locked_answer(name, removed))
     return builder.plan(removed)
+
+
+def _removals(
+    facts: HostFacts, record: UserRecord, managed: bool, remove: Callable[[bytes], bytes]
+) -> tuple[HostAction, ...]:
+    """Where a revoke removes a pair: the home file always, and for a created account the store file too, in either
+    mode: a grant made in the other mode (before `p0-ssh-agent key-store` moved it, or while it ran) must go as
+    well, and a revoke that leaves a pair behind somewhere would be access that outlives its grant."""
+    home = dataclasses.replace(authorized_keys_edit(record, remove, create=False), keep_owner=not managed)
+    if managed and created_by_agent(facts, record):
+        return (EditKeyStore(facts.key_dir, record.name, record.gid, remove, create=False), home)
+    return (home,)
 
 
 def read_authorized_keys(record: UserRecord) -> bytes:

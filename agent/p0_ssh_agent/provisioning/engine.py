@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from p0_ssh_agent.config import AgentConfig
+from p0_ssh_agent.core.sshd_key_store import KEY_STORE_SUBDIR
 from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.host import sessions
 from p0_ssh_agent.host.actions import Applied, Applier, Description, Plan
@@ -96,6 +97,11 @@ class Engine:
         return self.applier.describes
 
     # --- locks and the ledger's store, the applier's ----------------------------------------------------------
+
+    @property
+    def key_dir(self) -> str:
+        """The key store's directory (core/sshd_key_store.py): <state directory>/keys."""
+        return str(self.state_dir / KEY_STORE_SUBDIR)
 
     @property
     def lock_dir(self) -> str:

@@ -31,6 +31,7 @@ from typing import Literal
 
 from p0_ssh_agent.core.local_policy import NO_PERMIT, Decision, Facts, LocalPolicy
 from p0_ssh_agent.core.requests import Action, Change, SudoRequest, public_key_of
+from p0_ssh_agent.core.sshd_key_store import KEY_STORE_DIR
 from p0_ssh_agent.errors import AgentError, PermissionProblem
 from p0_ssh_agent.host import accounts
 from p0_ssh_agent.host.accounts import UserRecord
@@ -66,6 +67,7 @@ class HostFacts:
     now: datetime.datetime
     # LedgerStore.version of the user's records, taken just before the read: still_current compares it.
     ledger_version: LedgerVersion | None = None
+    key_dir: str = KEY_STORE_DIR  # the key store's directory (Engine.key_dir): where keyStore store keeps keys
 
 
 _AccountView = tuple[UserRecord | None, str | None, tuple[str, ...], int]
@@ -97,6 +99,7 @@ def gather(engine: Engine, request: Change, now: datetime.datetime) -> HostFacts
         hostname=engine.config.hostname or socket.gethostname(),
         now=now,
         ledger_version=version,
+        key_dir=engine.key_dir,
     )
 
 

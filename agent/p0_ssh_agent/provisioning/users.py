@@ -31,6 +31,7 @@ from p0_ssh_agent.host.actions import (
     Applied,
     CreateAccount,
     DeleteAccount,
+    EditKeyStore,
     EndSessions,
     LockAccount,
     Plan,
@@ -139,6 +140,8 @@ def _revoke(request: UserRequest, facts: HostFacts, config: AgentConfig) -> Plan
         # the backend's retry of the revoke deletes the account.
         StopIfSurvivors(then=(LockAccount(name, adopted),)),
         DeleteAccount(name, record.uid, adopted),
+        # Its file in the key store (keyStore store) goes with it: a later account of the same name starts empty.
+        EditKeyStore(facts.key_dir, name, record.gid, lambda _content: b"", create=False),
     )
     builder.change_ledger(lambda ledger: ledger.forget_user(name))
 

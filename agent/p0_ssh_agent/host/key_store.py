@@ -1,0 +1,184 @@
+"""The key store's files and group (core/sshd_key_store.py has the layout and why): effects, blocking.
+
+One file per created account, `<key_dir>/<name>`, root:<the account's group> 0640, in a root-owned 0711 directory:
+read and replaced through host/safefile.py's directory-fd walk (O_NOFOLLOW, a root-owned regular file with one
+link, temp file + fsync + rename + directory fsync, restorecon), so sshd sees the old file or the new one. A file
+whose last line goes is removed: the store holds no empty files. The caller holds the account's lock.
+
+Membership of KEY_STORE_GROUP is what makes sshd read the store for an account (the drop-in's Match Group):
+`usermod -a -G` to join (the group made with `groupadd -r` first if missing), `gpasswd -d` to leave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import secrets
+from collections.abc import Callable, Iterator
+
+from p0_ssh_agent.core.sshd_key_store import KEY_DIR_MODE, KEY_FILE_MODE, KEY_STORE_DIR, KEY_STORE_GROUP
+from p0_ssh_agent.host import crashpoints, proc, selinux
+from p0_ssh_agent.host.account_changes import _planned_tool, _tool, invalidate_caches
+from p0_ssh_agent.host.accounts import TOOL_TIMEOUT
+from p0_ssh_agent.host.rootfile import root_dir
+from p0_ssh_agent.host.safefile import (
+    FileEdit,
+    FileEditFailed,
+    _check_component,
+    _enforce,
+    _read_regular,
+    _replace,
+)
+
+
+@contextlib.contextmanager
+def _store_dir(key_dir: str, *, create: bool) -> Iterator[int | None]:
+    """A checked fd for the store directory (root-owned, not group/world-writable), made 0711 if missing and
+    `create`; None if it is missing and not `create`. Its parent (the state directory) must exist."""
+    with root_dir(key_dir) as fd:
+        if fd is not None and create:
+            _enforce(fd, os.fstat(fd), 0, 0, KEY_DIR_MODE)  # sshd, acting as the user, must traverse it
+        if fd is not None or not create:
+            yield fd
+            return
+    parent, name = os.path.split(key_dir.rstrip("/"))
+    with root_dir(parent) as parent_fd:
+        if parent_fd is None:
+            raise FileEditFailed(f"cannot create {key_dir}: the directory {parent} does not exist")
+        try:
+            crashpoints.step(f"mkdir {key_dir}")
+            os.mkdir(name, KEY_DIR_MODE, dir_fd=parent_fd)
+            os.chmod(name, KEY_DIR_MODE, dir_fd=parent_fd)  # mkdir's mode passed through the umask (0077)
+            crashpoints.step(f"fsync {parent}")
+            os.fsync(parent_fd)
+        except FileExistsError:
+            pass  # made meanwhile by another writer: checked like any existing one below
+        except OSError as exc:
+            raise FileEditFailed(f"cannot create {key_dir}: {exc.strerror}") from None
+    selinux.restorecon([key_dir])
+    with root_dir(key_dir) as fd:
+        yield fd
+
+
+def read_key_file(name: str, *, key_dir: str = KEY_STORE_DIR) -> bytes | None:
+    """The account's store file (None if there is none), through the same checks as an edit."""
+    _check_component(name, "user name")
+    with _store_dir(key_dir, create=False) as dir_fd:
+        if dir_fd is None:
+            return None
+        found = _read_regular(dir_fd, name, f"{key_dir}/{name}", (0,))
+        if found is None:
+            return None
+        os.close(found[0])
+        return found[2]
+
+
+def edit_key_file(
+    name: str,
+    gid: int,
+    transform: Callable[[bytes], bytes],
+    *,
+    create: bool = True,
+    write: bool = True,
+    key_dir: str = KEY_STORE_DIR,
+) -> FileEdit:
+    """The account's store file := transform(it, or b"" if missing). create False: a missing file stays missing (a
+    revoke). An empty result removes the file. write False: what it would do (a dry run), nothing changes."""
+    _check_component(name, "user name")
+    path = f"{key_dir.rstrip('/')}/{name}"
+    with _store_dir(key_dir, create=create and write) as dir_fd:
+        if dir_fd is None:
+            after = transform(b"") if create else b""
+            return FileEdit(path, None, after or None, changed=bool(after))
+        with contextlib.ExitStack() as cleanup:
+            existing = _read_regular(dir_fd, name, path, (0,))
+            before = None
+            if existing is not None:
+                file_fd, file_info, before = existing
+                cleanup.callback(os.close, file_fd)
+            elif not create:
+                return FileEdit(path, None, None, changed=False)
+            after = transform(before or b"")
+            if not after:
+                if before is not None and write:
+                    _unlink(dir_fd, name, key_dir)
+                return FileEdit(path, before, None, changed=before is not None)
+            if after == before:
+                if write and existing is not None:
+                    _enforce(file_fd, file_info, 0, gid, KEY_FILE_MODE)
+                return FileEdit(path, before, after, changed=False)
+            if write:
+                temp_name = f".{name}.tmp.{secrets.token_hex(8)}"
+                _replace(
+                    dir_fd, name, after, shown_dir=key_dir, temp_name=temp_name, owner=(0, gid), mode=KEY_FILE_MODE
+                )
+    if write:
+        selinux.restorecon([path])
+    return FileEdit(path, before, after, changed=True)
+
+
+def remove_key_file(name: str, *, write: bool = True, key_dir: str = KEY_STORE_DIR) -> FileEdit:
+    """Delete the account's store file (its account is deleted); a missing one is no change."""
+    return edit_key_file(name, 0, lambda _content: b"", create=False, write=write, key_dir=key_dir)
+
+
+def _unlink(dir_fd: int, name: str, key_dir: str) -> None:
+    try:
+        crashpoints.step(f"unlink {key_dir}/{name}")
+        os.unlink(name, dir_fd=dir_fd)
+        crashpoints.step(f"fsync {key_dir}")
+        os.fsync(dir_fd)
+    except OSError as exc:
+        raise FileEditFailed(f"cannot remove {key_dir}/{name}: {exc.strerror}") from None
+
+
+# --- the group sshd's Match Group names ---------------------------------------------------------------------------
+
+
+def in_store_group(name: str, group: str = KEY_STORE_GROUP) -> bool:
+    """Whether /etc/group (NSS) lists `name` as a member of the store's group."""
+    try:
+        return name in grp.getgrnam(group).gr_mem
+    except KeyError:
+        return False
+
+
+def planned_join(name: str, group: str = KEY_STORE_GROUP) -> list[list[str]]:
+    """What join_store_group would run (a dry run): nothing if it is a member already."""
+    if in_store_group(name, group):
+        return []
+    argvs = [] if _group_exists(group) else [[_planned_tool("groupadd"), "-r", group]]
+    return [*argvs, [_planned_tool("usermod"), "-a", "-G", group, name]]
+
+
+def join_store_group(name: str, group: str = KEY_STORE_GROUP) -> list[list[str]]:
+    """Make `name` a member of the store's group (making the group, a system group, if missing); what it ran."""
+    if in_store_group(name, group):
+        return []
+    ran: list[list[str]] = []
+    if not _group_exists(group):
+        ran.append([_tool("groupadd"), "-r", group])
+        proc.run(ran[-1], timeout=TOOL_TIMEOUT)
+    ran.append([_tool("usermod"), "-a", "-G", group, name])
+    proc.run(ran[-1], timeout=TOOL_TIMEOUT)
+    invalidate_caches()
+    return ran
+
+
+def leave_store_group(name: str, group: str = KEY_STORE_GROUP) -> list[list[str]]:
+    """Take `name` out of the store's group (sshd reads its ~/.ssh/authorized_keys again); what it ran."""
+    if not in_store_group(name, group):
+        return []
+    argv = [_tool("gpasswd"), "-d", name, group]
+    proc.run(argv, timeout=TOOL_TIMEOUT)
+    invalidate_caches()
+    return [argv]
+
+
+def _group_exists(group: str) -> bool:
+    try:
+        grp.getgrnam(group)
+    except KeyError:
+        return False
+    return True
