@@ -449,3 +449,27 @@ def test_run_audit_on_this_host_has_every_section_once() -> None:
     ]
     passwd_section = text.split("===PASSWD===\n", 1)[1].split("===GROUPS===", 1)[0]
     assert passwd_section.startswith("root:x:0:0:")
+
+
+def test_run_audit_shows_the_key_stores_lines_in_the_users_section(tmp_path: Path) -> None:
+    """Issue 14 item 6: with keyStore store sshd reads the agent's accounts' keys from the store, so what grants
+    access is in the audit: under the user's one USER section, after their ~/.ssh/authorized_keys; a store file
+    with no home of that name gets a section of its own."""
+    root = make_tree(tmp_path)
+    key_dir = tmp_path / "keys"
+    key_dir.mkdir()
+    (key_dir / "alice").write_text("# RequestID: r1\nssh-ed25519 AAAAstored p0\n")
+    (key_dir / "zed").write_text("# RequestID: r2\nssh-ed25519 AAAAzed p0")
+    (key_dir / ".zed.tmp.0123456789abcdef").write_text("ssh-ed25519 AAAAtemp half-written")
+    text = run_audit(root=root, passwd=[], groups=[], last_login=lambda: "", key_dir=key_dir)
+    keys = text.split("===AUTHORIZED_KEYS===\n", 1)[1].split("===PASSWD===", 1)[0]
+    assert keys.startswith(
+        "USER:alice\nssh-ed25519 AAAAalice alice@laptop\n# RequestID: r1\nssh-ed25519 AAAAstored p0\nUSER:bob\n"
+    )
+    assert keys.endswith(
+        "USER:root\nssh-ed25519 AAAAroot root@admin\nUSER:zed\n# RequestID: r2\nssh-ed25519 AAAAzed p0\n"
+    )
+    assert keys.count("USER:alice") == 1 and "AAAAtemp" not in text
+    assert run_audit(root=root, passwd=[], groups=[], last_login=lambda: "") == run_audit(
+        root=root, passwd=[], groups=[], last_login=lambda: "", key_dir=tmp_path / "missing"
+    )

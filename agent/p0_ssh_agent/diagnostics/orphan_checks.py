@@ -8,8 +8,8 @@ grants are invisible to it; this check walks the host instead:
     sudo   rules in the agent's drop-in (/etc/sudoers.d/p0-ssh-agent) when there is no ledger at all (with a
            ledger, a rule it lacks is already reconciliation's `sudo_unknown`)
     keys   pairs under a "# RequestID: <id>" marker (core/authorized_keys_format.py) in the authorized_keys of a local
-           account (UID_MIN and up) whose request the ledger does not hold for that account: also what the Go
-           agent left, since it wrote the same marker
+           account (UID_MIN and up), or in its file in the key store, whose request the ledger does not hold for
+           that account: also what the Go agent left, since it wrote the same marker
 
 Read-only like the rest of doctor: the files are read through the same symlink-safe walk a grant takes, bounded,
 and no lock is taken. A warning, never a failure: nothing is broken, but nothing will ever revoke these.
@@ -28,7 +28,7 @@ from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.host import accounts
 from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.host.ledger import Ledger, ledger_path, load_ledger
-from p0_ssh_agent.provisioning.authorized_keys import AUTHORIZED_KEYS, SSH_DIR, read_authorized_keys
+from p0_ssh_agent.provisioning.authorized_keys import KeyFile
 from p0_ssh_agent.provisioning.engine import Engine
 from p0_ssh_agent.provisioning.sudo_rules import DROPIN_PATH, current_rules
 
@@ -56,17 +56,20 @@ def _unknown_key_pairs(engine: Engine, ledger: Ledger, user: str) -> list[str]:
     record = accounts.lookup_user(user)
     if record is None:
         return []
-    try:
-        content = read_authorized_keys(record)
-    except AgentError:
-        return []  # a file the agent refuses to read is not one it wrote to either
     owned = ledger.keys.get(user, {})
-    path = f"{record.home.rstrip('/')}/{SSH_DIR}/{AUTHORIZED_KEYS}"
-    return [
-        f"key {user} {request_id} {path}: {len(lines)} line(s) under the marker, in no ledger"
-        for request_id, lines in sorted(blocks(content).items())
-        if request_id not in owned and lines
-    ]
+    found: list[str] = []
+    # Both files a grant can be in: ~/.ssh/authorized_keys, and the account's file in the key store (issue 14 item 6).
+    for key_file in (KeyFile(record), KeyFile(record, engine.key_dir)):
+        try:
+            content = key_file.read()
+        except AgentError:
+            continue  # a file the agent refuses to read is not one it wrote to either
+        found += [
+            f"key {user} {request_id} {key_file.path}: {len(lines)} line(s) under the marker, in no ledger"
+            for request_id, lines in sorted(blocks(content).items())
+            if request_id not in owned and lines
+        ]
+    return found
 
 
 def check_orphans(config: AgentConfig, state_dir: Path, *, users: list[str] | None = None) -> Finding:

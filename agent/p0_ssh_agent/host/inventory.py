@@ -164,6 +164,22 @@ def authorized_keys_of(home: Path) -> str | None:
         os.close(home_fd)
 
 
+def _stored_keys(key_dir: Path | None) -> dict[str, str]:
+    """The key store's files by user name (root-owned, read bounded like every root file here); {} without one."""
+    if key_dir is None:
+        return {}
+    found: dict[str, str] = {}
+    size = 0
+    for name in _sorted_names(key_dir):
+        if size > MAX_OUTPUT_BYTES:  # the answer is capped there anyway: reading more only costs memory
+            break
+        text = _file_text(key_dir / name)
+        if text:
+            found[name] = text
+            size += len(text)
+    return found
+
+
 def _is_symlink(name: str, dir_fd: int) -> bool:
     try:
         return stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode)
@@ -345,29 +361,48 @@ class _Section:
         return cap_output("".join(self.parts))
 
 
+def _authorized_keys_section(out: _Section, root: Path, key_dir: Path | None) -> None:
+    """Every home's ~/.ssh/authorized_keys, and the key store's lines in the section of the user they are for."""
+    out.header("AUTHORIZED_KEYS")
+    homes = [root / "home" / name for name in _sorted_names(root / "home")] + [root / "root"]
+    stored = _stored_keys(key_dir)
+    for home in homes:
+        if out.full():
+            break
+        keys = authorized_keys_of(home)
+        in_store = stored.pop(home.name, None)
+        if keys is not None or in_store is not None:
+            out.user(home.name)
+            for text in (keys, in_store):
+                if text is not None:
+                    out.add(text)
+    for name, in_store in sorted(stored.items()):  # a store file without a home of that name under /home
+        if out.full():
+            break
+        out.user(name)
+        out.add(in_store)
+
+
 def run_audit(
     *,
     root: Path = Path("/"),
     passwd: Iterable[pwd.struct_passwd] | None = None,
     groups: Iterable[grp.struct_group] | None = None,
     last_login: Callable[[], str] | None = None,
+    key_dir: Path | None = None,
 ) -> str:
     """The SSH posture dump of §6.6, section by section, with every file read natively and bounded, and content
-    escaped so that only the agent writes section markers."""
+    escaped so that only the agent writes section markers.
+
+    key_dir: the key store (keyStore store, issue 14 item 6). A store file's lines go into the section of the user
+    they are for, after that user's ~/.ssh/authorized_keys: sshd reads the store for the agent's accounts, so
+    what grants access is in the audit whichever file holds it (one USER section per user, as upstream's)."""
     out = _Section()
     etc = root / "etc"
     out.header("SSHD_CONFIG")
     out.add(_file_text(etc / "ssh" / "sshd_config"))
 
-    out.header("AUTHORIZED_KEYS")
-    homes = [root / "home" / name for name in _sorted_names(root / "home")] + [root / "root"]
-    for home in homes:
-        if out.full():
-            break
-        keys = authorized_keys_of(home)
-        if keys is not None:
-            out.user(home.name)
-            out.add(keys)
+    _authorized_keys_section(out, root, key_dir)
 
     out.header("PASSWD")
     for entry in pwd.getpwall() if passwd is None else passwd:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.core import messages
@@ -34,12 +35,13 @@ from p0_ssh_agent.core.requests import Action, CaKeyRequest, KeyRequest
 from p0_ssh_agent.core.sshd_key_store import key_file_path
 from p0_ssh_agent.host.accounts import UserRecord
 from p0_ssh_agent.host.actions import EditKeyStore, EditUserFile, HostAction, JoinKeyStoreGroup, Plan, RequireAccount
+from p0_ssh_agent.host.key_store import read_key_file
 from p0_ssh_agent.host.ledger import KeyKind, Ledger
 from p0_ssh_agent.host.openssh import grant_stamp
 from p0_ssh_agent.host.safefile import preview_in_user_dir
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning.access_ends import end_access_if_last, locked_answer, unlock_for_grant
-from p0_ssh_agent.provisioning.facts import HostFacts, NotManaged, created_by_agent
+from p0_ssh_agent.provisioning.facts import HostFacts, NotManaged, created_by_agent, ledger_created
 from p0_ssh_agent.provisioning.planning import PlanBuilder
 
 SSH_DIR = ".ssh"
@@ -52,6 +54,39 @@ def authorized_keys_edit(
     """The user's authorized_keys := transform(it), through the symlink-safe walk every edit takes (create False:
     a revoke). The applier runs it under the user's lock, which its caller holds."""
     return EditUserFile(record.home, record.uid, record.gid, SSH_DIR, AUTHORIZED_KEYS, transform, create=create)
+
+
+@dataclass(frozen=True)
+class KeyFile:
+    """The file sshd reads one account's grants from: its ~/.ssh/authorized_keys, or (key_dir set: keyStore store
+    and an account the agent created) its file in the key store. Reconciliation reads and repairs the one in use."""
+
+    record: UserRecord
+    key_dir: str | None = None
+
+    @property
+    def path(self) -> str:
+        if self.key_dir is not None:
+            return key_file_path(self.record.name, self.key_dir)
+        return f"{self.record.home.rstrip('/')}/{SSH_DIR}/{AUTHORIZED_KEYS}"
+
+    def edit(self, transform: Callable[[bytes], bytes], *, create: bool = True) -> HostAction:
+        if self.key_dir is not None:
+            return EditKeyStore(self.key_dir, self.record.name, self.record.gid, transform, create=create)
+        return authorized_keys_edit(self.record, transform, create=create)
+
+    def read(self) -> bytes:
+        """Its content (b"" if missing), through the edits' checks (UnsafePath, FileEditFailed). Blocking."""
+        if self.key_dir is not None:
+            return read_key_file(self.record.name, key_dir=self.key_dir) or b""
+        return read_authorized_keys(self.record)
+
+
+def key_file_of(record: UserRecord, ledger: Ledger, config: AgentConfig, key_dir: str) -> KeyFile:
+    """Where `record`'s grants are, by the ledger's records (created: the store in keyStore store)."""
+    if config.key_store == "store" and ledger_created(ledger, record):
+        return KeyFile(record, key_dir)
+    return KeyFile(record)
 
 
 def in_key_store(facts: HostFacts, record: UserRecord, config: AgentConfig) -> bool:

@@ -54,7 +54,7 @@ from p0_ssh_agent.host.accounts import UserRecord
 from p0_ssh_agent.host.actions import ChangeLedger, HostAction, Plan
 from p0_ssh_agent.host.ledger import KeyEntry, Ledger
 from p0_ssh_agent.protocol.forwarded import CommandResult
-from p0_ssh_agent.provisioning.authorized_keys import AUTHORIZED_KEYS, SSH_DIR, authorized_keys_edit
+from p0_ssh_agent.provisioning.authorized_keys import AUTHORIZED_KEYS, SSH_DIR, KeyFile
 from p0_ssh_agent.provisioning.sudo_rules import DROPIN_PATH, Grants, parse_rules, rules_change
 
 DriftKind = Literal[
@@ -81,10 +81,6 @@ class Findings:
 
     drift: list[Drift]
     repair: Plan
-
-
-def keys_path(record: UserRecord) -> str:
-    return f"{record.home.rstrip('/')}/{SSH_DIR}/{AUTHORIZED_KEYS}"
 
 
 def home_keys_path(user: str) -> str:
@@ -149,11 +145,18 @@ def _forget(user: str, vanished: list[tuple[str, KeyEntry]]) -> tuple[HostAction
     return (ChangeLedger(lambda ledger: _forget_entries(ledger, user, vanished)),)
 
 
-def compare_keys(record: UserRecord, ledger: Ledger, content: bytes, max_grant_seconds: int | None) -> Findings:
-    """The drift between the key and CA lines `ledger` holds for the account and its authorized_keys `content`;
-    the repair removes the lines that are not ours (create=False: a missing file stays missing), then forgets the
-    entries whose line is gone or changed."""
-    user, path = record.name, keys_path(record)
+def compare_keys(
+    record: UserRecord,
+    ledger: Ledger,
+    content: bytes,
+    max_grant_seconds: int | None,
+    key_file: KeyFile | None = None,
+) -> Findings:
+    """The drift between the key and CA lines `ledger` holds for the account and the `content` of its key file
+    (key_file; None: its ~/.ssh/authorized_keys); the repair removes the lines that are not ours (create=False: a
+    missing file stays missing), then forgets the entries whose line is gone or changed."""
+    where = key_file or KeyFile(record)
+    user, path = record.name, where.path
     in_file = blocks(content)
     drift: list[Drift] = []
     vanished: list[tuple[str, KeyEntry]] = []  # (request id, entry): forgotten on repair
@@ -190,7 +193,7 @@ def compare_keys(record: UserRecord, ledger: Ledger, content: bytes, max_grant_s
             drift.append(Drift("foreign_line", path, user, request_id, detail))
     actions: tuple[HostAction, ...] = ()
     if foreign:
-        actions = (authorized_keys_edit(record, lambda data: _strip_foreign(data, foreign), create=False),)
+        actions = (where.edit(lambda data: _strip_foreign(data, foreign), create=False),)
     return Findings(drift, Plan(actions + _forget(user, vanished), _REPAIRED))
 
 

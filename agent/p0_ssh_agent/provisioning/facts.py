@@ -162,7 +162,13 @@ def ownership(facts: HostFacts, record: UserRecord, adopted: Collection[str]) ->
 def created_by_agent(facts: HostFacts, record: UserRecord) -> bool:
     """Whether the ledger says the agent created this account: then, and only then, may a change lock, unlock or
     delete it. Adopted accounts (adoptUsers, `p0-ssh-agent adopt`) get keys and sudo rules only."""
-    return ownership(facts, record, ()) == "created"
+    return ledger_created(facts.ledger, record)
+
+
+def ledger_created(ledger: Ledger, record: UserRecord) -> bool:
+    """created_by_agent on a ledger alone: the ledger holds the account as created, with its UID."""
+    entry = ledger.users.get(record.name)
+    return entry is not None and entry.uid == record.uid and not entry.adopted
 
 
 def claim(facts: HostFacts, adopted: Collection[str]) -> UserRecord | None:

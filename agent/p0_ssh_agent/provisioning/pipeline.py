@@ -53,6 +53,7 @@ from p0_ssh_agent.core.requests import (
     UserRequest,
     parse_request,
 )
+from p0_ssh_agent.core.sshd_key_store import KEY_STORE_SUBDIR
 from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.host import accounts
 from p0_ssh_agent.host.actions import Description, Plan
@@ -108,7 +109,8 @@ class Pipeline:
             return CommandResult(success=False, error=exc.message)
         match parsed:
             case ListUsersRequest() | AuditRequest() | SudoshRequest():
-                return await trio.to_thread.run_sync(run_read_only, parsed)
+                key_dir = self.context.state_dir / KEY_STORE_SUBDIR  # runAudit shows the key store's files too
+                return await trio.to_thread.run_sync(run_read_only, parsed, key_dir)
             case _:
                 return await self.change(parsed)
 

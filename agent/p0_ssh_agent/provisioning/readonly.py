@@ -6,6 +6,8 @@ Outputs are capped at 1 MiB with a truncation marker (host.inventory.cap_output)
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from p0_ssh_agent.core import gojson, messages
 from p0_ssh_agent.core.requests import AuditRequest, ListUsersRequest, SudoshRequest
 from p0_ssh_agent.host import inventory, sudosh
@@ -14,8 +16,8 @@ from p0_ssh_agent.protocol.forwarded import CommandResult
 ReadOnlyRequest = ListUsersRequest | AuditRequest | SudoshRequest
 
 
-def run_read_only(request: ReadOnlyRequest) -> CommandResult:
-    """Blocking: call it from a worker thread."""
+def run_read_only(request: ReadOnlyRequest, key_dir: Path | None = None) -> CommandResult:
+    """Blocking: call it from a worker thread. key_dir: the key store, whose files runAudit shows too."""
     if isinstance(request, ListUsersRequest):
         names = inventory.list_users()
         # Go's json.Marshal, byte for byte (core/gojson.py), except for one thing: upstream answered "null" for an
@@ -23,7 +25,9 @@ def run_read_only(request: ReadOnlyRequest) -> CommandResult:
         output = gojson.marshal_strings(names)
         return CommandResult(success=True, message=messages.users_found(len(names)), output=output)
     if isinstance(request, AuditRequest):
-        return CommandResult(success=True, message=messages.AUDIT_COMPLETED, output=inventory.run_audit())
+        return CommandResult(
+            success=True, message=messages.AUDIT_COMPLETED, output=inventory.run_audit(key_dir=key_dir)
+        )
     try:
         output = sudosh.collect_sudosh(request.user, request.start, request.end)
     except sudosh.SudoshLogMissing as exc:

@@ -29,7 +29,7 @@ from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.host import accounts, audit_trail
 from p0_ssh_agent.host.ledger import Ledger
 from p0_ssh_agent.host.rootfile import read_root_file
-from p0_ssh_agent.provisioning.authorized_keys import read_authorized_keys
+from p0_ssh_agent.provisioning.authorized_keys import key_file_of
 from p0_ssh_agent.provisioning.drift import (
     Drift,
     Findings,
@@ -37,7 +37,6 @@ from p0_ssh_agent.provisioning.drift import (
     compare_keys,
     compare_sudo,
     home_keys_path,
-    keys_path,
 )
 from p0_ssh_agent.provisioning.engine import Engine
 from p0_ssh_agent.provisioning.sudo_rules import DROPIN_PATH
@@ -141,14 +140,16 @@ def _reconcile_user(engine: Engine, user: str, repair: bool) -> list[Drift]:
         ledger = engine.store.read_user(user)
         if not ledger.keys.get(user):
             return []
+        # keyStore store: a created account's grants are in the key store, the file sshd reads for it.
+        key_file = key_file_of(record, ledger, engine.config, engine.key_dir)
         try:
-            content = read_authorized_keys(record)
+            content = key_file.read()
         except AgentError as exc:
-            return [Drift("unreadable", keys_path(record), user, None, str(exc))]
-        findings = compare_keys(record, ledger, content, engine.config.max_grant_seconds)
+            return [Drift("unreadable", key_file.path, user, None, str(exc))]
+        findings = compare_keys(record, ledger, content, engine.config.max_grant_seconds, key_file)
         if not repair:
             return findings.drift
-        return _repaired(engine, findings, ledger, path=keys_path(record), target_user=user)
+        return _repaired(engine, findings, ledger, path=key_file.path, target_user=user)
 
 
 def _reconcile_keys(engine: Engine, repair: bool) -> list[Drift]:
