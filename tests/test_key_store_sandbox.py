@@ -140,5 +140,6 @@ def test_run_audit_shows_the_store(state: Path) -> None:
     grant(engine, "provisionAuthorizedKeys", "r1", userName=user, publicKey=KEY_A)
     pipeline = build_pipeline(engine.config, state, AuditTrail.off())
     result = trio.run(pipeline.handle, "runAudit", {"command": "runAudit"})
+    assert result.output is not None
     section = result.output.split("===AUTHORIZED_KEYS===\n", 1)[1].split("===PASSWD===", 1)[0]
     assert f"USER:{user}\n# RequestID: r1\n{KEY_A}" in section
