@@ -102,6 +102,26 @@ def user_exists_in_nss(name: str) -> bool:
     return lookup_user(name) is not None
 
 
+@dataclass(frozen=True)
+class GroupRecord:
+    name: str
+    gid: int
+    members: tuple[str, ...]  # its member list and every account whose primary group it is, sorted
+
+
+def lookup_group(name: str) -> GroupRecord | None:
+    """The group as NSS reports it, with every member it has (listed, or by primary GID), or None.
+
+    The primary members need the whole passwd database (getpwall; an NSS source that does not enumerate shows
+    none): callers ask only about a group left without its account (an interrupted creation's)."""
+    try:
+        entry = grp.getgrnam(name)
+    except KeyError:
+        return None
+    primary = {user.pw_name for user in pwd.getpwall() if user.pw_gid == entry.gr_gid}
+    return GroupRecord(entry.gr_name, entry.gr_gid, tuple(sorted(set(entry.gr_mem) | primary)))
+
+
 def _uid_taken(uid: int) -> bool:
     try:
         pwd.getpwuid(uid)
