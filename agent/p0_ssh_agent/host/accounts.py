@@ -5,7 +5,8 @@ Every change goes through the shadow tools by absolute path (no shell, no sudo),
 the expected UID (peers.md §5 item 15). The Go agent's gaps this closes (upstream-protocol.md §12 items 5, 20, 21):
 
 * UIDs are checked as both UID and GID, and against the owners of existing home directories (§12 item 20);
-* an existing group or home directory with the new user's name is refused, never joined or inherited;
+* an existing group or home directory with the new user's name is refused, never joined or inherited (but for the
+  group the agent's own creation left when killed before useradd: GID = the UID the ledger recorded, no member);
 * a failed `useradd` is rolled back: no orphan group, no half-created user;
 * the password field is "*": key logins work even with `UsePAM no`, and no password ever does
   (test-harness.md §3: useradd's default "!" makes sshd refuse the key);
