@@ -3,11 +3,11 @@ the lookups, the rules and UID allocation they rely on).
 
 Every change goes through the shadow tools by absolute path (no shell, no sudo), and a user is only reported as
 created once NSS shows it with the expected UID. A failed `useradd` is rolled back (no orphan group, no
-half-created user); the password field is "*"; the group an interrupted creation left (GID = UID, no member: the
-agent was killed between groupadd and useradd) is joined by the retry, or removed by a revoke, and any other group
-of the name is refused; `usermod -L -e 1` locks and expires; `userdel -r` exit 8 ("still
-logged in") is UserBusy so the caller retries. The planned_* functions return the argv lists a change would run,
-for a dry run's description, without running anything.
+half-created user); the group an interrupted creation left (GID = UID, no member: the agent was killed between
+groupadd and useradd) is joined by the retry, or removed by a revoke, and any other group of the name is refused;
+the password field is "*"; `usermod -L -e 1` locks and expires; `userdel -r` exit 8 ("still logged in") is UserBusy
+so the caller retries. The planned_* functions return the argv lists a change would run, for a dry run's
+description, without running anything.
 """
 
 from __future__ import annotations
