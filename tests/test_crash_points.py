@@ -285,13 +285,7 @@ def _no_drift(engine: Engine) -> None:
 # Crash points that expose an inconsistency neither reconciliation nor the retry repairs: (scenario, k) -> finding.
 # The test runs every point, then fails on any other failure, and xfails (strictly: a finding that no longer shows
 # fails too) when exactly these remain.
-KNOWN_FINDINGS: dict[tuple[str, int], str] = {
-    ("provisionUser-grant", 14): (
-        "killed after `groupadd -g UID NAME` and before `useradd`: the group the agent made stays, and every retry "
-        "of the grant is refused ('a group named NAME already exists; refusing to put the new user into a group the "
-        "agent did not create', host/account_changes.py _creation_conflict) until an admin runs groupdel"
-    ),
-}
+KNOWN_FINDINGS: dict[tuple[str, int], str] = {}
 
 
 @pytest.fixture(scope="module")

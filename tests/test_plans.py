@@ -17,12 +17,13 @@ from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.core.requests import Action, Command, KeyRequest, SessionRequest, SudoRequest, UserRequest
 from p0_ssh_agent.core.sshd_key_store import KEY_STORE_DIR
 from p0_ssh_agent.core.sshkeys import parse_public_key
-from p0_ssh_agent.host.accounts import UserRecord
+from p0_ssh_agent.host.accounts import GroupRecord, UserRecord
 from p0_ssh_agent.host.actions import (
     Applied,
     ChangeLedger,
     CreateAccount,
     DeleteAccount,
+    DeleteLeftoverGroup,
     EditKeyStore,
     EditLegacySudoers,
     EditUserFile,
@@ -42,7 +43,7 @@ from p0_ssh_agent.provisioning.authorized_keys import plan_keys
 from p0_ssh_agent.provisioning.end_sessions import plan_session
 from p0_ssh_agent.provisioning.facts import HostFacts, NotManaged
 from p0_ssh_agent.provisioning.sudo_rules import plan_sudo
-from p0_ssh_agent.provisioning.users import plan_user
+from p0_ssh_agent.provisioning.users import new_uid, plan_user
 
 KEY = parse_public_key(
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHNLmYVg4wR7L+9IQJslJexzhJmdx/XrwOb60irE5wOE alice@example.com", field="key"
@@ -122,9 +123,7 @@ def test_in_store_mode_a_created_accounts_key_goes_to_the_store_and_the_account_
 
 def test_in_store_mode_an_adopted_account_keeps_its_home_file() -> None:
     ledger = _alice_with(adopted=True)
-    plan = plan_keys(
-        KeyRequest(Command.AUTHORIZED_KEYS, "alice", Action.GRANT, "r1", KEY), facts(ledger=ledger), STORE
-    )
+    plan = plan_keys(KeyRequest(Command.AUTHORIZED_KEYS, "alice", Action.GRANT, "r1", KEY), facts(ledger=ledger), STORE)
     assert kinds(plan) == [ChangeLedger, EditUserFile]
     revoke = plan_keys(
         KeyRequest(Command.AUTHORIZED_KEYS, "alice", Action.REVOKE, "r1", None), facts(ledger=ledger), STORE
@@ -200,6 +199,43 @@ def test_a_new_account_is_recorded_before_useradd_and_forgotten_if_it_fails() ->
     assert isinstance(plan, Plan) and isinstance(plan.actions[1], CreateAccount)
     assert (plan.actions[1].name, plan.actions[1].uid) == ("alice", 70002)
     assert isinstance(plan.actions[0], ChangeLedger) and plan.actions[0].ahead  # undone if no account is made
+
+
+def _half_made(group: GroupRecord | None, *, adopted: bool = False) -> HostFacts:
+    """A grant killed between groupadd and useradd: the intent (UID 70001) in the ledger, `group` on the host."""
+    ledger = Ledger()
+    ledger.record_user("alice", 70001, adopted=adopted)
+    return dataclasses.replace(facts(None, ledger), name_group=group)
+
+
+LEFT_GROUP = GroupRecord("alice", 70001, ())
+
+
+def test_a_grant_after_a_crash_before_useradd_joins_the_group_it_left_with_the_recorded_uid() -> None:
+    grant = UserRequest(Command.PROVISION_USER, "alice", Action.GRANT, "r1")
+    assert new_uid(grant, _half_made(LEFT_GROUP), ()) == 70001  # the recorded UID: nothing allocated
+    plan = plan_user(grant, _half_made(LEFT_GROUP), CONFIG, uid=70001)
+    assert kinds(plan) == [ChangeLedger, CreateAccount]
+    assert isinstance(plan, Plan) and plan.actions[1] == CreateAccount("alice", 70001, leftover_group=True)
+    # Not the group it left: another GID, a member, an adopted record, no intent at all: created as any other
+    # account, with the UID new_uid allocated (and create_user refuses the group of the name).
+    for other in (
+        _half_made(GroupRecord("alice", 70009, ())),
+        _half_made(GroupRecord("alice", 70001, ("bob",))),
+        _half_made(LEFT_GROUP, adopted=True),
+        dataclasses.replace(facts(None, Ledger()), name_group=LEFT_GROUP),
+    ):
+        plan = plan_user(grant, other, CONFIG, uid=70002)
+        assert isinstance(plan, Plan) and plan.actions[1] == CreateAccount("alice", 70002), other
+
+
+def test_a_revoke_after_a_crash_before_useradd_removes_only_the_group_it_left() -> None:
+    revoke = UserRequest(Command.PROVISION_USER, "alice", Action.REVOKE, "r1")
+    plan = plan_user(revoke, _half_made(LEFT_GROUP), CONFIG)
+    assert kinds(plan) == [UnderSudoersLock, DeleteLeftoverGroup, ChangeLedger]
+    assert isinstance(plan, Plan) and plan.actions[1] == DeleteLeftoverGroup("alice", 70001)
+    for other in (GroupRecord("alice", 70009, ()), GroupRecord("alice", 70001, ("bob",)), None):
+        assert kinds(plan_user(revoke, _half_made(other), CONFIG)) == [UnderSudoersLock, ChangeLedger]
 
 
 def test_a_delete_ends_sessions_and_removes_sudo_rules_before_userdel_and_stops_on_survivors() -> None:

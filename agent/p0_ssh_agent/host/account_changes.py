@@ -3,9 +3,11 @@ the lookups, the rules and UID allocation they rely on).
 
 Every change goes through the shadow tools by absolute path (no shell, no sudo), and a user is only reported as
 created once NSS shows it with the expected UID. A failed `useradd` is rolled back (no orphan group, no
-half-created user); the password field is "*"; `usermod -L -e 1` locks and expires; `userdel -r` exit 8 ("still
-logged in") is UserBusy so the caller retries. The planned_* functions return the argv lists a change would run,
-for a dry run's description, without running anything.
+half-created user); the group an interrupted creation left (GID = UID, no member: the agent was killed between
+groupadd and useradd) is joined by the retry, or removed by a revoke, and any other group of the name is refused;
+the password field is "*"; `usermod -L -e 1` locks and expires; `userdel -r` exit 8 ("still logged in") is UserBusy
+so the caller retries. The planned_* functions return the argv lists a change would run, for a dry run's
+description, without running anything.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from p0_ssh_agent.host.accounts import (
     _group_exists,
     _uid_taken,
     check_new_account_name,
+    lookup_group,
     lookup_user,
     manage_refusal,
     user_exists_in_nss,
@@ -57,16 +60,35 @@ def _planned_tool(name: str) -> str:
     return proc.which(name, (f"/usr/sbin/{name}", f"/sbin/{name}")) or f"/usr/sbin/{name}"
 
 
-def _creation_conflict(name: str, uid: int, home_root: str) -> str | None:
+def _leftover_refusal(name: str, gid: int) -> str | None:
+    """Why the group called `name` is not the one an interrupted creation of the user `name` with UID `gid` left
+    (GID = UID, no member, no such user yet); None when it is. Any other group of the name is someone else's."""
     if user_exists_in_nss(name):
         return f"user {name} already exists"
-    if _group_exists(name):
+    group = lookup_group(name)
+    if group is None:
+        return f"the group {name} is gone"
+    if group.gid != gid:
+        return f"a group named {name} exists with GID {group.gid}, not the {gid} the agent gave the one it made"
+    if group.members:
+        return f"the group {name} has members ({', '.join(group.members)}); the group the agent made had none"
+    return None
+
+
+def _creation_conflict(name: str, uid: int, home_root: str, *, join_group: bool) -> str | None:
+    if user_exists_in_nss(name):
+        return f"user {name} already exists"
+    if join_group:
+        leftover = _leftover_refusal(name, uid)
+        if leftover is not None:
+            return f"{leftover}; refusing to put the new user into a group the agent did not create"
+    elif _group_exists(name):
         return (
             f"a group named {name} already exists; refusing to put the new user into a group the agent did not create"
         )
     if _uid_taken(uid):
         return f"UID {uid} is already in use"
-    if _gid_taken(uid):
+    if not join_group and _gid_taken(uid):  # joined: the GID is that group's
         return f"GID {uid} is already in use (the new user's group gets GID = UID)"
     home = Path(home_root) / name
     if home.exists() or home.is_symlink():
@@ -121,16 +143,19 @@ def _secure_home(record: UserRecord) -> None:
         os.close(fd)
 
 
-def _creation_argvs(name: str, uid: int, shell: str, home_root: str, tool: Callable[[str], str]) -> list[list[str]]:
-    """The commands that create `name`, after every check they need (conflicts, the name, the shell)."""
+def _creation_argvs(
+    name: str, uid: int, shell: str, home_root: str, tool: Callable[[str], str], *, leftover_group: bool
+) -> list[list[str]]:
+    """The commands that create `name`, after every check they need (conflicts, the name, the shell).
+    leftover_group: the ledger holds this creation's intent (name and UID) and the group a killed creation made may
+    be there: if a group of the name is, it is joined (no groupadd) when it is that group, refused otherwise."""
     _check_name(name)
     if not Path(shell).is_absolute():
         raise DataError(f"shell {shell!r} must be an absolute path")
-    argvs = [
-        [tool("groupadd"), "-g", str(uid), name],
-        [tool("useradd"), "-m", "-u", str(uid), "-g", str(uid), "-s", shell, "-p", NO_PASSWORD_FIELD, name],
-    ]
-    conflict = _creation_conflict(name, uid, home_root)
+    join_group = leftover_group and _group_exists(name)
+    argvs = [] if join_group else [[tool("groupadd"), "-g", str(uid), name]]
+    argvs.append([tool("useradd"), "-m", "-u", str(uid), "-g", str(uid), "-s", shell, "-p", NO_PASSWORD_FIELD, name])
+    conflict = _creation_conflict(name, uid, home_root, join_group=join_group)
     if conflict is not None:
         raise AccountConflict(f"cannot create user {name}: {conflict}")
     check_new_account_name(name)  # after the conflicts: "user root already exists" says more than "reserved"
@@ -138,30 +163,33 @@ def _creation_argvs(name: str, uid: int, shell: str, home_root: str, tool: Calla
 
 
 def planned_create_user(
-    name: str, *, uid: int, shell: str = DEFAULT_SHELL, home_root: str = HOME_ROOT
+    name: str, *, uid: int, shell: str = DEFAULT_SHELL, home_root: str = HOME_ROOT, leftover_group: bool = False
 ) -> list[list[str]]:
     """The commands create_user would run, through the same checks (a dry run): nothing is created."""
-    return _creation_argvs(name, uid, shell, home_root, _planned_tool)
+    return _creation_argvs(name, uid, shell, home_root, _planned_tool, leftover_group=leftover_group)
 
 
 def create_user(
-    name: str, *, uid: int, shell: str = DEFAULT_SHELL, home_root: str = HOME_ROOT
+    name: str, *, uid: int, shell: str = DEFAULT_SHELL, home_root: str = HOME_ROOT, leftover_group: bool = False
 ) -> tuple[UserRecord, list[list[str]]]:
     """Create `name` with UID = GID = `uid`, its own group, a home, `shell` and password "*".
 
     Returns the record as NSS shows it and the commands run. Refuses (AccountConflict) when the name, UID, GID,
     group name or home is taken, and (AccountRefused) a name a new account may not have; rolls back a failed
-    useradd.
+    useradd. leftover_group (the retry of a creation the ledger holds the intent of): the group this creation's
+    groupadd made, if there (GID = `uid`, no member), is the new user's; checked here again, at the effect.
     """
-    argvs = _creation_argvs(name, uid, shell, home_root, _tool)
+    argvs = _creation_argvs(name, uid, shell, home_root, _tool, leftover_group=leftover_group)
+    *groupadd, useradd = argvs
+    for argv in groupadd:
+        try:
+            proc.run(argv, timeout=TOOL_TIMEOUT)
+        except proc.CommandFailed as exc:
+            if exc.result.returncode in (EXIT_NAME_IN_USE, EXIT_ID_IN_USE):  # lost a race with another writer
+                raise AccountConflict(f"cannot create user {name}: {exc}") from exc
+            raise
     try:
-        proc.run(argvs[0], timeout=TOOL_TIMEOUT)
-    except proc.CommandFailed as exc:
-        if exc.result.returncode in (EXIT_NAME_IN_USE, EXIT_ID_IN_USE):  # lost a race with another writer
-            raise AccountConflict(f"cannot create user {name}: {exc}") from exc
-        raise
-    try:
-        proc.run(argvs[1], timeout=TOOL_TIMEOUT)
+        proc.run(useradd, timeout=TOOL_TIMEOUT)
     except proc.CommandFailed:
         _rollback(name, uid)
         raise
@@ -175,6 +203,34 @@ def create_user(
         )
     _secure_home(record)
     return record, argvs
+
+
+def _leftover_group_there(name: str, gid: int) -> bool:
+    """Whether the group an interrupted creation left is there to remove; AccountConflict if the group of that name
+    is another one (see _leftover_refusal)."""
+    _check_name(name)
+    if not _group_exists(name) and not user_exists_in_nss(name):
+        return False
+    refusal = _leftover_refusal(name, gid)
+    if refusal is not None:
+        raise AccountConflict(f"refusing to remove the group {name}: {refusal}")
+    return True
+
+
+def planned_delete_leftover_group(name: str, *, gid: int) -> list[list[str]]:
+    """What delete_leftover_group would run, through the same checks (a dry run)."""
+    return [[_planned_tool("groupdel"), name]] if _leftover_group_there(name, gid) else []
+
+
+def delete_leftover_group(name: str, *, gid: int) -> list[list[str]]:
+    """groupdel the group a creation killed between groupadd and useradd left: only that group (GID = `gid`, no
+    member, no user of the name), checked here at the effect; a group already gone is not an error."""
+    if not _leftover_group_there(name, gid):
+        return []
+    argv = [_tool("groupdel"), name]
+    proc.run(argv, timeout=TOOL_TIMEOUT)
+    invalidate_caches()
+    return [argv]
 
 
 def _existing(name: str, adopted: Collection[str]) -> UserRecord:

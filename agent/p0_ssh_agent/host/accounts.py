@@ -5,7 +5,8 @@ Every change goes through the shadow tools by absolute path (no shell, no sudo),
 the expected UID (peers.md §5 item 15). The Go agent's gaps this closes (upstream-protocol.md §12 items 5, 20, 21):
 
 * UIDs are checked as both UID and GID, and against the owners of existing home directories (§12 item 20);
-* an existing group or home directory with the new user's name is refused, never joined or inherited;
+* an existing group or home directory with the new user's name is refused, never joined or inherited (but for the
+  group the agent's own creation left when killed before useradd: GID = the UID the ledger recorded, no member);
 * a failed `useradd` is rolled back: no orphan group, no half-created user;
 * the password field is "*": key logins work even with `UsePAM no`, and no password ever does
   (test-harness.md §3: useradd's default "!" makes sshd refuse the key);
@@ -100,6 +101,26 @@ def lookup_user(name: str) -> UserRecord | None:
 
 def user_exists_in_nss(name: str) -> bool:
     return lookup_user(name) is not None
+
+
+@dataclass(frozen=True)
+class GroupRecord:
+    name: str
+    gid: int
+    members: tuple[str, ...]  # its member list and every account whose primary group it is, sorted
+
+
+def lookup_group(name: str) -> GroupRecord | None:
+    """The group as NSS reports it, with every member it has (listed, or by primary GID), or None.
+
+    The primary members need the whole passwd database (getpwall; an NSS source that does not enumerate shows
+    none): callers ask only about a group left without its account (an interrupted creation's)."""
+    try:
+        entry = grp.getgrnam(name)
+    except KeyError:
+        return None
+    primary = {user.pw_name for user in pwd.getpwall() if user.pw_gid == entry.gr_gid}
+    return GroupRecord(entry.gr_name, entry.gr_gid, tuple(sorted(set(entry.gr_mem) | primary)))
 
 
 def _uid_taken(uid: int) -> bool:

@@ -128,10 +128,13 @@ class RequireSudo:
 @dataclass(frozen=True)
 class CreateAccount:
     """groupadd + useradd with UID = GID = uid (host/accounts.py create_user, which rolls back a failed useradd).
-    A failure that leaves no account undoes the intent recorded ahead of it; a half-made account stays recorded."""
+    A failure that leaves no account undoes the intent recorded ahead of it; a half-made account stays recorded.
+    leftover_group: a retry of a creation killed between groupadd and useradd (the ledger holds its intent, with
+    this UID; provisioning/facts.py own_leftover_group): the group it left is joined, not made again."""
 
     name: str
     uid: int
+    leftover_group: bool = False
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,15 @@ class DeleteAccount:
     name: str
     uid: int
     adopted: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DeleteLeftoverGroup:
+    """groupdel the group a creation killed between groupadd and useradd left (GID = gid, no member), checked
+    again at the effect; a group already gone is not an error."""
+
+    name: str
+    gid: int
 
 
 @dataclass(frozen=True)
@@ -188,6 +200,7 @@ HostAction = (
     | UnlockAccount
     | LockAccount
     | DeleteAccount
+    | DeleteLeftoverGroup
     | EndSessions
     | StopIfSurvivors
 )

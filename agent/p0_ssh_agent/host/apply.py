@@ -13,7 +13,7 @@ Each action keeps the crash-safe order and the rollbacks its handler relies on:
 * UnderSudoersLock reads the drop-in under the sudoers lock and runs what its content makes (InstallSudoers:
   visudo before the rename and on the whole tree after it, the old file put back on failure; then the ledger's
   mirror of it);
-* CreateAccount runs create_user (which rolls back a failed useradd);
+* CreateAccount runs create_user (which rolls back a failed useradd); DeleteLeftoverGroup, delete_leftover_group;
 * DeleteAccount retries once after ending the user's sessions again when userdel finds it still logged in;
 * EndSessions keeps what it came to; StopIfSurvivors stops the plan when processes survived.
 
@@ -36,6 +36,7 @@ from p0_ssh_agent.host.actions import (
     ChangeLedger,
     CreateAccount,
     DeleteAccount,
+    DeleteLeftoverGroup,
     EditKeyStore,
     EditLegacySudoers,
     EditUserFile,
@@ -107,7 +108,7 @@ class _Run:
             case JoinKeyStoreGroup(name):
                 with self._effect():
                     key_store.join_store_group(name)
-            case CreateAccount() | UnlockAccount() | LockAccount() | DeleteAccount():
+            case CreateAccount() | UnlockAccount() | LockAccount() | DeleteAccount() | DeleteLeftoverGroup():
                 with self._effect():
                     self._account(action)
             case EndSessions():
@@ -179,11 +180,13 @@ class _Run:
                 if os.path.lexists(LEGACY_FILE):  # most hosts never ran the Go agent: no visudo needed then
                     edit_legacy_file(transform)
 
-    def _account(self, action: CreateAccount | UnlockAccount | LockAccount | DeleteAccount) -> None:
+    def _account(
+        self, action: CreateAccount | UnlockAccount | LockAccount | DeleteAccount | DeleteLeftoverGroup
+    ) -> None:
         match action:
-            case CreateAccount(name, uid):
+            case CreateAccount(name, uid, leftover_group):
                 try:
-                    account_changes.create_user(name, uid=uid)
+                    account_changes.create_user(name, uid=uid, leftover_group=leftover_group)
                 except BaseException:
                     if accounts.lookup_user(name) is not None:
                         self.before_ahead = None  # a half-made account is ours: its intent stays recorded
@@ -199,6 +202,8 @@ class _Run:
                 except accounts.UserBusy:
                     self._end_sessions(uid, name)
                     account_changes.delete_user(name, adopted=adopted)
+            case DeleteLeftoverGroup(name, gid):
+                account_changes.delete_leftover_group(name, gid=gid)
 
     def _end_sessions(self, uid: int, name: str) -> SessionsEnded:
         result = sessions.terminate_user_sessions(uid, name=name, processes=self.applier.processes)

@@ -21,6 +21,7 @@ from p0_ssh_agent.host.actions import (
     ChangeLedger,
     CreateAccount,
     DeleteAccount,
+    DeleteLeftoverGroup,
     Description,
     EditKeyStore,
     EditLegacySudoers,
@@ -71,7 +72,7 @@ class DescribingApplier:
         match action:
             case ChangeLedger() | StopIfSurvivors():
                 pass  # the ledger is no part of a description; sessions always "end" in one
-            case CreateAccount() | UnlockAccount() | LockAccount() | DeleteAccount():
+            case CreateAccount() | UnlockAccount() | LockAccount() | DeleteAccount() | DeleteLeftoverGroup():
                 self._account(action, applied.description)
             case EndSessions(uid, name):
                 count = len(self.processes.pids(uid))
@@ -124,11 +125,13 @@ class DescribingApplier:
                     described.file(preview_legacy_file(transform))
 
     def _account(
-        self, action: CreateAccount | UnlockAccount | LockAccount | DeleteAccount, described: Description
+        self,
+        action: CreateAccount | UnlockAccount | LockAccount | DeleteAccount | DeleteLeftoverGroup,
+        described: Description,
     ) -> None:
         match action:
-            case CreateAccount(name, uid):
-                for argv in account_changes.planned_create_user(name, uid=uid):
+            case CreateAccount(name, uid, leftover_group):
+                for argv in account_changes.planned_create_user(name, uid=uid, leftover_group=leftover_group):
                     described.command(argv)
             case UnlockAccount(name, adopted):
                 if account_changes.is_locked(name):
@@ -139,4 +142,7 @@ class DescribingApplier:
                     described.command(argv)
             case DeleteAccount(name, _uid, adopted):
                 for argv in account_changes.planned_delete_user(name, adopted=adopted):
+                    described.command(argv)
+            case DeleteLeftoverGroup(name, gid):
+                for argv in account_changes.planned_delete_leftover_group(name, gid=gid):
                     described.command(argv)

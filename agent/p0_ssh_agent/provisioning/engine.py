@@ -9,9 +9,10 @@ requests never deadlock:
 
     accounts  ->  uid-<N> (one user's files)  ->  sudoers  ->  ledger (innermost, held only for a commit)
 
-The pipeline takes the first lock a request needs (the user's, or the accounts lock for a user to create) around
-gathering its facts and applying its plan; the ledger is read once then (provisioning/facts.py), and each change
-of it is one commit (host/ledger.py LedgerRecords).
+The pipeline takes the first lock a request needs (the user's, or the accounts lock for provisionUser on a user with
+no account: a creation, or the groupdel of a half-made one's group) around gathering its facts and applying its
+plan; the ledger is read once then (provisioning/facts.py), and each change of it is one commit (host/ledger.py
+LedgerRecords).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
     gather(engine, request)            -> HostFacts   (I/O: NSS, /etc/login.defs, the ledger read ONCE)
     still_current(engine, facts)       -> whether nothing they depend on changed since  (NSS and a stat, no read)
     claim(facts, adopted)              -> the account the change may touch, or NotManaged        (pure)
+    own_leftover_group(facts)          -> the UID of a creation killed between groupadd and useradd  (pure)
     decide(policy, facts, request)     -> Allow | Deny                                           (pure)
 
 The pipeline (provisioning/pipeline.py) hands the same facts to the decision and to the handler, so the local
@@ -34,7 +35,7 @@ from p0_ssh_agent.core.requests import Action, Change, SudoRequest, public_key_o
 from p0_ssh_agent.core.sshd_key_store import KEY_STORE_DIR
 from p0_ssh_agent.errors import AgentError, PermissionProblem
 from p0_ssh_agent.host import accounts
-from p0_ssh_agent.host.accounts import UserRecord
+from p0_ssh_agent.host.accounts import GroupRecord, UserRecord
 from p0_ssh_agent.host.ledger import Ledger, LedgerCorrupt, LedgerVersion
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning.engine import Engine
@@ -68,22 +69,25 @@ class HostFacts:
     # LedgerStore.version of the user's records, taken just before the read: still_current compares it.
     ledger_version: LedgerVersion | None = None
     key_dir: str = KEY_STORE_DIR  # the key store's directory (Engine.key_dir): where keyStore store keeps keys
+    # No account: the group of the user's name, if there is one (own_leftover_group judges it); else None.
+    name_group: GroupRecord | None = None
 
 
-_AccountView = tuple[UserRecord | None, str | None, tuple[str, ...], int]
+_AccountView = tuple[UserRecord | None, str | None, tuple[str, ...], int, GroupRecord | None]
 
 
 def _account_view(user: str) -> _AccountView:
-    """The account, its primary group's name, its groups' names, uid_min: NSS and /etc/login.defs, cheap."""
+    """The account, its primary group's name, its groups' names, uid_min: NSS and /etc/login.defs, cheap; with no
+    account, the group of its name instead (a getgrnam; its members only if there is one)."""
     account = accounts.lookup_user(user)
     if account is None:
-        return None, None, (), accounts.uid_min()
-    return account, _group_name(account.gid), _group_names(user, account.gid), accounts.uid_min()
+        return None, None, (), accounts.uid_min(), accounts.lookup_group(user)
+    return account, _group_name(account.gid), _group_names(user, account.gid), accounts.uid_min(), None
 
 
 def gather(engine: Engine, request: Change, now: datetime.datetime) -> HostFacts:
     """Read what the request needs (blocking): the facts the decision and the change share."""
-    account, primary, groups, uid_min = _account_view(request.user)
+    account, primary, groups, uid_min, name_group = _account_view(request.user)
     # A sudo request renders the shared drop-in, which holds everyone's rules: it reads the whole ledger. Its
     # decision and its commits depend on the user's own records only (sudo_rules.change_rules commits the users
     # its change touched), so the version of those is what still_current compares.
@@ -100,6 +104,7 @@ def gather(engine: Engine, request: Change, now: datetime.datetime) -> HostFacts
         now=now,
         ledger_version=version,
         key_dir=engine.key_dir,
+        name_group=name_group,
     )
 
 
@@ -108,7 +113,8 @@ def still_current(engine: Engine, facts: HostFacts) -> bool:
     looked up again (NSS, cheap) and the ledger's version compared by stat, without reading the ledger again."""
     if facts.ledger_version is None or engine.store.version(facts.user) != facts.ledger_version:
         return False
-    return _account_view(facts.user) == (facts.account, facts.primary_group, facts.groups, facts.uid_min)
+    seen = (facts.account, facts.primary_group, facts.groups, facts.uid_min, facts.name_group)
+    return _account_view(facts.user) == seen
 
 
 def _read_ledger(engine: Engine, name: str, *, whole: bool) -> Ledger:
@@ -190,6 +196,21 @@ def claim(facts: HostFacts, adopted: Collection[str]) -> UserRecord | None:
             f"has UID {record.uid} (deleted and re-created by someone else?); remove it from the ledger to adopt it"
         )
     raise NotManaged(not_created_refusal(name))
+
+
+def own_leftover_group(facts: HostFacts) -> int | None:
+    """The UID the ledger recorded for the user when all the host holds of it is the group its creation made: the
+    agent, killed between `groupadd -g UID NAME` and `useradd` (tests/test_crash_points.py), left the intent in the
+    ledger (recorded ahead: provisioning/users.py) and that group. The evidence: no account of the name; the ledger
+    says the agent creates it (not adopted) with that UID; a group of the name with GID = that UID and no member.
+    Anything else (another GID, a member, no intent) is someone else's group: None, and a creation refuses it."""
+    entry = facts.ledger.users.get(facts.user)
+    group = facts.name_group
+    if facts.account is not None or entry is None or entry.adopted or group is None:
+        return None
+    if group.gid != entry.uid or group.members:
+        return None
+    return entry.uid
 
 
 def not_created_refusal(name: str) -> str:

@@ -6,7 +6,8 @@
              -> facts.decide: the local policy on those facts -> Allow | Deny      (pure)
                 (a grant the policy judges: both before any lock, so a refusal leaves no trace; the others: both
                 under the lock below)
-             -> the first lock the change needs (the user's; the accounts lock for an account to create), and
+             -> the first lock the change needs (the user's; the accounts lock for provisionUser on a user with no
+                account), and
                 facts.still_current: the judged snapshot confirmed by NSS and a stat (else gathered and judged
                 again: a rare race)
              -> plan: the command's handler, pure, on the same facts -> a Plan (host/actions.py: ledger commits
@@ -201,12 +202,14 @@ def _denied(request: Change, verdict: Deny) -> Outcome:
 
 def _first_lock(engine: Engine, request: Change) -> contextlib.AbstractContextManager[None]:
     """The outermost lock the change needs (engine.py's lock order): the user's files for an existing account,
-    the accounts lock for one provisionUser is to create, none otherwise (a revoke for a user who is gone)."""
+    the accounts lock for one provisionUser is to create or whose revoke may remove the group a half-made creation
+    left (provisioning/users.py), none otherwise (another revoke for a user who is gone)."""
     account = accounts.lookup_user(request.user)
     if account is not None:
         return engine.user_lock(account.uid)
-    if isinstance(request, UserRequest) and request.action is Action.GRANT:
-        accounts.check_new_account_name(request.user)  # a name no new account may have: no trace, not even a lock
+    if isinstance(request, UserRequest):
+        if request.action is Action.GRANT:
+            accounts.check_new_account_name(request.user)  # a name no new account may have: no trace, not a lock
         return engine.lock("accounts")
     return contextlib.nullcontext()
 

@@ -10,10 +10,15 @@ by new_uid (under the accounts lock) before it. The plans, in the order the appl
 
     grant, new account    check the name -> ledger records the intent -> groupadd + useradd (a failure: the ledger
                           forgets the intent if no account was made: host/apply.py undoes what was recorded ahead)
+    grant, half-made      (killed between groupadd and useradd: the intent and its group are there, nothing else:
+                          facts.own_leftover_group) ledger records the intent again, same UID -> useradd into it
     grant, our account    usermod -U -e '' if an earlier revoke locked it
     revoke, lock          usermod -L -e 1 -> end its sessions
     revoke, delete        end its sessions -> its sudo rules out of the drop-in -> (processes left: lock it, fail)
                           -> userdel -r (still logged in: end its sessions again, retry) -> the ledger forgets it
+    revoke, no account    (lock or delete; the ledger still holds it: a delete cut off after userdel, or a creation
+                          killed before useradd) its sudo rules out -> groupdel the group a half-made creation
+                          left (facts.own_leftover_group) -> the ledger forgets it
 
 Only for an account the ledger says the agent created (facts.created_by_agent; issue 14 item 1). An adopted one
 (adoptUsers, or a Go agent account adopted by `p0-ssh-agent adopt`) gets keys and sudo rules only: a grant changes
@@ -31,6 +36,7 @@ from p0_ssh_agent.host.actions import (
     Applied,
     CreateAccount,
     DeleteAccount,
+    DeleteLeftoverGroup,
     EditKeyStore,
     EndSessions,
     LockAccount,
@@ -40,7 +46,7 @@ from p0_ssh_agent.host.actions import (
 )
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning import sudo_rules
-from p0_ssh_agent.provisioning.facts import HostFacts, NotManaged, claim, created_by_agent
+from p0_ssh_agent.provisioning.facts import HostFacts, NotManaged, claim, created_by_agent, own_leftover_group
 from p0_ssh_agent.provisioning.planning import PlanBuilder
 
 REVOKE_MODES = ("keep", "lock", "delete")
@@ -53,6 +59,9 @@ def new_uid(request: UserRequest, facts: HostFacts, adopted: tuple[str, ...]) ->
         return None
     # Before anything is recorded or allocated: a name no new account may have changes nothing at all.
     accounts.check_new_account_name(request.user)
+    recorded = own_leftover_group(facts)
+    if recorded is not None:  # the retry of a creation killed before useradd: its UID, taken by its group already
+        return recorded
     return accounts.allocate_uid(high_water=facts.ledger.uid_high_water)
 
 
@@ -74,12 +83,15 @@ def _grant(name: str, facts: HostFacts, adopted: tuple[str, ...], uid: int | Non
             builder.add(UnlockAccount(name, adopted))
         # An adopted one stays exactly as its admin left it, locked or not: not ours to unlock.
         return builder.plan(CommandResult(success=True, message=messages.USER_EXISTS))
+    # A creation killed between groupadd and useradd: its group is joined, with the UID recorded for it (new_uid's).
+    recorded = own_leftover_group(facts)
+    uid = recorded if recorded is not None else uid
     if uid is None:
         raise ValueError(f"plan_user: no UID for the account {name} to create (new_uid)")
     now = builder.now
     # The intent goes into the ledger first: after a crash mid-useradd the half-made account is still ours.
     builder.change_ledger(lambda ledger: ledger.record_user(name, uid, now=now), ahead=True)
-    builder.add(CreateAccount(name, uid))
+    builder.add(CreateAccount(name, uid, leftover_group=recorded is not None))
     return builder.plan(CommandResult(success=True, message=messages.user_created(name, uid)))
 
 
@@ -97,10 +109,14 @@ def _revoke(request: UserRequest, facts: HostFacts, config: AgentConfig) -> Plan
         if name not in facts.ledger.users:
             return gone
         # The account is gone but the ledger still holds it: a delete that was cut off (killed after userdel,
-        # before the ledger forgot the user; tests/test_crash_points.py). Finish it, so a later account of the
-        # same name, made by someone else, is never taken for the agent's: its rules and its record go.
+        # before the ledger forgot the user; tests/test_crash_points.py), or a creation killed before useradd.
+        # Finish it, so a later account of the same name, made by someone else, is never taken for the agent's:
+        # its rules, the group a half-made creation left, and its record go.
         builder = PlanBuilder(facts.ledger)
         builder.add(sudo_rules.remove_user_rules(name))
+        leftover = own_leftover_group(facts)
+        if leftover is not None:
+            builder.add(DeleteLeftoverGroup(name, leftover))
         builder.change_ledger(lambda ledger: ledger.forget_user(name))
         return builder.plan(gone)
     if not created_by_agent(facts, record):
