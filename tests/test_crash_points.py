@@ -40,6 +40,7 @@ import pytest
 from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.core.authorized_keys_format import MARKER_PREFIX
 from p0_ssh_agent.core.requests import parse_change
+from p0_ssh_agent.core.sshd_key_store import KEY_STORE_GROUP
 from p0_ssh_agent.core.sudoers import parse_dropin
 from p0_ssh_agent.host import crashpoints
 from p0_ssh_agent.host.audit_trail import AuditTrail
@@ -71,11 +72,13 @@ class Scenario:
     action: str
     adopted: bool  # the target account exists (made by the test) and is adopted; else the agent makes it
     revoke_mode: str = "lock"
+    key_store: str = "home"  # store: the agent's account's keys go to the key store (issue 14 item 6)
 
     @property
     def id(self) -> str:
         mode = "" if self.revoke_mode == "lock" else f"-{self.revoke_mode}"
-        return f"{self.command}-{self.action}{mode}"
+        store = "" if self.key_store == "home" else f"-{self.key_store}"
+        return f"{self.command}-{self.action}{mode}{store}"
 
 
 SCENARIOS = [
@@ -89,6 +92,11 @@ SCENARIOS = [
     Scenario("provisionSudo", "grant", adopted=True),
     Scenario("provisionSudo", "revoke", adopted=True),
     Scenario("provisionSession", "revoke", adopted=True),
+    # keyStore store: the account the agent created (provisionUser first) gets its keys in the store.
+    Scenario("provisionAuthorizedKeys", "grant", adopted=False, key_store="store"),
+    Scenario("provisionAuthorizedKeys", "revoke", adopted=False, key_store="store"),
+    Scenario("provisionCAKeys", "grant", adopted=False, key_store="store"),
+    Scenario("provisionCAKeys", "revoke", adopted=False, key_store="store"),
 ]
 
 
@@ -116,7 +124,12 @@ class Host:
 
     def engine(self) -> Engine:
         adopt = (self.bystander, self.target) if self.scenario.adopted else (self.bystander,)
-        config = AgentConfig(state_dir=self.state, adopt_users=adopt, user_revoke_mode=self.scenario.revoke_mode)
+        config = AgentConfig(
+            state_dir=self.state,
+            adopt_users=adopt,
+            user_revoke_mode=self.scenario.revoke_mode,
+            key_store=self.scenario.key_store,
+        )
         return Engine.on_host(config, self.state, audit_trail=AuditTrail.off())
 
     def change(self, engine: Engine, command: str, action: str, user: str, request_id: str = "crash-1") -> None:
@@ -133,6 +146,8 @@ class Host:
             self.sandbox.userdel(self.target)
         if not self.scenario.adopted:
             _remove_group(self.sandbox, self.target)  # a crash between groupadd and useradd leaves it
+        # Made by the first store grant (groupadd -r): every point starts without it, so the steps are the same.
+        _remove_group(self.sandbox, KEY_STORE_GROUP)
         for user in (self.bystander, self.target) if self.scenario.adopted else (self.bystander,):
             if pwd_entry(user) is None:
                 self.sandbox.useradd(user)
@@ -141,6 +156,8 @@ class Host:
         self.change(engine, "provisionAuthorizedKeys", "grant", self.bystander, "bystander-1")
         self.change(engine, "provisionSudo", "grant", self.bystander, "bystander-1")
         command, action = self.scenario.command, self.scenario.action
+        if not self.scenario.adopted and command != "provisionUser":
+            self.change(engine, "provisionUser", "grant", self.target, "crash-user")  # an account the agent made
         if command == "provisionSession":
             self.start_sleeper()
         elif action == "revoke":
@@ -223,10 +240,21 @@ def _check_file(user: str, *, own: bool = True) -> bytes:
     return data
 
 
+def _check_pairs(path: Path) -> None:
+    """A key store file: whole marker pairs only (the user has no lines of their own there)."""
+    data = path.read_bytes() if path.exists() else b""
+    lines = [line for line in data.split(b"\n") if line]
+    for index, line in enumerate(lines):
+        is_marker = line.startswith(MARKER_PREFIX.encode())
+        assert is_marker == (index % 2 == 0), f"{path}: not whole marker pairs: {data!r}"
+    assert len(lines) % 2 == 0, f"{path}: a marker with no key after it: {data!r}"
+
+
 def _check_host(host: Host, bystander_file: bytes) -> None:
     """Step 2 of the module docstring."""
     if pwd_entry(host.target) is not None:
         _check_file(host.target, own=host.scenario.adopted)
+    _check_pairs(host.state / "keys" / host.target)
     assert _check_file(host.bystander) == bystander_file, "the bystander's authorized_keys changed"
     rules = parse_dropin(DROPIN.read_text()) if DROPIN.exists() else []
     assert host.bystander in {rule.user for rule in rules}, f"the bystander's sudo rule is gone: {rules}"
@@ -249,6 +277,7 @@ def _outcome(host: Host) -> dict[str, object]:
         keys = _EXPIRY.sub(b"", path.read_bytes()) if path.exists() else b""
     shadow = shadow_entry(host.target) if entry is not None else None
     ledger = load_ledger(host.state)
+    stored = host.state / "keys" / host.target
     temps = (
         [p.name for p in (Path(entry.pw_dir) / ".ssh").iterdir()]
         if entry is not None and (Path(entry.pw_dir) / ".ssh").is_dir()
@@ -264,6 +293,7 @@ def _outcome(host: Host) -> dict[str, object]:
         else (entry.pw_shell, ledger.users[host.target].uid == entry.pw_uid if host.target in ledger.users else None),
         "password": None if shadow is None else str(shadow).split(":")[1:2],
         "authorized_keys": keys.decode(),
+        "key_store": _EXPIRY.sub(b"", stored.read_bytes()).decode() if stored.exists() else None,
         "dropin": DROPIN.read_text() if DROPIN.exists() else None,
         "ledger_users": {name: user.adopted for name, user in ledger.users.items()},
         "ledger_keys": {
