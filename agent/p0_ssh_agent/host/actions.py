@@ -86,6 +86,14 @@ class JoinKeyStoreGroup:
 
 
 @dataclass(frozen=True)
+class LeaveKeyStoreGroup:
+    """Take the account out of the key store's group, so that sshd reads its ~/.ssh/authorized_keys again (the
+    grants moved home: provisioning/key_store_move.py); nothing if it is no member."""
+
+    name: str
+
+
+@dataclass(frozen=True)
 class UnderSudoersLock:
     """Under the sudoers lock: read the drop-in at `path` (None: no such file) and run the actions `then` makes
     of its content (pure: parse, change, render; the ledger mirror that follows the file)."""
@@ -179,6 +187,7 @@ HostAction = (
     | EditUserFile
     | EditKeyStore
     | JoinKeyStoreGroup
+    | LeaveKeyStoreGroup
     | UnderSudoersLock
     | InstallSudoers
     | EditLegacySudoers

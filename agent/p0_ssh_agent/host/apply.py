@@ -43,6 +43,7 @@ from p0_ssh_agent.host.actions import (
     HostAction,
     InstallSudoers,
     JoinKeyStoreGroup,
+    LeaveKeyStoreGroup,
     LockAccount,
     Plan,
     RequireAccount,
@@ -107,6 +108,9 @@ class _Run:
             case JoinKeyStoreGroup(name):
                 with self._effect():
                     key_store.join_store_group(name)
+            case LeaveKeyStoreGroup(name):
+                with self._effect():
+                    key_store.leave_store_group(name)
             case CreateAccount() | UnlockAccount() | LockAccount() | DeleteAccount():
                 with self._effect():
                     self._account(action)

@@ -29,6 +29,7 @@ from p0_ssh_agent.host.actions import (
     HostAction,
     InstallSudoers,
     JoinKeyStoreGroup,
+    LeaveKeyStoreGroup,
     LockAccount,
     Plan,
     RequireAccount,
@@ -83,6 +84,9 @@ class DescribingApplier:
                 check_sudo_installed()
             case JoinKeyStoreGroup(name):
                 for argv in key_store.planned_join(name):
+                    applied.description.command(argv)
+            case LeaveKeyStoreGroup(name):
+                for argv in key_store.planned_leave(name):
                     applied.description.command(argv)
             case EditUserFile() | EditKeyStore() | UnderSudoersLock() | InstallSudoers() | EditLegacySudoers():
                 self._file(action, applied)
