@@ -11,6 +11,7 @@ Real useradd/usermod/gpasswd and a real sshd (UsePAM no, StrictModes yes); skipp
 from __future__ import annotations
 
 import grp
+import pwd
 import secrets
 import shutil
 import subprocess
@@ -127,6 +128,20 @@ def members() -> list[str]:
         return []
 
 
+def assert_nothing_readable_to_others(state: Path) -> None:
+    """0711 lets sshd pass the state directory; nothing in it may be readable (or listable) by anyone else: the
+    ledger files 0600, its subdirectories 0700, the store 0711 and its files root:<the user's group> 0640."""
+    for path in [state, *state.rglob("*")]:
+        info = path.lstat()
+        mode, in_store = info.st_mode & 0o7777, path.parent == state / "keys"
+        if path in (state, state / "keys"):
+            assert mode == 0o711 and info.st_uid == 0, (path, oct(mode))
+        elif in_store:
+            assert mode == 0o640 and info.st_uid == 0 and info.st_gid == pwd.getpwnam(path.name).pw_gid, path
+        else:
+            assert mode & 0o077 == 0, (path, oct(mode))
+
+
 def test_store_mode_end_to_end(
     sandbox: Sandbox, system_sshd: Sshd, tmp_path: Path, agent_keys: Path, traversable_state: Path
 ) -> None:
@@ -150,6 +165,8 @@ def test_store_mode_end_to_end(
     assert b"req-1" not in authorized_keys(name).read_bytes()  # moved, not copied
     assert name in members() and load_config(config).key_store == "store"
     assert logs_in_soon(sshd, name, keys["before"][0])  # the home-mode grant keeps working
+
+    assert_nothing_readable_to_others(state)
 
     shown = key_store(config, "show")
     assert "keyStore: store" in shown.stdout and ": installed" in shown.stdout, shown.stdout

@@ -106,7 +106,7 @@ def members() -> set[str]:
 
 
 def grant(engine: Engine, name: str, request_id: str, public: str, *, create: bool = True) -> None:
-    commands = (("provisionUser", {}),) if create else ()
+    commands: tuple[tuple[str, dict[str, str]], ...] = (("provisionUser", {}),) if create else ()
     for command, fields in (*commands, ("provisionAuthorizedKeys", {"publicKey": public})):
         data = {"command": command, "action": "grant", "requestId": request_id, "userName": name, **fields}
         result = run_change(engine, parse_change(command, data)).result

@@ -67,7 +67,7 @@ class EditUserFile:
 
 @dataclass(frozen=True)
 class EditKeyStore:
-    """The account's file in the key store (host/key_store.py) := transform(its bytes); create False: a missing
+    """The account's file in the key store (host/key_store_files.py) := transform(its bytes); create False: a missing
     file stays missing (a revoke). An empty result removes it. The caller holds the user's lock."""
 
     key_dir: str  # <state directory>/keys: the sshd drop-in names the same directory

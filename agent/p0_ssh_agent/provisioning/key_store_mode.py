@@ -32,7 +32,7 @@ from pathlib import Path
 from p0_ssh_agent.config.writer import write_config
 from p0_ssh_agent.core.sshd_key_store import KEY_STORE_GROUP, SSHD_DROPIN_PATH, sshd_dropin_text
 from p0_ssh_agent.errors import AgentError
-from p0_ssh_agent.host import key_store, selinux, sshd_control
+from p0_ssh_agent.host import key_store_files, selinux, sshd_control
 from p0_ssh_agent.provisioning.engine import Engine
 from p0_ssh_agent.provisioning.key_store_move import Destination, MoveReport, move_grants
 
@@ -84,7 +84,7 @@ def switch_to_store(engine: Engine, config_path: Path, say: Say) -> None:
             sshd_control.install_dropin(previous.decode("utf-8", "replace"))
 
     _check_sshd(say, undo=undo)
-    key_store.prepare_store_dirs(str(engine.state_dir), key_dir)
+    key_store_files.prepare_store_dirs(str(engine.state_dir), key_dir)
     say(f"{engine.state_dir} and {key_dir}: root-owned, mode 0711")
     if selinux.selinux_enabled():
         for note in sshd_control.label_key_dir(key_dir):

@@ -31,7 +31,7 @@ from typing import Literal
 from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.core.authorized_keys_format import add_block, blocks, parse_own_line, remove_block
 from p0_ssh_agent.errors import AgentError
-from p0_ssh_agent.host import accounts, key_store
+from p0_ssh_agent.host import accounts, key_store_files
 from p0_ssh_agent.host.accounts import UserRecord
 from p0_ssh_agent.host.actions import (
     EditKeyStore,
@@ -176,7 +176,7 @@ def _move_account(engine: Engine, record: UserRecord, to: Destination, *, remove
             record,
             view.keys.get(record.name, {}),
             read_authorized_keys(record) if to_store else b"",
-            None if to_store else key_store.read_key_file(record.name, key_dir=engine.key_dir),
+            None if to_store else key_store_files.read_key_file(record.name, key_dir=engine.key_dir),
         )
         plan = (plan_to_store if to == "store" else plan_to_home)(account, engine.key_dir, remove=remove)
         return plan.result(engine.apply(plan, view))
