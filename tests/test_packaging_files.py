@@ -17,6 +17,7 @@ from ruamel.yaml import YAML
 from p0_ssh_agent._version import __version__
 from p0_ssh_agent.cli import SUBCOMMANDS
 from p0_ssh_agent.config.loader import load_config
+from p0_ssh_agent.core.sshd_key_store import PACKAGED_DROPIN_PATH, sshd_dropin_text
 from p0_ssh_agent.runtime import limits
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,7 +72,7 @@ def test_unit_has_comments_only_on_their_own_lines() -> None:
         ("Service", "TimeoutStopSec", "30s"),
         ("Service", "KillMode", "mixed"),
         ("Service", "StateDirectory", "p0-ssh-agent"),
-        ("Service", "StateDirectoryMode", "0700"),
+        ("Service", "StateDirectoryMode", "0711"),  # sshd traverses it to the key store; nothing in it is readable
         ("Service", "RuntimeDirectory", "p0-ssh-agent"),
         ("Service", "RuntimeDirectoryMode", "0755"),  # node_exporter reaches the metrics file; files stay 0600/0640
         ("Service", "ProtectSystem", "strict"),
@@ -255,3 +256,10 @@ def test_unit_resource_ceilings_cover_the_agents_own_worst_case() -> None:
     assert int(memory_max[:-1]) * limits.MIB >= 1.25 * (idle + limits.WORST_CASE_BYTES)
     assert int(single("Service", "TasksMax")) >= 1.5 * limits.MAX_TASKS
     assert int(single("Service", "LimitNOFILE")) >= 2 * limits.MAX_FDS
+
+
+def test_the_packaged_sshd_drop_in_is_what_key_store_store_renders() -> None:
+    assert (ROOT / "packaging" / "sshd-key-store.conf").read_text() == sshd_dropin_text()
+    nfpm = YAML(typ="safe").load((ROOT / "nfpm.yaml").read_text())
+    shipped = {entry.get("src"): entry.get("dst") for entry in nfpm["contents"]}
+    assert shipped["packaging/sshd-key-store.conf"] == PACKAGED_DROPIN_PATH

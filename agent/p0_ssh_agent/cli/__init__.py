@@ -30,6 +30,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "command",
     "revoke_all",
     "adopt",
+    "key_store",
     "policy",
     "dev_backend",
     "version",

@@ -28,6 +28,7 @@ from p0_ssh_agent.diagnostics.host_checks import (
     check_sudoers,
     check_visudo,
 )
+from p0_ssh_agent.diagnostics.key_store_checks import check_key_store
 from p0_ssh_agent.diagnostics.network_checks import DEFAULT_TIMEOUT, offline_findings, probe_backend
 from p0_ssh_agent.diagnostics.orphan_checks import check_orphans
 from p0_ssh_agent.errors import AgentError, ExitCode
@@ -83,6 +84,7 @@ def collect(
         *host_findings(),
         check_ledger(config, state_dir),
         check_orphans(config, state_dir),
+        *check_key_store(config, state_dir),
     ]
     if offline:
         return found + offline_findings()

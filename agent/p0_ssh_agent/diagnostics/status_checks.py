@@ -20,6 +20,7 @@ from pathlib import Path
 from p0_ssh_agent.config import AgentConfig, load_config
 from p0_ssh_agent.diagnostics.config_checks import check_config, check_revoke_mode
 from p0_ssh_agent.diagnostics.findings import Finding
+from p0_ssh_agent.diagnostics.key_store_checks import check_key_store_mode
 from p0_ssh_agent.diagnostics.live_checks import UNIT, agent_checks, overall_exit
 from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.host import proc
@@ -37,7 +38,9 @@ SystemctlRunner = Callable[[list[str]], tuple[int, str]]
 Check = Finding
 
 
-def check_mode(name: str, path: Path, *, max_mode: int, want_uid: int) -> Check:
+def check_mode(name: str, path: Path, *, max_mode: int, want_uid: int, fix_mode: int | None = None) -> Check:
+    """`path` is a directory owned by want_uid and no looser than max_mode; the fix suggests fix_mode (max_mode)."""
+    fix_mode = max_mode if fix_mode is None else fix_mode
     try:
         info = path.lstat()
     except FileNotFoundError:
@@ -52,7 +55,7 @@ def check_mode(name: str, path: Path, *, max_mode: int, want_uid: int) -> Check:
     if info.st_uid != want_uid:
         return Check(name, "fail", f"{path} is owned by uid {info.st_uid}", f"chown {want_uid} {path}")
     if mode & ~max_mode:
-        return Check(name, "fail", f"{path} has mode {mode:o}, looser than {max_mode:o}", f"chmod {max_mode:o} {path}")
+        return Check(name, "fail", f"{path} has mode {mode:o}, looser than {max_mode:o}", f"chmod {fix_mode:o} {path}")
     return Check(name, "ok", f"{path} ({mode:o}, uid {info.st_uid})")
 
 
@@ -108,6 +111,7 @@ def collect(
     if config.dry_run:
         checks.append(Check("dry-run", "warn", "dryRun is on: requests are planned, nothing changes on the host"))
     checks.append(check_revoke_mode(config))
+    checks.append(check_key_store_mode(config))
 
     uid = os.geteuid()
     if config.source is not None:
@@ -135,7 +139,9 @@ def collect(
 
     state_dir = resolve_state_dir(config.state_dir, env)
     if os.path.lexists(state_dir) or not os.access(state_dir.parent, os.X_OK):  # unsearchable: let lstat say why
-        checks.append(check_mode("state directory", state_dir, max_mode=0o700, want_uid=uid))
+        # 0711 is the unit's StateDirectoryMode: sshd traverses it to the key store (core/sshd_key_store.py).
+        fix_mode = 0o711 if config.key_store == "store" else 0o700
+        checks.append(check_mode("state directory", state_dir, max_mode=0o711, want_uid=uid, fix_mode=fix_mode))
     else:
         checks.append(Check("state directory", "warn", f"{state_dir} does not exist yet; the agent creates it"))
     guard_checks, guard = gather_guard(config, state_dir)

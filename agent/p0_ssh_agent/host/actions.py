@@ -67,7 +67,7 @@ class EditUserFile:
 
 @dataclass(frozen=True)
 class EditKeyStore:
-    """The account's file in the key store (host/key_store.py) := transform(its bytes); create False: a missing
+    """The account's file in the key store (host/key_store_files.py) := transform(its bytes); create False: a missing
     file stays missing (a revoke). An empty result removes it. The caller holds the user's lock."""
 
     key_dir: str  # <state directory>/keys: the sshd drop-in names the same directory
@@ -81,6 +81,14 @@ class EditKeyStore:
 class JoinKeyStoreGroup:
     """Make the account a member of the key store's group, so that sshd reads its keys from the store (and only
     from there: core/sshd_key_store.py); nothing if it is one already."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class LeaveKeyStoreGroup:
+    """Take the account out of the key store's group, so that sshd reads its ~/.ssh/authorized_keys again (the
+    grants moved home: provisioning/key_store_move.py); nothing if it is no member."""
 
     name: str
 
@@ -191,6 +199,7 @@ HostAction = (
     | EditUserFile
     | EditKeyStore
     | JoinKeyStoreGroup
+    | LeaveKeyStoreGroup
     | UnderSudoersLock
     | InstallSudoers
     | EditLegacySudoers

@@ -30,7 +30,7 @@ from typing import ClassVar, assert_never
 
 from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.core.sudoers import LEGACY_FILE
-from p0_ssh_agent.host import account_changes, accounts, key_store, locks, sessions
+from p0_ssh_agent.host import account_changes, accounts, key_store_files, locks, sessions
 from p0_ssh_agent.host.actions import (
     Applied,
     ChangeLedger,
@@ -44,6 +44,7 @@ from p0_ssh_agent.host.actions import (
     HostAction,
     InstallSudoers,
     JoinKeyStoreGroup,
+    LeaveKeyStoreGroup,
     LockAccount,
     Plan,
     RequireAccount,
@@ -107,7 +108,10 @@ class _Run:
                     self._file(action)
             case JoinKeyStoreGroup(name):
                 with self._effect():
-                    key_store.join_store_group(name)
+                    key_store_files.join_store_group(name)
+            case LeaveKeyStoreGroup(name):
+                with self._effect():
+                    key_store_files.leave_store_group(name)
             case CreateAccount() | UnlockAccount() | LockAccount() | DeleteAccount() | DeleteLeftoverGroup():
                 with self._effect():
                     self._account(action)
@@ -173,7 +177,7 @@ class _Run:
                     keep_owner=action.keep_owner,
                 )
             case EditKeyStore(key_dir, name, gid, transform, create):
-                key_store.edit_key_file(name, gid, transform, create=create, key_dir=key_dir)
+                key_store_files.edit_key_file(name, gid, transform, create=create, key_dir=key_dir)
             case InstallSudoers(text):
                 install_dropin(text)
             case EditLegacySudoers(transform):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, assert_never
 
 from p0_ssh_agent.core.sudoers import LEGACY_FILE
-from p0_ssh_agent.host import account_changes, key_store, sessions
+from p0_ssh_agent.host import account_changes, key_store_files, sessions
 from p0_ssh_agent.host.actions import (
     Applied,
     ChangeLedger,
@@ -30,6 +30,7 @@ from p0_ssh_agent.host.actions import (
     HostAction,
     InstallSudoers,
     JoinKeyStoreGroup,
+    LeaveKeyStoreGroup,
     LockAccount,
     Plan,
     RequireAccount,
@@ -83,7 +84,10 @@ class DescribingApplier:
             case RequireSudo():
                 check_sudo_installed()
             case JoinKeyStoreGroup(name):
-                for argv in key_store.planned_join(name):
+                for argv in key_store_files.planned_join(name):
+                    applied.description.command(argv)
+            case LeaveKeyStoreGroup(name):
+                for argv in key_store_files.planned_leave(name):
                     applied.description.command(argv)
             case EditUserFile() | EditKeyStore() | UnderSudoersLock() | InstallSudoers() | EditLegacySudoers():
                 self._file(action, applied)
@@ -111,7 +115,7 @@ class DescribingApplier:
                 )
             case EditKeyStore(key_dir, name, gid, transform, create):
                 described.file(
-                    key_store.edit_key_file(name, gid, transform, create=create, write=False, key_dir=key_dir)
+                    key_store_files.edit_key_file(name, gid, transform, create=create, write=False, key_dir=key_dir)
                 )
             case UnderSudoersLock(path, then):
                 self._actions(then(read_root_file(path)), applied)

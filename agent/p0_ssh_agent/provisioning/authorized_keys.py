@@ -35,7 +35,7 @@ from p0_ssh_agent.core.requests import Action, CaKeyRequest, KeyRequest
 from p0_ssh_agent.core.sshd_key_store import key_file_path
 from p0_ssh_agent.host.accounts import UserRecord
 from p0_ssh_agent.host.actions import EditKeyStore, EditUserFile, HostAction, JoinKeyStoreGroup, Plan, RequireAccount
-from p0_ssh_agent.host.key_store import read_key_file
+from p0_ssh_agent.host.key_store_files import read_key_file
 from p0_ssh_agent.host.ledger import KeyKind, Ledger
 from p0_ssh_agent.host.openssh import grant_stamp
 from p0_ssh_agent.host.safefile import preview_in_user_dir

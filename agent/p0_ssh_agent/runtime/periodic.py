@@ -8,6 +8,8 @@
                 setClientId) for that long, counted from start-up or from the last disconnect, revokes everything
                 once (provisioning/expiry.offline_revoke); it arms again only after the next successful registration.
     reconcile   at start-up, after each reconnect, and every reconcileIntervalSeconds (provisioning/reconcile.py).
+                Before the first one, once: the key grants a keyStore change left in the other place
+                (provisioning/key_store_move.py move_stragglers; one stat on a home-mode host without a store).
 
 None of them needs the backend. The blocking work runs in worker threads with the handlers' own locks. A failure
 is logged and the loop goes on: a guardrail must never end the agent. The configuration is read at each round, so
@@ -30,6 +32,7 @@ from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.provisioning.engine import Engine
 from p0_ssh_agent.provisioning.expiry import SweepReport, offline_revoke, sweep
+from p0_ssh_agent.provisioning.key_store_move import move_stragglers
 from p0_ssh_agent.provisioning.reconcile import Drift, reconcile
 from p0_ssh_agent.provisioning.revoke_everything import Report
 
@@ -174,6 +177,7 @@ class GuardTasks:
             self.state.last_offline_revoke = report
 
     async def _reconcile_loop(self) -> None:
+        await self._guarded("key_store_move", functools.partial(move_stragglers, self._engine()))
         while True:
             engine = self._engine()
             repair = engine.config.reconcile == "repair"

@@ -22,7 +22,8 @@ def resolve_state_dir(config_state_dir: Path | None, env: Mapping[str, str]) -> 
 
 
 def ensure_state_dir(path: Path) -> Path:
-    """Create the directory 0700 if missing; refuse a symlink, a non-directory or one owned by someone else."""
+    """Create the directory 0700 if missing (0711 is kept: the key store); refuse a symlink, a non-directory or one
+    owned by someone else."""
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         info = path.lstat()
@@ -37,7 +38,9 @@ def ensure_state_dir(path: Path) -> Path:
             f"state directory {path} is owned by uid {info.st_uid}, not by the agent (uid {os.geteuid()}); "
             f"fix with: chown {os.geteuid()} {path}"
         )
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        # Created earlier with a looser umask: the ledger names users and request ids, keep it private.
+    if stat.S_IMODE(info.st_mode) & 0o066:
+        # Created earlier with a looser umask: the ledger names users and request ids, keep it private. 0711 (the
+        # unit's StateDirectoryMode) stays: sshd, acting as a user, must traverse it to the key store, and nobody
+        # but root can list it.
         path.chmod(0o700)
     return path

@@ -16,8 +16,16 @@ import grp
 import os
 import secrets
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
-from p0_ssh_agent.core.sshd_key_store import KEY_DIR_MODE, KEY_FILE_MODE, KEY_STORE_DIR, KEY_STORE_GROUP
+from p0_ssh_agent.core.sshd_key_store import (
+    KEY_DIR_MODE,
+    KEY_FILE_MODE,
+    KEY_STORE_DIR,
+    KEY_STORE_GROUP,
+    STATE_DIR_MODE,
+)
+from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.host import crashpoints, proc, selinux
 from p0_ssh_agent.host.account_changes import _planned_tool, _tool, invalidate_caches
 from p0_ssh_agent.host.accounts import TOOL_TIMEOUT
@@ -30,6 +38,8 @@ from p0_ssh_agent.host.safefile import (
     _read_regular,
     _replace,
 )
+
+GPASSWD_CANDIDATES = ("/usr/bin/gpasswd", "/usr/sbin/gpasswd", "/bin/gpasswd", "/sbin/gpasswd")
 
 
 @contextlib.contextmanager
@@ -59,6 +69,24 @@ def _store_dir(key_dir: str, *, create: bool) -> Iterator[int | None]:
     selinux.restorecon([key_dir])
     with root_dir(key_dir) as fd:
         yield fd
+
+
+def prepare_store_dirs(state_dir: str, key_dir: str) -> None:
+    """For `p0-ssh-agent key-store store`: the state directory and the store made 0711 and checked root-owned, not
+    group/world-writable, and every directory above them traversable by all (sshd opens the file as the user)."""
+    for here in Path(state_dir).parents:
+        info = here.stat()
+        if not info.st_mode & 0o001:
+            raise FileEditFailed(
+                f"{here} is mode {info.st_mode & 0o7777:04o}: sshd, reading the key store as the user, cannot pass "
+                f"it; make it traversable (chmod o+x {here}) or set stateDir under a directory that is"
+            )
+    with root_dir(state_dir) as fd:
+        if fd is None:
+            raise FileEditFailed(f"the state directory {state_dir} does not exist")
+        _enforce(fd, os.fstat(fd), 0, 0, STATE_DIR_MODE)
+    with _store_dir(key_dir, create=True):
+        pass
 
 
 def read_key_file(name: str, *, key_dir: str = KEY_STORE_DIR) -> bytes | None:
@@ -166,14 +194,28 @@ def join_store_group(name: str, group: str = KEY_STORE_GROUP) -> list[list[str]]
     return ran
 
 
+def planned_leave(name: str, group: str = KEY_STORE_GROUP) -> list[list[str]]:
+    """What leave_store_group would run (a dry run): nothing if it is no member."""
+    return [[_gpasswd() or GPASSWD_CANDIDATES[0], "-d", name, group]] if in_store_group(name, group) else []
+
+
 def leave_store_group(name: str, group: str = KEY_STORE_GROUP) -> list[list[str]]:
     """Take `name` out of the store's group (sshd reads its ~/.ssh/authorized_keys again); what it ran."""
     if not in_store_group(name, group):
         return []
-    argv = [_tool("gpasswd"), "-d", name, group]
+    tool = _gpasswd()
+    if tool is None:
+        where = ", ".join(GPASSWD_CANDIDATES)
+        raise AgentError(f"gpasswd was not found in {where}: install shadow-utils (Debian: passwd)")
+    argv = [tool, "-d", name, group]
     proc.run(argv, timeout=TOOL_TIMEOUT)
     invalidate_caches()
     return [argv]
+
+
+def _gpasswd() -> str | None:
+    """gpasswd lives in /usr/bin (it is setuid for group administrators), not in /usr/sbin like usermod."""
+    return proc.which("gpasswd", GPASSWD_CANDIDATES)
 
 
 def _group_exists(group: str) -> bool:
