@@ -29,34 +29,24 @@ from p0_ssh_agent.provisioning.engine import Engine
 from p0_ssh_agent.provisioning.expiry import sweep
 from p0_ssh_agent.provisioning.pipeline import run_change
 from provisioning_support import AGENT, AgentCli, authorized_keys, make_keys, write_config
-from sandbox.fixtures import CHILD_ENV, SSH_KEYGEN, SSHD, Sandbox, Sshd, _free_port, _wait_for_port, make_keypair, run
+from sandbox.fixtures import (
+    CHILD_ENV,
+    SSH_KEYGEN,
+    SSHD,
+    Sandbox,
+    Sshd,
+    _free_port,
+    _wait_for_port,
+    make_keypair,
+    run,
+    sshd_config_text,
+)
 from sandbox.fixtures import unique_user_name as new_name
 from test_provisioning_e2e import logs_in
 
 pytestmark = pytest.mark.sandbox
 
 SSHD_CONFIG = Path("/etc/ssh/sshd_config")
-
-
-def _main_config(directory: Path, port: int, host_key: Path) -> str:
-    return "\n".join(
-        [
-            "Include /etc/ssh/sshd_config.d/*.conf",
-            f"Port {port}",
-            "ListenAddress 127.0.0.1",
-            f"HostKey {host_key}",
-            f"PidFile {directory / 'sshd.pid'}",
-            "UsePAM no",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            "PubkeyAuthentication yes",
-            "AuthorizedKeysFile .ssh/authorized_keys",
-            "StrictModes yes",
-            "LogLevel VERBOSE",
-            "PrintMotd no",
-            "",
-        ]
-    )
 
 
 @pytest.fixture
@@ -72,7 +62,7 @@ def system_sshd(sandbox: Sandbox) -> Iterator[Sshd]:
     try:
         for _attempt in range(5):
             port = _free_port()
-            SSHD_CONFIG.write_text(_main_config(directory, port, host_key))
+            SSHD_CONFIG.write_text(sshd_config_text(directory, port, host_key, include="/etc/ssh/sshd_config.d/*.conf"))
             run([SSHD, "-t"])
             log = directory / f"sshd-{port}.log"
             with log.open("wb") as log_file:

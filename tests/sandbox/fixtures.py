@@ -191,9 +191,11 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _sshd_config(directory: Path, port: int, host_key: Path) -> str:
+def sshd_config_text(directory: Path, port: int, host_key: Path, *, include: str | None = None) -> str:
+    """The test sshd's configuration; `include`: a glob of drop-ins read first (as Debian's sshd_config does)."""
     return "\n".join(
         [
+            *([f"Include {include}"] if include else []),
             f"Port {port}",
             "ListenAddress 127.0.0.1",
             f"HostKey {host_key}",
@@ -236,7 +238,7 @@ def start_sshd(directory: Path) -> Sshd:
     for _attempt in range(5):
         port = _free_port()
         config = directory / "sshd_config"
-        config.write_text(_sshd_config(directory, port, host_key))
+        config.write_text(sshd_config_text(directory, port, host_key))
         run([SSHD, "-t", "-f", config])
         log = directory / f"sshd-{port}.log"
         with log.open("wb") as log_file:

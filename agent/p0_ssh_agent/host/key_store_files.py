@@ -28,7 +28,7 @@ from p0_ssh_agent.core.sshd_key_store import (
 from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.host import crashpoints, proc, selinux
 from p0_ssh_agent.host.account_changes import _planned_tool, _tool, invalidate_caches
-from p0_ssh_agent.host.accounts import TOOL_TIMEOUT
+from p0_ssh_agent.host.accounts import TOOL_TIMEOUT, _group_exists
 from p0_ssh_agent.host.rootfile import root_dir
 from p0_ssh_agent.host.safefile import (
     FileEdit,
@@ -45,29 +45,14 @@ GPASSWD_CANDIDATES = ("/usr/bin/gpasswd", "/usr/sbin/gpasswd", "/bin/gpasswd", "
 @contextlib.contextmanager
 def _store_dir(key_dir: str, *, create: bool) -> Iterator[int | None]:
     """A checked fd for the store directory (root-owned, not group/world-writable), made 0711 if missing and
-    `create`; None if it is missing and not `create`. Its parent (the state directory) must exist."""
-    with root_dir(key_dir) as fd:
+    `create` (and put back to 0711: sshd, acting as the user, must pass through it); None if it is missing and not
+    `create`. Its parent (the state directory) must exist."""
+    missing = create and not os.path.lexists(key_dir)
+    with root_dir(key_dir, create=create, mode=KEY_DIR_MODE) as fd:
         if fd is not None and create:
-            _enforce(fd, os.fstat(fd), 0, 0, KEY_DIR_MODE)  # sshd, acting as the user, must traverse it
-        if fd is not None or not create:
-            yield fd
-            return
-    parent, name = os.path.split(key_dir.rstrip("/"))
-    with root_dir(parent) as parent_fd:
-        if parent_fd is None:
-            raise FileEditFailed(f"cannot create {key_dir}: the directory {parent} does not exist")
-        try:
-            crashpoints.step(f"mkdir {key_dir}")
-            os.mkdir(name, KEY_DIR_MODE, dir_fd=parent_fd)
-            os.chmod(name, KEY_DIR_MODE, dir_fd=parent_fd)  # mkdir's mode passed through the umask (0077)
-            crashpoints.step(f"fsync {parent}")
-            os.fsync(parent_fd)
-        except FileExistsError:
-            pass  # made meanwhile by another writer: checked like any existing one below
-        except OSError as exc:
-            raise FileEditFailed(f"cannot create {key_dir}: {exc.strerror}") from None
-    selinux.restorecon([key_dir])
-    with root_dir(key_dir) as fd:
+            _enforce(fd, os.fstat(fd), 0, 0, KEY_DIR_MODE)
+            if missing:
+                selinux.restorecon([key_dir])  # the label the admin's `key-store store` set up for the store
         yield fd
 
 
@@ -216,11 +201,3 @@ def leave_store_group(name: str, group: str = KEY_STORE_GROUP) -> list[list[str]
 def _gpasswd() -> str | None:
     """gpasswd lives in /usr/bin (it is setuid for group administrators), not in /usr/sbin like usermod."""
     return proc.which("gpasswd", GPASSWD_CANDIDATES)
-
-
-def _group_exists(group: str) -> bool:
-    try:
-        grp.getgrnam(group)
-    except KeyError:
-        return False
-    return True

@@ -29,10 +29,11 @@ DIR_MODE = 0o700  # what root_dir(create=True) makes a missing directory with
 
 
 @contextlib.contextmanager
-def root_dir(path: str, *, create: bool = False) -> Iterator[int | None]:
+def root_dir(path: str, *, create: bool = False, mode: int = DIR_MODE) -> Iterator[int | None]:
     """A checked fd for the root-owned directory `path` (absolute), or None if it does not exist and not `create`.
 
-    create: a missing last component is made (mode 0700) and its parent fsync-ed; the parent must exist."""
+    create: a missing last component is made (`mode`, whatever the umask) and its parent fsync-ed; the parent must
+    exist."""
     if not path.startswith("/"):
         raise ValueError(f"root directories are addressed by absolute path, got {path!r}")
     fd = _open_dir(path, path)
@@ -43,7 +44,9 @@ def root_dir(path: str, *, create: bool = False) -> Iterator[int | None]:
                 raise FileEditFailed(f"cannot create {path}: the directory {parent} does not exist")
             try:
                 crashpoints.step(f"mkdir {path}")
-                os.mkdir(name, DIR_MODE, dir_fd=parent_fd)
+                os.mkdir(name, mode, dir_fd=parent_fd)
+                if mode & ~DIR_MODE:  # bits the agent's umask (0077) took from mkdir's mode
+                    os.chmod(name, mode, dir_fd=parent_fd)
             except FileExistsError:
                 pass  # made meanwhile by another writer: opened and checked like any existing one
             except OSError as exc:
