@@ -24,7 +24,7 @@ import pytest
 from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.core.requests import parse_change
 from p0_ssh_agent.host import account_changes, crashpoints
-from p0_ssh_agent.host.accounts import AccountConflict
+from p0_ssh_agent.host.accounts import AccountConflict, _gid_taken
 from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.host.ledger import load_ledger
 from p0_ssh_agent.protocol.forwarded import CommandResult
@@ -172,14 +172,6 @@ def _replace_with_another_gid(sandbox: Sandbox, name: str, uid: int) -> None:
 def _add_a_member(sandbox: Sandbox, name: str, member: str) -> None:
     sandbox.useradd(member)
     sandbox.run(USERMOD, "-a", "-G", name, member)
-
-
-def _gid_taken(gid: int) -> bool:
-    try:
-        grp.getgrgid(gid)
-    except KeyError:
-        return False
-    return True
 
 
 @pytest.mark.parametrize("change", ["another-gid", "a-member"])

@@ -26,10 +26,10 @@ from p0_ssh_agent.core.sshd_key_store import (
     STATE_DIR_MODE,
 )
 from p0_ssh_agent.errors import AgentError
-from p0_ssh_agent.host import crashpoints, proc, selinux
+from p0_ssh_agent.host import proc, selinux
 from p0_ssh_agent.host.account_changes import _planned_tool, _tool, invalidate_caches
 from p0_ssh_agent.host.accounts import TOOL_TIMEOUT, _group_exists
-from p0_ssh_agent.host.rootfile import root_dir
+from p0_ssh_agent.host.rootfile import root_dir, unlink_in_dir
 from p0_ssh_agent.host.safefile import (
     FileEdit,
     FileEditFailed,
@@ -115,7 +115,7 @@ def edit_key_file(
             after = transform(before or b"")
             if not after:
                 if before is not None and write:
-                    _unlink(dir_fd, name, key_dir)
+                    unlink_in_dir(dir_fd, key_dir, name)
                 return FileEdit(path, before, None, changed=before is not None)
             if after == before:
                 if write and existing is not None:
@@ -134,16 +134,6 @@ def edit_key_file(
 def remove_key_file(name: str, *, write: bool = True, key_dir: str = KEY_STORE_DIR) -> FileEdit:
     """Delete the account's store file (its account is deleted); a missing one is no change."""
     return edit_key_file(name, 0, lambda _content: b"", create=False, write=write, key_dir=key_dir)
-
-
-def _unlink(dir_fd: int, name: str, key_dir: str) -> None:
-    try:
-        crashpoints.step(f"unlink {key_dir}/{name}")
-        os.unlink(name, dir_fd=dir_fd)
-        crashpoints.step(f"fsync {key_dir}")
-        os.fsync(dir_fd)
-    except OSError as exc:
-        raise FileEditFailed(f"cannot remove {key_dir}/{name}: {exc.strerror}") from None
 
 
 # --- the group sshd's Match Group names ---------------------------------------------------------------------------

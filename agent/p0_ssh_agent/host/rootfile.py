@@ -156,11 +156,16 @@ def remove_root_file(path: str) -> FileEdit:
             return FileEdit(path, None, None, changed=False)
         file_fd, _info, before = existing
         cleanup.callback(os.close, file_fd)
-        try:
-            crashpoints.step(f"unlink {path}")
-            os.unlink(name, dir_fd=dir_fd)
-            crashpoints.step(f"fsync {_directory}")
-            os.fsync(dir_fd)
-        except OSError as exc:
-            raise FileEditFailed(f"cannot remove {path}: {exc.strerror}") from None
+        unlink_in_dir(dir_fd, _directory, name)
     return FileEdit(path, before, None, changed=True)
+
+
+def unlink_in_dir(dir_fd: int, shown_dir: str, name: str) -> None:
+    """Unlink `name` in the directory and fsync the directory, so the removal is durable (FileEditFailed)."""
+    try:
+        crashpoints.step(f"unlink {shown_dir}/{name}")
+        os.unlink(name, dir_fd=dir_fd)
+        crashpoints.step(f"fsync {shown_dir}")
+        os.fsync(dir_fd)
+    except OSError as exc:
+        raise FileEditFailed(f"cannot remove {shown_dir}/{name}: {exc.strerror}") from None
