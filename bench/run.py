@@ -182,11 +182,11 @@ def findings(measurements: list[Measurement]) -> list[str]:
         )
     if "fleet" in by_name:
         out.append(
-            "Fleet: after a drop the first wait is uniform over [0, 1 s] (Backoff base 1 s), so the whole fleet "
-            "tries within the first second. The proposal row (every wait uniform over [0, 30 s] after losing an "
-            "established connection) meets both fleet targets, at the price of up to 30 s to come back after any "
-            "single host's blip; issue 3 asks for a 1 s first step after setClientId succeeded, so the change is a "
-            "product decision, not made here."
+            "Fleet: the schedule before issue 16 drew the first wait after a drop from [0, 1 s] (full jitter from "
+            "1 s), so a whole fleet dropped by a restart retried within the first second, and after a long outage "
+            "its 30 s ceiling left half the fleet waiting over 6 s. An agent cannot tell a fleet-wide drop from its "
+            "own, so every drop now takes the same path: a fixed period (reconnectMaxSeconds, 11 s) with a random "
+            "phase (runtime/backoff.py PhasedRetry), whose next attempt after any outage falls within one period."
         )
     return out
 
