@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from bench import fleet, reconnect
 from bench.stats import Measurement, Series, Target
 
 MIB = 1024 * 1024
@@ -209,27 +210,47 @@ def footprint_section(m: Measurement) -> list[str]:
 def fleet_section(m: Measurement) -> list[str]:
     out = ["## 5. Fleet reconnect (simulation from runtime/backoff.py)", ""]
     rows = []
-    for key in sorted({k.rsplit("/", 1)[0] for k in m.figures}):
-        policy, outage = key.split("/")
-        rows.append(
-            [
-                policy,
-                f"{outage} s",
-                f"{m.figures[f'{key}/peak_percent_per_second']:.1f}%",
-                f"{m.figures[f'{key}/seconds_to_99']:.1f} s",
-                f"{m.figures[f'{key}/attempts_per_agent']:.2f}",
-            ]
-        )
+    outages = sorted({float(k.split("/")[1]) for k in m.figures})
+    for policy in fleet.POLICIES:
+        for outage in outages:
+            key = f"{policy}/{outage:g}"
+            if f"{key}/peak_percent_per_second" not in m.figures:
+                continue
+            rows.append(
+                [
+                    fleet.POLICY_NAMES[policy],
+                    f"{outage:g} s",
+                    f"{m.figures[f'{key}/peak_percent_per_second']:.1f}%",
+                    f"{m.figures[f'{key}/seconds_to_50']:.1f} s",
+                    f"{m.figures[f'{key}/seconds_to_99']:.1f} s",
+                    f"{m.figures[f'{key}/attempts_per_agent']:.2f}",
+                ]
+            )
     out += table(
         [
-            "backoff",
+            "reconnect schedule",
             "backend down for",
             "peak attempts per second (share of fleet)",
-            "99% reconnected after",
+            "50% back after its return",
+            "99% back after its return",
             "attempts per agent",
         ],
         rows,
     )
+    out += [f"{note}." for note in m.notes] + [""]
+    return out
+
+
+def reconnect_section(m: Measurement) -> list[str]:
+    out = ["## 7. One host reconnecting (real daemon, dev backend in its own process)", ""]
+    rows = []
+    for case in reconnect.CASES:
+        series = m.series.get(case.key)
+        if series is None:
+            continue
+        times = [run.slowest for run in series.runs]
+        rows.append([case.text, ", ".join(f"{t:.2f}" for t in times), f"{max(times):.2f}", f"{len(times)}"])
+    out += table(["outage", "seconds to reconnected, each run", "worst s", "runs"], rows)
     out += [f"{note}." for note in m.notes] + [""]
     return out
 
@@ -255,6 +276,7 @@ SECTIONS = {
     "footprint": footprint_section,
     "fleet": fleet_section,
     "ledger": ledger_section,
+    "reconnect": reconnect_section,
 }
 
 

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import trio
 
-from bench import calls, fleet, footprint, grants, ledger_store, scale
+from bench import calls, fleet, footprint, grants, ledger_store, reconnect, scale
 from bench.plot import Line, Panel, render
 from bench.report import render as render_markdown
 from bench.sandbox import sandbox_root
 from bench.stats import Measurement, load_average, machine_facts
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = ("calls", "grants", "scale", "footprint", "fleet", "ledger")
+SCENARIOS = ("calls", "grants", "scale", "footprint", "fleet", "ledger", "reconnect")
 SANDBOX_ONLY = ("grants", "scale", "ledger")  # ledger: root-owned files
 PROFILES = {
     "quick": {
@@ -34,6 +34,7 @@ PROFILES = {
         "scale": scale.QUICK,
         "footprint": footprint.QUICK,
         "ledger": ledger_store.QUICK,
+        "reconnect": reconnect.QUICK,
     },
     "full": {
         "calls": calls.FULL,
@@ -41,6 +42,7 @@ PROFILES = {
         "scale": scale.FULL,
         "footprint": footprint.FULL,
         "ledger": ledger_store.FULL,
+        "reconnect": reconnect.FULL,
     },
 }
 
@@ -81,6 +83,9 @@ async def run_scenarios(names: list[str], profile: str, workdir: Path, state_roo
             results.append(
                 await trio.to_thread.run_sync(ledger_store.measure_ledger, workdir / "ledger", ledger_sizes)  # type: ignore[arg-type]
             )
+        elif name == "reconnect":
+            (workdir / "reconnect").mkdir()
+            results.append(await reconnect.measure_reconnect(workdir / "reconnect", sizes["reconnect"]))  # type: ignore[arg-type]
         for target in results[-1].targets:
             print(f"  {target.verdict}  {target.text}: {target.measured:,.2f} {target.unit}", flush=True)
         print(f"bench: {name} took {time.monotonic() - started:.0f} s", flush=True)
@@ -177,11 +182,11 @@ def findings(measurements: list[Measurement]) -> list[str]:
         )
     if "fleet" in by_name:
         out.append(
-            "Fleet: after a drop the first wait is uniform over [0, 1 s] (Backoff base 1 s), so the whole fleet "
-            "tries within the first second. The proposal row (every wait uniform over [0, 30 s] after losing an "
-            "established connection) meets both fleet targets, at the price of up to 30 s to come back after any "
-            "single host's blip; issue 3 asks for a 1 s first step after setClientId succeeded, so the change is a "
-            "product decision, not made here."
+            "Fleet: the schedule before issue 16 drew the first wait after a drop from [0, 1 s] (full jitter from "
+            "1 s), so a whole fleet dropped by a restart retried within the first second, and after a long outage "
+            "its 30 s ceiling left half the fleet waiting over 6 s. An agent cannot tell a fleet-wide drop from its "
+            "own, so every drop now takes the same path: a fixed period (reconnectMaxSeconds, 11 s) with a random "
+            "phase (runtime/backoff.py PhasedRetry), whose next attempt after any outage falls within one period."
         )
     return out
 

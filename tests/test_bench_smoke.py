@@ -21,7 +21,7 @@ import trio
 # bench/ is a top-level package of the repository, not of the installed distribution.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import calls, footprint, grants, hops, ledger_store, run, scale
+from bench import calls, footprint, grants, hops, ledger_store, reconnect, run, scale
 from bench.fleet import measure_fleet, simulate
 from bench.plot import Line, Panel, render
 from bench.report import SECTIONS
@@ -98,13 +98,25 @@ def test_png_is_valid(tmp_path: Path) -> None:
 
 def test_fleet_simulation_uses_the_real_backoff() -> None:
     outcome = simulate(2_000, outage=0.0)
-    # With the backend back at once, every agent connects on its first try, within the first ceiling (1 s).
-    assert outcome.attempts == 2_000 and 0 < outcome.seconds_to_99 <= 1.0
+    # With the backend back at once, every agent connects on its first try, within its phase (one period, 11 s).
+    assert outcome.attempts == 2_000 and 0 < outcome.seconds_to_50 <= outcome.seconds_to_99 <= 11.0
     later = simulate(2_000, outage=10.0)
-    assert later.attempts > 2_000 and later.seconds_to_99 >= 10.0
+    # Counted from the backend's return: each agent's next attempt falls within the following period.
+    assert later.attempts > 2_000 and later.seconds_to_99 <= 11.0
     measurement = measure_fleet(fleet=2_000)
     assert_well_formed(measurement)
     assert all(value > 0 for key, value in measurement.figures.items() if "peak" in key)
+    assert len(measurement.targets) == 9  # peak, p50, p99 for each of the three outages
+    assert "## 5. Fleet reconnect" in "\n".join(SECTIONS["fleet"](measurement))
+
+
+@pytest.mark.slow
+async def test_reconnect_tiny(tmp_path: Path) -> None:
+    """The one-host scenario with its restart case only (the SIGSTOP case alone takes over a minute)."""
+    measurement = await reconnect.measure_reconnect(tmp_path, runs=1, cases=reconnect.CASES[:1])
+    assert_well_formed(measurement)
+    assert list(measurement.series) == ["restart"] and len(measurement.targets) == 1
+    assert "## 7. One host reconnecting" in "\n".join(SECTIONS["reconnect"](measurement))
 
 
 async def test_calls_tiny(tmp_path: Path) -> None:

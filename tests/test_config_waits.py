@@ -1,6 +1,7 @@
 """The connection's waits as configuration (docs/connection.md "Tuning the waits"): heartbeatTimeoutSeconds,
-reconnectMaxSeconds and unauthorizedRetrySeconds. Their defaults are the protocol's own waits, each is bounded,
-and what the supervisor hands the session and the tunnel is what the file says."""
+reconnectMaxSeconds and unauthorizedRetrySeconds. Their defaults are the documented waits (reconnectMaxSeconds: the
+11 s reconnect period of issue 16, 30 s before it), each is bounded, and what the supervisor hands the session and
+the tunnel is what the file says."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ import pytest
 from p0_ssh_agent.config import AgentConfig, load_config
 from p0_ssh_agent.config.model import KEY_BY_NAME
 from p0_ssh_agent.errors import ConfigError
-from p0_ssh_agent.runtime.backoff import AUTH_BACKOFF_BASE, AUTH_BACKOFF_CAP, RECONNECT_CAP, Backoff, RetrySettings
+from p0_ssh_agent.runtime.backoff import (
+    AUTH_BACKOFF_BASE,
+    AUTH_BACKOFF_CAP,
+    RECONNECT_PERIOD,
+    Backoff,
+    PhasedRetry,
+    RetrySettings,
+)
 from p0_ssh_agent.runtime.connection import CALL_TIMEOUT_SECONDS
 from p0_ssh_agent.runtime.supervisor import retry_settings
 
@@ -25,14 +33,14 @@ def load(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> AgentC
     return load_config(path, env=env or {})
 
 
-def test_the_defaults_are_the_waits_the_agent_always_had(tmp_path: Path) -> None:
+def test_the_defaults_are_the_documented_waits(tmp_path: Path) -> None:
     config = load(tmp_path, "")
     assert config.heartbeat_timeout_seconds == CALL_TIMEOUT_SECONDS == 10
-    assert config.reconnect_max_seconds == RECONNECT_CAP == 30
+    assert config.reconnect_max_seconds == RECONNECT_PERIOD == 11
     assert config.unauthorized_retry_seconds == AUTH_BACKOFF_BASE == 30
     assert retry_settings(config) == RetrySettings()
     reconnect, unauthorized = RetrySettings().reconnect(), RetrySettings().unauthorized()
-    assert (reconnect.base, reconnect.cap) == (1.0, 30.0)
+    assert reconnect.period == 11.0
     assert (unauthorized.base, unauthorized.cap) == (30.0, AUTH_BACKOFF_CAP)
 
 
@@ -61,27 +69,32 @@ def test_each_is_bounded_and_the_error_names_the_position_and_the_limit(tmp_path
 
 
 def test_the_bounds_always_make_a_valid_backoff() -> None:
-    """The smallest and largest accepted values each make both backoffs (Backoff refuses base > cap)."""
+    """The smallest and largest accepted values each make both schedules (Backoff refuses base > cap, PhasedRetry
+    a period that is not positive)."""
     for reconnect_max in (1, BOUNDS["reconnectMaxSeconds"]):
         for first in (1, BOUNDS["unauthorizedRetrySeconds"]):
             settings = RetrySettings(float(reconnect_max), float(first))
-            assert settings.reconnect().ceiling() == 1.0
+            assert settings.reconnect().ceiling() == reconnect_max
             assert settings.unauthorized().ceiling() == first
 
 
-def test_the_ceilings_grow_to_the_configured_values() -> None:
+def test_the_period_and_the_401_ceiling_are_the_configured_values() -> None:
     reconnect, unauthorized = RetrySettings(4.0, 2.0).reconnect(), RetrySettings(4.0, 2.0).unauthorized()
-    ceilings = []
+    ceilings, delays = [], []
     for _ in range(10):
         ceilings.append((reconnect.ceiling(), unauthorized.ceiling()))
-        reconnect.next_delay()
+        delays.append(reconnect.next_delay())
         unauthorized.next_delay()
-    assert [r for r, _ in ceilings] == [1.0, 2.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0]
+    assert [r for r, _ in ceilings] == [4.0] * 10
+    assert 0.0 <= delays[0] <= 4.0 and delays[1:] == [4.0] * 9  # a phase within the period, then the period
     assert [u for _, u in ceilings] == [2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 300.0, 300.0]
 
 
-def test_a_reload_keeps_how_far_each_backoff_has_grown() -> None:
-    grown = Backoff(attempts=4)
-    assert RetrySettings(reconnect_max=8.0).reconnect(grown).ceiling() == 8.0
-    assert RetrySettings(reconnect_max=60.0).reconnect(grown).ceiling() == 16.0
+def test_a_reload_keeps_how_far_each_schedule_has_come() -> None:
+    """The phase already drawn stays drawn: a reload waits the new period, not a second random phase."""
+    under_way = PhasedRetry(period=11.0, attempts=4)
+    reloaded = RetrySettings(reconnect_max=8.0).reconnect(under_way)
+    assert (reloaded.period, reloaded.attempts, reloaded.rng) == (8.0, 4, under_way.rng)
+    assert reloaded.next_delay() == 8.0
+    assert RetrySettings(reconnect_max=60.0).reconnect(under_way).next_delay() == 60.0
     assert RetrySettings(unauthorized_first=2.0).unauthorized(Backoff(30.0, 300.0, attempts=3)).ceiling() == 16.0

@@ -1,6 +1,6 @@
-"""The tunnel's connect loop against real servers on 127.0.0.1: backoff bounds and reset, the 401/403 backoff and
-what STATUS says about it, ws:// only to loopback, and wss:// with a private CA (a throwaway self-signed
-certificate made with `cryptography`).
+"""The tunnel's connect loop against real servers on 127.0.0.1: the reconnect period with its random phase and
+when a new phase is drawn, Retry-After on a 503/429, the 401/403 backoff and what STATUS says about it, ws:// only
+to loopback, and wss:// with a private CA (a throwaway self-signed certificate made with `cryptography`).
 
 Backoff timing runs on trio's autojump clock. The sockets are real, so the clock may only jump while the loop is
 idle for a moment of real time (AUTOJUMP_REAL_SECONDS), which loopback I/O never is. Delays are measured between
@@ -34,7 +34,7 @@ from p0_ssh_agent.identity.signing_key import AgentKey, generate_keys
 from p0_ssh_agent.protocol import jsonrpc
 from p0_ssh_agent.protocol.forwarded import CommandResult, ForwardedRequest
 from p0_ssh_agent.runtime import status_text
-from p0_ssh_agent.runtime.backoff import AUTH_BACKOFF_CAP, RetrySettings
+from p0_ssh_agent.runtime.backoff import AUTH_BACKOFF_CAP, RECONNECT_PERIOD, RETRY_AFTER_CAP, RetrySettings
 from p0_ssh_agent.runtime.connection import SessionSettings
 from p0_ssh_agent.runtime.jobs import JobKey
 from p0_ssh_agent.runtime.tunnel import Tunnel, TunnelSettings
@@ -134,44 +134,90 @@ def slow_autojump(clock: trio.testing.MockClock) -> None:
 # --- backoff ------------------------------------------------------------------------------------------------------
 
 
-async def test_backoff_is_full_jitter_within_doubling_bounds(
+async def test_reconnect_waits_are_a_random_phase_then_one_period(
     autojump_clock: trio.testing.MockClock, agent_key: AgentKey
 ) -> None:
+    """Issue 16: not the Go agent's 1, 2, 4 ... 30 s, nor full jitter from 1 s (a fleet's first second), but a phase
+    uniform over [0, 11 s] and then exactly 11 s per refused attempt, however long the backend stays away."""
     slow_autojump(autojump_clock)
     async with tunnel_running(f"ws://127.0.0.1:{closed_port()}/", agent_key) as log:
         await log.wait_for(lambda _: len(log.retry_gaps()) >= 20)
     gaps = log.retry_gaps()[:20]
-    ceilings = [min(30.0, 2.0**n) for n in range(20)]
-    for n, ((slept, text, _), ceiling) in enumerate(zip(gaps, ceilings, strict=True)):
-        assert 0 <= slept <= ceiling + 1e-6, (n, slept, ceiling)
+    assert RECONNECT_PERIOD == 11.0
+    for n, (slept, text, _) in enumerate(gaps):
+        if n == 0:
+            assert 0 <= slept <= 11.0 + 1e-6, slept
+        else:
+            assert slept == pytest.approx(11.0, abs=1e-6), (n, slept)
         match = RETRY.search(text)
         assert match is not None and abs(int(match.group(1)) - slept) <= 0.5 + 1e-6, (text, slept)
         assert "refused" in match.group(2).lower(), text
-    # Full jitter: draws spread below their ceilings (not the Go agent's fixed 1, 2, 4 ... 30) ...
-    assert any(slept < 0.9 * ceiling for (slept, _, _), ceiling in zip(gaps, ceilings, strict=True))
-    # ... and the ceiling really reaches 30 s (15 draws from [0, 30]: all below 15 has odds 2**-15).
-    assert max(slept for slept, _, _ in gaps[5:]) > 15
 
 
-async def test_backoff_resets_once_set_client_id_succeeds(
+async def test_a_new_phase_is_drawn_once_set_client_id_succeeds(
     autojump_clock: trio.testing.MockClock, agent_key: AgentKey
 ) -> None:
     slow_autojump(autojump_clock)
     async with backend_running(agent_key) as backend:
-        backend.hooks.reject_status, backend.hooks.reject_count = 503, 6  # raise the ceiling to 30 s first
+        backend.hooks.reject_status, backend.hooks.reject_count = 503, 6  # six refusals: the phase, then periods
         async with tunnel_running(backend.rpc_url, agent_key) as log:
             for round_ in range(1, 4):
                 await log.wait_count("connected to ", round_)
                 await backend.drop(CLIENT_ID)
             await log.wait_for(lambda _: log.count("connected to ") >= 4)
     assert backend.handshakes.count(503) == 6
-    after_session = [(slept, text) for slept, text, before in log.retry_gaps() if before.startswith("connected to ")]
+    gaps = log.retry_gaps()
+    refused = [slept for slept, text, _ in gaps if "HTTP 503" in text]
+    assert len(refused) == 6 and refused[1:] == pytest.approx([11.0] * 5, abs=1e-6)
+    after_session = [(slept, text) for slept, text, before in gaps if before.startswith("connected to ")]
     assert len(after_session) == 3
-    for slept, text in after_session:  # back to the first step, [0, 1 s], after each accepted session
-        assert slept <= 1.0 + 1e-6, (slept, text)
+    # A reset draws a new phase: without it each wait would be exactly one period (a draw hits 11.0 with odds 0).
+    for slept, text in after_session:
+        assert 0 <= slept < 11.0 - 1e-6, (slept, text)
         assert "connection closed by server (code 1011)" in text
     # The first frame on every connection is setClientId with the agent's own id.
     assert [client for _, client in backend.set_client_id_log][:4] == [CLIENT_ID] * 4
+
+
+@pytest.mark.parametrize("http_status", [503, 429])
+async def test_a_refusal_with_retry_after_waits_what_it_asks_plus_a_phase(
+    autojump_clock: trio.testing.MockClock, agent_key: AgentKey, http_status: int
+) -> None:
+    slow_autojump(autojump_clock)
+    async with backend_running(agent_key) as backend:
+        backend.hooks.reject_status, backend.hooks.reject_count = http_status, 3
+        backend.hooks.reject_headers = [(b"Retry-After", b"120")]
+        async with tunnel_running(backend.rpc_url, agent_key) as log:
+            await log.wait_count("connected to ", 1)
+    gaps = log.retry_gaps()[:3]
+    assert len(gaps) == 3
+    for slept, text, _ in gaps:
+        assert 120.0 - 1e-6 <= slept <= 120.0 + 11.0 + 1e-6, slept
+        assert f"with HTTP {http_status}, Retry-After 120s" in text, text
+    assert backend.handshakes == [http_status] * 3 + [101]
+
+
+async def test_retry_after_is_bounded_and_ignored_where_it_does_not_apply(
+    autojump_clock: trio.testing.MockClock, agent_key: AgentKey
+) -> None:
+    """A day's Retry-After waits at most RETRY_AFTER_CAP (plus the phase); on a 502 (which still carries the header
+    here) it means nothing: the waits are the ordinary phase after the drop, then one period per refusal."""
+    slow_autojump(autojump_clock)
+    async with backend_running(agent_key) as backend:
+        backend.hooks.reject_status, backend.hooks.reject_count = 503, 1
+        backend.hooks.reject_headers = [(b"retry-after", b"86400")]
+        async with tunnel_running(backend.rpc_url, agent_key) as log:
+            await log.wait_count("connected to ", 1)
+            backend.hooks.reject_status, backend.hooks.reject_count = 502, 2
+            await backend.drop(CLIENT_ID)
+            await log.wait_count("connected to ", 2)
+    gaps = log.retry_gaps()
+    assert RETRY_AFTER_CAP <= gaps[0][0] <= RETRY_AFTER_CAP + 11.0 + 1e-6, gaps[0]
+    after_drop = [slept for slept, text, _ in gaps if "connection closed by server" in text]
+    assert len(after_drop) == 1 and 0 <= after_drop[0] <= 11.0 + 1e-6
+    bad_gateway = [slept for slept, text, _ in gaps if "HTTP 502" in text]
+    assert bad_gateway == pytest.approx([11.0, 11.0], abs=1e-6)
+    assert not any("Retry-After" in text for _, text, _ in gaps[1:])
 
 
 @pytest.mark.parametrize(
@@ -200,19 +246,15 @@ async def test_401_and_403_back_off_up_to_five_minutes_and_say_so(
     assert backend.handshakes.count(http_status) >= len(gaps) and backend.handshakes[-1] == 101
 
 
-async def test_reconnect_max_seconds_is_the_ceiling_the_wait_doubles_up_to(
-    autojump_clock: trio.testing.MockClock, agent_key: AgentKey
-) -> None:
-    """reconnectMaxSeconds (config): the same 1 s doubling, stopped at the configured ceiling instead of 30 s."""
+async def test_reconnect_max_seconds_is_the_period(autojump_clock: trio.testing.MockClock, agent_key: AgentKey) -> None:
+    """reconnectMaxSeconds (config): the phase within it, then exactly it per refused attempt, instead of 11 s."""
     slow_autojump(autojump_clock)
     retry = RetrySettings(reconnect_max=4.0)
     async with tunnel_running(f"ws://127.0.0.1:{closed_port()}/", agent_key, retry=retry) as log:
         await log.wait_for(lambda _: len(log.retry_gaps()) >= 12)
     gaps = [slept for slept, _, _ in log.retry_gaps()[:12]]
-    # A tunnel that ignored the setting would draw from [0, 8], [0, 16], then [0, 30]: all nine of those under 4 s
-    # has odds below 1e-6. (That the ceiling reaches the configured value: tests/test_config_waits.py.)
-    for n, slept in enumerate(gaps):
-        assert 0 <= slept <= min(4.0, 2.0**n) + 1e-6, (n, slept)
+    assert 0 <= gaps[0] <= 4.0 + 1e-6
+    assert gaps[1:] == pytest.approx([4.0] * 11, abs=1e-6)
 
 
 async def test_unauthorized_retry_seconds_is_the_first_ceiling_after_a_401(
@@ -242,7 +284,7 @@ async def test_other_handshake_rejections_name_their_status_and_hint(
             await log.wait_for(lambda _: len(log.retry_gaps()) >= 3)
     for slept, text, _ in log.retry_gaps()[:3]:
         assert text.startswith("retrying in ") and "HTTP 404 (wrong WebSocket path in tunnelHost)" in text
-        assert slept <= 30
+        assert slept <= RECONNECT_PERIOD + 1e-6
 
 
 async def test_an_unregistered_key_is_a_401_and_the_tunnel_stays_up(

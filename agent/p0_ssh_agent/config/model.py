@@ -33,7 +33,7 @@ class AgentConfig:
     heartbeat_interval_seconds: int = 60  # heartbeatIntervalSeconds, > 0
     # How the connection waits (docs/connection.md); the defaults are the documented protocol behaviour.
     heartbeat_timeout_seconds: int = 10  # heartbeatTimeoutSeconds: setClientId and each heartbeat, 1..300
-    reconnect_max_seconds: int = 30  # reconnectMaxSeconds: the reconnect wait's ceiling grows to this, 1..3600
+    reconnect_max_seconds: int = 11  # reconnectMaxSeconds: the reconnect period (backoff.py PhasedRetry), 1..3600
     unauthorized_retry_seconds: int = 30  # unauthorizedRetrySeconds: first ceiling after a 401/403, 1..300
     dry_run: bool = False  # dryRun
     tunnel_timeout_ms: int | None = None  # tunnelTimeoutMs: accepted, informational (the Go agent never used it)

@@ -67,6 +67,7 @@ class Hooks:
 
     reject_status: int | None = None
     reject_count: int = 0
+    reject_headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # sent with each refusal (Retry-After)
     answer_set_client_id: bool = True
     set_client_id_delay: float = 0.0  # seconds before setClientId is answered (a slow backend)
     # set = reading; cleared by pause_reading() to simulate a server that stops reading (half-open)
@@ -142,7 +143,8 @@ class DevBackend:
         self.handshakes.append(status)
         if status != 101:
             body = json.dumps({"error": error}).encode()
-            await request.reject(status, extra_headers=[(b"content-type", b"application/json")], body=body)
+            headers = [(b"content-type", b"application/json"), *self.hooks.reject_headers]
+            await request.reject(status, extra_headers=headers, body=body)
             log.warning("handshake_rejected", status=status, error=error)
             return
         ws = await request.accept()

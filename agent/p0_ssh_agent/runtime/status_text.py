@@ -50,6 +50,11 @@ def rejected(status: int, url: str) -> str:
     return f"{base} ({hint})" if hint else base
 
 
+def with_retry_after(reason: str, seconds: float) -> str:
+    """A refusal's reason with the wait the server asked for (a 503 or 429 with Retry-After)."""
+    return f"{reason}, Retry-After {seconds:.0f}s"
+
+
 def unauthorized(status: int, url: str, seconds: float) -> str:
     return f"unauthorized (HTTP {status}), retrying in {seconds:.0f}s: {rejected(status, url)}"
 

@@ -1,17 +1,19 @@
 """The tunnel: keep one authenticated WebSocket to the P0 tunnel server alive, forever.
 
 Each attempt makes a fresh JWT, opens TCP (directly or through an HTTP CONNECT proxy), TLS for wss://, then the
-WebSocket handshake with `Authorization: Bearer`, and runs a Session until it ends. Between attempts it waits
-with full-jitter exponential backoff (1 s doubling to 30 s unless configured: RetrySettings); the backoff resets
-once `setClientId` succeeds, not merely when the socket opens (a server that accepts and then drops us must not
-be hammered). A 401/403 keeps the process up with a backoff of up to 5 minutes: exiting would only turn a
-registration problem into a systemd restart loop (upstream-protocol.md §3.5).
+WebSocket handshake with `Authorization: Bearer`, and runs a Session until it ends. Between attempts it waits on
+a fixed period with a random phase (runtime/backoff.py PhasedRetry: uniform over [0, 11 s] after a drop, then
+11 s per failed attempt, unless configured: RetrySettings), so a fleet that a backend restart dropped at once
+comes back spread over one period; the phase is drawn anew once `setClientId` succeeds, not merely when the socket
+opens (a server that accepts and then drops us must not be hammered). A 503 or 429 handshake with `Retry-After`
+waits what the server asks (bounded, plus a random phase). A 401/403 keeps the process up with a backoff of up to
+5 minutes: exiting would only turn a registration problem into a systemd restart loop (upstream-protocol.md §3.5).
 """
 
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -29,7 +31,7 @@ from p0_ssh_agent.identity.token import make_token
 from p0_ssh_agent.protocol.jsonrpc import MAX_FRAME_BYTES
 from p0_ssh_agent.runtime import status_text
 from p0_ssh_agent.runtime.backend_dial import connect_websocket
-from p0_ssh_agent.runtime.backoff import RetrySettings
+from p0_ssh_agent.runtime.backoff import RetrySettings, retry_after_seconds
 from p0_ssh_agent.runtime.connection import Activity, Session, SessionSettings
 from p0_ssh_agent.runtime.http_connect import ProxySettings
 from p0_ssh_agent.runtime.trust import tls_context
@@ -47,6 +49,8 @@ CLOSE_TIMEOUT_SECONDS = 2.0
 # The library counts characters, the parser UTF-8 bytes: a frame of at most MAX_FRAME_BYTES characters but more
 # bytes still gets the parser's polite -32600 refusal.
 LIBRARY_MAX_MESSAGE_BYTES = MAX_FRAME_BYTES
+# The handshake refusals whose Retry-After the agent honours (RFC 9110 §10.2.3, RFC 6585 §4).
+RETRY_AFTER_STATUSES = frozenset({429, 503})
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,7 @@ class Tunnel:
         self.session_settings = session_settings
         self._worker = worker
         self._report = report
-        retry = retry or RetrySettings()  # None: the documented defaults (30 s; 30 s growing to 5 minutes)
+        retry = retry or RetrySettings()  # None: the documented defaults (11 s; 30 s growing to 5 minutes)
         self._backoff = retry.reconnect()
         self._auth_backoff = retry.unauthorized()
         self._attempt_scope: trio.CancelScope | None = None
@@ -150,6 +154,7 @@ class Tunnel:
             self._health.connecting()
         self._report(status_text.connecting(url))
         http_status: int | None = None
+        retry_after: float | None = None  # what a 503/429 asked for
         try:
             reason = await self._connect_and_serve()
         except Exception as raised:  # one connection's failure, whatever it is, must never end the agent
@@ -164,6 +169,10 @@ class Tunnel:
                     if self._health is not None:
                         self._health.ended(reason, http_status)
                     return delay, status_text.unauthorized(exc.status_code, url, delay)
+                if exc.status_code in RETRY_AFTER_STATUSES:
+                    retry_after = _retry_after(exc.headers)
+                    if retry_after is not None:
+                        reason = status_text.with_retry_after(reason, retry_after)
                 log.error("handshake_rejected", status=exc.status_code, hint=reason)
             elif isinstance(exc, OSError | trio.TooSlowError | HandshakeError | trio.BrokenResourceError | AgentError):
                 reason = _describe(exc)
@@ -172,7 +181,7 @@ class Tunnel:
                 reason = _unexpected(exc, raised)
         if self._health is not None and not self._closing:
             self._health.ended(reason, http_status)
-        delay = self._backoff.next_delay()
+        delay = self._backoff.next_delay() if retry_after is None else self._backoff.after_retry_after(retry_after)
         return delay, status_text.retrying(delay, reason)
 
     async def _connect_and_serve(self) -> str:
@@ -262,6 +271,14 @@ def refuse_clear_text(url: str) -> None:
         raise ConfigError(
             f"refusing ws:// to {parts.hostname}: the agent's token would travel in clear text; use wss://"
         )
+
+
+def _retry_after(headers: Sequence[tuple[bytes, bytes]]) -> float | None:
+    """The seconds a refusal's Retry-After header asks for, or None when there is none or it does not parse."""
+    for name, value in headers:
+        if name.lower() == b"retry-after":
+            return retry_after_seconds(value.decode("latin-1"), datetime.now(UTC))
+    return None
 
 
 def _unwrap(exc: BaseException) -> BaseException:
