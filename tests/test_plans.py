@@ -122,9 +122,7 @@ def test_in_store_mode_a_created_accounts_key_goes_to_the_store_and_the_account_
 
 def test_in_store_mode_an_adopted_account_keeps_its_home_file() -> None:
     ledger = _alice_with(adopted=True)
-    plan = plan_keys(
-        KeyRequest(Command.AUTHORIZED_KEYS, "alice", Action.GRANT, "r1", KEY), facts(ledger=ledger), STORE
-    )
+    plan = plan_keys(KeyRequest(Command.AUTHORIZED_KEYS, "alice", Action.GRANT, "r1", KEY), facts(ledger=ledger), STORE)
     assert kinds(plan) == [ChangeLedger, EditUserFile]
     revoke = plan_keys(
         KeyRequest(Command.AUTHORIZED_KEYS, "alice", Action.REVOKE, "r1", None), facts(ledger=ledger), STORE
