@@ -203,6 +203,11 @@ def footprint_section(m: Measurement) -> list[str]:
             "trio, trio-websocket, jose, cryptography, ruamel.yaml, structlog, cedarpy; "
             + anonymous(f, "all_dependencies"),
         ],
+        [
+            "baseline: every runtime dependency, then the built-in Cedar policy compiled",
+            f"{f['with_policy_rss'] / MIB:.1f} MiB" if "with_policy_rss" in f else "-",
+            "what the daemon loads and validates before READY=1; " + anonymous(f, "with_policy"),
+        ],
     ]
     out += table(["figure", "value", "note"], rows)
     out += [f"{note}." for note in m.notes] + [""]
