@@ -133,7 +133,7 @@ def _targets(result: Measurement) -> None:
     growth = (f["after_rss"] / f["idle_rss"] - 1) * 100
     result.figures["rss_growth_percent"] = growth
     result.figures["rss_growth_after_warmup_percent"] = (f["after_rss"] / f["warm_rss"] - 1) * 100
-    idle_limit = IDLE_OVER_DEPENDENCIES * f["all_dependencies_rss"] / MIB
+    idle_limit = round(IDLE_OVER_DEPENDENCIES * f["all_dependencies_rss"] / MIB, 1)
     result.targets += [
         Target(
             f"start to READY=1 <= {READY_LIMIT_MS:.0f} ms (p50 of cold starts)",
