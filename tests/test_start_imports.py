@@ -14,7 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from daemon_helpers import keygen, write_config
+from p0_ssh_agent.cli import build_parser, requested_subcommand
 
 # Modules that READY=1 does not need (a prefix matches the package and its submodules).
 NOT_BEFORE_READY = (
@@ -84,3 +87,28 @@ def test_ready_loads_only_what_it_needs(tmp_path: Path) -> None:
     assert early == {}, f"imported before READY=1 although READY does not need them: {early}"
     for name in BEFORE_READY:
         assert name in modules, f"{name} is needed before READY=1"
+
+
+@pytest.mark.parametrize(
+    ("argv", "only"),
+    [
+        (["start", "--config", "x"], "start"),
+        (["-c", "x", "-v", "start"], "start"),
+        (["--config=x", "revoke-all", "--dry-run"], "revoke_all"),
+        (["-cx", "dev-backend"], "dev_backend"),
+        (["help", "start"], None),  # help prints the others' help: the whole tree
+        (["--help"], None),
+        (["--version"], None),
+        (["revoke_all"], None),  # not a command-line name: the whole tree's "invalid choice" names the right ones
+        (["nonsense"], None),
+        ([], None),
+    ],
+)
+def test_only_the_named_subcommands_parser_is_built(argv: list[str], only: str | None) -> None:
+    assert requested_subcommand(argv) == only
+
+
+def test_a_subcommand_parses_the_same_alone_and_in_the_whole_tree() -> None:
+    argv = ["-c", "/etc/x.yaml", "start", "--dry-run", "--labels", "a=b,c=d", "--tunnel-timeout", "5"]
+    alone, whole = vars(build_parser("start").parse_args(argv)), vars(build_parser().parse_args(argv))
+    assert alone == whole

@@ -148,13 +148,13 @@ class Tunnel:
 
     async def _attempt(self) -> tuple[float, str]:
         """One connection attempt, run to its end. Returns (delay, status text) for the wait that follows."""
+        from trio_websocket import ConnectionRejected, HandshakeError  # the connection's own (module docstring)
+
         url = self.settings.url
         if self._health is not None:
             self._health.connecting()
         self._report(status_text.connecting(url))
         http_status: int | None = None
-        from trio_websocket import ConnectionRejected, HandshakeError  # the connection's own (module docstring)
-
         try:
             reason = await self._connect_and_serve()
         except Exception as raised:  # one connection's failure, whatever it is, must never end the agent
