@@ -230,9 +230,9 @@ class Supervisor:
                     state_dir=str(self.prepared.state_dir),
                     dry_run=self.prepared.config.dry_run,
                 )
-                await nursery.start(self.publisher.run)
                 await nursery.start(self.guard.run)  # runs with or without the backend
                 await nursery.start(self.tunnel.run)
+                await nursery.start(self.publisher.run)  # its first ledger read does not hold up the connection
                 async for signum in signals:
                     if signum == signal.SIGHUP:
                         await self.reload()
