@@ -50,8 +50,20 @@ class RunningAgent:
                 return int(line.split()[1]) * 1024
         raise RuntimeError(f"no VmRSS for pid {self.pid}")
 
+    def anonymous_bytes(self) -> int:
+        """Anonymous memory now (the Anonymous: line of /proc/PID/smaps_rollup: heap, stacks, Python objects), in
+        bytes: the part of RSS that is this process's own, not pages of shared libraries or files."""
+        return smaps_rollup_bytes(self.pid, "Anonymous")
+
     def open_fds(self) -> int:
         return sum(1 for _ in Path(f"/proc/{self.pid}/fd").iterdir())
+
+
+def smaps_rollup_bytes(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/{pid}/smaps_rollup")
 
 
 def write_config(directory: Path, rpc_url: str) -> Path:
@@ -118,9 +130,11 @@ def stop_agent(process: subprocess.Popen[bytes]) -> int:
 
 @asynccontextmanager
 async def agent_and_backend(
-    directory: Path, *, profile_to: Path | None = None
+    directory: Path, *, profile_to: Path | None = None, argv_prefix: list[str] | None = None
 ) -> AsyncIterator[tuple[DevBackend, RunningAgent]]:
     """A dev backend serving on loopback and a daemon connected to it (setClientId done).
+
+    argv_prefix: how to start `p0-ssh-agent` (default: the venv's console script), as for spawn_agent.
 
     profile_to: run the daemon under cProfile and write its statistics there when it stops (SIGTERM ends the
     daemon normally, so cProfile gets to write them).
@@ -130,7 +144,9 @@ async def agent_and_backend(
         await nursery.start(backend.serve)
         config = write_config(directory, backend.rpc_url)
         backend.register_client(CLIENT_ID, load_public_jwk_file(directory / "keys" / "jwk.public.json"))
-        prefix = [sys.executable, "-m", "cProfile", "-o", str(profile_to), "-m", "p0_ssh_agent"] if profile_to else None
+        prefix = argv_prefix
+        if profile_to:
+            prefix = [sys.executable, "-m", "cProfile", "-o", str(profile_to), "-m", "p0_ssh_agent"]
         agent = await spawn_agent(directory, config, argv_prefix=prefix)
         try:
             with trio.fail_after(60):

@@ -189,6 +189,7 @@ def footprint_section(m: Measurement) -> list[str]:
         )
     rows += [
         ["idle RSS", f"{f['idle_rss'] / MIB:.1f} MiB", f"{f['idle_fds']:.0f} open fds"],
+        ["idle anonymous memory (smaps_rollup)", f"{f['idle_anonymous'] / MIB:.1f} MiB", "heap, stacks, objects"],
         ["RSS after the first 1,000 requests", f"{f['warm_rss'] / MIB:.1f} MiB", "lazy imports of the request path"],
         [
             f"RSS after {f['requests']:,.0f} requests",
@@ -196,15 +197,26 @@ def footprint_section(m: Measurement) -> list[str]:
             f"{f['rss_growth_percent']:+.1f}% vs idle, {f['rss_growth_after_warmup_percent']:+.2f}% vs warm; "
             f"{f['after_fds']:.0f} open fds",
         ],
-        ["baseline: bare python3", f"{f['bare_python_rss'] / MIB:.1f} MiB", ""],
+        ["baseline: bare python3", f"{f['bare_python_rss'] / MIB:.1f} MiB", anonymous(f, "bare_python")],
         [
             "baseline: every runtime dependency imported",
             f"{f['all_dependencies_rss'] / MIB:.1f} MiB",
-            "trio, trio-websocket, jose, cryptography, ruamel.yaml, structlog, cedarpy",
+            "trio, trio-websocket, jose, cryptography, ruamel.yaml, structlog, cedarpy; "
+            + anonymous(f, "all_dependencies"),
+        ],
+        [
+            "baseline: every runtime dependency, then the built-in Cedar policy compiled",
+            f"{f['with_policy_rss'] / MIB:.1f} MiB" if "with_policy_rss" in f else "-",
+            "what the daemon loads and validates before READY=1; " + anonymous(f, "with_policy"),
         ],
     ]
     out += table(["figure", "value", "note"], rows)
+    out += [f"{note}." for note in m.notes] + [""]
     return out
+
+
+def anonymous(f: dict[str, float], key: str) -> str:
+    return f"{f[key + '_anonymous'] / MIB:.1f} MiB anonymous" if f"{key}_anonymous" in f else ""
 
 
 def fleet_section(m: Measurement) -> list[str]:

@@ -172,14 +172,7 @@ def findings(measurements: list[Measurement]) -> list[str]:
             "pairs every marker (5,000 here), and every edit rewrites and fsyncs the whole file."
         )
     if "footprint" in by_name:
-        f = by_name["footprint"].figures
-        out.append(
-            f"Footprint: the idle daemon ({f['idle_rss'] / 1048576:.1f} MiB) already holds more than every dependency "
-            f"imported at once ({f['all_dependencies_rss'] / 1048576:.1f} MiB): everything it imports (trio alone is "
-            "about 24 MiB RSS, cryptography and jose about 9, structlog, which imports asyncio, about 12, ruamel.yaml "
-            "about 4, cedarpy for the local policy, which must be loaded and validated before READY) is on the start "
-            "path; start-up time is mostly the same imports."
-        )
+        out.append(footprint.finding(by_name["footprint"].figures))
     if "fleet" in by_name:
         out.append(
             "Fleet: the schedule before issue 16 drew the first wait after a drop from [0, 1 s] (full jitter from "

@@ -385,6 +385,17 @@ async def test_wss_with_tunnel_ca_file_connects(tmp_path: Path, agent_key: Agent
     assert not any(RETRY.search(text) for _, text in log.entries), log.entries
 
 
+async def test_ws_to_loopback_builds_no_tls_context(tmp_path: Path, agent_key: AgentKey) -> None:
+    """ws:// never uses TLS, so the CA store is not loaded for it (about 2 MiB of the idle daemon, issue 16): a
+    tunnelCaFile that cannot be read, which would fail every wss:// attempt, does not matter to ws://."""
+    missing = str(tmp_path / "no-such-ca.pem")
+    async with backend_running(agent_key) as backend:
+        with trio.fail_after(GUARD_SECONDS):
+            async with tunnel_running(backend.rpc_url, agent_key, ca_file=missing) as log:
+                await log.wait_for(lambda _: log.count("connected to ") >= 1)
+    assert not any(RETRY.search(text) for _, text in log.entries), log.entries
+
+
 @pytest.mark.parametrize("with_other_ca", [False, True], ids=["system-store", "other-ca-file"])
 async def test_wss_without_the_right_ca_fails_with_a_clear_error(
     tmp_path: Path, agent_key: AgentKey, with_other_ca: bool

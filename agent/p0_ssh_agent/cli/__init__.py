@@ -6,7 +6,9 @@ Each subcommand lives in its own module with two functions:
     run(args: argparse.Namespace) -> int
 
 Subcommand modules import heavy dependencies (trio, jose, cryptography) inside `run`, so `--help` and the
-idle daemon only pay for what they use.
+idle daemon only pay for what they use. When the command line names its subcommand (`p0-ssh-agent start ...`),
+only that subcommand's parser is built: the daemon does not import the other eleven modules and what they import
+(issue 16: start to READY=1). `help`, and a command line with no subcommand or an unknown one, get the whole tree.
 """
 
 from __future__ import annotations
@@ -56,7 +58,25 @@ def _global_options() -> argparse.ArgumentParser:
     return parent
 
 
-def build_parser() -> argparse.ArgumentParser:
+def requested_subcommand(argv: Sequence[str]) -> str | None:
+    """The subcommand module `argv` names, if it names one whose parser is enough on its own; else None.
+
+    Global options may come first (`-c PATH start`): -c/--config takes a value, -v/--verbose does not. Anything
+    else before the subcommand (--help, --version, a typo) needs the whole parser, as does `help`."""
+    values = iter(argv)
+    for word in values:
+        if word in ("-c", "--config"):
+            next(values, None)
+        elif word.startswith("--config=") or (word.startswith("-c") and len(word) > 2) or word in ("-v", "--verbose"):
+            continue
+        else:
+            name = word.replace("-", "_")  # the command line's name of module revoke_all is revoke-all
+            return name if name in SUBCOMMANDS and name != "help" and "_" not in word else None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command-line tree, or with `only` the one subcommand module's parser under the same top level."""
     parents = [_global_options()]
     parser = argparse.ArgumentParser(
         prog="p0-ssh-agent",
@@ -66,14 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"p0-ssh-agent {__version__}")
     subparsers = parser.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
-    for name in SUBCOMMANDS:
+    for name in SUBCOMMANDS if only is None else (only,):
         sub = _module(name).add_parser(subparsers, parents)
         sub.set_defaults(_module_name=name)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(requested_subcommand(sys.argv[1:] if argv is None else argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors; sysexits says 64

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     from p0_ssh_agent.adapters.sdnotify import Notifier
     from p0_ssh_agent.config import AgentConfig, load_config
-    from p0_ssh_agent.provisioning.pipeline import build_pipeline
+    from p0_ssh_agent.provisioning.lazy_pipeline import build_lazy_pipeline
     from p0_ssh_agent.runtime.supervisor import Supervisor, prepare
 
     env = dict(os.environ)
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     # Everything that can be wrong locally is found here, before READY=1; AgentError -> exit 78/77 via the CLI.
     prepared = prepare(load(), env)
     supervisor = Supervisor.create(
-        prepared, reload_config=load, pipeline_factory=build_pipeline, notifier=Notifier(env), env=env
+        prepared, reload_config=load, pipeline_factory=build_lazy_pipeline, notifier=Notifier(env), env=env
     )
     code = trio.run(supervisor.run)
     return int(ExitCode.OK) if code == 0 else code

@@ -59,13 +59,13 @@ from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.host import accounts
 from p0_ssh_agent.host.actions import Description, Plan
 from p0_ssh_agent.host.audit_trail import AuditTrail
-from p0_ssh_agent.host.policy_file import load_policy
 from p0_ssh_agent.protocol.forwarded import NO_COMMAND_MESSAGE, CommandResult, ForwardedRequest
 from p0_ssh_agent.provisioning.authorized_keys import plan_keys
 from p0_ssh_agent.provisioning.context import ExecutionContext
 from p0_ssh_agent.provisioning.end_sessions import plan_session
 from p0_ssh_agent.provisioning.engine import Engine
 from p0_ssh_agent.provisioning.facts import Allow, Deny, HostFacts, decide, gather, still_current
+from p0_ssh_agent.provisioning.lazy_pipeline import build_lazy_pipeline
 from p0_ssh_agent.provisioning.readonly import run_read_only
 from p0_ssh_agent.provisioning.sudo_rules import plan_sudo
 from p0_ssh_agent.provisioning.users import new_uid, plan_user
@@ -248,8 +248,6 @@ def _printable(text: str) -> str:
 def build_pipeline(
     config: AgentConfig, state_dir: Path, audit_trail: AuditTrail, *, dry_run: bool | None = None
 ) -> Pipeline:
-    """Raises PolicyError (exit 78) when the local policy does not load: at start-up nothing starts, on SIGHUP
-    the supervisor keeps the pipeline it has, and with it the old policy."""
-    policy = load_policy(config.policy_file)
-    dry_run = config.dry_run if dry_run is None else dry_run
-    return Pipeline(ExecutionContext(config, state_dir, dry_run, policy, audit_trail=audit_trail))
+    """Raises PolicyError (exit 78) when the local policy does not load (provisioning/lazy_pipeline.py, which the
+    daemon uses as it is: this is the same pipeline, built at once)."""
+    return build_lazy_pipeline(config, state_dir, audit_trail, dry_run=dry_run).loaded()

@@ -5,6 +5,8 @@ Which proxy applies: the configuration's `proxy` key if set (an explicit choice,
 HTTPS_PROXY/https_proxy for wss:// (HTTP_PROXY/http_proxy for ws://), skipped for hosts matching NO_PROXY/no_proxy
 and, as Go does, for localhost and loopback addresses (config/values.py is_loopback_host: the one rule for
 "stays on this host"). The CONNECT protocol itself is runtime/http_connect.py.
+
+The route (proxy_for) is worked out before READY=1; trio-websocket is imported by the first dial, after it.
 """
 
 from __future__ import annotations
@@ -15,16 +17,18 @@ import re
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
 import trio
-import trio_websocket
 
 from p0_ssh_agent.config.values import is_loopback_host
 from p0_ssh_agent.errors import ConfigError
 from p0_ssh_agent.runtime.http_connect import ProxySettings, hide_userinfo, open_tunnel_stream, parse_proxy_url
 from p0_ssh_agent.runtime.limits import MESSAGE_QUEUE_SIZE
+
+if TYPE_CHECKING:
+    import trio_websocket
 
 
 @dataclass(frozen=True)
@@ -160,7 +164,7 @@ async def connect_websocket(
     with trio.fail_after(connect_timeout):
         # nursery.start: everything before task_status.started() runs under this call, so a failure (the
         # rejected handshake above all) is raised here and not into the caller's nursery as a group.
-        return cast(trio_websocket.WebSocketConnection, await nursery.start(run))
+        return cast("trio_websocket.WebSocketConnection", await nursery.start(run))
 
 
 def _as_bytes(text: bytes | str) -> bytes:
@@ -178,6 +182,8 @@ async def _run_client(
     stream_wrapper: Callable[[trio.abc.Stream], trio.abc.Stream] | None,
     task_status: trio.TaskStatus[trio_websocket.WebSocketConnection],
 ) -> None:
+    import trio_websocket  # imported by the first dial (module docstring)
+
     opened = await _open_stream(endpoint, ssl_context, proxy, connect_timeout)
     stream: trio.abc.Stream = stream_wrapper(opened) if stream_wrapper is not None else opened
     connected = False

@@ -26,37 +26,25 @@ from p0_ssh_agent.protocol.forwarded import (
     parse_forwarded_request,
     redact_headers,
 )
+from p0_ssh_agent.runtime.session_settings import (
+    CALL_TIMEOUT_SECONDS,
+    LIVENESS_TIMEOUT_SECONDS,
+    Activity,
+    SessionSettings,
+)
 from p0_ssh_agent.runtime.worker import Worker
 
 log = get_logger(__name__)
 
+__all__ = ["CALL_TIMEOUT_SECONDS", "LIVENESS_TIMEOUT_SECONDS", "Activity", "RpcCallError", "Session", "SessionSettings"]
+
 SEND_TIMEOUT_SECONDS = 10.0
-CALL_TIMEOUT_SECONDS = 10.0
-LIVENESS_TIMEOUT_SECONDS = 30.0  # braekhus pings every 5 s; its own client gives up after 30 s (§3.4)
 # The close code trio-websocket sends, and reports to us, when a message exceeds its max_message_size.
 MESSAGE_TOO_BIG = 1009
 
 
 class RpcCallError(Exception):
     """A call the agent made (setClientId) got an error, no answer in time, or the socket went away."""
-
-
-@dataclass
-class SessionSettings:
-    client_id: str
-    heartbeat_interval: float
-    call_timeout: float = CALL_TIMEOUT_SECONDS
-    liveness_timeout: float = LIVENESS_TIMEOUT_SECONDS
-
-
-@dataclass
-class Activity:
-    """When bytes last arrived from the server (pings included); updated by the stream wrapper."""
-
-    last: float = field(default_factory=trio.current_time)
-
-    def touch(self) -> None:
-        self.last = trio.current_time()
 
 
 @dataclass

@@ -8,6 +8,9 @@ disagree), the state document and the metrics, and pokes the publisher to write 
 The STATUS= text is the connection's own text, followed by the reload failure while there is one: a failed
 reload used to replace the text and stay there after a good reload (issue 15); now a successful reload removes
 it, and a connection change while the failure stands keeps it visible.
+
+The ledger is read by refresh_ledger (in a thread, after READY=1), which imports the ledger and expiry modules
+itself: building the record before READY does not load them (issue 16).
 """
 
 from __future__ import annotations
@@ -23,8 +26,6 @@ from typing import TYPE_CHECKING
 
 from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.errors import AgentError
-from p0_ssh_agent.host.ledger import ledger_path, load_ledger
-from p0_ssh_agent.provisioning.expiry import live_grants, next_expiry
 from p0_ssh_agent.runtime import status_text
 from p0_ssh_agent.runtime.livestate import LiveState, file_digest, stamp
 from p0_ssh_agent.runtime.metrics import Metrics
@@ -148,6 +149,9 @@ class Health:
     def refresh_ledger(self) -> None:
         """Grants in force, next expiry and managed users from the ledger; re-read only when it changed. Runs in
         a thread: a large ledger must not hold up the event loop."""
+        from p0_ssh_agent.host.ledger import ledger_path, load_ledger
+        from p0_ssh_agent.provisioning.expiry import live_grants, next_expiry
+
         config, state_dir = self._config, self._state_dir
         try:
             info = ledger_path(state_dir).stat()

@@ -14,6 +14,9 @@
 None of them needs the backend. The blocking work runs in worker threads with the handlers' own locks. A failure
 is logged and the loop goes on: a guardrail must never end the agent. The configuration is read at each round, so
 SIGHUP changes take effect; `reloaded()` wakes every loop at once.
+
+The supervisor starts these loops after READY=1, and the provisioning modules they run (the engine, the ledger,
+the handlers) are imported by the loops, not by this module: READY does not wait for them (issue 16).
 """
 
 from __future__ import annotations
@@ -23,18 +26,19 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import trio
 
 from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.host.audit_trail import AuditTrail
-from p0_ssh_agent.provisioning.engine import Engine
-from p0_ssh_agent.provisioning.expiry import SweepReport, offline_revoke, sweep
-from p0_ssh_agent.provisioning.key_store_move import move_stragglers
-from p0_ssh_agent.provisioning.reconcile import Drift, reconcile
-from p0_ssh_agent.provisioning.revoke_everything import Report
+
+if TYPE_CHECKING:
+    from p0_ssh_agent.provisioning.engine import Engine
+    from p0_ssh_agent.provisioning.expiry import SweepReport
+    from p0_ssh_agent.provisioning.reconcile import Drift
+    from p0_ssh_agent.provisioning.revoke_everything import Report
 
 log = get_logger(__name__)
 
@@ -133,6 +137,8 @@ class GuardTasks:
     # --- the loops ---------------------------------------------------------------------------------------------
 
     def _engine(self) -> Engine:
+        from p0_ssh_agent.provisioning.engine import Engine  # after READY=1 (module docstring)
+
         config, state_dir = self._settings()
         return Engine.for_run(config, state_dir, dry_run=config.dry_run, audit_trail=self._audit_trail)
 
@@ -145,6 +151,8 @@ class GuardTasks:
             task_status.started()
 
     async def _expiry_loop(self) -> None:
+        from p0_ssh_agent.provisioning.expiry import sweep
+
         while True:
             engine = self._engine()
             max_seconds = engine.config.max_grant_seconds
@@ -161,6 +169,8 @@ class GuardTasks:
             await self._expiry_wake.wait(delay)
 
     async def _offline_loop(self) -> None:
+        from p0_ssh_agent.provisioning.expiry import offline_revoke
+
         while True:
             engine = self._engine()
             threshold = engine.config.offline_revoke_after_seconds
@@ -177,6 +187,9 @@ class GuardTasks:
             self.state.last_offline_revoke = report
 
     async def _reconcile_loop(self) -> None:
+        from p0_ssh_agent.provisioning.key_store_move import move_stragglers
+        from p0_ssh_agent.provisioning.reconcile import reconcile
+
         await self._guarded("key_store_move", functools.partial(move_stragglers, self._engine()))
         while True:
             engine = self._engine()

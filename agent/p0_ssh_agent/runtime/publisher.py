@@ -100,18 +100,25 @@ class Publisher:
         self._wake.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # The first refresh comes before the lock, so that status.json follows the lock at once: a reader in between
+        # sees a running agent with no state yet. It is also the slow one (runtime/health.py imports the ledger
+        # modules for it, after READY=1).
+        await self._refreshed()
         await self._open()
         task_status.started()
         try:
             while True:
-                if self._refresh is not None:
-                    await trio.to_thread.run_sync(self._refresh)
                 self.write_now()
                 with trio.move_on_after(REFRESH_SECONDS):
                     await self._wake.wait()
                 self._wake = trio.Event()
+                await self._refreshed()
         finally:
             self._close()
+
+    async def _refreshed(self) -> None:
+        if self._refresh is not None:
+            await trio.to_thread.run_sync(self._refresh)
 
     async def _open(self) -> None:
         try:

@@ -1,9 +1,10 @@
 """The supervisor: one trio nursery owning the worker, the tunnel, the watchdog and signal handling.
 
-Start-up order matters to systemd: configuration, key and state directory are checked first (a failure there
-exits 78 and systemd does not restart); READY=1 follows as soon as the local start-up is done, not when the
-backend answers, so a host whose network is down still boots without waiting on us. From then on only SIGTERM
-or SIGINT end the process; SIGHUP reloads the configuration in place.
+Start-up order matters to systemd: configuration, key, state directory and local policy are checked first (a
+failure there exits 78 and systemd does not restart); READY=1 follows as soon as the local start-up is done, not
+when the backend answers, so a host whose network is down still boots without waiting on us. The publisher, the
+guard tasks and the tunnel start right after READY=1, and only what READY needs is imported before it (issue 16).
+From then on only SIGTERM or SIGINT end the process; SIGHUP reloads the configuration in place.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ from p0_ssh_agent.identity.signing_key import load_private_key
 from p0_ssh_agent.runtime import limits, status_text
 from p0_ssh_agent.runtime.backend_dial import proxy_for
 from p0_ssh_agent.runtime.backoff import RetrySettings
-from p0_ssh_agent.runtime.connection import SessionSettings
 from p0_ssh_agent.runtime.health import Health
 from p0_ssh_agent.runtime.livestate import METRICS_FILE, resolve_runtime_dir
 from p0_ssh_agent.runtime.periodic import GuardTasks
 from p0_ssh_agent.runtime.publisher import Publisher
+from p0_ssh_agent.runtime.session_settings import SessionSettings
 from p0_ssh_agent.runtime.statedir import ensure_state_dir, resolve_state_dir
 from p0_ssh_agent.runtime.tunnel import Tunnel, TunnelSettings
 from p0_ssh_agent.runtime.worker import Pipeline, Worker
@@ -216,12 +217,12 @@ class Supervisor:
     async def _run(self, wanted: list[signal.Signals], hooks: bool) -> int:
         with trio.open_signal_receiver(*wanted) as signals:
             async with trio.open_nursery() as nursery:
-                await nursery.start(self.publisher.run)
                 await nursery.start(self.worker.run)
                 await nursery.start(self._watchdog)
-                await nursery.start(self.guard.run)  # runs with or without the backend
                 self.report(status_text.starting())
-                await nursery.start(self.tunnel.run)
+                # READY=1 before the publisher, the guard tasks and the tunnel start: none of them stops the agent
+                # when it fails, and what they import and do (the ledger and provisioning modules, the runtime
+                # directory's lock, the connection) is not READY's to wait for.
                 self._notifier.ready()
                 log.info(
                     "ready",
@@ -229,6 +230,9 @@ class Supervisor:
                     state_dir=str(self.prepared.state_dir),
                     dry_run=self.prepared.config.dry_run,
                 )
+                await nursery.start(self.guard.run)  # runs with or without the backend
+                await nursery.start(self.tunnel.run)
+                await nursery.start(self.publisher.run)  # its first ledger read does not hold up the connection
                 async for signum in signals:
                     if signum == signal.SIGHUP:
                         await self.reload()

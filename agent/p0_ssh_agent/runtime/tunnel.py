@@ -8,6 +8,10 @@ comes back spread over one period; the phase is drawn anew once `setClientId` su
 opens (a server that accepts and then drops us must not be hammered). A 503 or 429 handshake with `Retry-After`
 waits what the server asks (bounded, plus a random phase). A 401/403 keeps the process up with a backoff of up to
 5 minutes: exiting would only turn a registration problem into a systemd restart loop (upstream-protocol.md §3.5).
+
+The supervisor builds the tunnel before READY=1, and the first attempt starts after it: what only a connection
+needs (trio-websocket, wsproto and h11; jose for the token; runtime/connection.py) is imported by the attempt,
+not by this module (issue 16: start to READY).
 """
 
 from __future__ import annotations
@@ -20,24 +24,23 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import trio
-from trio_websocket import ConnectionRejected, HandshakeError, WebSocketConnection
-from wsproto.utilities import LocalProtocolError
 
 from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.config.values import is_loopback_host
 from p0_ssh_agent.errors import AgentError, ConfigError
 from p0_ssh_agent.identity.signing_key import AgentKey
-from p0_ssh_agent.identity.token import make_token
 from p0_ssh_agent.protocol.jsonrpc import MAX_FRAME_BYTES
 from p0_ssh_agent.runtime import status_text
-from p0_ssh_agent.runtime.backend_dial import connect_websocket
 from p0_ssh_agent.runtime.backoff import RetrySettings, retry_after_seconds
-from p0_ssh_agent.runtime.connection import Activity, Session, SessionSettings
 from p0_ssh_agent.runtime.http_connect import ProxySettings
+from p0_ssh_agent.runtime.session_settings import Activity, SessionSettings
 from p0_ssh_agent.runtime.trust import tls_context
 from p0_ssh_agent.runtime.worker import Worker
 
 if TYPE_CHECKING:
+    from trio_websocket import WebSocketConnection
+
+    from p0_ssh_agent.runtime.connection import Session
     from p0_ssh_agent.runtime.health import Health
 
 log = get_logger(__name__)
@@ -149,6 +152,8 @@ class Tunnel:
 
     async def _attempt(self) -> tuple[float, str]:
         """One connection attempt, run to its end. Returns (delay, status text) for the wait that follows."""
+        from trio_websocket import ConnectionRejected, HandshakeError  # the connection's own (module docstring)
+
         url = self.settings.url
         if self._health is not None:
             self._health.connecting()
@@ -185,6 +190,9 @@ class Tunnel:
         return delay, status_text.retrying(delay, reason)
 
     async def _connect_and_serve(self) -> str:
+        from p0_ssh_agent.identity.token import make_token
+        from p0_ssh_agent.runtime.backend_dial import connect_websocket
+
         settings = self.settings
         refuse_clear_text(settings.url)
         activity = Activity()
@@ -201,7 +209,8 @@ class Tunnel:
                 ws = await connect_websocket(
                     settings.url,
                     headers=[(b"authorization", f"Bearer {token}".encode())],
-                    ssl_context=tls_context(settings.ca_file),
+                    # ws:// (loopback only) never uses one, and loading the CA store costs about 2 MiB.
+                    ssl_context=tls_context(settings.ca_file) if _secure(settings.url) else None,
                     proxy=settings.proxy,
                     connect_timeout=CONNECT_TIMEOUT_SECONDS,
                     max_message_size=LIBRARY_MAX_MESSAGE_BYTES,
@@ -220,6 +229,8 @@ class Tunnel:
         return reason
 
     async def _serve(self, ws: WebSocketConnection, activity: Activity) -> str:
+        from p0_ssh_agent.runtime.connection import Session
+
         session = Session(ws, self.session_settings, self._worker, activity)
         self.session = session
         url = self.settings.url
@@ -281,6 +292,10 @@ def _retry_after(headers: Sequence[tuple[bytes, bytes]]) -> float | None:
     return None
 
 
+def _secure(url: str) -> bool:
+    return urlsplit(url).scheme.lower() == "wss"
+
+
 def _unwrap(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
@@ -289,6 +304,8 @@ def _unwrap(exc: BaseException) -> BaseException:
 
 def _unexpected(inner: BaseException, raised: Exception) -> str:
     """Describe (and log) a failure the connection code did not foresee; the tunnel then backs off and retries."""
+    from wsproto.utilities import LocalProtocolError
+
     if isinstance(inner, LocalProtocolError):
         # trio-websocket answers a ping the server sent while we were closing; wsproto refuses the pong. Benign:
         # the connection was ending anyway.
