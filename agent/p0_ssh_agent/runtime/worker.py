@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -59,6 +61,19 @@ class _InFlight:
     payload: Payload  # the first delivery's body, as later deliveries are compared with it
     done: trio.Event = field(default_factory=trio.Event)
     result: CommandResult | None = None
+
+
+@dataclass(eq=False)
+class _Answering:
+    """A first delivery whose answer is still owed: its own task answers when the execution ends, or the worker's
+    deadline task answers 504 at `deadline` (trio time) while the execution goes on."""
+
+    key: JobKey
+    reply: Reply
+    share: Share
+    started: float  # time.monotonic() when the job started, for the log line and the metrics
+    deadline: float
+    seconds: float
 
 
 @dataclass
@@ -178,6 +193,11 @@ class Worker:
         self._idle = trio.Event()
         self._idle.set()
         self._nursery: trio.Nursery | None = None
+        # Answers owed, in deadline order (every job gets the same allowance, so arrival order is deadline order);
+        # an OrderedDict so that a job answered on time leaves it in O(1).
+        self._owed: OrderedDict[int, _Answering] = OrderedDict()
+        self._owed_ids = itertools.count()
+        self._deadline_scope: trio.CancelScope | None = None
         # Told each answered request (key, outcome, seconds, result): the metrics (runtime/health.py).
         self.on_answered: Callable[[JobKey, str, float, CommandResult], None] | None = None
 
@@ -198,7 +218,35 @@ class Worker:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
-            await trio.sleep_forever()
+            await self._answer_at_deadlines(nursery)
+
+    async def _answer_at_deadlines(self, nursery: trio.Nursery) -> None:
+        """The one task that answers 504 for every execution still running at its answer's deadline (one task per
+        call instead of two: the job's own task runs the execution and answers when it ends)."""
+        while True:
+            now = trio.current_time()
+            while self._owed:
+                answering = next(iter(self._owed.values()))
+                if answering.deadline > now:
+                    break
+                self._owed.popitem(last=False)
+                self._job_started()  # the late answer is its own unit of work, holding the request until sent
+                answering.share.hold()
+                nursery.start_soon(self._answer_late, answering)
+            first = next(iter(self._owed.values())).deadline if self._owed else math.inf
+            with trio.CancelScope(deadline=first) as scope:
+                self._deadline_scope = scope
+                await trio.sleep_forever()
+            self._deadline_scope = None
+
+    async def _answer_late(self, answering: _Answering) -> None:
+        try:
+            await self._answer(
+                answering.key, answering.reply, timeout_result(answering.seconds), "timeout", answering.started
+            )
+        finally:
+            answering.share.release()
+            self._job_finished()
 
     def stop_accepting(self) -> None:
         self._accepting = False
@@ -246,30 +294,47 @@ class Worker:
 
     async def _run_job(self, request: ForwardedRequest, key: JobKey, reply: Reply, share: Share) -> None:
         started = time.monotonic()
-        nursery = self._started_nursery()
+        owed_id = -1
         try:
             dedupe = key.dedupe_key
             payload = payload_digests(request) if dedupe else {}
             inflight = self._inflight.get(dedupe) if dedupe else None
-            duplicate = inflight is not None
-            if inflight is not None and (differing := differing_fields(inflight.payload, payload)):
-                await self._answer(key, reply, conflict_result(key, differing), "conflict", started)
+            if inflight is not None:
+                await self._follow(request, key, reply, inflight, payload, started)
                 return
-            if inflight is None:
-                inflight = _InFlight(payload)
-                if dedupe:
-                    self._inflight[dedupe] = inflight
-                self._job_started()  # the execution is its own unit of work: drain waits for it too
-                share.hold()  # it holds the request until it ends, which may be after this job has answered
-                nursery.start_soon(self._execute, request, key, inflight, share)
-            deadline = answer_deadline_seconds(request)
-            with trio.move_on_after(deadline):
-                await inflight.done.wait()
-            result = inflight.result if inflight.result is not None else timeout_result(deadline)
-            await self._answer(key, reply, result, _outcome(result, inflight.result is None, duplicate), started)
+            inflight = _InFlight(payload)
+            if dedupe:
+                self._inflight[dedupe] = inflight
+            # This task runs the execution itself (it holds the request until the execution ends, which may be
+            # after its answer went out); the deadline task answers if the execution outlives its deadline.
+            seconds = answer_deadline_seconds(request)
+            owed_id = next(self._owed_ids)
+            answering = _Answering(key, reply, share, started, trio.current_time() + seconds, seconds)
+            self._owed[owed_id] = answering
+            if self._deadline_scope is not None and answering.deadline < self._deadline_scope.deadline:
+                self._deadline_scope.deadline = answering.deadline
+            await self._execute(request, key, inflight)
+            if self._owed.pop(owed_id, None) is not None:  # not answered at the deadline: answer now
+                result = inflight.result
+                assert result is not None  # _execute always leaves a result
+                await self._answer(key, reply, result, _outcome(result, False, False), started)
         finally:
+            self._owed.pop(owed_id, None)  # a cancelled job owes nothing any more
             share.release()
             self._job_finished()
+
+    async def _follow(
+        self, request: ForwardedRequest, key: JobKey, reply: Reply, inflight: _InFlight, payload: Payload, started: float
+    ) -> None:
+        """A second delivery while the first runs: the first's result, or 409 at once for another payload."""
+        if differing := differing_fields(inflight.payload, payload):
+            await self._answer(key, reply, conflict_result(key, differing), "conflict", started)
+            return
+        deadline = answer_deadline_seconds(request)
+        with trio.move_on_after(deadline):
+            await inflight.done.wait()
+        result = inflight.result if inflight.result is not None else timeout_result(deadline)
+        await self._answer(key, reply, result, _outcome(result, inflight.result is None, True), started)
 
     async def _answer(self, key: JobKey, reply: Reply, result: CommandResult, outcome: str, started: float) -> None:
         await reply(result)
@@ -277,9 +342,9 @@ class Worker:
         if self.on_answered is not None:
             self.on_answered(key, outcome, time.monotonic() - started, result)
 
-    async def _execute(self, request: ForwardedRequest, key: JobKey, inflight: _InFlight, share: Share) -> None:
+    async def _execute(self, request: ForwardedRequest, key: JobKey, inflight: _InFlight) -> None:
         try:
-            async with self._user_lock(key.lock_name), self._limiter:
+            async with self._user_lock(key.lock_name), _Borrowed(self._limiter):
                 result = await self._pipeline.execute(request, key)
             inflight.result = fit_answer(result, limits.answer_chars_allowed(key.command))
         except Exception as exc:  # one broken request must never take the worker down
@@ -290,8 +355,6 @@ class Worker:
             if dedupe and self._inflight.get(dedupe) is inflight:
                 del self._inflight[dedupe]
             inflight.done.set()
-            share.release()
-            self._job_finished()
 
     def _user_lock(self, user: str | None) -> contextlib.AbstractAsyncContextManager[object]:
         return _LockLease(self._user_locks, user) if user is not None else contextlib.nullcontext()
@@ -308,7 +371,7 @@ class _LockLease:
         entry = self._table.setdefault(self._user, _UserLock())
         entry.users += 1
         try:
-            await entry.lock.acquire()
+            await _acquire(entry.lock)
         except BaseException:
             self._release_ref(entry)
             raise
@@ -322,6 +385,28 @@ class _LockLease:
         entry.users -= 1
         if entry.users == 0:
             del self._table[self._user]
+
+
+class _Borrowed:
+    """`async with limiter`, without the scheduling round trip when a token is free (see _acquire)."""
+
+    def __init__(self, limiter: trio.CapacityLimiter) -> None:
+        self._limiter = limiter
+
+    async def __aenter__(self) -> None:
+        await _acquire(self._limiter)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._limiter.release()
+
+
+async def _acquire(resource: trio.Lock | trio.CapacityLimiter) -> None:
+    """Take a free lock or token at once; wait (fairly, in line) only when it is taken or others wait. trio's own
+    acquire yields to the scheduler even then, a round trip per call that the job's later awaits make up for."""
+    try:
+        resource.acquire_nowait()
+    except trio.WouldBlock:
+        await resource.acquire()
 
 
 def _outcome(result: CommandResult, timed_out: bool, duplicate: bool) -> str:
