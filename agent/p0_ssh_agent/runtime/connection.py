@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from p0_ssh_agent.adapters.logging import get_logger
+from p0_ssh_agent.adapters.logging import debug_enabled, get_logger
 from p0_ssh_agent.protocol import jsonrpc
 from p0_ssh_agent.protocol.forwarded import (
     CommandResult,
@@ -208,13 +208,14 @@ class Session:
             # and braekhus treats every error alike (502), so the standard code costs no compatibility.
             await self.send(jsonrpc.encode_error(request.id, jsonrpc.INVALID_PARAMS, f"invalid params: {exc}"))
             return
-        log.debug(
-            "call_received",
-            id=request.id,
-            method=forwarded.method,
-            path=forwarded.path,
-            headers=redact_headers(forwarded.headers),
-        )
+        if debug_enabled(__name__):  # a dropped debug event still cost its headers' copy and structlog's chain
+            log.debug(
+                "call_received",
+                id=request.id,
+                method=forwarded.method,
+                path=forwarded.path,
+                headers=redact_headers(forwarded.headers),
+            )
         command, rpc_id = forwarded.command, request.id
 
         def encoded(result: CommandResult) -> str:
