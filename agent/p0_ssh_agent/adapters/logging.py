@@ -95,6 +95,9 @@ def configure_logging(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )
     )
+    # No caller lookup (file, line, function) for each record: no renderer here prints one, and the lookup walks
+    # the stack on every line (the stdlib's own advice, "Optimization" in the logging HOWTO).
+    logging._srcfile = None
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
         root.removeHandler(old)

@@ -26,6 +26,7 @@ from p0_ssh_agent.protocol.forwarded import (
     parse_forwarded_request,
     redact_headers,
 )
+from p0_ssh_agent.runtime.job_locks import acquire
 from p0_ssh_agent.runtime.worker import Worker
 
 log = get_logger(__name__)
@@ -131,9 +132,12 @@ class Session:
         if self._closed:
             return False
         try:
-            async with self._send_lock:
+            await acquire(self._send_lock)  # a free lock is taken without a scheduling round trip
+            try:
                 with trio.fail_after(SEND_TIMEOUT_SECONDS):
                     await self._ws.send_message(frame if isinstance(frame, str) else frame())
+            finally:
+                self._send_lock.release()
         except (ConnectionClosed, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._end(f"send failed: {type(exc).__name__}")
             return False

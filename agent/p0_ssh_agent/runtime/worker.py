@@ -38,6 +38,7 @@ from p0_ssh_agent.adapters.logging import get_logger, log_request_line
 from p0_ssh_agent.protocol.forwarded import CommandResult, ForwardedRequest
 from p0_ssh_agent.protocol.jsonrpc import STRING_BYTES_PER_CHAR
 from p0_ssh_agent.runtime import limits
+from p0_ssh_agent.runtime.job_locks import Borrowed, LockLease, UserLock
 from p0_ssh_agent.runtime.jobs import JobKey, Payload, differing_fields, job_key, payload_digests
 
 log = get_logger(__name__)
@@ -74,12 +75,6 @@ class _Answering:
     started: float  # time.monotonic() when the job started, for the log line and the metrics
     deadline: float
     seconds: float
-
-
-@dataclass
-class _UserLock:
-    lock: trio.Lock = field(default_factory=trio.Lock)
-    users: int = 0
 
 
 class InFlightBudget:
@@ -188,7 +183,7 @@ class Worker:
         self._limiter = trio.CapacityLimiter(max_parallel)
         self._pending = 0
         self._inflight: dict[tuple[str, str, str, str], _InFlight] = {}
-        self._user_locks: dict[str, _UserLock] = {}
+        self._user_locks: dict[str, UserLock] = {}
         self._accepting = True
         self._idle = trio.Event()
         self._idle.set()
@@ -344,7 +339,7 @@ class Worker:
 
     async def _execute(self, request: ForwardedRequest, key: JobKey, inflight: _InFlight) -> None:
         try:
-            async with self._user_lock(key.lock_name), _Borrowed(self._limiter):
+            async with self._user_lock(key.lock_name), Borrowed(self._limiter):
                 result = await self._pipeline.execute(request, key)
             inflight.result = fit_answer(result, limits.answer_chars_allowed(key.command))
         except Exception as exc:  # one broken request must never take the worker down
@@ -357,56 +352,7 @@ class Worker:
             inflight.done.set()
 
     def _user_lock(self, user: str | None) -> contextlib.AbstractAsyncContextManager[object]:
-        return _LockLease(self._user_locks, user) if user is not None else contextlib.nullcontext()
-
-
-class _LockLease:
-    """A per-user lock that is dropped from the table when nobody holds or waits for it (no unbounded growth)."""
-
-    def __init__(self, table: dict[str, _UserLock], user: str) -> None:
-        self._table = table
-        self._user = user
-
-    async def __aenter__(self) -> None:
-        entry = self._table.setdefault(self._user, _UserLock())
-        entry.users += 1
-        try:
-            await _acquire(entry.lock)
-        except BaseException:
-            self._release_ref(entry)
-            raise
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        entry = self._table[self._user]
-        entry.lock.release()
-        self._release_ref(entry)
-
-    def _release_ref(self, entry: _UserLock) -> None:
-        entry.users -= 1
-        if entry.users == 0:
-            del self._table[self._user]
-
-
-class _Borrowed:
-    """`async with limiter`, without the scheduling round trip when a token is free (see _acquire)."""
-
-    def __init__(self, limiter: trio.CapacityLimiter) -> None:
-        self._limiter = limiter
-
-    async def __aenter__(self) -> None:
-        await _acquire(self._limiter)
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._limiter.release()
-
-
-async def _acquire(resource: trio.Lock | trio.CapacityLimiter) -> None:
-    """Take a free lock or token at once; wait (fairly, in line) only when it is taken or others wait. trio's own
-    acquire yields to the scheduler even then, a round trip per call that the job's later awaits make up for."""
-    try:
-        resource.acquire_nowait()
-    except trio.WouldBlock:
-        await resource.acquire()
+        return LockLease(self._user_locks, user) if user is not None else contextlib.nullcontext()
 
 
 def _outcome(result: CommandResult, timed_out: bool, duplicate: bool) -> str:
