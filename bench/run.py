@@ -82,7 +82,8 @@ async def run_scenarios(names: list[str], profile: str, workdir: Path, state_roo
                 await trio.to_thread.run_sync(ledger_store.measure_ledger, workdir / "ledger", ledger_sizes)  # type: ignore[arg-type]
             )
         for target in results[-1].targets:
-            print(f"  {target.verdict}  {target.text}: {target.measured:,.2f} {target.unit}", flush=True)
+            note = f" ({target.note})" if target.note else ""
+            print(f"  {target.verdict}  {target.text}: {target.measured:,.2f} {target.unit}{note}", flush=True)
         print(f"bench: {name} took {time.monotonic() - started:.0f} s", flush=True)
     return results
 

@@ -129,18 +129,18 @@ _request_log = get_logger(REQUEST_LOGGER)
 # The request line's logger, bound once per structlog configuration instead of on every line (the module loggers
 # are lazy proxies that assemble a new BoundLogger at each call, so that a later configure reaches them).
 _CONFIG_PARTS = ("processors", "context_class", "wrapper_class", "logger_factory")
-_request_bound: tuple[tuple[object, ...], Any] | None = None
+_request_bound: dict[str, tuple[tuple[object, ...], Any]] = {}  # "logger": (the configuration's parts, the logger)
 
 
 def _request_logger() -> Any:
-    global _request_bound
     config = structlog.get_config()
     parts = tuple(config[name] for name in _CONFIG_PARTS)
+    bound = _request_bound.get("logger")
     # By identity: configure() and reset_defaults() install new objects, and the cache follows. The cache holds
     # the parts it was made with, so none of them can be freed and its id reused by a new one.
-    if _request_bound is None or any(new is not old for new, old in zip(parts, _request_bound[0], strict=True)):
-        _request_bound = (parts, _request_log.bind())
-    return _request_bound[1]
+    if bound is None or any(new is not old for new, old in zip(parts, bound[0], strict=True)):
+        bound = _request_bound["logger"] = (parts, _request_log.bind())
+    return bound[1]
 
 
 def debug_enabled(name: str) -> bool:

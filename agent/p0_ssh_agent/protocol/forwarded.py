@@ -129,19 +129,21 @@ class CommandResult:
 
 
 # The last whole second timestamp() formatted, and its text: every answer carries one, most share their second.
-_last_timestamp: tuple[datetime | None, str] = (None, "")
+_last_timestamp: dict[datetime, str] = {}  # at most one entry: the second and its text
 
 
 def timestamp(now: datetime) -> str:
     """Go's time.Now().UTC().Format(time.RFC3339): whole seconds and "Z". A naive datetime is taken as UTC."""
-    global _last_timestamp
     if now.tzinfo is not UTC:  # the runtime passes datetime.now(UTC); anything else is converted, not cached
         moment = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
         return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
     second = now.replace(microsecond=0)
-    if second != _last_timestamp[0]:
-        _last_timestamp = (second, second.strftime("%Y-%m-%dT%H:%M:%SZ"))
-    return _last_timestamp[1]
+    text = _last_timestamp.get(second)
+    if text is None:
+        text = second.strftime("%Y-%m-%dT%H:%M:%SZ")
+        _last_timestamp.clear()
+        _last_timestamp[second] = text
+    return text
 
 
 _STATUS_TEXTS: dict[int, str] = {}  # status -> reason phrase; at most 500 entries (CommandResult bounds statuses)

@@ -295,7 +295,7 @@ class Worker:
             payload = payload_digests(request) if dedupe else {}
             inflight = self._inflight.get(dedupe) if dedupe else None
             if inflight is not None:
-                await self._follow(request, key, reply, inflight, payload, started)
+                await self._follow(request, key, reply, inflight, payload=payload, started=started)
                 return
             inflight = _InFlight(payload)
             if dedupe:
@@ -310,8 +310,8 @@ class Worker:
                 self._deadline_scope.deadline = answering.deadline
             await self._execute(request, key, inflight)
             if self._owed.pop(owed_id, None) is not None:  # not answered at the deadline: answer now
-                result = inflight.result
-                assert result is not None  # _execute always leaves a result
+                # _execute always leaves a result; the 504 only satisfies the type.
+                result = inflight.result if inflight.result is not None else timeout_result(seconds)
                 await self._answer(key, reply, result, _outcome(result, False, False), started)
         finally:
             self._owed.pop(owed_id, None)  # a cancelled job owes nothing any more
@@ -319,7 +319,14 @@ class Worker:
             self._job_finished()
 
     async def _follow(
-        self, request: ForwardedRequest, key: JobKey, reply: Reply, inflight: _InFlight, payload: Payload, started: float
+        self,
+        request: ForwardedRequest,
+        key: JobKey,
+        reply: Reply,
+        inflight: _InFlight,
+        *,
+        payload: Payload,
+        started: float,
     ) -> None:
         """A second delivery while the first runs: the first's result, or 409 at once for another payload."""
         if differing := differing_fields(inflight.payload, payload):
