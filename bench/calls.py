@@ -67,6 +67,16 @@ TINY = CallSizes({1: 5, 10: 20, 100: 100}, runs=1, warmup=5, cpu_calls=20, cpu_r
 CPU_CONCURRENCY = 10
 # The issue's targets, in µs of CPU per call (agent and children).
 CPU_TARGET_US = {"nocmd": 250.0, "dryrun": 400.0}
+# What a MISS of each target comes from, as profiled (docs/benchmarks.md "What the profile showed").
+MISS_CAUSES = {
+    "nocmd": "the shared call path: trio-websocket and wsproto framing, trio scheduling, JSON-RPC, the log line",
+    "dryrun": "the facts' host lookups: 3 getpwnam of the missing account through nss_systemd (about 55 µs each) "
+    "and 2 reads of /etc/login.defs (about 33 µs each) per execution, plus the worker-thread hop (about 35 µs)",
+    "rate": "one process on one core: at most 1e6 / (µs of CPU per call) calls a second, less what other "
+    "processes on the shared machine take",
+    "p50": "CPU per call: at concurrency 10 a call waits for the ones ahead of it, and the agent spends about 4x "
+    "the echo peer's CPU per call (the floor's whole cost is the framing the agent also pays)",
+}
 
 
 async def drive(call: Callable[[], Awaitable[None]], concurrency: int, total: int) -> tuple[list[float], float]:
@@ -255,6 +265,7 @@ def _targets(result: Measurement) -> None:
     agent, floor = result.series["nocmd/agent/10"], result.series["nocmd/floor/10"]
     p50_ratio = agent.p50.median / floor.p50.median
     p99_ratio = agent.p99.median / floor.p99.median
+    per_second = result.series["nocmd/agent/100"].per_second.median
     for kind, label in (("nocmd", "no-command call"), ("dryrun", "dry-run grant")):
         figures = result.figures
         result.targets.append(
@@ -266,17 +277,31 @@ def _targets(result: Measurement) -> None:
                 "ms",
                 note=f"echo floor {figures[f'{kind}/cpu/floor_us'] / 1000:.3f} ms; runs "
                 f"{figures[f'{kind}/cpu/agent_us_low'] / 1000:.3f}-"
-                f"{figures[f'{kind}/cpu/agent_us_high'] / 1000:.3f} ms",
+                f"{figures[f'{kind}/cpu/agent_us_high'] / 1000:.3f} ms"
+                + (f"; left: {MISS_CAUSES[kind]}" if figures[f"{kind}/cpu/agent_us"] > CPU_TARGET_US[kind] else ""),
             )
         )
     result.targets += [
-        Target("no-command call p50 at concurrency 10 <= 2x the echo floor", p50_ratio, 2.0, "x"),
-        Target("no-command call p99 at concurrency 10 <= 3x the echo floor", p99_ratio, 3.0, "x"),
+        Target(
+            "no-command call p50 at concurrency 10 <= 2x the echo floor",
+            p50_ratio,
+            2.0,
+            "x",
+            note="" if p50_ratio <= 2.0 else MISS_CAUSES["p50"],
+        ),
+        Target(
+            "no-command call p99 at concurrency 10 <= 3x the echo floor",
+            p99_ratio,
+            3.0,
+            "x",
+            note="" if p99_ratio <= 3.0 else MISS_CAUSES["p50"],
+        ),
         Target(
             "no-command calls per second at concurrency 100 >= 2,000",
-            result.series["nocmd/agent/100"].per_second.median,
+            per_second,
             2000.0,
             "/s",
             higher_is_better=True,
+            note="" if per_second >= 2000.0 else MISS_CAUSES["rate"],
         ),
     ]
