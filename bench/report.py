@@ -127,6 +127,19 @@ def calls_section(m: Measurement) -> list[str]:
         if f"{kind}/request_bytes" in m.figures
     )
     out += [f"Frame sizes (the floor moves the same): {sizes}. Ranges are the lowest and highest run.", ""]
+    if "cpu/runs" in m.figures:
+        f = m.figures
+        cpu = "; ".join(
+            f"{label}: agent {f[f'{kind}/cpu/agent_us']:,.0f} µs ({f[f'{kind}/cpu/agent_us_low']:,.0f}-"
+            f"{f[f'{kind}/cpu/agent_us_high']:,.0f}), echo floor {f[f'{kind}/cpu/floor_us']:,.0f} µs"
+            for kind, label in (("nocmd", "no-command call"), ("dryrun", "dry-run grant"))
+            if f"{kind}/cpu/agent_us" in f
+        )
+        out += [
+            f"CPU per call (user + system from /proc, the daemon with its children, the echo peer alone; "
+            f"{f['cpu/calls_per_run']:,.0f} calls at concurrency 10, median of {f['cpu/runs']:.0f} runs): {cpu}.",
+            "",
+        ]
     return out
 
 

@@ -87,7 +87,8 @@ async def run_scenarios(names: list[str], profile: str, workdir: Path, state_roo
             (workdir / "reconnect").mkdir()
             results.append(await reconnect.measure_reconnect(workdir / "reconnect", sizes["reconnect"]))  # type: ignore[arg-type]
         for target in results[-1].targets:
-            print(f"  {target.verdict}  {target.text}: {target.measured:,.2f} {target.unit}", flush=True)
+            note = f" ({target.note})" if target.note else ""
+            print(f"  {target.verdict}  {target.text}: {target.measured:,.2f} {target.unit}{note}", flush=True)
         print(f"bench: {name} took {time.monotonic() - started:.0f} s", flush=True)
     return results
 
@@ -135,19 +136,23 @@ def findings(measurements: list[Measurement]) -> list[str]:
     by_name = {m.scenario: m for m in measurements}
     out: list[str] = []
     if "calls" in by_name:
-        cpu = by_name["calls"].figures.get("nocmd/agent/100/cpu_us_per_call")
+        f = by_name["calls"].figures
         out.append(
-            f"Calls: the daemon spends about {cpu:,.0f} µs of CPU per no-command call at concurrency 100 (one core), "
-            "which caps it near 1e6/that calls per second; the echo floor does nothing per frame. cProfile of the "
-            "daemon put a third of that in the canonical request log line (structlog chain, redaction of every value "
-            "then again when rendered, a stdlib LogRecord) and most of the rest in trio task bookkeeping (the worker "
-            "starts two tasks per call), wsproto and JSON. Fixed: exact fast paths in adapters/logging.py "
-            "(redact_text skips its five substitutions when no credential marker is present; plain keys and values "
-            "skip the per-character scan), about 12% of the line's cost; calls without a userName no longer share one "
-            "worker lock (they ran one at a time under the name '-'). Left: the log line is still about a fifth of "
-            "the CPU per call (structlog chain, stdlib LogRecord, ProcessorFormatter), and the worker starts two "
-            "tasks per call; halving the per-call CPU is what 2,000 calls/s needs on this machine."
-            if cpu
+            f"Calls: {f['nocmd/cpu/agent_us']:,.0f} µs of CPU per no-command call and "
+            f"{f['dryrun/cpu/agent_us']:,.0f} µs per dry-run grant (the daemon and its children, concurrency 10), "
+            f"against {f['nocmd/cpu/floor_us']:,.0f} µs for the echo peer. "
+            "Cut in issue 16: one trio task per call instead of two (the job's task runs the execution; one "
+            "worker task answers 504 for an execution that outlives its deadline), free locks and limiter tokens "
+            "taken without a scheduling round trip, the request line's logger bound once per structlog "
+            "configuration, key checks memoised, no caller lookup per log record, call_received built only at "
+            "debug level, the answer's timestamp formatted once a second. Left: a dry-run grant's facts look the "
+            "account up three times (twice in provisioning/facts.py, once in pipeline._first_lock) and read "
+            "/etc/login.defs twice; with nss_systemd in nsswitch.conf a missing account's getpwnam costs about 55"
+            " µs of CPU (some 30 syscalls through the userdb directories) and a login.defs read about 33 µs, some"
+            " 230 µs per execution in host/ code not changed here. The rest is spread over trio-websocket and "
+            "wsproto framing, trio scheduling and the log line (about 20 µs: structlog's chain, two stdlib "
+            "LogRecords, one write per line); the echo floor does only the framing."
+            if "nocmd/cpu/agent_us" in f
             else "Calls: no CPU figure in this run."
         )
     if "grants" in by_name:

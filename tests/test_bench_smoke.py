@@ -127,7 +127,10 @@ async def test_calls_tiny(tmp_path: Path) -> None:
             for side in ("agent", "floor"):
                 assert measurement.series[f"{kind}/{side}/{level}"].samples == calls.TINY.calls[level]
         assert measurement.figures[f"{kind}/response_bytes"] > measurement.figures["nocmd/request_bytes"] / 2
-    assert len(measurement.targets) == 3
+        # CPU per call of the daemon (with its children) and of the echo peer, read from /proc around the calls
+        assert measurement.figures[f"{kind}/cpu/agent_us"] >= 0 and measurement.figures[f"{kind}/cpu/floor_us"] >= 0
+    assert measurement.figures["cpu/calls_per_run"] == calls.TINY.cpu_calls
+    assert len(measurement.targets) == 5  # two CPU targets, the two latency ratios, the throughput
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["configure_logging", "get_logger", "log_request_line", "redact"]
+__all__ = ["configure_logging", "debug_enabled", "get_logger", "log_request_line", "redact"]
 
 # systemd's SyslogLevelPrefix= parses these (sd-daemon.h: SD_CRIT "<2>" ... SD_DEBUG "<7>").
 JOURNALD_PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
@@ -95,6 +95,9 @@ def configure_logging(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )
     )
+    # No caller lookup (file, line, function) for each record: no renderer here prints one, and the lookup walks
+    # the stack on every line (the stdlib's own advice, "Optimization" in the logging HOWTO).
+    logging._srcfile = None
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
         root.removeHandler(old)
@@ -121,7 +124,29 @@ def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
     return structlog.stdlib.get_logger(name)
 
 
-_request_log = get_logger("p0_ssh_agent.request")
+REQUEST_LOGGER = "p0_ssh_agent.request"
+_request_log = get_logger(REQUEST_LOGGER)
+# The request line's logger, bound once per structlog configuration instead of on every line (the module loggers
+# are lazy proxies that assemble a new BoundLogger at each call, so that a later configure reaches them).
+_CONFIG_PARTS = ("processors", "context_class", "wrapper_class", "logger_factory")
+_request_bound: dict[str, tuple[tuple[object, ...], Any]] = {}  # "logger": (the configuration's parts, the logger)
+
+
+def _request_logger() -> Any:
+    config = structlog.get_config()
+    parts = tuple(config[name] for name in _CONFIG_PARTS)
+    bound = _request_bound.get("logger")
+    # By identity: configure() and reset_defaults() install new objects, and the cache follows. The cache holds
+    # the parts it was made with, so none of them can be freed and its id reused by a new one.
+    if bound is None or any(new is not old for new, old in zip(parts, bound[0], strict=True)):
+        bound = _request_bound["logger"] = (parts, _request_log.bind())
+    return bound[1]
+
+
+def debug_enabled(name: str) -> bool:
+    """Whether a debug event of logger `name` would be written: lets a hot path skip building one that would be
+    dropped (the level filter of our chain, structlog.stdlib.filter_by_level, asks the same question)."""
+    return logging.getLogger(name).isEnabledFor(logging.DEBUG)
 
 
 def log_request_line(
@@ -136,7 +161,7 @@ def log_request_line(
 ) -> None:
     """The one canonical line per request: `request request_id=… command=… user=… action=… outcome=…
     duration_ms=…` then any extra fields. Operators grep for it; keep the field order stable."""
-    _request_log.info(
+    _request_logger().info(
         "request",
         request_id=request_id,
         command=command,
@@ -186,6 +211,8 @@ def _redact_event(_logger: Any, _method: str, event_dict: EventDict) -> EventDic
             redacted[key] = value
         elif is_sensitive_key(key):
             redacted[key] = REDACTED
+        elif type(value) is str:  # the common case, as redact() would treat it, without its type tests
+            redacted[key] = redact_text(value)
         else:
             redacted[key] = redact(_stringify_unknown(value))
     return redacted
@@ -221,13 +248,15 @@ class LineRenderer:
 
 def format_value(value: object) -> str:
     """logfmt-style: bare when unambiguous, else a JSON string literal (which also escapes newlines)."""
-    if value is None:
+    if type(value) is str:  # the common case first; the same steps as for any other text below
+        text = value
+    elif value is None:
         return "-"
-    if isinstance(value, bool):
+    elif isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float):
+    elif isinstance(value, int | float):
         return str(value)  # str, not repr: an IntEnum (an exit code) prints as its number
-    if isinstance(value, bytes):
+    elif isinstance(value, bytes):
         text = value.decode("utf-8", "backslashreplace")
     elif isinstance(value, dict | list | tuple):
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
@@ -305,14 +334,29 @@ _JSON_PAIR = re.compile(r'"((?:[^"\\]|\\.){1,64})"(\s*:\s*)"(?:[^"\\]|\\.)*"')
 _CREDENTIAL_HINT = re.compile(r'-----BEGIN|bearer|basic|eyJ|://|"', re.IGNORECASE)
 
 
+# Answers of is_sensitive_key for text keys: log events use a few dozen names, each asked about on every line.
+# Bounded (keys of a logged mapping may come from the network): emptied when full.
+_SENSITIVE_KEY_MEMO: dict[str, bool] = {}
+_SENSITIVE_KEY_MEMO_SIZE = 1024
+
+
 def is_sensitive_key(key: object) -> bool:
     """True for mapping keys whose values are credentials (compared case- and separator-insensitively)."""
+    if type(key) is str:
+        known = _SENSITIVE_KEY_MEMO.get(key)
+        if known is not None:
+            return known
     if isinstance(key, bytes):
         key = key.decode("latin-1")
     if not isinstance(key, str):
         return False
     normal = key.lower().replace("-", "").replace("_", "").replace(" ", "")
-    return normal in _SENSITIVE_KEYS or normal.endswith(_SENSITIVE_SUFFIXES)
+    sensitive = normal in _SENSITIVE_KEYS or normal.endswith(_SENSITIVE_SUFFIXES)
+    if type(key) is str:
+        if len(_SENSITIVE_KEY_MEMO) >= _SENSITIVE_KEY_MEMO_SIZE:
+            _SENSITIVE_KEY_MEMO.clear()
+        _SENSITIVE_KEY_MEMO[key] = sensitive
+    return sensitive
 
 
 def redact(value: object) -> object:

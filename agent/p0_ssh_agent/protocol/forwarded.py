@@ -128,18 +128,38 @@ class CommandResult:
             raise ValueError(f"http_status {self.http_status} is not an HTTP status code (100-599)")
 
 
+# The last whole second timestamp() formatted, and its text: every answer carries one, most share their second.
+_last_timestamp: dict[datetime, str] = {}  # at most one entry: the second and its text
+
+
 def timestamp(now: datetime) -> str:
     """Go's time.Now().UTC().Format(time.RFC3339): whole seconds and "Z". A naive datetime is taken as UTC."""
-    moment = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if now.tzinfo is not UTC:  # the runtime passes datetime.now(UTC); anything else is converted, not cached
+        moment = now.replace(tzinfo=UTC) if now.tzinfo is None else now.astimezone(UTC)
+        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    second = now.replace(microsecond=0)
+    text = _last_timestamp.get(second)
+    if text is None:
+        text = second.strftime("%Y-%m-%dT%H:%M:%SZ")
+        _last_timestamp.clear()
+        _last_timestamp[second] = text
+    return text
+
+
+_STATUS_TEXTS: dict[int, str] = {}  # status -> reason phrase; at most 500 entries (CommandResult bounds statuses)
 
 
 def status_text(status: int) -> str:
     """The reason phrase Node would send ("OK", "Internal Server Error", "Forbidden", ...)."""
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
+    text = _STATUS_TEXTS.get(status)
+    if text is None:
+        try:
+            text = HTTPStatus(status).phrase
+        except ValueError:
+            text = "Unknown"
+        if 100 <= status <= 599:
+            _STATUS_TEXTS[status] = text
+    return text
 
 
 def forwarded_response(result: CommandResult, *, client_id: str, command: str, now: datetime) -> dict[str, object]:

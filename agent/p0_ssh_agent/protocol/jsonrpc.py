@@ -164,7 +164,8 @@ def parse_frame(text: str | bytes, *, max_bytes: int = MAX_FRAME_BYTES, max_valu
     if isinstance(text, bytes | bytearray):
         # braekhus ignores binary frames ("Message in binary format is not supported"); so do we, silently.
         return Invalid(None, "binary frame ignored")
-    if len(text) > max_bytes or len(text.encode("utf-8", "surrogatepass")) > max_bytes:
+    # UTF-8 takes at most 4 bytes a character (a lone surrogate 3): only a frame that could be over is encoded.
+    if len(text) > max_bytes or (4 * len(text) > max_bytes and len(text.encode("utf-8", "surrogatepass")) > max_bytes):
         return Invalid(encode_error(None, INVALID_REQUEST, f"frame larger than {max_bytes} bytes"), "oversized frame")
     values = _value_count_bound(text)
     if values > max_values:
@@ -234,6 +235,8 @@ def _invalid(reply_id: JsonId, reason: str) -> Invalid:
 
 def _dumps(value: object) -> str:
     text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if text.isascii():  # the usual frame: nothing to check (isascii is one pass in C, without a copy)
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from p0_ssh_agent.adapters.logging import get_logger
+from p0_ssh_agent.adapters.logging import debug_enabled, get_logger
 from p0_ssh_agent.protocol import jsonrpc
 from p0_ssh_agent.protocol.forwarded import (
     CommandResult,
@@ -26,6 +26,7 @@ from p0_ssh_agent.protocol.forwarded import (
     parse_forwarded_request,
     redact_headers,
 )
+from p0_ssh_agent.runtime.job_locks import acquire
 from p0_ssh_agent.runtime.session_settings import (
     CALL_TIMEOUT_SECONDS,
     LIVENESS_TIMEOUT_SECONDS,
@@ -119,9 +120,12 @@ class Session:
         if self._closed:
             return False
         try:
-            async with self._send_lock:
+            await acquire(self._send_lock)  # a free lock is taken without a scheduling round trip
+            try:
                 with trio.fail_after(SEND_TIMEOUT_SECONDS):
                     await self._ws.send_message(frame if isinstance(frame, str) else frame())
+            finally:
+                self._send_lock.release()
         except (ConnectionClosed, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._end(f"send failed: {type(exc).__name__}")
             return False
@@ -196,13 +200,14 @@ class Session:
             # and braekhus treats every error alike (502), so the standard code costs no compatibility.
             await self.send(jsonrpc.encode_error(request.id, jsonrpc.INVALID_PARAMS, f"invalid params: {exc}"))
             return
-        log.debug(
-            "call_received",
-            id=request.id,
-            method=forwarded.method,
-            path=forwarded.path,
-            headers=redact_headers(forwarded.headers),
-        )
+        if debug_enabled(__name__):  # a dropped debug event still cost its headers' copy and structlog's chain
+            log.debug(
+                "call_received",
+                id=request.id,
+                method=forwarded.method,
+                path=forwarded.path,
+                headers=redact_headers(forwarded.headers),
+            )
         command, rpc_id = forwarded.command, request.id
 
         def encoded(result: CommandResult) -> str:

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -36,6 +38,7 @@ from p0_ssh_agent.adapters.logging import get_logger, log_request_line
 from p0_ssh_agent.protocol.forwarded import CommandResult, ForwardedRequest
 from p0_ssh_agent.protocol.jsonrpc import STRING_BYTES_PER_CHAR
 from p0_ssh_agent.runtime import limits
+from p0_ssh_agent.runtime.job_locks import Borrowed, LockLease, UserLock
 from p0_ssh_agent.runtime.jobs import JobKey, Payload, differing_fields, job_key, payload_digests
 
 log = get_logger(__name__)
@@ -61,10 +64,17 @@ class _InFlight:
     result: CommandResult | None = None
 
 
-@dataclass
-class _UserLock:
-    lock: trio.Lock = field(default_factory=trio.Lock)
-    users: int = 0
+@dataclass(eq=False)
+class _Answering:
+    """A first delivery whose answer is still owed: its own task answers when the execution ends, or the worker's
+    deadline task answers 504 at `deadline` (trio time) while the execution goes on."""
+
+    key: JobKey
+    reply: Reply
+    share: Share
+    started: float  # time.monotonic() when the job started, for the log line and the metrics
+    deadline: float
+    seconds: float
 
 
 class InFlightBudget:
@@ -173,11 +183,16 @@ class Worker:
         self._limiter = trio.CapacityLimiter(max_parallel)
         self._pending = 0
         self._inflight: dict[tuple[str, str, str, str], _InFlight] = {}
-        self._user_locks: dict[str, _UserLock] = {}
+        self._user_locks: dict[str, UserLock] = {}
         self._accepting = True
         self._idle = trio.Event()
         self._idle.set()
         self._nursery: trio.Nursery | None = None
+        # Answers owed, in deadline order (every job gets the same allowance, so arrival order is deadline order);
+        # an OrderedDict so that a job answered on time leaves it in O(1).
+        self._owed: OrderedDict[int, _Answering] = OrderedDict()
+        self._owed_ids = itertools.count()
+        self._deadline_scope: trio.CancelScope | None = None
         # Told each answered request (key, outcome, seconds, result): the metrics (runtime/health.py).
         self.on_answered: Callable[[JobKey, str, float, CommandResult], None] | None = None
 
@@ -198,7 +213,35 @@ class Worker:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
-            await trio.sleep_forever()
+            await self._answer_at_deadlines(nursery)
+
+    async def _answer_at_deadlines(self, nursery: trio.Nursery) -> None:
+        """The one task that answers 504 for every execution still running at its answer's deadline (one task per
+        call instead of two: the job's own task runs the execution and answers when it ends)."""
+        while True:
+            now = trio.current_time()
+            while self._owed:
+                answering = next(iter(self._owed.values()))
+                if answering.deadline > now:
+                    break
+                self._owed.popitem(last=False)
+                self._job_started()  # the late answer is its own unit of work, holding the request until sent
+                answering.share.hold()
+                nursery.start_soon(self._answer_late, answering)
+            first = next(iter(self._owed.values())).deadline if self._owed else math.inf
+            with trio.CancelScope(deadline=first) as scope:
+                self._deadline_scope = scope
+                await trio.sleep_forever()
+            self._deadline_scope = None
+
+    async def _answer_late(self, answering: _Answering) -> None:
+        try:
+            await self._answer(
+                answering.key, answering.reply, timeout_result(answering.seconds), "timeout", answering.started
+            )
+        finally:
+            answering.share.release()
+            self._job_finished()
 
     def stop_accepting(self) -> None:
         self._accepting = False
@@ -246,30 +289,54 @@ class Worker:
 
     async def _run_job(self, request: ForwardedRequest, key: JobKey, reply: Reply, share: Share) -> None:
         started = time.monotonic()
-        nursery = self._started_nursery()
+        owed_id = -1
         try:
             dedupe = key.dedupe_key
             payload = payload_digests(request) if dedupe else {}
             inflight = self._inflight.get(dedupe) if dedupe else None
-            duplicate = inflight is not None
-            if inflight is not None and (differing := differing_fields(inflight.payload, payload)):
-                await self._answer(key, reply, conflict_result(key, differing), "conflict", started)
+            if inflight is not None:
+                await self._follow(request, key, reply, inflight, payload=payload, started=started)
                 return
-            if inflight is None:
-                inflight = _InFlight(payload)
-                if dedupe:
-                    self._inflight[dedupe] = inflight
-                self._job_started()  # the execution is its own unit of work: drain waits for it too
-                share.hold()  # it holds the request until it ends, which may be after this job has answered
-                nursery.start_soon(self._execute, request, key, inflight, share)
-            deadline = answer_deadline_seconds(request)
-            with trio.move_on_after(deadline):
-                await inflight.done.wait()
-            result = inflight.result if inflight.result is not None else timeout_result(deadline)
-            await self._answer(key, reply, result, _outcome(result, inflight.result is None, duplicate), started)
+            inflight = _InFlight(payload)
+            if dedupe:
+                self._inflight[dedupe] = inflight
+            # This task runs the execution itself (it holds the request until the execution ends, which may be
+            # after its answer went out); the deadline task answers if the execution outlives its deadline.
+            seconds = answer_deadline_seconds(request)
+            owed_id = next(self._owed_ids)
+            answering = _Answering(key, reply, share, started, trio.current_time() + seconds, seconds)
+            self._owed[owed_id] = answering
+            if self._deadline_scope is not None and answering.deadline < self._deadline_scope.deadline:
+                self._deadline_scope.deadline = answering.deadline
+            await self._execute(request, key, inflight)
+            if self._owed.pop(owed_id, None) is not None:  # not answered at the deadline: answer now
+                # _execute always leaves a result; the 504 only satisfies the type.
+                result = inflight.result if inflight.result is not None else timeout_result(seconds)
+                await self._answer(key, reply, result, _outcome(result, False, False), started)
         finally:
+            self._owed.pop(owed_id, None)  # a cancelled job owes nothing any more
             share.release()
             self._job_finished()
+
+    async def _follow(
+        self,
+        request: ForwardedRequest,
+        key: JobKey,
+        reply: Reply,
+        inflight: _InFlight,
+        *,
+        payload: Payload,
+        started: float,
+    ) -> None:
+        """A second delivery while the first runs: the first's result, or 409 at once for another payload."""
+        if differing := differing_fields(inflight.payload, payload):
+            await self._answer(key, reply, conflict_result(key, differing), "conflict", started)
+            return
+        deadline = answer_deadline_seconds(request)
+        with trio.move_on_after(deadline):
+            await inflight.done.wait()
+        result = inflight.result if inflight.result is not None else timeout_result(deadline)
+        await self._answer(key, reply, result, _outcome(result, inflight.result is None, True), started)
 
     async def _answer(self, key: JobKey, reply: Reply, result: CommandResult, outcome: str, started: float) -> None:
         await reply(result)
@@ -277,9 +344,9 @@ class Worker:
         if self.on_answered is not None:
             self.on_answered(key, outcome, time.monotonic() - started, result)
 
-    async def _execute(self, request: ForwardedRequest, key: JobKey, inflight: _InFlight, share: Share) -> None:
+    async def _execute(self, request: ForwardedRequest, key: JobKey, inflight: _InFlight) -> None:
         try:
-            async with self._user_lock(key.lock_name), self._limiter:
+            async with self._user_lock(key.lock_name), Borrowed(self._limiter):
                 result = await self._pipeline.execute(request, key)
             inflight.result = fit_answer(result, limits.answer_chars_allowed(key.command))
         except Exception as exc:  # one broken request must never take the worker down
@@ -290,38 +357,9 @@ class Worker:
             if dedupe and self._inflight.get(dedupe) is inflight:
                 del self._inflight[dedupe]
             inflight.done.set()
-            share.release()
-            self._job_finished()
 
     def _user_lock(self, user: str | None) -> contextlib.AbstractAsyncContextManager[object]:
-        return _LockLease(self._user_locks, user) if user is not None else contextlib.nullcontext()
-
-
-class _LockLease:
-    """A per-user lock that is dropped from the table when nobody holds or waits for it (no unbounded growth)."""
-
-    def __init__(self, table: dict[str, _UserLock], user: str) -> None:
-        self._table = table
-        self._user = user
-
-    async def __aenter__(self) -> None:
-        entry = self._table.setdefault(self._user, _UserLock())
-        entry.users += 1
-        try:
-            await entry.lock.acquire()
-        except BaseException:
-            self._release_ref(entry)
-            raise
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        entry = self._table[self._user]
-        entry.lock.release()
-        self._release_ref(entry)
-
-    def _release_ref(self, entry: _UserLock) -> None:
-        entry.users -= 1
-        if entry.users == 0:
-            del self._table[self._user]
+        return LockLease(self._user_locks, user) if user is not None else contextlib.nullcontext()
 
 
 def _outcome(result: CommandResult, timed_out: bool, duplicate: bool) -> str:
