@@ -167,6 +167,11 @@ class LedgerStore:
         self._migrate_if_needed()
         return version(self._layout, name)
 
+    def high_water(self) -> int | None:
+        """The host record's UID high-water mark as it is now (None: no host record), one small read."""
+        host = read_host(self._layout)
+        return None if host is None else host.uid_high_water
+
     def commit(self, before: Ledger, after: Ledger) -> None:
         """Store `after` in place of `before` for every user either names: each record whole, one directory fsync
         for the group. A crash in the middle leaves each named user's record old or new, never torn; LedgerFull
