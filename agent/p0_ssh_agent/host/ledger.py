@@ -187,7 +187,11 @@ class LedgerStore:
             for name in names:  # in name order: two group commits never wait for each other in a circle
                 held.enter_context(locks.ledger_record_lock(name, lock_dir=self.lock_dir))
             # The mark rises before a record that needs it is written: a crash leaves a UID skipped, never reused.
-            self._raise_high_water(max([after.uid_high_water, *created]))
+            # `before` is what a read returned, and the mark never falls: when it already covers what `after`
+            # needs, host.json (then there, or its mark would be 0) holds at least that, and is not read again.
+            needed = max([after.uid_high_water, *created])
+            if not 0 < needed <= before.uid_high_water:
+                self._raise_high_water(needed)
             if not names:
                 return
             with rootfile.root_dir(layout.users_dir, create=True) as users_fd:
