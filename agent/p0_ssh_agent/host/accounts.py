@@ -155,7 +155,7 @@ def uid_min(login_defs: str = "/etc/login.defs") -> int:
     an edit (in place or by rename) is read at once (but one in place, of the same size, within one timestamp
     tick of the previous read: the change a stat cannot see, as for the ledger's version)."""
     try:
-        found = os.stat(login_defs)
+        found = Path(login_defs).stat()
     except OSError:
         return DEFAULT_UID_MIN
     identity = (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns)
