@@ -160,7 +160,9 @@ def findings(measurements: list[Measurement]) -> list[str]:
             "Sudo grant: two visudo runs per grant (the new file with -cf before it goes live, the whole tree after "
             "the rename; the third, a tree check before, now runs only when the check after fails) and the ledger "
             "write, against one visudo in the baseline; both checks are the point of host/sudoers_install.py, so "
-            "1.2x is out of reach by design.",
+            "1.2x is out of reach by design. In this bench the sudo grant also unlocks the account (one usermod -U, "
+            "about 5 ms: the key revoke before it removed the account's last grant and locked it, issue 14 item 5), "
+            "about a third of its time in a development profile.",
             "provisionUser runs groupadd then useradd (two processes); a single `useradd -U -u UID` is the baseline.",
         ]
     if "scale" in by_name:
