@@ -54,6 +54,23 @@ def test_uid_min(tmp_path: Path) -> None:
     assert uid_min() == 1000  # Debian's /etc/login.defs
 
 
+def test_uid_min_reads_an_edited_file_again(tmp_path: Path) -> None:
+    """uid_min keeps the value with the file's identity (a stat per call): an edit by rename or in place counts."""
+    defs = tmp_path / "login.defs"
+    defs.write_text("UID_MIN 2000\n")
+    assert uid_min(str(defs)) == 2000
+    replacement = tmp_path / "login.defs.new"
+    replacement.write_text("UID_MIN 3000\n")
+    replacement.replace(defs)  # same size, another inode
+    assert uid_min(str(defs)) == 3000
+    defs.write_text("UID_MIN 4000\n")  # in place, same size: the mtime moves
+    info = defs.stat()
+    os.utime(defs, ns=(info.st_atime_ns, info.st_mtime_ns + 1_000_000_000))
+    assert uid_min(str(defs)) == 4000
+    defs.unlink()
+    assert uid_min(str(defs)) == 1000
+
+
 def test_manage_refusal() -> None:
     assert "root" in (manage_refusal(record("root", 0), min_uid=1000, adopted=["root"]) or "")
     assert "system account" in (manage_refusal(record("backup", 34), min_uid=1000) or "")

@@ -168,3 +168,34 @@ def test_an_account_changed_before_the_lock_is_judged_again(
     assert outcome.result.success, outcome.result.error
     assert store.reads == [user, user]
     assert policy.evaluated == [user, user]
+
+
+def test_a_new_host_record_alone_is_not_judged_again(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Another user's creation between the lock-free read and the accounts lock raises the UID high-water mark in
+    host.json, and changes nothing the decision read: the grant is not read and judged again (every creation but
+    the first of a parallel batch met this, and logged facts_changed_before_lock), but the new account still gets
+    a UID above the new mark, never one a deleted account had."""
+    engine, store, state = _engine(tmp_path)
+    user, other_user = unique_user_name(), unique_user_name()
+    other = LedgerStore(state, str(state / LOCK_SUBDIR))
+    mark = 70000
+
+    def concurrent_creation() -> None:
+        before = other.read_user(other_user)
+        after = other.read_user(other_user)
+        after.record_user(other_user, mark)  # as a creation's intent, recorded ahead of its useradd
+        other.commit(before, after)
+
+    store.after_read.append(concurrent_creation)
+    policy = _counting_policy()
+    data: dict[str, object] = {"userName": user, "action": "grant", "requestId": "once-5"}
+
+    outcome = run_change(engine, parse_change("provisionUser", data), policy)
+
+    assert outcome.result.success, outcome.result.error
+    assert store.reads == [user], "not read again under the lock"
+    assert policy.evaluated == [user], "nor judged again"
+    account = accounts.lookup_user(user)
+    assert account is not None and account.uid > mark, "the UID comes after the mark raised meanwhile"
+    ledger = load_ledger(state)
+    assert ledger.users[user].uid == account.uid and ledger.uid_high_water == account.uid

@@ -84,7 +84,10 @@ def _content_bytes(line: str) -> bytes:
     """Check that `line` is one line that remove_block will recognise as the pair's content."""
     if not line or line[0] in " \t#":
         raise ValueError("a managed line must not be empty or start with whitespace or '#'")
-    if any(unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") for c in line):
+    if line.isascii():  # the usual key line: in ASCII only the C0 controls and DEL are of those categories
+        if not line.isprintable():
+            raise ValueError("a managed line must be a single line without control characters")
+    elif any(unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") for c in line):
         raise ValueError("a managed line must be a single line without control characters")
     return line.encode("utf-8")
 

@@ -255,6 +255,8 @@ def _check_characters(text: str, field: str) -> None:
         raise RequestInvalid(field, f"invalid {field}: must be exactly one line (it contains a line break)")
     if "\0" in text:
         raise RequestInvalid(field, f"invalid {field}: contains a NUL character")
+    if text.isascii() and text.replace("\t", " ").isprintable():
+        return  # the usual key: in ASCII only the C0 controls and DEL are Cc, and isprintable() refuses exactly those
     for position, character in enumerate(text):
         if character != "\t" and unicodedata.category(character) == "Cc":
             raise RequestInvalid(field, f"invalid {field}: control character {shown(character)} at {position}")

@@ -148,11 +148,34 @@ def _group_exists(name: str) -> bool:
 
 
 def uid_min(login_defs: str = "/etc/login.defs") -> int:
-    """UID_MIN from login.defs (the first UID of ordinary users), or 1000 when it is missing or unreadable."""
+    """UID_MIN from login.defs (the first UID of ordinary users), or 1000 when it is missing or unreadable.
+
+    Asked twice per request (its facts, then their check under the lock), so the value is kept per path with the
+    file's identity (device, inode, size, mtime, ctime): a stat instead of reading and splitting ~300 lines, and
+    an edit (in place or by rename) is read at once (but one in place, of the same size, within one timestamp
+    tick of the previous read: the change a stat cannot see, as for the ledger's version)."""
+    try:
+        found = Path(login_defs).stat()
+    except OSError:
+        return DEFAULT_UID_MIN
+    identity = (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns)
+    cached = _UID_MIN_CACHE.get(login_defs)
+    if cached is not None and cached[0] == identity:
+        return cached[1]
     try:
         text = Path(login_defs).read_text(encoding="utf-8", errors="replace")
     except OSError:
         return DEFAULT_UID_MIN
+    value = _parse_uid_min(text)
+    _UID_MIN_CACHE[login_defs] = (identity, value)
+    return value
+
+
+# path -> (the file's identity when read, its UID_MIN): uid_min's cache (a dict: its updates need no lock).
+_UID_MIN_CACHE: dict[str, tuple[tuple[int, int, int, int, int], int]] = {}
+
+
+def _parse_uid_min(text: str) -> int:
     for line in text.splitlines():
         fields = line.split()
         if len(fields) >= 2 and fields[0] == "UID_MIN":

@@ -167,6 +167,11 @@ class LedgerStore:
         self._migrate_if_needed()
         return version(self._layout, name)
 
+    def high_water(self) -> int | None:
+        """The host record's UID high-water mark as it is now (None: no host record), one small read."""
+        host = read_host(self._layout)
+        return None if host is None else host.uid_high_water
+
     def commit(self, before: Ledger, after: Ledger) -> None:
         """Store `after` in place of `before` for every user either names: each record whole, one directory fsync
         for the group. A crash in the middle leaves each named user's record old or new, never torn; LedgerFull
@@ -182,7 +187,11 @@ class LedgerStore:
             for name in names:  # in name order: two group commits never wait for each other in a circle
                 held.enter_context(locks.ledger_record_lock(name, lock_dir=self.lock_dir))
             # The mark rises before a record that needs it is written: a crash leaves a UID skipped, never reused.
-            self._raise_high_water(max([after.uid_high_water, *created]))
+            # `before` is what a read returned, and the mark never falls: when it already covers what `after`
+            # needs, host.json (then there, or its mark would be 0) holds at least that, and is not read again.
+            needed = max([after.uid_high_water, *created])
+            if not 0 < needed <= before.uid_high_water:
+                self._raise_high_water(needed)
             if not names:
                 return
             with rootfile.root_dir(layout.users_dir, create=True) as users_fd:

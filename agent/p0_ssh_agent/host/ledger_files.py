@@ -67,10 +67,10 @@ def replace_files(dir_fd: int, shown_dir: str, changes: Mapping[str, bytes | Non
                 continue
             temp = temp_name(name)
             shown = f"{shown_dir}/{temp}"
-            if exists(dir_fd, temp):
+            if exists(dir_fd, temp):  # a crashed writer's: we hold the file's lock
                 crashpoints.step(f"unlink {shown}")
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp, dir_fd=dir_fd)  # a crashed writer's: we hold the file's lock
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp, dir_fd=dir_fd)
             crashpoints.step(f"create {shown}")
             fd = os.open(temp, _TEMP_FLAGS, FILE_MODE, dir_fd=dir_fd)
             written.append(temp)

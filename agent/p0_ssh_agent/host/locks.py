@@ -37,9 +37,13 @@ class LockFailed(AgentError):
 
 
 def _open_lock_dir(lock_dir: str) -> int:
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        Path(lock_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(lock_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fd = os.open(lock_dir, flags)  # the common case: it exists (one call, not mkdir + stat + open)
+        except FileNotFoundError:
+            Path(lock_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(lock_dir, flags)
     except OSError as exc:
         raise LockFailed(f"cannot open lock directory {lock_dir}: {exc.strerror}") from None
     info = os.fstat(fd)

@@ -1,7 +1,8 @@
 """Facts and the decision: what the host holds for one request, read once, and the pure rules that judge it.
 
     gather(engine, request)            -> HostFacts   (I/O: NSS, /etc/login.defs, the ledger read ONCE)
-    still_current(engine, facts)       -> whether nothing they depend on changed since  (NSS and a stat, no read)
+    still_current(engine, facts)       -> the facts if nothing they depend on changed since, else None  (NSS and a
+                                          stat; a new host record alone: its UID high-water mark read again)
     claim(facts, adopted)              -> the account the change may touch, or NotManaged        (pure)
     own_leftover_group(facts)          -> the UID of a creation killed between groupadd and useradd  (pure)
     decide(policy, facts, request)     -> Allow | Deny                                           (pure)
@@ -22,6 +23,7 @@ gets keys and sudo rules only. Root and system accounts are refused even when ad
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import grp
 import os
@@ -36,7 +38,7 @@ from p0_ssh_agent.core.sshd_key_store import KEY_STORE_DIR
 from p0_ssh_agent.errors import AgentError, PermissionProblem
 from p0_ssh_agent.host import accounts
 from p0_ssh_agent.host.accounts import GroupRecord, UserRecord
-from p0_ssh_agent.host.ledger import Ledger, LedgerCorrupt, LedgerVersion
+from p0_ssh_agent.host.ledger import Ledger, LedgerCorrupt, LedgerVersion, copy_ledger
 from p0_ssh_agent.protocol.forwarded import CommandResult
 from p0_ssh_agent.provisioning.engine import Engine
 
@@ -108,13 +110,31 @@ def gather(engine: Engine, request: Change, now: datetime.datetime) -> HostFacts
     )
 
 
-def still_current(engine: Engine, facts: HostFacts) -> bool:
-    """Whether `facts` are still the host's (the caller now holds the lock the change needs): the account facts
-    looked up again (NSS, cheap) and the ledger's version compared by stat, without reading the ledger again."""
-    if facts.ledger_version is None or engine.store.version(facts.user) != facts.ledger_version:
-        return False
+def still_current(engine: Engine, facts: HostFacts) -> HostFacts | None:
+    """`facts` as they still are on the host (the caller now holds the lock the change needs), or None if what the
+    decision rests on changed: the account facts looked up again (NSS, cheap) and the ledger's version compared by
+    stat, without reading the ledger again.
+
+    A new host record alone (host.json replaced, the user's record and ledger.json as they were) is not such a
+    change: the decision reads nothing of it, and the only thing of it the change uses, the UID high-water mark
+    (new_uid), is read again here. That is what every creation but the first of a parallel batch meets: each one
+    raises the mark while the next waits for the accounts lock."""
+    if facts.ledger_version is None:
+        return None
+    version = engine.store.version(facts.user)
     seen = (facts.account, facts.primary_group, facts.groups, facts.uid_min, facts.name_group)
-    return _account_view(facts.user) == seen
+    if (version[0], version[2]) != (facts.ledger_version[0], facts.ledger_version[2]):
+        return None
+    if _account_view(facts.user) != seen:
+        return None
+    if version[1] == facts.ledger_version[1]:
+        return facts
+    high_water = engine.store.high_water()  # the mark only rises: one read after the version is at least as new
+    if high_water is None:
+        return None  # host.json gone: the ledger as a whole is in question, gather it again
+    ledger = copy_ledger(facts.ledger)
+    ledger.uid_high_water = max(ledger.uid_high_water, high_water)
+    return dataclasses.replace(facts, ledger=ledger, ledger_version=version)
 
 
 def _read_ledger(engine: Engine, name: str, *, whole: bool) -> Ledger:

@@ -148,10 +148,14 @@ def run_change(
         if isinstance(looked, Outcome):
             return looked
         with _first_lock(engine, request):
-            if looked is not None and not still_current(engine, looked[0]):
-                # A rare race, counted in the log: what was judged changed while the lock was awaited.
-                log.info("facts_changed_before_lock", request_id=request.request_id, user=request.user)
-                looked = None
+            if looked is not None:
+                current = still_current(engine, looked[0])
+                if current is None:
+                    # A rare race, counted in the log: what was judged changed while the lock was awaited.
+                    log.info("facts_changed_before_lock", request_id=request.request_id, user=request.user)
+                    looked = None
+                else:
+                    looked = (current, looked[1])
             if looked is None:  # not judged yet (no policy, a revoke), or judged on facts that changed since
                 looked = _decided(engine, policy, gather(engine, request, moment), request)
                 if isinstance(looked, Outcome):
