@@ -148,7 +148,9 @@ def run_change(
         if isinstance(looked, Outcome):
             return looked
         with _first_lock(engine, request):
-            if looked is not None:
+            # A dry run takes no lock (the describing applier's are no-ops), so there is nothing to confirm the
+            # judged facts against: they are the run's facts, read once (issue 16: a dry-run grant's CPU).
+            if looked is not None and not engine.describes:
                 current = still_current(engine, looked[0])
                 if current is None:
                     # A rare race, counted in the log: what was judged changed while the lock was awaited.
@@ -207,7 +209,10 @@ def _denied(request: Change, verdict: Deny) -> Outcome:
 def _first_lock(engine: Engine, request: Change) -> contextlib.AbstractContextManager[None]:
     """The outermost lock the change needs (engine.py's lock order): the user's files for an existing account,
     the accounts lock for one provisionUser is to create or whose revoke may remove the group a half-made creation
-    left (provisioning/users.py), none otherwise (another revoke for a user who is gone)."""
+    left (provisioning/users.py), none otherwise (another revoke for a user who is gone). A dry run's locks are
+    no-ops: no lookup is made to pick one (new_uid refuses a name no new account may have, in a dry run too)."""
+    if engine.describes:
+        return contextlib.nullcontext()
     account = accounts.lookup_user(request.user)
     if account is not None:
         return engine.user_lock(account.uid)
