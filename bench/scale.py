@@ -92,6 +92,11 @@ async def measure_scale(state_dir: Path, sizes: ScaleSizes = QUICK) -> Measureme
     try:
         for lines in sizes.key_lines:
             await trio.to_thread.run_sync(fill_authorized_keys, user, lines, keys)
+            # Another request's key keeps a live grant on the account, so the measured revoke is the file edit at
+            # this size: the revoke of a created account's last grant also locks it and ends its sessions, and the
+            # next grant unlocks it (issue 14 item 5), a constant cost of usermod and a fork, not of the file.
+            hold = {"command": "provisionAuthorizedKeys", "userName": user, "requestId": "scalehold"}
+            await agent_call(context, "provisionAuthorizedKeys", {**hold, "action": "grant", "publicKey": keys[1]})
             data: dict[str, object] = {
                 "command": "provisionAuthorizedKeys",
                 "userName": user,
@@ -114,6 +119,8 @@ async def measure_scale(state_dir: Path, sizes: ScaleSizes = QUICK) -> Measureme
         engine = Engine.on_host(context.config, context.state_dir, audit_trail=context.audit_trail)
         plan = Plan((remove_user_rules(user),), CommandResult(success=True))
         await trio.to_thread.run_sync(engine.apply, plan)
+        hold_revoke = {"command": "provisionAuthorizedKeys", "userName": user, "requestId": "scalehold"}
+        await agent_call(context, "provisionAuthorizedKeys", {**hold_revoke, "action": "revoke"})
         await agent_call(
             context,
             "provisionUser",
