@@ -84,6 +84,9 @@ async def test_soak_memory_and_descriptors_stay_flat(tmp_path: Path) -> None:
         config.write_text(
             f"orgId: {ORG}\nhostId: {HOST}\ntunnelHost: {backend.rpc_url}\nkeyPath: {keys}\n"
             f"stateDir: {tmp_path / 'state'}\nruntimeDir: {tmp_path / 'run'}\ndryRun: true\n"
+            # A 1 s reconnect period: this test is about memory and descriptors across reconnects, and each call's
+            # retries (about 5 s) must outlast the wait after a drop (the default 11 s period is a fleet's pacing).
+            "reconnectMaxSeconds: 1\n"
         )
         agent = start_agent(config, log_path)
         try:
