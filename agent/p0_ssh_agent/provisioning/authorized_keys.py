@@ -83,16 +83,11 @@ class KeyFile:
 
 
 def key_file_of(record: UserRecord, ledger: Ledger, config: AgentConfig, key_dir: str) -> KeyFile:
-    """Where `record`'s grants are, by the ledger's records (created: the store in keyStore store)."""
+    """Where `record`'s grants are, by the ledger's records (issue 14 item 6): the key store with keyStore store
+    for an account the ledger says the agent created; adopted and unmanaged accounts keep their own file."""
     if config.key_store == "store" and ledger_created(ledger, record):
         return KeyFile(record, key_dir)
     return KeyFile(record)
-
-
-def in_key_store(facts: HostFacts, record: UserRecord, config: AgentConfig) -> bool:
-    """Whether this account's grants go to the key store (issue 14 item 6): keyStore store, and an account the
-    ledger says the agent created. Adopted and unmanaged accounts keep their ~/.ssh/authorized_keys."""
-    return config.key_store == "store" and created_by_agent(facts, record)
 
 
 def _granted_at(ledger: Ledger, name: str, request_id: str, kind: KeyKind, fingerprint: str) -> str | None:
@@ -141,8 +136,8 @@ def plan_keys(request: KeyRequest | CaKeyRequest, facts: HostFacts, config: Agen
         missing = CommandResult(success=False, error=messages.user_not_found(name, f"user: unknown user {name}"))
         builder.add(RequireAccount(missing))
         return builder.plan(missing)
-    stored = managed and in_key_store(facts, record, config)
-    path = key_file_path(name, facts.key_dir) if stored else f"{record.home.rstrip('/')}/{SSH_DIR}/{AUTHORIZED_KEYS}"
+    target = key_file_of(record, facts.ledger, config, facts.key_dir) if managed else KeyFile(record)
+    path = target.path
 
     # The user's lock (held by the pipeline) covers the ledger change and the file edit together, so reconciliation
     # (which takes it too) never sees one without the other and calls an in-flight grant drift.
@@ -157,15 +152,11 @@ def plan_keys(request: KeyRequest | CaKeyRequest, facts: HostFacts, config: Agen
         granted = _granted_at(after, name, request_id, kind, fingerprint) or now
         expiry = grant_stamp(granted, config.max_grant_seconds)
         line = ca_line(name, key, expiry=expiry) if is_ca else key_line(key, expiry=expiry)
-        if stored:
+        builder.add(target.edit(lambda content: add_block(content, request_id, line)))
+        if target.key_dir is not None:
             # The store file first, then the group that makes sshd read it: a failure between them leaves sshd
             # reading the home file, which never held this grant (the answer is the failure).
-            builder.add(
-                EditKeyStore(facts.key_dir, name, record.gid, lambda content: add_block(content, request_id, line)),
-                JoinKeyStoreGroup(name),
-            )
-        else:
-            builder.add(authorized_keys_edit(record, lambda content: add_block(content, request_id, line)))
+            builder.add(JoinKeyStoreGroup(name))
         # An earlier last revoke may have locked it (issue 14 item 5): unlocked once the key is in place, so a
         # failed write leaves it locked.
         unlock_for_grant(builder, facts, record, config)
@@ -196,7 +187,7 @@ def _removals(
     well, and a revoke that leaves a pair behind somewhere would be access that outlives its grant."""
     home = dataclasses.replace(authorized_keys_edit(record, remove, create=False), keep_owner=not managed)
     if managed and created_by_agent(facts, record):
-        return (EditKeyStore(facts.key_dir, record.name, record.gid, remove, create=False), home)
+        return (KeyFile(record, facts.key_dir).edit(remove, create=False), home)
     return (home,)
 
 

@@ -34,7 +34,6 @@ from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.host import accounts, key_store_files
 from p0_ssh_agent.host.accounts import UserRecord
 from p0_ssh_agent.host.actions import (
-    EditKeyStore,
     HostAction,
     JoinKeyStoreGroup,
     LeaveKeyStoreGroup,
@@ -42,7 +41,7 @@ from p0_ssh_agent.host.actions import (
 )
 from p0_ssh_agent.host.ledger import KeyEntry
 from p0_ssh_agent.protocol.forwarded import CommandResult
-from p0_ssh_agent.provisioning.authorized_keys import authorized_keys_edit, read_authorized_keys
+from p0_ssh_agent.provisioning.authorized_keys import KeyFile
 from p0_ssh_agent.provisioning.engine import Engine
 
 log = get_logger(__name__)
@@ -103,10 +102,10 @@ def plan_to_store(account: AccountKeys, key_dir: str, *, remove: bool) -> Plan:
     pairs = granted_pairs(account.home, record.name, account.grants)
     actions: list[HostAction] = []
     if pairs:
-        actions.append(EditKeyStore(key_dir, record.name, record.gid, _adding(pairs)))
+        actions.append(KeyFile(record, key_dir).edit(_adding(pairs)))
     actions.append(JoinKeyStoreGroup(record.name))
     if remove and pairs:
-        actions.append(authorized_keys_edit(record, _removing(pairs), create=False))
+        actions.append(KeyFile(record).edit(_removing(pairs), create=False))
     verb = "moved" if remove else "copied"
     message = f"{record.name}: {len(pairs)} pair(s) {verb} to the store"
     return Plan(tuple(actions), CommandResult(success=True, message=message))
@@ -119,11 +118,11 @@ def plan_to_home(account: AccountKeys, key_dir: str, *, remove: bool) -> Plan:
     pairs = granted_pairs(account.store or b"", record.name, account.grants)
     actions: list[HostAction] = []
     if pairs:
-        actions.append(authorized_keys_edit(record, _adding(pairs)))
+        actions.append(KeyFile(record).edit(_adding(pairs)))
     if remove:
         actions.append(LeaveKeyStoreGroup(record.name))
         if account.store is not None:
-            actions.append(EditKeyStore(key_dir, record.name, record.gid, lambda _content: b"", create=False))
+            actions.append(KeyFile(record, key_dir).edit(lambda _content: b"", create=False))
     verb = "moved" if remove else "copied"
     message = f"{record.name}: {len(pairs)} pair(s) {verb} home"
     return Plan(tuple(actions), CommandResult(success=True, message=message))
@@ -175,7 +174,7 @@ def _move_account(engine: Engine, record: UserRecord, to: Destination, *, remove
         account = AccountKeys(
             record,
             view.keys.get(record.name, {}),
-            read_authorized_keys(record) if to_store else b"",
+            KeyFile(record).read() if to_store else b"",
             None if to_store else key_store_files.read_key_file(record.name, key_dir=engine.key_dir),
         )
         plan = (plan_to_store if to == "store" else plan_to_home)(account, engine.key_dir, remove=remove)
