@@ -41,13 +41,13 @@ from p0_ssh_agent.diagnostics.host_checks import (
     keys_file_covered,
     nscd_caches_passwd,
     nsswitch_sources,
-    parse_sshd_t,
     sshd_findings,
 )
 from p0_ssh_agent.diagnostics.network_checks import probe_backend, skew_finding
 from p0_ssh_agent.host import sudoers_install as host_sudo
 from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.host.ledger import Ledger, save_ledger
+from p0_ssh_agent.host.sshd_control import parse_sshd_t
 from p0_ssh_agent.identity.signing_key import generate_keys
 from p0_ssh_agent.provisioning.engine import Engine
 from p0_ssh_agent.provisioning.pipeline import run_change

@@ -21,6 +21,7 @@ from p0_ssh_agent.host import proc
 from p0_ssh_agent.host.accounts import HOME_ROOT
 from p0_ssh_agent.host.openssh import SSHD_CANDIDATES
 from p0_ssh_agent.host.selinux import RESTORECON_CANDIDATES, SELINUXFS
+from p0_ssh_agent.host.sshd_control import parse_sshd_t
 from p0_ssh_agent.host.sudoers_install import SUDOERS, SudoUnavailable, check_sudoers_layout, find_visudo
 from p0_ssh_agent.host.sudoers_install import visudo_check_all as visudo_check_tree
 from p0_ssh_agent.provisioning.authorized_keys import AUTHORIZED_KEYS, SSH_DIR
@@ -39,19 +40,6 @@ LOCAL_SOURCES = ("files", "compat")
 
 
 # --- sshd -T ---------------------------------------------------------------------------------------------------
-
-
-def parse_sshd_t(text: str) -> dict[str, list[str]]:
-    """`sshd -T` output as {keyword: [value, ...]}: one "keyword value" per line, keywords in lower case.
-
-    A list because some keywords appear once per value (hostkey, listenaddress, subsystem ...).
-    """
-    settings: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        keyword, _, value = line.strip().partition(" ")
-        if keyword:
-            settings.setdefault(keyword.lower(), []).append(value.strip())
-    return settings
 
 
 def expand_keys_file(pattern: str, *, user: str, home: str, uid: int) -> str:

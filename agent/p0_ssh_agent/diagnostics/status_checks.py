@@ -25,13 +25,13 @@ from p0_ssh_agent.diagnostics.live_checks import UNIT, agent_checks, overall_exi
 from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.host import proc
 from p0_ssh_agent.host.ledger import load_ledger
+from p0_ssh_agent.host.sessions import SYSTEMCTL_CANDIDATES
 from p0_ssh_agent.identity.signing_key import load_private_key, load_public_jwk
 from p0_ssh_agent.provisioning.expiry import LiveGrant, live_grants
 from p0_ssh_agent.provisioning.reconcile import Drift, inspect_drift
 from p0_ssh_agent.runtime.livestate import LiveRead, read_live_state, resolve_runtime_dir
 from p0_ssh_agent.runtime.statedir import resolve_state_dir
 
-SYSTEMCTL_CANDIDATES = ("/usr/bin/systemctl", "/bin/systemctl")
 SystemctlRunner = Callable[[list[str]], tuple[int, str]]
 
 # A status check is a finding like doctor's (one renderer for both); status never reports "skip" or items.

@@ -48,6 +48,7 @@ GRACE_SECONDS = 2.0
 KILL_SECONDS = 5.0  # SIGKILL rounds end within this; what is left then is reported, not waited for
 SETTLE_SECONDS = 0.2  # a round's wait for killed processes to finish exiting before the next round
 LOGINCTL_CANDIDATES = ("/usr/bin/loginctl", "/bin/loginctl")
+SYSTEMCTL_CANDIDATES = ("/usr/bin/systemctl", "/bin/systemctl")
 SYSTEMD_RUNTIME_DIR = Path("/run/systemd/system")  # exists only when systemd is PID 1 (sd_booted)
 
 

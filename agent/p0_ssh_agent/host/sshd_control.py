@@ -24,11 +24,10 @@ from p0_ssh_agent.host import proc
 from p0_ssh_agent.host.openssh import SSHD_CANDIDATES
 from p0_ssh_agent.host.rootfile import read_root_file, remove_root_file, write_root_file
 from p0_ssh_agent.host.safefile import FileEdit, FileEditFailed
-from p0_ssh_agent.host.sessions import SYSTEMD_RUNTIME_DIR
+from p0_ssh_agent.host.selinux import RESTORECON_CANDIDATES
+from p0_ssh_agent.host.sessions import SYSTEMCTL_CANDIDATES, SYSTEMD_RUNTIME_DIR
 
-SYSTEMCTL_CANDIDATES = ("/usr/bin/systemctl", "/bin/systemctl")
 SEMANAGE_CANDIDATES = ("/usr/sbin/semanage", "/sbin/semanage")
-RESTORECON_CANDIDATES = ("/usr/sbin/restorecon", "/sbin/restorecon")
 SSHD_UNITS = ("ssh.service", "sshd.service")
 AGENT_UNIT = "p0-ssh-agent.service"
 DROPIN_MODE = 0o644
@@ -63,21 +62,29 @@ def check_config() -> str | None:
     return (result.stderr or result.stdout).strip() or f"sshd -t exited {result.returncode}"
 
 
-def effective_config(user: str | None = None) -> dict[str, str]:
+def parse_sshd_t(text: str) -> dict[str, list[str]]:
+    """`sshd -T` output as {keyword: [value, ...]}: one "keyword value" per line, keywords in lower case.
+
+    A list because some keywords appear once per value (hostkey, listenaddress, subsystem ...).
+    """
+    settings: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        keyword, _, value = line.strip().partition(" ")
+        if keyword:
+            settings.setdefault(keyword.lower(), []).append(value.strip())
+    return settings
+
+
+def effective_config(user: str | None = None) -> dict[str, list[str]]:
     """`sshd -T` (with `-C user=<user>,host=localhost,addr=127.0.0.1`: as a login of `user` from here would see
-    it): keyword (lower case) -> the rest of its line; a keyword sshd prints twice keeps its first line."""
+    it), parsed by parse_sshd_t."""
     argv = [sshd_binary(), "-T"]
     if user is not None:
         argv += ["-C", f"user={user},host=localhost,addr=127.0.0.1"]
     result = proc.run(argv, timeout=TOOL_TIMEOUT, check=False)
     if result.returncode != 0:
         raise AgentError(f"sshd -T failed: {(result.stderr or result.stdout).strip()[:500]}")
-    settings: dict[str, str] = {}
-    for line in result.stdout.splitlines():
-        keyword, _, value = line.strip().partition(" ")
-        if keyword:
-            settings.setdefault(keyword.lower(), value.strip())
-    return settings
+    return parse_sshd_t(result.stdout)
 
 
 # --- the drop-in -------------------------------------------------------------------------------------------------
@@ -145,7 +152,7 @@ def reload_sshd() -> Reloaded:
             if proc.run([systemctl, "is-active", "--quiet", unit], timeout=TOOL_TIMEOUT, check=False).returncode == 0:
                 proc.run([systemctl, "reload", unit], timeout=TOOL_TIMEOUT)
                 return Reloaded(f"systemctl reload {unit}")
-    pid_file = effective_config().get("pidfile", "")
+    pid_file = effective_config().get("pidfile", [""])[0]
     pid = _sshd_pid(pid_file)
     if pid is None:
         return Reloaded(f"no running sshd found (pid file {pid_file or 'none'}): it reads the drop-in when it starts")

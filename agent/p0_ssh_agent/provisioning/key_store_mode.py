@@ -144,7 +144,7 @@ def sshd_view(engine: Engine) -> SshdView:
         return SshdView(dropin, None, None, "no account the agent created is in the group: nothing to probe")
     member = members[0]
     try:
-        seen = sshd_control.effective_config(member).get("authorizedkeysfile", "")
+        seen = sshd_control.effective_config(member).get("authorizedkeysfile", [""])[0]
     except AgentError as exc:
         return SshdView(dropin, member, None, str(exc))
     wanted = f"{key_dir.rstrip('/')}/%u"
