@@ -131,11 +131,6 @@ def edit_key_file(
     return FileEdit(path, before, after, changed=True)
 
 
-def remove_key_file(name: str, *, write: bool = True, key_dir: str = KEY_STORE_DIR) -> FileEdit:
-    """Delete the account's store file (its account is deleted); a missing one is no change."""
-    return edit_key_file(name, 0, lambda _content: b"", create=False, write=write, key_dir=key_dir)
-
-
 # --- the group sshd's Match Group names ---------------------------------------------------------------------------
 
 
@@ -147,26 +142,27 @@ def in_store_group(name: str, group: str = KEY_STORE_GROUP) -> bool:
         return False
 
 
-def planned_join(name: str, group: str = KEY_STORE_GROUP) -> list[list[str]]:
-    """What join_store_group would run (a dry run): nothing if it is a member already."""
+def _join_argvs(name: str, group: str, tool: Callable[[str], str]) -> list[list[str]]:
+    """What makes `name` a member (the group made first, a system group, if missing); nothing if it is one."""
     if in_store_group(name, group):
         return []
-    argvs = [] if _group_exists(group) else [[_planned_tool("groupadd"), "-r", group]]
-    return [*argvs, [_planned_tool("usermod"), "-a", "-G", group, name]]
+    made = [] if _group_exists(group) else [[tool("groupadd"), "-r", group]]
+    return [*made, [tool("usermod"), "-a", "-G", group, name]]
+
+
+def planned_join(name: str, group: str = KEY_STORE_GROUP) -> list[list[str]]:
+    """What join_store_group would run (a dry run)."""
+    return _join_argvs(name, group, _planned_tool)
 
 
 def join_store_group(name: str, group: str = KEY_STORE_GROUP) -> list[list[str]]:
-    """Make `name` a member of the store's group (making the group, a system group, if missing); what it ran."""
-    if in_store_group(name, group):
-        return []
-    ran: list[list[str]] = []
-    if not _group_exists(group):
-        ran.append([_tool("groupadd"), "-r", group])
-        proc.run(ran[-1], timeout=TOOL_TIMEOUT)
-    ran.append([_tool("usermod"), "-a", "-G", group, name])
-    proc.run(ran[-1], timeout=TOOL_TIMEOUT)
-    invalidate_caches()
-    return ran
+    """Make `name` a member of the store's group; what it ran."""
+    argvs = _join_argvs(name, group, _tool)
+    for argv in argvs:
+        proc.run(argv, timeout=TOOL_TIMEOUT)
+    if argvs:
+        invalidate_caches()
+    return argvs
 
 
 def planned_leave(name: str, group: str = KEY_STORE_GROUP) -> list[list[str]]:
