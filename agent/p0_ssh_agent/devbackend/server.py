@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import json
 import re
+import ssl
 import uuid
 from collections import deque
 from collections.abc import Mapping
@@ -89,12 +90,14 @@ class DevBackend:
         forward_timeout_ms: int | None = None,
         ping_interval: float = 5.0,
         trusted_jwk: Mapping[str, object] | None = None,
+        rpc_tls: ssl.SSLContext | None = None,
     ) -> None:
         self.rpc_host, self.http_host = rpc_host, http_host
         self.rpc_port, self.http_port = rpc_port, http_port
         self.call_timeout_ms = call_timeout_ms
         self.forward_timeout_ms = forward_timeout_ms
         self.ping_interval = ping_interval
+        self.rpc_tls = rpc_tls  # a server context: the RPC side speaks wss:// (tests of tunnelCaFile and tunnelPins)
         self.trusted_jwk = dict(trusted_jwk) if trusted_jwk else None
         self.keys: dict[str, dict[str, object]] = {}
         self.channels: dict[str, Channel] = {}
@@ -117,17 +120,17 @@ class DevBackend:
         async with trio.open_nursery() as nursery:
             server = await nursery.start(
                 partial(serve_websocket, max_message_size=TUNNEL_SERVER_MAX_PAYLOAD),
-                self._on_upgrade, self.rpc_host, self.rpc_port, None,
+                self._on_upgrade, self.rpc_host, self.rpc_port, self.rpc_tls,
             )  # fmt: skip
             self.rpc_port = server.port
             self.http_port = await nursery.start(serve_http, self._on_http, self.http_host, self.http_port)
-            log.info("dev_backend_listening", rpc=f"ws://{self.rpc_host}:{self.rpc_port}", http=self.http_url)
+            log.info("dev_backend_listening", rpc=self.rpc_url, http=self.http_url)
             task_status.started()
             await trio.sleep_forever()
 
     @property
     def rpc_url(self) -> str:
-        return f"ws://{self.rpc_host}:{self.rpc_port}"
+        return f"{'wss' if self.rpc_tls else 'ws'}://{self.rpc_host}:{self.rpc_port}"
 
     @property
     def http_url(self) -> str:
