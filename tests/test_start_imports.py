@@ -40,6 +40,7 @@ NOT_BEFORE_READY = (
     "p0_ssh_agent.cli.doctor",
     "p0_ssh_agent.cli.register",
     "p0_ssh_agent.devbackend",
+    "p0_ssh_agent.agent_access.access_policy",  # its schema is parsed at import: only when agentAccess is on
 )
 # What READY=1 does need: the policy is compiled before it, so cedarpy is loaded.
 BEFORE_READY = ("trio", "cedarpy", "p0_ssh_agent.core.local_policy", "p0_ssh_agent.runtime.supervisor")
