@@ -12,7 +12,8 @@ every inherited descriptor above 2, sets umask 022 and leaves the agent's workin
 as UID 0.
 
 systemd mode (confine.py): the transient unit already runs it as the account with NoNewPrivileges=, TasksMax=,
-MemoryMax= and the rest; it gets no privilege flags.
+MemoryMax= and the rest; it gets no privilege flags, and sets the same rlimits as namespace mode (below) in case
+the unit's cgroup limits are not enforced (a container without the pids or memory controller).
 
 Namespace mode (where systemd is not PID 1, e.g. the test sandbox): started as root with --drop-to and
 --pid-namespace, it calls unshare(CLONE_NEWPID) and forks. The child is PID 1 of the new namespace; it drops to
@@ -319,6 +320,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.geteuid() == 0 or 0 in os.getresuid():
         raise SystemExit("worker_main: refusing to run a job as UID 0 (systemd mode runs it with User=)")
     _prctl(PR_SET_NO_NEW_PRIVS, 1)  # the unit sets NoNewPrivileges= already; this costs nothing
+    # The unit's TasksMax= and MemoryMax= need the pids and memory controllers, which a container may not
+    # delegate: the rlimits hold where they do not (a fork bomb in an nspawn container on a cgroup v1 host ran
+    # to 2400 processes under TasksMax=16).
+    _limit(os.getuid(), args.tasks, args.memory)
     return _serve(args, namespace_init=False)
 
 
