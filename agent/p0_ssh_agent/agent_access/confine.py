@@ -11,8 +11,8 @@ User=<account>, with these properties (each line says why):
     PrivateTmp=yes              exec gets a /tmp of its own: nothing is left in, or read from, the host's /tmp
     PrivateDevices=yes          no device nodes (and DevicePolicy=closed: a device node inside the prefix is inert)
     TasksMax= MemoryMax=        the process count and memory of the whole unit (a fork bomb stops at TasksMax);
-                                the worker sets RLIMIT_NPROC and RLIMIT_AS too, for a host whose cgroups do not
-                                enforce them (an nspawn container on a cgroup v1 host has no pids controller)
+                                the worker sets RLIMIT_NPROC too, for a host whose cgroups do not enforce
+                                TasksMax (an nspawn container on a cgroup v1 host has no pids controller)
     RuntimeMaxSec=              the unit ends at its time limit, whatever the worker does
     KillMode=control-group      when the worker exits, everything left in the unit is killed: `setsid` and
     KillSignal=SIGKILL          double forks do not escape a cgroup, and there is nothing to stop gracefully
@@ -36,13 +36,17 @@ systemd-run is killed too.
 namespace mode (no systemd as PID 1: containers, the test sandbox): the worker starts as root with --drop-to,
 --pid-namespace and limits, becomes PID 1 of a new PID namespace as the account (worker_main.py's docstring).
 On the deadline the root parent is killed; PR_SET_PDEATHSIG takes the namespace and all in it down.
-What namespace mode does NOT confine, versus systemd mode: the file system (exec, and file operations, can write
-wherever the account itself can: its home, /tmp, /var/tmp, other directories it owns; ProtectSystem= and
-ReadWritePaths= are what confine it to the prefix), memory as a whole (RLIMIT_AS bounds each process, not their
-sum), the process count exactly (RLIMIT_NPROC counts all of the account's processes, so the worker allows
---tasks more than the account already runs), devices, /tmp and /proc (shared with the host), namespaces and
-realtime scheduling. What it does confine: the account's own rights only (no new privileges, no capabilities),
-the process tree (nothing survives the operation), time, output, files per process, core dumps.
+What namespace mode does NOT confine, versus systemd mode:
+- the file system: exec can write wherever the account itself can (its home, /tmp, /var/tmp, other directories
+  it owns); ProtectSystem=strict with ReadWritePaths= is what confines exec to the prefix. (File operations stay
+  beneath the prefix in both modes: that is their descriptor walk, not the confinement.)
+- memory as a whole: RLIMIT_AS bounds each process, not their sum, and stops programs that reserve large address
+  ranges (JVMs, Go binaries) below --memory;
+- the process count exactly: RLIMIT_NPROC counts all of the account's processes, so the worker allows --tasks
+  more than the account already runs;
+- devices, /tmp and /proc (the host's), namespaces, realtime scheduling, personality.
+What it does confine: the account's own rights and no more (no new privileges, no capabilities), the process tree
+(nothing survives the operation), time, output, open files, core dumps.
 
 Both: an empty environment but PATH, close_fds, the job's JSON on stdin; stdout read up to MAX_REPLY_BYTES (two
 base64'd exec streams and room to spare: more is "the worker's reply was too large"), stderr up to
@@ -88,8 +92,10 @@ WORKER_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 MAX_REPLY_BYTES = 2 * 4 * -(-MAX_STREAM_BYTES // 3) + 64 * 1024
 MAX_STDERR_BYTES = 16 * 1024
 MAX_MESSAGE_CHARS = 512
-DEADLINE_GRACE = 5  # seconds past the worker's own limit before the agent kills it
-EXEC_MARGIN = 5  # seconds a unit running exec gets beyond the command's timeout, to report it
+# The longest exec (MAX_EXEC_SECONDS, 110) is thus killed by the agent at 117 s, inside the 120 s in which
+# runtime/worker.py must answer; the worker's own timeout answers it at 110 s.
+DEADLINE_GRACE = 4  # seconds past the worker's own limit before the agent kills it
+EXEC_MARGIN = 3  # seconds a unit running exec gets beyond the command's timeout, to report it
 WORKER_ERROR_KINDS = frozenset(
     kind.value
     for kind in (
