@@ -8,11 +8,12 @@ go to journald: logging is part of what a call costs.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,15 +67,23 @@ def smaps_rollup_bytes(pid: int, field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/{pid}/smaps_rollup")
 
 
-def write_config(directory: Path, rpc_url: str) -> Path:
+def write_config(directory: Path, rpc_url: str, extra: Mapping[str, object] | None = None) -> Path:
+    """The bench's agent configuration; `extra` adds or replaces keys (values written as JSON, which YAML reads)."""
     keys = directory / "keys"
     generate_keys(keys)
+    settings: dict[str, object] = {
+        "orgId": ORG,
+        "hostId": HOST,
+        "tunnelHost": rpc_url,
+        "keyPath": str(keys),
+        "stateDir": str(directory / "state"),
+        "runtimeDir": str(directory / "run"),
+        "dryRun": True,
+        "heartbeatIntervalSeconds": 60,
+        **(extra or {}),
+    }
     config = directory / "config.yaml"
-    config.write_text(
-        f"orgId: {ORG}\nhostId: {HOST}\ntunnelHost: {rpc_url}\nkeyPath: {keys}\n"
-        f"stateDir: {directory / 'state'}\nruntimeDir: {directory / 'run'}\n"
-        "dryRun: true\nheartbeatIntervalSeconds: 60\n"
-    )
+    config.write_text("".join(f"{key}: {json.dumps(value)}\n" for key, value in settings.items()))
     return config
 
 
@@ -130,11 +139,16 @@ def stop_agent(process: subprocess.Popen[bytes]) -> int:
 
 @asynccontextmanager
 async def agent_and_backend(
-    directory: Path, *, profile_to: Path | None = None, argv_prefix: list[str] | None = None
+    directory: Path,
+    *,
+    profile_to: Path | None = None,
+    argv_prefix: list[str] | None = None,
+    extra_config: Mapping[str, object] | None = None,
 ) -> AsyncIterator[tuple[DevBackend, RunningAgent]]:
     """A dev backend serving on loopback and a daemon connected to it (setClientId done).
 
     argv_prefix: how to start `p0-ssh-agent` (default: the venv's console script), as for spawn_agent.
+    extra_config: configuration keys added to (or replacing) write_config's.
 
     profile_to: run the daemon under cProfile and write its statistics there when it stops (SIGTERM ends the
     daemon normally, so cProfile gets to write them).
@@ -142,7 +156,7 @@ async def agent_and_backend(
     backend = DevBackend(ping_interval=30.0, call_timeout_ms=30_000)
     async with trio.open_nursery() as nursery:
         await nursery.start(backend.serve)
-        config = write_config(directory, backend.rpc_url)
+        config = write_config(directory, backend.rpc_url, extra_config)
         backend.register_client(CLIENT_ID, load_public_jwk_file(directory / "keys" / "jwk.public.json"))
         prefix = argv_prefix
         if profile_to:

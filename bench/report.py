@@ -294,6 +294,20 @@ def ledger_section(m: Measurement) -> list[str]:
     return out
 
 
+def access_section(m: Measurement) -> list[str]:
+    f = m.figures
+    out = [
+        "## 8. Agent access next to a bare ssh (issue 17; sandbox, loopback)",
+        "",
+        f"A 1 MiB read through the agent takes {f['agent/read ratio']:.2f}x a bare `ssh cat`; `ssh_exec true` takes "
+        f"{f['agent/exec ratio']:.2f}x `ssh true` (p50s).",
+        "",
+    ]
+    out += table(SERIES_HEADER, series_rows(m, list(m.series)))
+    out += [f"{note}." for note in m.notes] + [""]
+    return out
+
+
 SECTIONS = {
     "calls": calls_section,
     "grants": grants_section,
@@ -302,6 +316,7 @@ SECTIONS = {
     "fleet": fleet_section,
     "ledger": ledger_section,
     "reconnect": reconnect_section,
+    "access": access_section,
 }
 
 
@@ -318,7 +333,7 @@ def render(
     out += table(["machine", ""], [[key, value] for key, value in facts.items()])
     targets = [target for measurement in measurements for target in measurement.targets]
     passed = sum(target.passed for target in targets)
-    out += [f"## Targets (issue 7): {passed} PASS, {len(targets) - passed} MISS", ""]
+    out += [f"## Targets (issues 7, 16): {passed} PASS, {len(targets) - passed} MISS", ""]
     out += targets_table(targets)
     if skipped:
         out += ["Not run: " + "; ".join(skipped) + ".", ""]

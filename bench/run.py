@@ -18,15 +18,15 @@ from pathlib import Path
 
 import trio
 
-from bench import calls, fleet, footprint, grants, ledger_store, reconnect, scale
+from bench import agent_access, calls, fleet, footprint, grants, ledger_store, reconnect, scale
 from bench.plot import Line, Panel, render
 from bench.report import render as render_markdown
 from bench.sandbox import sandbox_root
 from bench.stats import Measurement, load_average, machine_facts
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = ("calls", "grants", "scale", "footprint", "fleet", "ledger", "reconnect")
-SANDBOX_ONLY = ("grants", "scale", "ledger")  # ledger: root-owned files
+SCENARIOS = ("calls", "grants", "scale", "footprint", "fleet", "ledger", "reconnect", "access")
+SANDBOX_ONLY = ("grants", "scale", "ledger", "access")  # ledger: root-owned files; access: an account
 PROFILES = {
     "quick": {
         "calls": calls.QUICK,
@@ -35,6 +35,7 @@ PROFILES = {
         "footprint": footprint.QUICK,
         "ledger": ledger_store.QUICK,
         "reconnect": reconnect.QUICK,
+        "access": agent_access.QUICK,
     },
     "full": {
         "calls": calls.FULL,
@@ -43,6 +44,7 @@ PROFILES = {
         "footprint": footprint.FULL,
         "ledger": ledger_store.FULL,
         "reconnect": reconnect.FULL,
+        "access": agent_access.FULL,
     },
 }
 
@@ -86,6 +88,9 @@ async def run_scenarios(names: list[str], profile: str, workdir: Path, state_roo
         elif name == "reconnect":
             (workdir / "reconnect").mkdir()
             results.append(await reconnect.measure_reconnect(workdir / "reconnect", sizes["reconnect"]))  # type: ignore[arg-type]
+        elif name == "access":
+            (workdir / "access").mkdir()
+            results.append(await agent_access.measure_access(workdir / "access", sizes["access"]))  # type: ignore[arg-type]
         for target in results[-1].targets:
             note = f" ({target.note})" if target.note else ""
             print(f"  {target.verdict}  {target.text}: {target.measured:,.2f} {target.unit}{note}", flush=True)
