@@ -1,7 +1,8 @@
 """What `p0-ssh-agent start` has imported when it sends READY=1 (issue 16: start to READY, idle footprint).
 
 Only what READY needs may load before it: the configuration, the key, the state directory, the local Cedar policy
-(loaded and validated: a broken one is exit 78 before READY), the audit trail and trio. The connection
+(loaded and validated: a broken one is exit 78 before READY), the audit trail and trio. With agentAccess off (the
+default) nothing of agent_access loads at all. The connection
 (trio-websocket, wsproto, h11, jose for the token), the request line (provisioning/pipeline.py, the handlers, the
 host actions, the ledger), the guard tasks' work and every other subcommand load after READY. The daemon runs in a
 subprocess whose Notifier.ready records sys.modules and exits, so the test sees a real cold start of the real CLI.
@@ -40,6 +41,8 @@ NOT_BEFORE_READY = (
     "p0_ssh_agent.cli.doctor",
     "p0_ssh_agent.cli.register",
     "p0_ssh_agent.devbackend",
+    # Agent access (issue 17) is off by default: with agentAccess false nothing of it loads, before READY or after.
+    "p0_ssh_agent.agent_access",
 )
 # What READY=1 does need: the policy is compiled before it, so cedarpy is loaded.
 BEFORE_READY = ("trio", "cedarpy", "p0_ssh_agent.core.local_policy", "p0_ssh_agent.runtime.supervisor")
