@@ -223,9 +223,10 @@ export SOURCE_DATE_EPOCH
 # The documentation, staged for the .deb (nfpm leaves `type: doc` entries out of a .deb, so nfpm.yaml lists them
 # one by one as %doc for the .rpm only; tests/test_package_payload.py checks both packages hold the same files).
 doc=$stage/usr/share/doc/p0-ssh-agent
-mkdir -p "$doc/policies"
+mkdir -p "$doc/policies/agent-access"
 cp docs/*.md CHANGELOG.md packaging/config.example.yaml "$doc/"
 cp docs/policies/*.cedar "$doc/policies/"
+cp docs/policies/agent-access/*.cedar "$doc/policies/agent-access/"
 "$host_python" packaging/runtime/sbom.py --version "$version" --arch "$arch" \
     --components "$runtime/components.txt" --site "$site" >"$stage/usr/share/doc/p0-ssh-agent/sbom.cdx.json"
 "$host_python" packaging/changelog.py CHANGELOG.md "$version" >"$build/changelog.yml"

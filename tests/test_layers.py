@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "protocol": 1,
     "host": 2,
     "provisioning": 3,
+    "agent_access": 3,
     "runtime": 4,
     "devbackend": 5,
     "diagnostics": 5,

@@ -224,7 +224,7 @@ def test_nfpm_depends_on_no_python_and_the_unit_is_in_usr_lib() -> None:
 def test_every_doc_is_shipped() -> None:
     nfpm = YAML(typ="safe").load((ROOT / "nfpm.yaml").read_text())
     shipped = {e["src"] for e in nfpm["contents"] if e.get("type") == "doc"}
-    docs = [*sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "docs/policies").glob("*.cedar"))]
+    docs = [*sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "docs/policies").rglob("*.cedar"))]
     missing = [str(p.relative_to(ROOT)) for p in docs if str(p.relative_to(ROOT)) not in shipped]
     assert not missing, f"not in nfpm.yaml's contents (the man page points to /usr/share/doc): {missing}"
 

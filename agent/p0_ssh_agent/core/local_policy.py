@@ -10,6 +10,9 @@ of its policy instead of silently never matching at evaluation time. A missing f
 
 Cedar ignores a policy whose evaluation errors; for a `forbid` that would mean a broken guard allows the grant.
 We fail closed instead: any evaluation error denies, naming the policy.
+
+The machinery (compile_policy, split_statements, LocalPolicy.decide) also serves the agent-access policy
+(agent_access/access_policy.py): the same compile with another schema, where a file of comments alone is allowed.
 """
 
 from __future__ import annotations
@@ -146,9 +149,14 @@ class Facts:
 
 
 def _uid(kind: str, name: str) -> str:
-    # Cedar entity literal; the id is a Cedar string, so quote and escape it (names are validated, org ids not).
+    return entity_uid(f"P0::{kind}", name)
+
+
+def entity_uid(entity_type: str, name: str) -> str:
+    """A Cedar entity literal; the id is a Cedar string, so quote and escape it (names are validated, org ids and
+    UCAN issuers not)."""
     escaped = name.replace("\\", "\\\\").replace('"', '\\"')
-    return f'P0::{kind}::"{escaped}"'
+    return f'{entity_type}::"{escaped}"'
 
 
 @dataclass(frozen=True)
@@ -158,13 +166,18 @@ class LocalPolicy:
     ids: dict[str, str]  # cedar's "policyN" -> "@id" or "<file>:<line>"
     policy_set: cedarpy.PolicySet
     lines: dict[str, int] = field(default_factory=dict)  # id -> the line its policy starts on
+    schema: cedarpy.Schema = PARSED_SCHEMA  # what it was validated against, and requests are judged against
 
     def where(self, policy_id: str) -> str:
         line = self.lines.get(policy_id)
         return f"{policy_id} ({self.source}:{line})" if line else policy_id
 
     def evaluate(self, facts: Facts) -> Decision:
-        result = cedarpy.is_authorized(facts.request(), self.policy_set, facts.entities(), PARSED_SCHEMA)
+        return self.decide(facts.request(), facts.entities())
+
+    def decide(self, request: dict[str, object], entities: list[dict[str, object]]) -> Decision:
+        """One Cedar request against this policy set and its schema; an evaluation error denies."""
+        result = cedarpy.is_authorized(request, self.policy_set, entities, self.schema)
         reasons = tuple(self.ids.get(r, r) for r in result.diagnostics.reasons)
         errors = tuple(str(e) for e in result.diagnostics.errors)
         if errors:
@@ -181,17 +194,22 @@ class LocalPolicy:
         )
 
 
-def compile_policy(text: str, source: str) -> LocalPolicy:
-    """Parse and validate `text`; every error names `source` and the line of the policy at fault."""
+def compile_policy(
+    text: str, source: str, *, schema: cedarpy.Schema = PARSED_SCHEMA, empty_allowed: bool = False
+) -> LocalPolicy:
+    """Parse and validate `text` against `schema`; every error names `source` and the line of the policy at fault.
+
+    `empty_allowed`: a text without any policy (comments only) compiles to a set that denies everything; the main
+    policy refuses that (it would deny every grant), the agent-access policy is exactly that by default."""
     statements = split_statements(text)
     for line, statement in statements:  # one at a time: cedarpy's parse errors carry no position
         try:
             cedarpy.policies_to_json_str(statement)
         except ValueError as exc:
             raise PolicyError(f"{source}:{line}: {exc} (the policy starting on this line does not parse)") from exc
-    if not statements:
+    if not statements and not empty_allowed:
         raise PolicyError(f"{source}: no policies (an empty policy denies every grant; write `forbid` rules instead)")
-    validation = cedarpy.validate_policies(text, PARSED_SCHEMA)
+    validation = cedarpy.validate_policies(text, schema)
     # The @id annotations, from Cedar's own JSON form of the policies (ValidationResult does not carry them).
     annotations = {
         raw: str(body.get("annotations", {}).get("id", ""))
@@ -206,7 +224,7 @@ def compile_policy(text: str, source: str) -> LocalPolicy:
             details = details.replace(f"`{raw}`", f"`{name}`")
         raise PolicyError(f"{source}:{line}: policy {ids.get(first.policy_id, '?')} does not validate: {details}")
     lines = {ids[f"policy{n}"]: line for n, (line, _) in enumerate(statements)}
-    return LocalPolicy(text, source, ids, cedarpy.PolicySet.from_str(text), lines)
+    return LocalPolicy(text, source, ids, cedarpy.PolicySet.from_str(text), lines, schema)
 
 
 def split_statements(text: str) -> list[tuple[int, str]]:

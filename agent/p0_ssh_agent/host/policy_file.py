@@ -28,10 +28,17 @@ def builtin_policy() -> LocalPolicy:
 
 def load_policy(path: Path) -> LocalPolicy:
     """The policy in `path`, or the built-in default when there is no such file. Raises PolicyError."""
+    text = read_policy_text(path)
+    return builtin_policy() if text is None else compile_policy(text, str(path))
+
+
+def read_policy_text(path: Path) -> str | None:
+    """The text of a policy file after the checks of the module docstring, or None when there is no such file (the
+    caller's built-in default applies). Raises PolicyError. Also reads the agent-access policy."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
-        return builtin_policy()
+        return None
     except OSError as exc:
         raise PolicyError(f"{path}: cannot read the policy: {exc.strerror or exc} (a symlink is refused)") from exc
     with os.fdopen(fd, "rb") as handle:
@@ -45,10 +52,9 @@ def load_policy(path: Path) -> LocalPolicy:
         except OSError as exc:
             raise PolicyError(f"{path}: cannot read the policy: {exc.strerror or exc}") from None
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PolicyError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
-    return compile_policy(text, str(path))
 
 
 def _check_ownership(path: Path, info: os.stat_result) -> None:
