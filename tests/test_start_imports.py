@@ -41,7 +41,8 @@ NOT_BEFORE_READY = (
     "p0_ssh_agent.cli.doctor",
     "p0_ssh_agent.cli.register",
     "p0_ssh_agent.devbackend",
-    # Agent access (issue 17) is off by default: with agentAccess false nothing of it loads, before READY or after.
+    # Agent access (issue 17) is off by default: with agentAccess false nothing of it loads, before READY or after
+    # (access_policy parses its schema at import).
     "p0_ssh_agent.agent_access",
 )
 # What READY=1 does need: the policy is compiled before it, so cedarpy is loaded.
