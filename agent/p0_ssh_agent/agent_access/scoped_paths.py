@@ -6,7 +6,9 @@ touched, so a refusal reveals nothing about the filesystem.
   normalised: `/var/www/app/../../etc` is an error, not `/etc`).
 - `within(path, prefix)` compares components: `/var/www/app2` is not under `/var/www/app`, `/var/www/app` is.
 - A capability's `path_prefix` may not be `/` or lie at or above a refused root (/etc, /home, ...: REFUSED_PREFIXES),
-  nor be one of the agent's own directories or beneath them.
+  nor be one of the agent's own directories or beneath them. Nor may it hold a character a systemd unit property
+  cannot carry literally (UNIT_UNSAFE_CHARACTERS: whitespace, quotes, backslash, '%', ';'): confine.py passes it
+  as `ReadWritePaths=<prefix>`, where systemd would split, unquote, unescape or expand specifiers in it.
 - `ancestors(path)` is what Cedar sees (access_policy.py): the path and every directory above it, so a policy says
   `resource.ancestors.contains("/var/www/app")` instead of `like "/var/www/app*"` (which has the string-prefix bug).
 
@@ -22,6 +24,9 @@ from p0_ssh_agent.agent_access.access_model import MAX_NAME_BYTES, MAX_PATH_BYTE
 # root's home, the kernel's and devices' trees, the boot loader. (Beneath too: /etc/nginx is still /etc.)
 REFUSED_PREFIXES = ("/etc", "/home", "/root", "/proc", "/sys", "/dev", "/boot")
 # The agent's own directories (its configuration, state, runtime and code), refused likewise.
+# systemd splits a property's value on whitespace, unquotes "..." and '...', unescapes backslashes and expands
+# %-specifiers; ';' separates words in some list properties. None of them may reach ReadWritePaths=.
+UNIT_UNSAFE_CHARACTERS = frozenset("\"'\\%;")
 AGENT_DIRECTORIES = (
     "/etc/p0-ssh-agent",
     "/var/lib/p0-ssh-agent",
@@ -84,6 +89,8 @@ def clean_prefix(prefix: str) -> str:
     parts = components(prefix, "path_prefix")
     if not parts:
         raise PathRefused("path_prefix '/' is refused: it would cover the whole host")
+    if any(char.isspace() or char in UNIT_UNSAFE_CHARACTERS for char in prefix):
+        raise PathRefused("path_prefix must not contain whitespace, quotes, backslashes, '%' or ';'")
     for refused in REFUSED_PREFIXES + AGENT_DIRECTORIES:
         refused_parts = components(refused)
         shorter = min(len(parts), len(refused_parts))
