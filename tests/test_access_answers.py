@@ -49,6 +49,8 @@ def test_a_worker_failure_keeps_its_kind_and_a_hostile_one_becomes_failed() -> N
     missing = answered(read, WorkerReply(False, error_kind="not_found", message="/var/www/app/missing.txt"))
     assert (missing.http_status, missing.error) == (404, "not found: /var/www/app/missing.txt")
     # A kind the worker may not report (one the gate decides) or garbage, and a message with control characters.
+    invalid = answered(read, WorkerReply(False, error_kind="invalid_request", message="bad prefix"))
+    assert (invalid.http_status, invalid.error) == (400, "invalid: bad prefix")
     for kind in ("denied_by_policy", "busy", "x" * 1000):
         forged = answered(read, WorkerReply(False, error_kind=kind, message="a\nb\x1b[31m" + "z" * 2000))
         assert forged.http_status == 500 and forged.result == {"kind": "failed"}
@@ -58,7 +60,13 @@ def test_a_worker_failure_keeps_its_kind_and_a_hostile_one_becomes_failed() -> N
 
 def test_a_success_carries_the_workers_result_and_a_summary() -> None:
     execute = operation(AccessCommand.EXEC, argv=("/bin/echo", "hi"), cwd="/var/www/app")
-    result = {"exit_code": 0, "stdout": "aGkK", "stderr": "", "stdout_truncated": True, "stderr_truncated": False}
+    result: dict[str, object] = {
+        "exitCode": 0,
+        "signal": None,
+        "stdout": "aGkK",
+        "stderr": "",
+        "truncatedStreams": ["stdout"],
+    }
     answer = answered(execute, WorkerReply(True, result=result))
     assert answer.success and answer.result == result
     assert answer.message == 'ran "/bin/echo" in /var/www/app: exit 0, stdout truncated'

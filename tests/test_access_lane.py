@@ -17,6 +17,7 @@ import trio.testing
 
 from p0_ssh_agent.agent_access.access_model import MAX_STREAM_BYTES
 from p0_ssh_agent.protocol.forwarded import CommandResult, ForwardedRequest, forwarded_response, parse_forwarded_request
+from p0_ssh_agent.protocol.jsonrpc import STRING_BYTES_PER_CHAR
 from p0_ssh_agent.runtime import limits
 from p0_ssh_agent.runtime.access_lane import ACCESS_OFF_ERROR, AccessLane
 from p0_ssh_agent.runtime.worker import Pipeline, Worker
@@ -59,9 +60,7 @@ async def test_a_revoke_for_the_same_user_completes_while_an_ssh_exec_runs(autoj
         await worker.submit(call("ssh_exec", "deploy", "x1", argv=["/bin/sleep", "60"]), replies.slot("exec"))
         await trio.testing.wait_all_tasks_blocked()
         assert access.started() == ["x1/-"]  # the exec is running, holding whatever its lane holds
-        await worker.submit(
-            call("provisionAuthorizedKeys", "deploy", "k1", action="revoke"), replies.slot("revoke")
-        )
+        await worker.submit(call("provisionAuthorizedKeys", "deploy", "k1", action="revoke"), replies.slot("revoke"))
         await trio.testing.wait_all_tasks_blocked()
         assert p0.started() == ["k1/revoke"]  # not queued behind the exec: no shared user lock
         p0.gate("k1/revoke").set()
@@ -171,7 +170,7 @@ def test_the_answer_allowance_covers_two_base64_streams_of_the_exec_cap() -> Non
     stream = len(__import__("base64").b64encode(b"\xff" * MAX_STREAM_BYTES))
     assert limits.answer_chars_allowed("ssh_exec") >= 2 * stream
     assert limits.answer_bytes_allowed("ssh_exec") >= 2 * 2 * stream  # held twice, one byte per character
-    assert limits.answer_bytes_allowed("provisionUser") == limits.STRING_BYTES_PER_CHAR * limits.SMALL_ANSWER_CHARS
+    assert limits.answer_bytes_allowed("provisionUser") == STRING_BYTES_PER_CHAR * limits.SMALL_ANSWER_CHARS
     assert limits.is_access_command("ssh_file_read") and not limits.is_access_command("provisionSession")
 
 

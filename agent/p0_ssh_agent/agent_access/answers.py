@@ -39,6 +39,7 @@ STATUS: Final[dict[RefusalKind, int]] = {
 # from a hostile or broken worker, answered as a failure.
 WORKER_KINDS: Final = frozenset(
     {
+        RefusalKind.INVALID,  # what the worker found wrong with the job (a prefix it refuses, say)
         RefusalKind.NOT_FOUND,
         RefusalKind.EXISTS,
         RefusalKind.CONFLICT,
@@ -48,6 +49,7 @@ WORKER_KINDS: Final = frozenset(
     }
 )
 _PREFIXES: Final[dict[RefusalKind, str]] = {
+    RefusalKind.INVALID: "invalid",
     RefusalKind.NOT_FOUND: "not found",
     RefusalKind.EXISTS: "already exists",
     RefusalKind.CONFLICT: "conflict",
@@ -98,7 +100,7 @@ def summary(operation: Operation, result: Mapping[str, object]) -> str:
     where = paths[0] if paths else operation.cwd or "the prefix"
     match command:
         case AccessCommand.FILE_READ:
-            return f"read {_number(result, 'bytes', 'length')} bytes from {where}"
+            return f"read {_number(result, 'length')} bytes from {where}"
         case AccessCommand.FILE_WRITE | AccessCommand.FILE_CREATE:
             verb = "created" if command is AccessCommand.FILE_CREATE else "wrote"
             return f"{verb} {where} ({len(operation.data)} bytes written)"
@@ -106,11 +108,14 @@ def summary(operation: Operation, result: Mapping[str, object]) -> str:
             verb = "moved" if command is AccessCommand.FILE_MOVE else "copied"
             return f"{verb} {paths[0]} to {paths[1]}"
         case AccessCommand.DIR_LIST | AccessCommand.DIR_TREE:
-            return f"listed {where} ({_number(result, 'count', 'entries')} entries)"
+            cut = " (truncated)" if result.get("truncated") is True else ""
+            return f"listed {where} ({_number(result, 'entries')} entries{cut})"
         case AccessCommand.EXEC:
-            truncated = [name for name in ("stdout", "stderr") if result.get(f"{name}_truncated") is True]
+            streams = result.get("truncatedStreams")
+            truncated = [name for name in ("stdout", "stderr") if isinstance(streams, list) and name in streams]
             cut = f", {' and '.join(truncated)} truncated" if truncated else ""
-            return f"ran {messages.shown(operation.argv[0])} in {where}: exit {result.get('exit_code', '?')}{cut}"
+            ended = _exit(result)
+            return f"ran {messages.shown(operation.argv[0])} in {where}: {ended}{cut}"
         case _:
             verbs = {
                 AccessCommand.FILE_DELETE: "deleted",
@@ -119,6 +124,17 @@ def summary(operation: Operation, result: Mapping[str, object]) -> str:
                 AccessCommand.DIR_DELETE_RECURSIVE: "deleted directory tree",
             }
             return f"{verbs.get(command, command.value)} {where}"
+
+
+def _exit(result: Mapping[str, object]) -> str:
+    if result.get("timedOut") is True:
+        return "timed out"
+    code, signal = result.get("exitCode"), result.get("signal")
+    if isinstance(code, int) and not isinstance(code, bool):
+        return f"exit {code}"
+    if isinstance(signal, int) and not isinstance(signal, bool):
+        return f"killed by signal {signal}"
+    return "exit ?"
 
 
 def _number(result: Mapping[str, object], *names: str) -> str:
