@@ -40,7 +40,7 @@ from p0_ssh_agent.agent_access.cosign import CosignRejected, check_cosignature
 from p0_ssh_agent.agent_access.eligibility import refusal_for
 from p0_ssh_agent.agent_access.scoped_paths import components, within
 from p0_ssh_agent.core.local_policy import NO_PERMIT
-from p0_ssh_agent.core.messages import shown
+from p0_ssh_agent.core.messages import token
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def decide(operation: Operation, facts: GateFacts) -> Allowed | Refusal:
     if operation.host and operation.host != facts.hostname:
         return Refusal(
             RefusalKind.OUTSIDE,
-            f"outside the capability: the request names host {shown(operation.host)}, this is {facts.hostname}",
+            f"outside the capability: the request names host {token(operation.host)}, this is {facts.hostname}",
         )
     covered = _covering(operation, capability, facts.hostname)
     if isinstance(covered, Refusal):
