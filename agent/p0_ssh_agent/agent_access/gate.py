@@ -65,6 +65,15 @@ class GateFacts:
 
 
 @dataclass(frozen=True)
+class CapabilityRefusal(Refusal):
+    """A refusal after the UCAN verified: who issued it, and the approver whose cosignature was checked, for the
+    audit entry (the answer says only the Refusal's own fields)."""
+
+    issuer: str = ""
+    approver: str = ""
+
+
+@dataclass(frozen=True)
 class Allowed:
     capability: Capability
     grant: Grant  # the one that covers the operation; its path_prefix confines the worker
@@ -89,24 +98,27 @@ def decide(operation: Operation, facts: GateFacts) -> Allowed | Refusal:
         capability = verify_ucan(operation.ucan, facts.trust, audience=facts.audience, now=facts.now)
     except CapabilityRejected as exc:
         return Refusal(RefusalKind.CAPABILITY, f"capability rejected: {exc}")
+    issuer = capability.issuer
     if operation.host and operation.host != facts.hostname:
-        return Refusal(
+        return CapabilityRefusal(
             RefusalKind.OUTSIDE,
             f"outside the capability: the request names host {token(operation.host)}, this is {facts.hostname}",
+            issuer=issuer,
         )
     covered = _covering(operation, capability, facts.hostname)
     if isinstance(covered, Refusal):
-        return covered
+        return CapabilityRefusal(covered.kind, covered.message, issuer=issuer)
     own = own_place(covered.path_prefix, facts.own_directories, facts.own_files)
     if own:
-        return Refusal(
+        return CapabilityRefusal(
             RefusalKind.OUTSIDE,
             f"outside the capability: path_prefix {covered.path_prefix} is refused: it is, covers or lies "
             f"beneath the agent's own {own}",
+            issuer=issuer,
         )
     cosigned = _cosignature(operation, capability, facts)
     if isinstance(cosigned, Refusal):
-        return cosigned
+        return CapabilityRefusal(cosigned.kind, cosigned.message, issuer=issuer)
     approver, jti, jti_expires = cosigned
     decision = facts.policy.evaluate_all(
         principal=capability.issuer,
@@ -117,7 +129,8 @@ def decide(operation: Operation, facts: GateFacts) -> Allowed | Refusal:
         context=access_context(operation, cosigner=bool(approver), hostname=facts.hostname),
     )
     if not decision.allowed:
-        return Refusal(RefusalKind.POLICY, _denial(operation, decision.policies, decision.reason), decision.policy)
+        message = _denial(operation, decision.policies, decision.reason)
+        return CapabilityRefusal(RefusalKind.POLICY, message, decision.policy, issuer=issuer, approver=approver)
     return Allowed(capability, covered, bool(approver), approver, decision.policies, jti, jti_expires)
 
 

@@ -39,7 +39,7 @@ from p0_ssh_agent.agent_access.access_policy import AccessPolicy, load_access_po
 from p0_ssh_agent.agent_access.answers import answered, refused
 from p0_ssh_agent.agent_access.confine import WorkerLimits, choose_mode, run_worker
 from p0_ssh_agent.agent_access.eligibility import read_account
-from p0_ssh_agent.agent_access.gate import Allowed, GateFacts, decide
+from p0_ssh_agent.agent_access.gate import Allowed, CapabilityRefusal, GateFacts, decide
 from p0_ssh_agent.agent_access.job_plan import argv_digest, content_digest, describe, plan_job
 from p0_ssh_agent.agent_access.operations import OperationInvalid, parse_operation
 from p0_ssh_agent.agent_access.replay_cache import ReplayCache
@@ -119,6 +119,8 @@ class AccessPipeline:
         verdict = decide(operation, self._facts(account))
         if isinstance(verdict, Refusal):
             record.policy = verdict.policy
+            if isinstance(verdict, CapabilityRefusal):
+                record.issuer, record.approver = verdict.issuer, verdict.approver
             _log_refusal(operation, verdict)
             return refused(verdict), None
         record.issuer, record.approver = verdict.capability.issuer, verdict.approver
