@@ -10,7 +10,9 @@ User=<account>, with these properties (each line says why):
     ReadWritePaths=-<prefix>    ...but the capability's prefix ('-': a missing prefix is the worker's not_found)
     PrivateTmp=yes              exec gets a /tmp of its own: nothing is left in, or read from, the host's /tmp
     PrivateDevices=yes          no device nodes (and DevicePolicy=closed: a device node inside the prefix is inert)
-    TasksMax= MemoryMax=        the process count and memory of the whole unit (a fork bomb stops at TasksMax)
+    TasksMax= MemoryMax=        the process count and memory of the whole unit (a fork bomb stops at TasksMax);
+                                the worker sets RLIMIT_NPROC too, for a host whose cgroups do not enforce
+                                TasksMax (an nspawn container on a cgroup v1 host has no pids controller)
     RuntimeMaxSec=              the unit ends at its time limit, whatever the worker does
     KillMode=control-group      when the worker exits, everything left in the unit is killed: `setsid` and
     KillSignal=SIGKILL          double forks do not escape a cgroup, and there is nothing to stop gracefully
@@ -34,13 +36,17 @@ systemd-run is killed too.
 namespace mode (no systemd as PID 1: containers, the test sandbox): the worker starts as root with --drop-to,
 --pid-namespace and limits, becomes PID 1 of a new PID namespace as the account (worker_main.py's docstring).
 On the deadline the root parent is killed; PR_SET_PDEATHSIG takes the namespace and all in it down.
-What namespace mode does NOT confine, versus systemd mode: the file system (exec, and file operations, can write
-wherever the account itself can: its home, /tmp, /var/tmp, other directories it owns; ProtectSystem= and
-ReadWritePaths= are what confine it to the prefix), memory as a whole (RLIMIT_AS bounds each process, not their
-sum), the process count exactly (RLIMIT_NPROC counts all of the account's processes, so the worker allows
---tasks more than the account already runs), devices, /tmp and /proc (shared with the host), namespaces and
-realtime scheduling. What it does confine: the account's own rights only (no new privileges, no capabilities),
-the process tree (nothing survives the operation), time, output, files per process, core dumps.
+What namespace mode does NOT confine, versus systemd mode:
+- the file system: exec can write wherever the account itself can (its home, /tmp, /var/tmp, other directories
+  it owns); ProtectSystem=strict with ReadWritePaths= is what confines exec to the prefix. (File operations stay
+  beneath the prefix in both modes: that is their descriptor walk, not the confinement.)
+- memory as a whole: RLIMIT_AS bounds each process, not their sum, and stops programs that reserve large address
+  ranges (JVMs, Go binaries) below --memory;
+- the process count exactly: RLIMIT_NPROC counts all of the account's processes, so the worker allows --tasks
+  more than the account already runs;
+- devices, /tmp and /proc (the host's), namespaces, realtime scheduling, personality.
+What it does confine: the account's own rights and no more (no new privileges, no capabilities), the process tree
+(nothing survives the operation), time, output, open files, core dumps.
 
 Both: an empty environment but PATH, close_fds, the job's JSON on stdin; stdout read up to MAX_REPLY_BYTES (two
 base64'd exec streams and room to spare: more is "the worker's reply was too large"), stderr up to
@@ -55,7 +61,9 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -84,8 +92,10 @@ WORKER_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 MAX_REPLY_BYTES = 2 * 4 * -(-MAX_STREAM_BYTES // 3) + 64 * 1024
 MAX_STDERR_BYTES = 16 * 1024
 MAX_MESSAGE_CHARS = 512
-DEADLINE_GRACE = 5  # seconds past the worker's own limit before the agent kills it
-EXEC_MARGIN = 5  # seconds a unit running exec gets beyond the command's timeout, to report it
+# The longest exec (MAX_EXEC_SECONDS, 110) is thus killed by the agent at 117 s, inside the 120 s in which
+# runtime/worker.py must answer; the worker's own timeout answers it at 110 s.
+DEADLINE_GRACE = 4  # seconds past the worker's own limit before the agent kills it
+EXEC_MARGIN = 3  # seconds a unit running exec gets beyond the command's timeout, to report it
 WORKER_ERROR_KINDS = frozenset(
     kind.value
     for kind in (
@@ -131,6 +141,7 @@ def worker_argv(
     """The argv that starts the worker for `account` in `mode` (module docstring). `prefix` must have passed
     scoped_paths.clean_prefix (nothing in it that systemd would split, unquote or expand)."""
     worker = [sys.executable, "-I", "-m", WORKER_MODULE, "--home", account.home, "--user", account.name]
+    worker += ["--tasks", str(limits.tasks), "--memory", str(limits.memory_bytes)]  # rlimits, in both modes
     if mode == "namespace":
         groups = ",".join(str(gid) for gid in sorted(set(os.getgrouplist(account.name, account.gid))))
         return [
@@ -138,8 +149,6 @@ def worker_argv(
             "--drop-to", f"{account.uid}:{account.gid}",
             "--groups", groups,
             "--pid-namespace",
-            "--tasks", str(limits.tasks),
-            "--memory", str(limits.memory_bytes),
         ]  # fmt: skip
     if mode != "systemd":
         raise ValueError(f"unknown confinement mode {mode!r}")
@@ -207,13 +216,18 @@ def parse_reply(raw: bytes) -> WorkerReply:
     return WorkerReply(ok=False, error_kind=str(kind), message=_printable(message))
 
 
-async def _read_bounded(stream: trio.abc.ReceiveStream, limit: int) -> tuple[bytes, bool]:
-    """Read to EOF keeping at most `limit` bytes; whether more came (the rest is drained and dropped)."""
+async def _read_bounded(
+    stream: trio.abc.ReceiveStream, limit: int, *, stop_when_over: bool = False
+) -> tuple[bytes, bool]:
+    """Read to EOF keeping at most `limit` bytes, and whether more came: the rest is drained and dropped, or with
+    `stop_when_over` not read at all."""
     kept, over = bytearray(), False
     while chunk := await stream.receive_some(65536):
         if len(kept) + len(chunk) > limit:
             kept += chunk[: limit - len(kept)]
             over = True
+            if stop_when_over:
+                break
         elif not over:
             kept += chunk
     return bytes(kept), over
@@ -238,6 +252,12 @@ async def run_worker(job: WorkerJob, account: TargetAccount, *, mode: str, limit
     unit = f"p0-agent-access-{uuid.uuid4().hex}"
     seconds = unit_seconds(job, limits)
     argv = worker_argv(account, prefix, mode=mode, limits=limits, seconds=seconds, unit=unit)
+    return await run_confined(argv, encode_job(job), seconds=seconds, unit=unit if mode == "systemd" else "")
+
+
+async def run_confined(argv: list[str], payload: bytes, *, seconds: int, unit: str = "") -> WorkerReply:
+    """Start `argv`, write `payload` to its stdin, read its bounded output for at most seconds + DEADLINE_GRACE,
+    kill it (and `unit`, if it names a transient unit) if it is still running, and judge what it answered."""
     try:
         process = await trio.lowlevel.open_process(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=WORKER_ENV, close_fds=True
@@ -251,24 +271,33 @@ async def run_worker(job: WorkerJob, account: TargetAccount, *, mode: str, limit
             raise RuntimeError("open_process gave no pipes")  # cannot happen: all three are PIPE
         with trio.move_on_after(seconds + DEADLINE_GRACE):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_feed, stdin, encode_job(job))
-                nursery.start_soon(_collect, stdout, stderr, output)
+                nursery.start_soon(_feed, stdin, payload)
+                nursery.start_soon(_collect, stdout, stderr, output, partial(_kill, process, unit))
             await process.wait()
             timed_out = False
     finally:
         if process.returncode is None:
             with trio.CancelScope(shield=True):
-                await _kill(process, unit if mode == "systemd" else "")
+                await _kill(process, unit)
     return _judge(process.returncode, output, timed_out=timed_out, seconds=seconds, unit=unit)
 
 
-async def _collect(stdout: trio.abc.ReceiveStream, stderr: trio.abc.ReceiveStream, output: _Output) -> None:
+async def _collect(
+    stdout: trio.abc.ReceiveStream,
+    stderr: trio.abc.ReceiveStream,
+    output: _Output,
+    kill: Callable[[], Awaitable[None]],
+) -> None:
+    """Read both streams, bounded; a reply past MAX_REPLY_BYTES kills the worker at once (it is garbage anyway)."""
+
     async def read_stderr() -> None:
         output.stderr, output.stderr_over = await _read_bounded(stderr, MAX_STDERR_BYTES)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(read_stderr)
-        output.stdout, output.stdout_over = await _read_bounded(stdout, MAX_REPLY_BYTES)
+        output.stdout, output.stdout_over = await _read_bounded(stdout, MAX_REPLY_BYTES, stop_when_over=True)
+        if output.stdout_over:
+            await kill()
 
 
 async def _feed(stdin: trio.abc.SendStream, payload: bytes) -> None:

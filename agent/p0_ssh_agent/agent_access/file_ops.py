@@ -72,15 +72,17 @@ class OpError(Exception):
 
 
 def refusal(exc: OSError, path: str, dir_fd: int | None = None, name: str = "") -> OpError:
-    """The OpError for an OSError met on `path`; with dir_fd and name, an ENOTDIR is told apart from a symlink
-    (O_DIRECTORY|O_NOFOLLOW on a link fails with ENOTDIR, not ELOOP)."""
+    """The OpError for an OSError met on `path`. With dir_fd and name, an ENOTDIR is looked at again: opening a
+    link with O_DIRECTORY|O_NOFOLLOW fails with ENOTDIR, not ELOOP, and a name that is a link, or a directory, by
+    the time we look was a link (or was swapped) when the open failed: refused_file, not a conflict."""
     code = exc.errno
     if code == errno.ENOTDIR and dir_fd is not None:
         try:
-            if stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
-                code = errno.ELOOP
+            mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
         except OSError:
-            pass
+            mode = 0
+        if stat.S_ISLNK(mode) or stat.S_ISDIR(mode):
+            code = errno.ELOOP
     if code == errno.ENOENT:
         return OpError(RefusalKind.NOT_FOUND, f"no such file or directory: {path}")
     if code == errno.EEXIST:
@@ -200,7 +202,7 @@ class Beneath:
         """(descriptor of the parent directory, last name) of `path`, which may not be the prefix itself."""
         parts = self.parts(path)
         if not parts:
-            raise OpError(RefusalKind.REFUSED_FILE, f"the capability's path_prefix itself cannot be changed: {path}")
+            raise OpError(RefusalKind.REFUSED_FILE, f"the capability's path_prefix itself is refused here: {path}")
         return self.walk(self.root, parts[:-1], path), parts[-1]
 
     def lstat(self, dir_fd: int, name: str, path: str) -> os.stat_result:

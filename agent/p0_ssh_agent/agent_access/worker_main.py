@@ -12,7 +12,8 @@ every inherited descriptor above 2, sets umask 022 and leaves the agent's workin
 as UID 0.
 
 systemd mode (confine.py): the transient unit already runs it as the account with NoNewPrivileges=, TasksMax=,
-MemoryMax= and the rest; it gets no privilege flags.
+MemoryMax= and the rest; it gets no privilege flags, and sets RLIMIT_NPROC as namespace mode does (below) in
+case the unit's TasksMax= is not enforced (a container without the pids controller).
 
 Namespace mode (where systemd is not PID 1, e.g. the test sandbox): started as root with --drop-to and
 --pid-namespace, it calls unshare(CLONE_NEWPID) and forks. The child is PID 1 of the new namespace; it drops to
@@ -205,14 +206,13 @@ def _tasks_of(uid: int) -> int:
     return count
 
 
-def _limit(uid: int, tasks: int, memory: int) -> None:
-    running = _tasks_of(uid)
-    for which, value in (
-        (resource.RLIMIT_NPROC, running + tasks),
-        (resource.RLIMIT_AS, memory),
-        (resource.RLIMIT_NOFILE, OPEN_FILES),
-        (resource.RLIMIT_CORE, 0),
-    ):
+def _limit(uid: int, tasks: int, memory: int | None) -> None:
+    """The rlimits (soft = hard, so nothing the job runs can raise them). memory None: RLIMIT_AS is left alone
+    (systemd mode: MemoryMax= bounds the unit's sum, and an address-space limit would break programs that reserve
+    large virtual ranges, such as JVMs and Go binaries)."""
+    limits = [(resource.RLIMIT_NPROC, _tasks_of(uid) + tasks), (resource.RLIMIT_NOFILE, OPEN_FILES)]
+    limits += [(resource.RLIMIT_CORE, 0)] + ([(resource.RLIMIT_AS, memory)] if memory is not None else [])
+    for which, value in limits:
         resource.setrlimit(which, (value, value))
 
 
@@ -263,7 +263,7 @@ def _in_new_namespace(args: Arguments, uid: int, gid: int) -> int:
         try:
             code = _namespace_init(args, uid, gid, read_end)
         except BaseException as exc:  # the child must never return into the parent's code
-            print(f"worker_main: {exc}", file=sys.stderr)
+            print(exc if isinstance(exc, SystemExit) else f"worker_main: {exc!r}", file=sys.stderr)
             code = EXIT_FAILED
         sys.stdout.flush()
         os._exit(code)
@@ -313,12 +313,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(sys.argv[1:] if argv is None else argv)
     if args.drop_to:
         uid, _, gid = args.drop_to.partition(":")
-        if not args.pid_namespace:
-            raise SystemExit("worker_main: --drop-to needs --pid-namespace")
+        if not (args.pid_namespace and uid.isdigit() and gid.isdigit()):
+            raise SystemExit("worker_main: --drop-to takes UID:GID, and needs --pid-namespace")
         return _in_new_namespace(args, int(uid), int(gid))
     if os.geteuid() == 0 or 0 in os.getresuid():
         raise SystemExit("worker_main: refusing to run a job as UID 0 (systemd mode runs it with User=)")
     _prctl(PR_SET_NO_NEW_PRIVS, 1)  # the unit sets NoNewPrivileges= already; this costs nothing
+    # The unit's TasksMax= needs the pids controller, which a container may not have: RLIMIT_NPROC holds where it
+    # does not (a fork bomb in an nspawn container on a cgroup v1 host ran to 2400 processes under TasksMax=16).
+    _limit(os.getuid(), args.tasks, None)
     return _serve(args, namespace_init=False)
 
 
