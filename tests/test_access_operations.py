@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p0_ssh_agent.agent_access.access_model import (
@@ -339,6 +339,8 @@ JSON_VALUES = JSON_SCALARS | st.lists(JSON_SCALARS, max_size=3) | st.dictionarie
 MEMBER_NAMES = st.sampled_from([*sorted(MEMBER_RULES), "cosigner", "Path", "x"])
 
 
+# No deadline: the first example pays for cold imports and compiles, which once took longer than hypothesis' 200 ms.
+@settings(deadline=None)
 @given(
     st.sampled_from(sorted(AccessCommand)),
     st.dictionaries(MEMBER_NAMES, JSON_VALUES, max_size=4),

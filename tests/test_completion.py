@@ -42,7 +42,8 @@ def test_every_subcommand_and_every_flag_is_offered() -> None:
         assert all(option.startswith("-") for option in node.options)
     for node, offered in zip([n for n in tree if n.subcommands], got[len(flags) :], strict=True):
         assert set(node.subcommands) <= offered, node.path
-    assert len(tree) == 1 + len(tree[0].subcommands) + sum(1 for n in tree if n.path == ("policy", "check"))
+    assert len(tree) == 1 + sum(len(n.subcommands) for n in tree)  # every subcommand, nested ones too
+    assert {("policy", "check"), ("dev-backend", "call")} <= {n.path for n in tree}
 
 
 def test_values_complete_from_choices_paths_and_known_words(tmp_path: Path) -> None:

@@ -395,9 +395,11 @@ async def with_servers(body: Callable[[trio.Nursery], Awaitable[None]]) -> None:
             nursery.cancel_scope.cancel()
 
 
-async def probe(url: str, *, proxy: str | None = None, ca_file: Path | None = None, **env: str) -> dict[str, Finding]:
-    found = await probe_backend(url, config_proxy=proxy, env=env, ca_file=ca_file, timeout=5.0)
-    assert [f.name for f in found] == ["proxy", "tls", "clock"]
+async def probe(
+    url: str, *, proxy: str | None = None, ca_file: Path | None = None, pins: tuple[str, ...] = (), **env: str
+) -> dict[str, Finding]:
+    found = await probe_backend(url, config_proxy=proxy, env=env, ca_file=ca_file, pins=pins, timeout=5.0)
+    assert [f.name for f in found] == ["proxy", "tls", "pin", "clock"]
     return by_name(found)
 
 
@@ -588,7 +590,7 @@ async def test_offline_text_output_and_exit_codes(tmp_path: Path) -> None:
     config = agent_config(tmp_path, "wss://backend.invalid")
     done = await doctor("--config", str(config), "--offline")
     text = done.stdout.decode()
-    for name in ("proxy", "tls", "clock"):
+    for name in ("proxy", "tls", "pin", "clock"):
         assert f"[skip] {name}" in text
     failed = "FAIL" in text
     assert done.returncode == (1 if failed else 0)

@@ -12,7 +12,7 @@ ES256 with P-256, ES384 with P-384. Refused, with the file and the entry named:
   must come from another key than the one that issued the capability;
 - a member this format does not have (a typo such as "approver" would otherwise silently turn step-up off).
 
-The file is read as host/policy_file.py reads the policy (read_root_file): root's, not writable by group or
+The file is read as host/policy_file.py reads the policy (read_operator_file): root's, not writable by group or
 others, a regular file opened without following a symlink, at most MAX_TRUST_FILE_BYTES. No file means no keys:
 nothing verifies, so every request is refused.
 """
@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from p0_ssh_agent.agent_access.access_model import TrustedKey, TrustKeys
 from p0_ssh_agent.agent_access.jws_compact import JwsMalformed, PublicKey, b64url_decode_strict, parse_json_object
 from p0_ssh_agent.errors import ConfigError
-from p0_ssh_agent.host.policy_file import read_root_file
+from p0_ssh_agent.host.policy_file import read_operator_file
 
 DEFAULT_TRUST_KEYS_PATH = Path("/etc/p0-ssh-agent/agent-access-keys.json")
 MAX_TRUST_FILE_BYTES = 1 << 20
@@ -47,7 +47,7 @@ class TrustKeysError(ConfigError):
 
 def load_trust_keys(path: Path = DEFAULT_TRUST_KEYS_PATH) -> TrustKeys:
     """The issuers and approvers in `path` (module docstring); empty TrustKeys when there is no file."""
-    data = read_root_file(
+    data = read_operator_file(
         path,
         max_bytes=MAX_TRUST_FILE_BYTES,
         error=TrustKeysError,

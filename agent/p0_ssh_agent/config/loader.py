@@ -230,12 +230,25 @@ def load_config(
         if missing_ok and not source.exists() and not source.is_symlink():
             source = None
     file_values = parse_config_text(_read(source), source=str(source)) if source is not None else {}
-    merged: dict[str, object] = {name: value for name, (value, _) in file_values.items()}
-    merged.update({name: value for name, (value, _, _) in _from_env(environment).items()})
-    merged.update({name: value for name, (value, _, _) in _from_flags(overrides or {}).items()})
+    merged: dict[str, tuple[object, str]] = dict(file_values)
+    merged.update({name: (value, where) for name, (value, where, _) in _from_env(environment).items()})
+    merged.update({name: (value, where) for name, (value, where, _) in _from_flags(overrides or {}).items()})
     # Each value was type-checked for its key by convert(); Any only bridges to the dataclass's keyword call.
-    fields: dict[str, Any] = {KEY_BY_NAME[name].field: value for name, value in merged.items()}
-    return dataclasses.replace(AgentConfig(), **fields, source=source)
+    fields: dict[str, Any] = {KEY_BY_NAME[name].field: value for name, (value, _) in merged.items()}
+    config = dataclasses.replace(AgentConfig(), **fields, source=source)
+    _check_pins_have_tls(config, {name: where for name, (_, where) in merged.items()})
+    return config
+
+
+def _check_pins_have_tls(config: AgentConfig, where: Mapping[str, str]) -> None:
+    """tunnelPins pin a TLS certificate: with ws:// there is none, and pins that silently check nothing would let an
+    admin believe the tunnel is pinned."""
+    if config.tunnel_pins and config.tunnel_host.lower().startswith("ws://"):
+        raise ConfigError(
+            f"{where.get('tunnelPins', 'tunnelPins')}: tunnelPins: tunnelHost {config.tunnel_host!r} is ws:// "
+            f"(set at {where.get('tunnelHost', 'its default')}), which has no TLS certificate to pin; use wss:// "
+            "or remove tunnelPins"
+        )
 
 
 def require_connection_settings(config: AgentConfig) -> None:

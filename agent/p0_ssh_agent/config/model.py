@@ -43,6 +43,8 @@ class AgentConfig:
     tunnel_timeout_ms: int | None = None  # tunnelTimeoutMs: accepted, informational (the Go agent never used it)
     state_dir: Path | None = None  # stateDir (absolute)
     tunnel_ca_file: Path | None = None  # tunnelCaFile (absolute): extra CA bundle for wss://
+    # tunnelPins: "sha256//<base64>" pins of the tunnel certificate's public key (SPKI), none or at least two
+    tunnel_pins: tuple[str, ...] = ()
     proxy: str | None = None  # proxy: http://[user:pass@]host:port
     user_revoke_mode: str = "lock"  # userRevokeMode: keep | lock | delete
     adopt_users: tuple[str, ...] = ()  # adoptUsers: existing users the agent may manage
@@ -91,6 +93,7 @@ Kind = Literal[
     "absolute_path",
     "labels",  # list of key=value
     "user_names",  # list of login names
+    "tunnel_pins",  # list of sha256//<base64> pins: none, or at least two and all different
     "revoke_mode",  # one of USER_REVOKE_MODES
     "reconcile_mode",  # one of RECONCILE_MODES
     "key_store",  # one of KEY_STORE_MODES
@@ -133,6 +136,7 @@ KEYS: tuple[Key, ...] = (
     Key("tunnelTimeoutMs", "tunnel_timeout_ms", "positive_int", flag="--tunnel-timeout"),
     Key("stateDir", "state_dir", "absolute_path"),
     Key("tunnelCaFile", "tunnel_ca_file", "absolute_path"),
+    Key("tunnelPins", "tunnel_pins", "tunnel_pins"),
     Key("proxy", "proxy", "proxy_url"),
     Key("userRevokeMode", "user_revoke_mode", "revoke_mode"),
     Key("adoptUsers", "adopt_users", "user_names"),

@@ -7,6 +7,8 @@ from YAML (str, int, float, bool, None, list) or, with from_text, as the strings
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
 import unicodedata
@@ -25,6 +27,13 @@ _TRUE = frozenset({"true", "yes", "1"})
 _FALSE = frozenset({"false", "no", "0"})
 # Characters that end a line or hide in one: control characters, and the Unicode line and paragraph separators.
 _BREAKING_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
+# tunnelPins (runtime/tunnel_pins.py enforces them): curl's --pinnedpubkey form, a SHA-256 digest in base64.
+PIN_PREFIX = "sha256//"
+PIN_DIGEST_BYTES = 32
+PIN_HOW = (
+    "write sha256// and the base64 of the SHA-256 of the certificate's public key in DER "
+    "(docs/connection.md shows the openssl commands; `p0-ssh-agent doctor` shows the live one)"
+)
 # A proxy host as it may appear in a CONNECT request line (runtime/http_connect.py applies the same rule).
 _PROXY_HOST_RE = re.compile(r"[A-Za-z0-9._:%-]+")
 
@@ -93,6 +102,50 @@ def check_proxy_url(value: str) -> str:
     if not parts.hostname or not _PROXY_HOST_RE.fullmatch(parts.hostname):
         raise ValueProblem(f"the proxy URL has no usable host; {usage}")
     return value
+
+
+def check_tunnel_pin(text: str) -> str:
+    """One pin, "sha256//" and the digest in standard base64 with its padding: the canonical spelling only, so two
+    spellings of one digest cannot pass as two different pins (rotation needs two different keys)."""
+    if ";" in text:
+        raise ValueProblem(f"one pin per list item (curl's ';' separator is not used here); {PIN_HOW}")
+    if not text.startswith(PIN_PREFIX):
+        raise ValueProblem(f"does not start with {PIN_PREFIX} (only SHA-256 pins are supported); {PIN_HOW}")
+    encoded = text[len(PIN_PREFIX) :]
+    try:
+        digest = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueProblem(f"what follows {PIN_PREFIX} is not base64; {PIN_HOW}") from None
+    if len(digest) != PIN_DIGEST_BYTES or base64.b64encode(digest).decode("ascii") != encoded:
+        raise ValueProblem(
+            f"what follows {PIN_PREFIX} is not a SHA-256 digest ({PIN_DIGEST_BYTES} bytes, 44 base64 characters "
+            f"ending in '='); {PIN_HOW}"
+        )
+    return text
+
+
+def _tunnel_pins(key: Key, value: object, from_text: bool) -> tuple[str, ...]:
+    items = _string_list(key, value, from_text)
+    first_seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        shown = item if len(item) <= 80 else item[:80] + "..."
+        try:
+            check_tunnel_pin(item)
+        except ValueProblem as exc:
+            raise ValueProblem(f"item {index + 1}, {shown!r}, is not a pin: {exc}", index=index) from None
+        if item in first_seen:
+            raise ValueProblem(
+                f"item {index + 1} repeats item {first_seen[item] + 1}; list each key once (the current key's pin "
+                "and the next key's)",
+                index=index,
+            )
+        first_seen[item] = index
+    if len(items) == 1:
+        raise ValueProblem(
+            "a single pin leaves no way to change the tunnel server's key without cutting every agent off; list at "
+            "least two: the current key's pin and the next (backup) key's, as for HTTP public key pinning"
+        )
+    return tuple(items)
 
 
 def _type_name(value: object) -> str:
@@ -262,6 +315,8 @@ def convert(key: Key, value: object, *, from_text: bool = False) -> object:
         return _positive_int(key, value, from_text)
     if kind in ("labels", "user_names"):
         return _matching_list(key, value, from_text)
+    if kind == "tunnel_pins":
+        return _tunnel_pins(key, value, from_text)
     return _TEXTUAL[kind](_expect_str(key, value))
 
 

@@ -1,4 +1,5 @@
-"""`make run`: the test backend plus an agent in dry-run against it, and one grant sent through, shown as curl."""
+"""`make run`: the test backend plus an agent in dry-run against it, and one grant sent through, shown as curl; then
+one agent-access operation, a dry run with a UCAN the backend mints (devbackend/access_demo.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import trio
 
 from p0_ssh_agent.config import write_config
+from p0_ssh_agent.devbackend.access_demo import access_settings, show_operation
 from p0_ssh_agent.devbackend.server import DevBackend
 from p0_ssh_agent.identity.signing_key import generate_keys
 
@@ -61,6 +63,7 @@ async def run_demo(backend: DevBackend, once: bool) -> int:
         base = Path(scratch)
         key = generate_keys(base / "keys")
         backend.register_client(CLIENT_ID, key.public_jwk)
+        access = access_settings(base, backend)  # scratch files only: the machine's /etc and accounts stay untouched
         async with trio.open_nursery() as nursery:
             await nursery.start(backend.serve)
             config = base / "config.yaml"
@@ -76,6 +79,7 @@ async def run_demo(backend: DevBackend, once: bool) -> int:
                     "stateDir": str(base / "state"),
                     # Its live state stays in the scratch directory, not in a real agent's /run/p0-ssh-agent.
                     "runtimeDir": str(base / "run"),
+                    **access,
                 },
             )
             argv = [sys.executable, "-m", "p0_ssh_agent", "start", "--config", str(config), "--dry-run"]
@@ -99,6 +103,7 @@ async def run_demo(backend: DevBackend, once: bool) -> int:
                     print("(expected in a dry run: the account was not really created)\n", flush=True)
                     continue
                 failures += status != 200
+            failures += not await show_operation(backend, CLIENT_ID, base, access)
             if once:
                 nursery.cancel_scope.cancel()
             else:

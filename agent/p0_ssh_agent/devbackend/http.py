@@ -28,6 +28,7 @@ class HttpRequest:
     query: dict[str, object]
     headers: dict[str, str]
     body: bytes
+    peer: str = ""  # the client's IP address (the mint endpoints answer loopback only)
 
     def data(self) -> object:
         if not self.body:
@@ -71,7 +72,7 @@ class BadRequest(Exception):
 Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
 
 
-async def _read_request(stream: trio.abc.Stream) -> HttpRequest:
+async def _read_request(stream: trio.abc.Stream, peer: str = "") -> HttpRequest:
     buffer = bytearray()
     while b"\r\n\r\n" not in buffer:
         if len(buffer) > MAX_HEAD_BYTES:
@@ -110,14 +111,14 @@ async def _read_request(stream: trio.abc.Stream) -> HttpRequest:
     query: dict[str, object] = {
         k: (v[0] if len(v) == 1 else v) for k, v in parse_qs(url.query, keep_blank_values=True).items()
     }
-    return HttpRequest(method, url.path, query, headers, bytes(body[:length]))
+    return HttpRequest(method, url.path, query, headers, bytes(body[:length]), peer)
 
 
 async def _serve_one(handler: Handler, stream: trio.SocketStream) -> None:
     async with stream:
         try:
             with trio.fail_after(READ_TIMEOUT_SECONDS):
-                request = await _read_request(stream)
+                request = await _read_request(stream, str(stream.socket.getpeername()[0]))
             try:
                 response = await handler(request)
             except ValueError:  # a body that is not the JSON it claims to be

@@ -5,7 +5,8 @@ RPC side: WebSocket upgrades authenticated exactly as braekhus does (Bearer toke
 the registered key, then ES384 + `sub` + `aud "p0.dev"` + expiry); `setClientId` binds a client id to the socket
 (last writer wins); the server pings every few seconds. HTTP side: `POST /client/<clientId>[/path]` becomes a
 JSON-RPC `call` with a ForwardedRequest, and the ForwardedResponse becomes the HTTP response (502 when the client
-is unknown, 504 on timeout). Test hooks let a test reject handshakes, drop sockets and send raw frames.
+is unknown, 504 on timeout); with agent-access keys, `POST /mint/ucan` and `/mint/cosign` mint test capabilities
+(mint_routes.py). Test hooks let a test reject handshakes, drop sockets and send raw frames.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import contextlib
 import itertools
 import json
 import re
+import ssl
 import uuid
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TYPE_CHECKING
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
@@ -27,6 +30,9 @@ from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.devbackend.http import HttpRequest, HttpResponse, serve_http
 from p0_ssh_agent.identity.token import TokenRejected, unverified_subject, verify_token
 from p0_ssh_agent.protocol import jsonrpc
+
+if TYPE_CHECKING:  # agent_access is imported only with --agent-access-keys (cli/dev_backend.py)
+    from p0_ssh_agent.devbackend.mint_routes import MintRoutes
 
 log = get_logger("p0_ssh_agent.devbackend")
 
@@ -89,12 +95,16 @@ class DevBackend:
         forward_timeout_ms: int | None = None,
         ping_interval: float = 5.0,
         trusted_jwk: Mapping[str, object] | None = None,
+        rpc_tls: ssl.SSLContext | None = None,
+        mint: MintRoutes | None = None,
     ) -> None:
         self.rpc_host, self.http_host = rpc_host, http_host
         self.rpc_port, self.http_port = rpc_port, http_port
         self.call_timeout_ms = call_timeout_ms
         self.forward_timeout_ms = forward_timeout_ms
         self.ping_interval = ping_interval
+        self.rpc_tls = rpc_tls  # a server context: the RPC side speaks wss:// (tests of tunnelCaFile and tunnelPins)
+        self.mint = mint  # POST /mint/ucan and /mint/cosign (devbackend/mint_routes.py), or None: off
         self.trusted_jwk = dict(trusted_jwk) if trusted_jwk else None
         self.keys: dict[str, dict[str, object]] = {}
         self.channels: dict[str, Channel] = {}
@@ -117,17 +127,17 @@ class DevBackend:
         async with trio.open_nursery() as nursery:
             server = await nursery.start(
                 partial(serve_websocket, max_message_size=TUNNEL_SERVER_MAX_PAYLOAD),
-                self._on_upgrade, self.rpc_host, self.rpc_port, None,
+                self._on_upgrade, self.rpc_host, self.rpc_port, self.rpc_tls,
             )  # fmt: skip
             self.rpc_port = server.port
             self.http_port = await nursery.start(serve_http, self._on_http, self.http_host, self.http_port)
-            log.info("dev_backend_listening", rpc=f"ws://{self.rpc_host}:{self.rpc_port}", http=self.http_url)
+            log.info("dev_backend_listening", rpc=self.rpc_url, http=self.http_url)
             task_status.started()
             await trio.sleep_forever()
 
     @property
     def rpc_url(self) -> str:
-        return f"ws://{self.rpc_host}:{self.rpc_port}"
+        return f"{'wss' if self.rpc_tls else 'ws'}://{self.rpc_host}:{self.rpc_port}"
 
     @property
     def http_url(self) -> str:
@@ -257,6 +267,12 @@ class DevBackend:
     async def _on_http(self, request: HttpRequest) -> HttpResponse:
         if request.path == "/live":
             return HttpResponse.json(200, {"message": "OK"})
+        if request.path.startswith("/mint/"):
+            if self.mint is None:
+                return HttpResponse.json(
+                    404, {"error": "minting is off: start the dev backend with --agent-access-keys"}
+                )
+            return await self.mint.handle(request)
         match = _CLIENT_PATH.fullmatch(request.path)
         if match is None:
             return HttpResponse.json(404, {"error": "not found"})

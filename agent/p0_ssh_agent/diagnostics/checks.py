@@ -90,7 +90,12 @@ def collect(
         return found + offline_findings()
     network = trio.run(
         lambda: probe_backend(
-            config.tunnel_host, config_proxy=config.proxy, env=env, ca_file=config.tunnel_ca_file, timeout=timeout
+            config.tunnel_host,
+            config_proxy=config.proxy,
+            env=env,
+            ca_file=config.tunnel_ca_file,
+            pins=config.tunnel_pins,
+            timeout=timeout,
         )
     )
     return found + network

@@ -6,6 +6,7 @@ store), walked one step at a time so each step is its own finding:
 
     proxy   TCP to the proxy and CONNECT to the tunnel host (skip: no proxy applies)
     tls     the handshake, verified as the agent verifies it (skip: ws:// to loopback, the dev backend)
+    pin     the live key's pin (runtime/tunnel_pins.py) against tunnelPins (skip: none set, shown for setting them)
     clock   `HEAD /` on that connection, and the answer's Date header against this host's clock
 
 When a step fails the later ones are skipped, naming it. No token is made, so none can leak; the only secret
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import email.utils
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,8 +32,9 @@ from p0_ssh_agent.errors import ConfigError
 from p0_ssh_agent.runtime.backend_dial import proxy_for
 from p0_ssh_agent.runtime.http_connect import ProxyError, authority, open_tunnel_stream
 from p0_ssh_agent.runtime.trust import ca_bundle, tls_context
+from p0_ssh_agent.runtime.tunnel_pins import PinMismatch, check_peer_pin, peer_pin
 
-NETWORK_CHECKS = ("proxy", "tls", "clock")
+NETWORK_CHECKS = ("proxy", "tls", "pin", "clock")
 DEFAULT_TIMEOUT = 10.0
 # Beyond a minute the agent's token times (iat backdated 30 s, exp +300 s) and the expiry-time= stamps it writes
 # no longer mean what the backend thinks they mean, and backends reject the token (401); a few seconds already
@@ -204,6 +206,30 @@ async def _tls(
     return Finding("tls", "ok", detail), tls
 
 
+def _pin(der_certificate: bytes | None, pins: Sequence[str]) -> Finding:
+    """The agent's own check (runtime/tunnel_pins.py) on doctor's connection; without pins, the live pin to set."""
+    if not pins:
+        seen = peer_pin(der_certificate)
+        return Finding(
+            "pin",
+            "skip",
+            f"tunnelPins not set (the CA check alone); the live certificate key is {seen}",
+            "to pin the tunnel (docs/connection.md), list this pin and the next key's under tunnelPins, after "
+            "confirming this one with P0 by another channel",
+        )
+    try:
+        seen = check_peer_pin(der_certificate, pins)
+    except PinMismatch as exc:
+        return Finding(
+            "pin",
+            "fail",
+            str(exc),
+            "the agent will not connect. If the tunnel server's key changed on purpose, confirm this pin with P0 by "
+            "another channel before adding it to tunnelPins; otherwise something is intercepting the connection",
+        )
+    return Finding("pin", "ok", f"the live certificate key {seen} is pin {list(pins).index(seen) + 1} of {len(pins)}")
+
+
 # --- the walk --------------------------------------------------------------------------------------------------
 
 
@@ -233,10 +259,11 @@ async def probe_backend(
     config_proxy: str | None,
     env: Mapping[str, str],
     ca_file: Path | None,
+    pins: Sequence[str] = (),
     timeout: float = DEFAULT_TIMEOUT,  # noqa: ASYNC109 (one deadline per step, not one for the whole walk)
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> list[Finding]:
-    """The proxy, tls and clock findings for the tunnel URL `url`, in that order."""
+    """The proxy, tls, pin and clock findings for the tunnel URL `url`, in that order."""
     target = target_of(url)
     try:
         proxy = proxy_for(url, config_proxy=config_proxy, env=env)
@@ -268,8 +295,13 @@ async def probe_backend(
             if tls_found.level == "fail":
                 return skip_rest([*found, tls_found])
             found.append(tls_found)
+            der = stream.getpeercert(binary_form=True) if isinstance(stream, trio.SSLStream) else None
+            found.append(_pin(der, pins))
+            if found[-1].level == "fail":
+                return skip_rest(found)
         else:
             found.append(Finding("tls", "skip", "clear text to loopback (dev backend)"))
+            found.append(Finding("pin", "skip", "clear text: no certificate to pin"))
         found.append(await _clock(stream, target, timeout, now))
         return found
     finally:

@@ -2,7 +2,7 @@
 
 The evaluation is core/local_policy.py (pure); this is its I/O. The file must be root's (or the agent's own user's,
 for an unprivileged dry run), a regular file not writable by group or others, and not a symlink: whoever can write
-it can grant root. It is read whole up to MAX_POLICY_BYTES or refused, never cut. read_root_file is that rule for
+it can grant root. It is read whole up to MAX_POLICY_BYTES or refused, never cut. read_operator_file is that rule for
 any such file (agent_access/trust_keys.py reads the agent-access keys with it).
 """
 
@@ -38,7 +38,7 @@ def read_policy_text(path: Path) -> str | None:
     """The text of a policy file after the checks of the module docstring, or None when there is no such file (the
     caller's built-in default applies). Raises PolicyError. Also reads the agent-access policy."""
     # Refused whole above the limit, never cut: a cut policy could have lost the forbid rules at its end.
-    data = read_root_file(
+    data = read_operator_file(
         path,
         max_bytes=MAX_POLICY_BYTES,
         error=PolicyError,
@@ -53,7 +53,7 @@ def read_policy_text(path: Path) -> str | None:
         raise PolicyError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
 
 
-def read_root_file(path: Path, *, max_bytes: int, error: type[ConfigError], what: str, why: str) -> bytes | None:
+def read_operator_file(path: Path, *, max_bytes: int, error: type[ConfigError], what: str, why: str) -> bytes | None:
     """The whole of a configuration file only root may write (this policy; agent_access/trust_keys.py's keys), or
     None when there is none. Not a symlink (opened O_NOFOLLOW), a regular file, root's (or the agent's own user's,
     for an unprivileged dry run), not writable by group or others; at most `max_bytes`, refused whole above that.

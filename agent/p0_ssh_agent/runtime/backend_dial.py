@@ -26,6 +26,7 @@ from p0_ssh_agent.config.values import is_loopback_host
 from p0_ssh_agent.errors import ConfigError
 from p0_ssh_agent.runtime.http_connect import ProxySettings, hide_userinfo, open_tunnel_stream, parse_proxy_url
 from p0_ssh_agent.runtime.limits import MESSAGE_QUEUE_SIZE
+from p0_ssh_agent.runtime.tunnel_pins import check_peer_pin
 
 if TYPE_CHECKING:
     import trio_websocket
@@ -141,6 +142,7 @@ async def connect_websocket(
     max_message_size: int,
     nursery: trio.Nursery,
     stream_wrapper: Callable[[trio.abc.Stream], trio.abc.Stream] | None = None,
+    pins: Sequence[str] = (),
 ) -> trio_websocket.WebSocketConnection:
     """Open a WebSocket to `url` (through `proxy` when given) whose background task lives in `nursery`.
 
@@ -148,9 +150,13 @@ async def connect_websocket(
     finish within `connect_timeout` (trio.TooSlowError otherwise). A refused handshake raises
     trio_websocket.ConnectionRejected (read .status_code) itself, not wrapped in an exception group, and
     leaves `nursery` running. `stream_wrapper`, when given, wraps the finished TCP/TLS stream before the
-    WebSocket layer sees it (the tunnel uses it to notice every byte that arrives, pings included).
+    WebSocket layer sees it (the tunnel uses it to notice every byte that arrives, pings included). `pins`
+    (tunnelPins), when given, must hold the pin of the server's key (runtime/tunnel_pins.py): checked after the
+    TLS handshake, before the WebSocket request (and its headers, the token) is written; PinMismatch otherwise.
     """
     endpoint = _parse_ws_url(url)
+    if pins and not endpoint.secure:
+        raise ConfigError(f"tunnelPins are set but {url!r} is not wss://: there is no certificate to pin")
     run = functools.partial(
         _run_client,
         endpoint=endpoint,
@@ -160,6 +166,7 @@ async def connect_websocket(
         connect_timeout=connect_timeout,
         max_message_size=max_message_size,
         stream_wrapper=stream_wrapper,
+        pins=tuple(pins),
     )
     with trio.fail_after(connect_timeout):
         # nursery.start: everything before task_status.started() runs under this call, so a failure (the
@@ -180,11 +187,12 @@ async def _run_client(
     connect_timeout: float,
     max_message_size: int,
     stream_wrapper: Callable[[trio.abc.Stream], trio.abc.Stream] | None,
+    pins: tuple[str, ...],
     task_status: trio.TaskStatus[trio_websocket.WebSocketConnection],
 ) -> None:
     import trio_websocket  # imported by the first dial (module docstring)
 
-    opened = await _open_stream(endpoint, ssl_context, proxy, connect_timeout)
+    opened = await _open_stream(endpoint, ssl_context, proxy, connect_timeout, pins)
     stream: trio.abc.Stream = stream_wrapper(opened) if stream_wrapper is not None else opened
     connected = False
     try:
@@ -215,6 +223,7 @@ async def _open_stream(
     ssl_context: ssl.SSLContext | None,
     proxy: ProxySettings | None,
     connect_timeout: float,
+    pins: tuple[str, ...],
 ) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
     if proxy is None:
         raw = await trio.open_tcp_stream(endpoint.host, endpoint.port)
@@ -231,6 +240,9 @@ async def _open_stream(
     )
     try:
         await tls.do_handshake()
+        if pins:
+            # Before any byte of ours: the WebSocket request that follows carries the token.
+            check_peer_pin(tls.getpeercert(binary_form=True), pins)
     except BaseException:
         await trio.aclose_forcefully(raw)
         raise

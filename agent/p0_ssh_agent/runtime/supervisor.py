@@ -84,6 +84,7 @@ def prepare(config: AgentConfig, env: Mapping[str, str], previous: Prepared | No
         key=key,
         ca_file=str(config.tunnel_ca_file) if config.tunnel_ca_file else None,
         proxy=proxy_for(config.tunnel_host, config_proxy=config.proxy, env=env),
+        pins=config.tunnel_pins,
     )
     runtime_dir = resolve_runtime_dir(config.runtime_dir)
     metrics_file = config.metrics_file or runtime_dir / METRICS_FILE
@@ -97,12 +98,13 @@ def retry_settings(config: AgentConfig) -> RetrySettings:
 
 
 def tunnel_changed(old: TunnelSettings, new: TunnelSettings) -> bool:
-    return (old.url, old.client_id, old.key.thumbprint, old.ca_file, old.proxy) != (
+    return (old.url, old.client_id, old.key.thumbprint, old.ca_file, old.proxy, old.pins) != (
         new.url,
         new.client_id,
         new.key.thumbprint,
         new.ca_file,
         new.proxy,
+        new.pins,
     )
 
 

@@ -35,6 +35,7 @@ from p0_ssh_agent.runtime.backoff import RetrySettings, retry_after_seconds
 from p0_ssh_agent.runtime.http_connect import ProxySettings
 from p0_ssh_agent.runtime.session_settings import Activity, SessionSettings
 from p0_ssh_agent.runtime.trust import tls_context
+from p0_ssh_agent.runtime.tunnel_pins import PinMismatch
 from p0_ssh_agent.runtime.worker import Worker
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ class TunnelSettings:
     key: AgentKey
     ca_file: str | None
     proxy: ProxySettings | None
+    pins: tuple[str, ...] = ()  # tunnelPins (runtime/tunnel_pins.py): empty means the CA check alone
 
 
 class ActivityStream(trio.abc.Stream):
@@ -181,7 +183,10 @@ class Tunnel:
                 log.error("handshake_rejected", status=exc.status_code, hint=reason)
             elif isinstance(exc, OSError | trio.TooSlowError | HandshakeError | trio.BrokenResourceError | AgentError):
                 reason = _describe(exc)
-                log.warning("connect_failed", reason=reason)
+                if isinstance(exc, PinMismatch):  # not a flaky network: someone else's key, or an unannounced change
+                    log.error("tunnel_pin_mismatch", reason=reason)
+                else:
+                    log.warning("connect_failed", reason=reason)
             else:
                 reason = _unexpected(exc, raised)
         if self._health is not None and not self._closing:
@@ -216,6 +221,7 @@ class Tunnel:
                     max_message_size=LIBRARY_MAX_MESSAGE_BYTES,
                     nursery=nursery,
                     stream_wrapper=wrap,
+                    pins=settings.pins,
                 )
                 reason = await self._serve(ws, activity)
             finally:
