@@ -62,8 +62,9 @@ def write_config(
     adopt_users: tuple[str, ...] = (),
     user_revoke_mode: str | None = None,
     name: str = "config.yaml",
+    extra: Mapping[str, object] | None = None,
 ) -> Path:
-    """A config whose state directory (ledger and locks) is <directory>/state."""
+    """A config whose state directory (ledger and locks) is <directory>/state; `extra` adds keys (JSON is YAML)."""
     lines = [
         f"orgId: {ORG}",
         f"hostId: {HOST}",
@@ -77,6 +78,7 @@ def write_config(
         lines.append("adoptUsers: [" + ", ".join(adopt_users) + "]")
     if user_revoke_mode is not None:
         lines.append(f"userRevokeMode: {user_revoke_mode}")
+    lines += [f"{key}: {json.dumps(value)}" for key, value in (extra or {}).items()]
     path = directory / name
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -167,6 +169,8 @@ class Daemon:
 
     http_port: int
     log: Path
+    config: Path | None = None  # the agent's configuration (a test edits it, then sends SIGHUP)
+    agent_pid: int = 0
 
     def post(self, data: object, *, timeout: float = 90) -> tuple[int, dict[str, object]]:
         connection = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=timeout)
@@ -181,12 +185,19 @@ class Daemon:
 
 @contextlib.contextmanager
 def running_daemon(
-    directory: Path, keys: Path, *, adopt_users: tuple[str, ...] = (), agent_env: Mapping[str, str] | None = None
+    directory: Path,
+    keys: Path,
+    *,
+    adopt_users: tuple[str, ...] = (),
+    agent_env: Mapping[str, str] | None = None,
+    extra: Mapping[str, object] | None = None,
 ) -> Iterator[Daemon]:
     """Start the dev backend and the agent (not in dry-run), wait until a call goes through, stop both after.
-    `agent_env` adds to the agent's environment only (fault injection: LD_PRELOAD)."""
+    `agent_env` adds to the agent's environment only (fault injection: LD_PRELOAD); `extra` adds config keys."""
     rpc_port, http_port = free_port(), free_port()
-    config_path = write_config(directory, keys, tunnel_port=rpc_port, adopt_users=adopt_users, name="daemon.yaml")
+    config_path = write_config(
+        directory, keys, tunnel_port=rpc_port, adopt_users=adopt_users, name="daemon.yaml", extra=extra
+    )
     log_path = directory / "daemon.log"
     processes: list[subprocess.Popen[bytes]] = []
     with log_path.open("wb") as log:
@@ -218,7 +229,7 @@ def running_daemon(
                     env={**CHILD_ENV, **(agent_env or {})},
                 )
             )
-            daemon = Daemon(http_port, log_path)
+            daemon = Daemon(http_port, log_path, config_path, processes[-1].pid)
             _wait_until_connected(daemon, processes)
             yield daemon
         finally:

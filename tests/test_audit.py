@@ -58,6 +58,7 @@ PINNED_IDS = {
     "drift": "94a389eaabf94695b6e4c2ed088ac8c6",
     "repaired": "ff1e8e62d8fc4d8da7aea850bc6cbb38",
     "revoke-all": "1bd524267e964d0fb70f46774e644c81",
+    "agent-access": "81dba57e11784f07abf1918314059521",
 }
 
 

@@ -1,7 +1,8 @@
 """What `p0-ssh-agent start` has imported when it sends READY=1 (issue 16: start to READY, idle footprint).
 
 Only what READY needs may load before it: the configuration, the key, the state directory, the local Cedar policy
-(loaded and validated: a broken one is exit 78 before READY), the audit trail and trio. The connection
+(loaded and validated: a broken one is exit 78 before READY), the audit trail and trio. With agentAccess off (the
+default) nothing of agent_access loads at all. The connection
 (trio-websocket, wsproto, h11, jose for the token), the request line (provisioning/pipeline.py, the handlers, the
 host actions, the ledger), the guard tasks' work and every other subcommand load after READY. The daemon runs in a
 subprocess whose Notifier.ready records sys.modules and exits, so the test sees a real cold start of the real CLI.
@@ -40,7 +41,9 @@ NOT_BEFORE_READY = (
     "p0_ssh_agent.cli.doctor",
     "p0_ssh_agent.cli.register",
     "p0_ssh_agent.devbackend",
-    "p0_ssh_agent.agent_access.access_policy",  # its schema is parsed at import: only when agentAccess is on
+    # Agent access (issue 17) is off by default: with agentAccess false nothing of it loads, before READY or after
+    # (access_policy parses its schema at import).
+    "p0_ssh_agent.agent_access",
 )
 # What READY=1 does need: the policy is compiled before it, so cedarpy is loaded.
 BEFORE_READY = ("trio", "cedarpy", "p0_ssh_agent.core.local_policy", "p0_ssh_agent.runtime.supervisor")
@@ -60,10 +63,10 @@ sys.exit(main(["start", "--config", sys.argv[2]]))
 """
 
 
-def modules_at_ready(tmp_path: Path) -> list[str]:
+def modules_at_ready(tmp_path: Path, **extra: object) -> list[str]:
     keygen(tmp_path / "keys")
     # Loopback port 9: nothing listens, and READY=1 never waits for the backend anyway.
-    config = write_config(tmp_path, "ws://127.0.0.1:9", tmp_path / "keys")
+    config = write_config(tmp_path, "ws://127.0.0.1:9", tmp_path / "keys", **extra)
     out = tmp_path / "modules.json"
     done = subprocess.run(
         [sys.executable, "-c", AT_READY, str(out), str(config)],
@@ -88,6 +91,21 @@ def test_ready_loads_only_what_it_needs(tmp_path: Path) -> None:
     assert early == {}, f"imported before READY=1 although READY does not need them: {early}"
     for name in BEFORE_READY:
         assert name in modules, f"{name} is needed before READY=1"
+
+
+def test_with_agent_access_on_its_policy_and_trust_file_load_before_ready(tmp_path: Path) -> None:
+    """The other side of the switch: what agentAccess needs is checked before READY=1 (a bad file is exit 78), so
+    the modules are there; with it off (the test above) none of them is."""
+    missing = tmp_path / "none"  # no files: the built-in deny-all policy and an empty trust file
+    modules = modules_at_ready(
+        tmp_path,
+        agentAccess=True,
+        agentAccessPolicyFile=str(missing / "a.cedar"),
+        agentAccessKeysFile=str(missing / "k.json"),
+        agentAccessConfinement="namespace",
+    )
+    for name in ("p0_ssh_agent.agent_access.line", "p0_ssh_agent.agent_access.access_policy"):
+        assert name in modules
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """Which accounts an agent-access operation may run as: read_account (NSS and /etc/shadow) and refusal_for (pure).
 
 These rules hold whatever the agent-access policy says (the gate applies them before the UCAN and the policy):
-the account must be listed in agentAccess.users, exist, and not be root, a system account, locked, or a member of
+the account must be listed in agentAccessUsers, exist, and not be root, a system account, locked, or a member of
 a root-equivalent group. The worker runs as the account with NoNewPrivileges=yes, so a sudo rule the account holds
 (a P0 grant, say) is not usable from it; a group membership is: it needs no privilege to use. Hence the groups.
 """
@@ -77,7 +77,7 @@ def refusal_for(account: TargetAccount | None, *, name: str, listed: Collection[
     """Why agent access may not run as `name` (the account read_account found, or None), or None if it may."""
     shown = token(name)
     if name not in listed:
-        return Refusal(RefusalKind.DISABLED, f"agent access is not enabled for {shown}: not in agentAccess.users")
+        return Refusal(RefusalKind.DISABLED, f"agent access is not enabled for {shown}: not in agentAccessUsers")
     if account is None:
         return Refusal(RefusalKind.ACCOUNT, f"account {shown} does not exist on this host")
     if account.uid == 0 or name == "root":

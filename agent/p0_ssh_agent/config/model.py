@@ -18,6 +18,10 @@ USER_REVOKE_MODES = ("keep", "lock", "delete")
 RECONCILE_MODES = ("report", "repair")
 KEY_STORE_MODES = ("home", "store")  # core/sshd_key_store.py
 DEFAULT_POLICY_PATH = Path("/etc/p0-ssh-agent/policy.cedar")
+# Agent access (issue 17, docs/ai-agents.md): its own deny-by-default policy and its trust file.
+CONFINEMENT_MODES = ("auto", "systemd", "namespace")  # agent_access/confine.py choose_mode
+DEFAULT_ACCESS_POLICY_PATH = Path("/etc/p0-ssh-agent/agent-access.cedar")
+DEFAULT_ACCESS_KEYS_PATH = Path("/etc/p0-ssh-agent/agent-access-keys.json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +61,13 @@ class AgentConfig:
     runtime_dir: Path | None = None  # runtimeDir: status.json and agent.lock (None: /run/p0-ssh-agent)
     metrics_file: Path | None = None  # metricsFile: Prometheus textfile (None: <runtimeDir>/p0-ssh-agent.prom)
     metrics_group: str | None = None  # metricsGroup: group that may read the metrics file (e.g. prometheus)
+    # Agent access (issue 17): scoped file operations and gated exec for AI agents, off by default. The switch is
+    # applied on SIGHUP; the two files are loaded (and a bad one refused) at start-up and on reload.
+    agent_access: bool = False  # agentAccess: the kill switch
+    agent_access_users: tuple[str, ...] = ()  # agentAccessUsers: the only accounts an operation may run as
+    agent_access_policy_file: Path = DEFAULT_ACCESS_POLICY_PATH  # agentAccessPolicyFile: its own Cedar policy
+    agent_access_keys_file: Path = DEFAULT_ACCESS_KEYS_PATH  # agentAccessKeysFile: UCAN issuers and approvers
+    agent_access_confinement: str = "auto"  # agentAccessConfinement: auto | systemd | namespace
     source: Path | None = None  # the file this came from (None: defaults, environment and flags only)
 
     @property
@@ -86,6 +97,7 @@ Kind = Literal[
     "revoke_mode",  # one of USER_REVOKE_MODES
     "reconcile_mode",  # one of RECONCILE_MODES
     "key_store",  # one of KEY_STORE_MODES
+    "confinement",  # one of CONFINEMENT_MODES
     "ignored",  # accepted for old files, never used
 ]
 
@@ -138,6 +150,11 @@ KEYS: tuple[Key, ...] = (
     Key("runtimeDir", "runtime_dir", "absolute_path"),
     Key("metricsFile", "metrics_file", "absolute_path"),
     Key("metricsGroup", "metrics_group", "text"),
+    Key("agentAccess", "agent_access", "bool"),
+    Key("agentAccessUsers", "agent_access_users", "user_names"),
+    Key("agentAccessPolicyFile", "agent_access_policy_file", "absolute_path"),
+    Key("agentAccessKeysFile", "agent_access_keys_file", "absolute_path"),
+    Key("agentAccessConfinement", "agent_access_confinement", "confinement"),
     # Old Go agents wrote logPath (and the oldest keygenPath); neither was ever used (logs go to journald).
     # Accepted, so files written by those agents keep loading.
     Key("logPath", "", "ignored", ("keygenPath",)),

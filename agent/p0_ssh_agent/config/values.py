@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from p0_ssh_agent.config.model import KEY_STORE_MODES, RECONCILE_MODES, USER_REVOKE_MODES, Key, Kind
+from p0_ssh_agent.config.model import CONFINEMENT_MODES, KEY_STORE_MODES, RECONCILE_MODES, USER_REVOKE_MODES, Key, Kind
 
 USER_NAME_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 LABEL_RE = re.compile(r"[A-Za-z0-9._/-]{1,128}=[^\x00-\x1f\x7f]{0,256}")
@@ -222,6 +222,15 @@ def _reconcile_mode(text: str) -> str:
     return text
 
 
+def _confinement(text: str) -> str:
+    if text not in CONFINEMENT_MODES:
+        raise ValueProblem(
+            f"{text!r} is not a confinement mode; write one of {', '.join(CONFINEMENT_MODES)} "
+            "(auto: a transient systemd unit when systemd runs the host, else the namespace fallback)"
+        )
+    return text
+
+
 def _proxy(text: str) -> str:
     return check_proxy_url(text)
 
@@ -240,6 +249,7 @@ _TEXTUAL: dict[str, Callable[[str], object]] = {
     "revoke_mode": _revoke_mode,
     "reconcile_mode": _reconcile_mode,
     "key_store": _key_store,
+    "confinement": _confinement,
 }
 
 

@@ -49,6 +49,7 @@ class Event(StrEnum):
     DRIFT = "drift"  # reconciliation found the host differing from the ledger
     REPAIRED = "repaired"  # ... and repaired it (reconcile: repair)
     REVOKE_ALL = "revoke-all"  # the summary of a `revoke-all` or offline revoke run
+    AGENT_ACCESS = "agent-access"  # an ssh_* operation (issue 17): run, refused or failed, or described (dry run)
 
 
 # Fixed forever: operators filter and alert on these (journalctl MESSAGE_ID=...). Generated once with uuid4().hex.
@@ -61,6 +62,7 @@ MESSAGE_IDS: Final[dict[Event, str]] = {
     Event.DRIFT: "94a389eaabf94695b6e4c2ed088ac8c6",
     Event.REPAIRED: "ff1e8e62d8fc4d8da7aea850bc6cbb38",
     Event.REVOKE_ALL: "1bd524267e964d0fb70f46774e644c81",
+    Event.AGENT_ACCESS: "81dba57e11784f07abf1918314059521",
 }
 # syslog priorities: 6 info for what went as asked, 4 warning for what an operator should look at.
 _PRIORITY: Final[dict[Event, int]] = {
@@ -72,6 +74,7 @@ _PRIORITY: Final[dict[Event, int]] = {
     Event.FAILED: 4,
     Event.DRIFT: 4,
     Event.REPAIRED: 4,  # repaired, but someone or something edited the host behind the agent's back
+    Event.AGENT_ACCESS: 6,  # a refused or failed one is 4 (AuditEvent.priority)
 }
 
 Origin = Literal["request", "expiry", "reconcile", "revoke-all", "offline-revoke"]
@@ -97,9 +100,12 @@ class AuditEvent:
     drift: str = ""
     path: str = ""
     secrets: tuple[str, ...] = ()  # text cut out of every free-text field (the request's own key), never sent
+    access: AccessFacts | None = None  # an agent-access event's own fields
 
     def priority(self) -> int:
-        return 4 if self.result == "failure" else _PRIORITY[self.event]
+        if self.result == "failure" or (self.event is Event.AGENT_ACCESS and self.result == "denied"):
+            return 4
+        return _PRIORITY[self.event]
 
     def fields(self) -> list[tuple[str, str]]:
         """journald's fields, fixed ones always (empty when unknown, so a filter on them is well-defined)."""
@@ -126,7 +132,8 @@ class AuditEvent:
             ("DRIFT", self.drift),
             ("PATH", self._clean(self.path)),
         )
-        return fields + [(name, value) for name, value in optional if value]
+        access = tuple((name, self._clean(value)) for name, value in self.access.fields()) if self.access else ()
+        return fields + [(name, value) for name, value in (*optional, *access) if value]
 
     def _clean(self, text: str) -> str:
         text = redact_text(text)
@@ -134,6 +141,73 @@ class AuditEvent:
             if secret:
                 text = text.replace(secret, KEY_REDACTED)
         return text if len(text) <= MAX_TEXT_CHARS else text[:MAX_TEXT_CHARS] + "…(truncated)"
+
+
+@dataclass(frozen=True, slots=True)
+class AccessFacts:
+    """What an agent-access entry adds (docs/audit.md): who asked with what, and what it came to. Sizes and digests
+    of the content only: never the content, the UCAN, a cosignature or a signature."""
+
+    paths: tuple[str, ...]  # PATH, and DESTINATION for a move or copy
+    issuer: str  # the UCAN's `iss`
+    approver: str = ""  # the cosignature's approver key id, when one was checked
+    outcome: str = ""  # "ok", or the refusal kind (access_model.RefusalKind values)
+    bytes_read: int | None = None
+    bytes_written: int | None = None
+    content_sha256: str = ""  # of the bytes a write or create carried
+    exit_code: int | None = None
+    duration_ms: int | None = None
+    argv_sha256: str = ""  # an exec's command line, as the cosignature binds it
+
+    def fields(self) -> tuple[tuple[str, str], ...]:
+        numbers = (
+            ("BYTES_READ", self.bytes_read),
+            ("BYTES_WRITTEN", self.bytes_written),
+            ("EXIT_CODE", self.exit_code),
+            ("DURATION_MS", self.duration_ms),
+        )
+        return (
+            ("PATH", self.paths[0] if self.paths else ""),
+            ("DESTINATION", self.paths[1] if len(self.paths) > 1 else ""),
+            ("ISSUER", self.issuer),
+            ("APPROVER", self.approver),
+            ("OUTCOME", self.outcome),
+            ("CONTENT_SHA256", self.content_sha256),
+            ("ARGV_SHA256", self.argv_sha256),
+            *((name, str(value)) for name, value in numbers if value is not None),
+        )
+
+
+def access_event(
+    *,
+    request_id: str,
+    command: str,
+    username: str,
+    result: Result,
+    facts: AccessFacts,
+    dry_run: bool,
+    policy: str = "",
+    error: str = "",
+) -> AuditEvent:
+    """The entry for one agent-access operation (agent_access/line.py records it)."""
+    where = f" {facts.paths[0]}" + (f" -> {facts.paths[1]}" if len(facts.paths) > 1 else "") if facts.paths else ""
+    summary = f"{'[dry run] ' if dry_run else ''}{command} as {username or '-'}{where} (request {request_id or '-'}"
+    summary += f", issuer {facts.issuer})" if facts.issuer else ")"
+    summary += f": {result}" + (f" by policy {policy}" if result == "denied" and policy else "")
+    return AuditEvent(
+        event=Event.AGENT_ACCESS,
+        origin="request",
+        request_id=request_id,
+        command=command,
+        action="",
+        target_user=username,
+        result=result,
+        summary=summary + (f": {error}" if error else ""),
+        policy=policy,
+        dry_run=dry_run,
+        error=error,
+        access=facts,
+    )
 
 
 def _one_line(text: str) -> str:

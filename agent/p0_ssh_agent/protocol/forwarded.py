@@ -121,6 +121,9 @@ class CommandResult:
     output: str | None = None
     http_status: int | None = None  # overrides 200/500, e.g. 403 for a policy denial, 503 when busy
     policy_denied: bool = False  # the local policy refused it (counted in the metrics; not sent)
+    # A structured answer, sent as data["result"] (agent access, issue 17: a read's bytes, an exec's streams; on a
+    # failure {"kind": ...}). None for every other command, whose answers stay exactly what they were.
+    result: Mapping[str, object] | None = None
 
     def __post_init__(self) -> None:
         # braekhus copies `status` straight into the HTTP response: a non-HTTP number would fail there, not here.
@@ -163,7 +166,8 @@ def status_text(status: int) -> str:
 
 
 def forwarded_response(result: CommandResult, *, client_id: str, command: str, now: datetime) -> dict[str, object]:
-    """The exact upstream shape (§5.4): success carries message (+ output when non-empty), failure carries error."""
+    """The exact upstream shape (§5.4): success carries message (+ output when non-empty), failure carries error;
+    an agent-access answer adds its structured `result` (CommandResult.result) last."""
     status = result.http_status or (200 if result.success else 500)
     data: dict[str, object] = {"success": result.success}
     if result.success:
@@ -178,6 +182,8 @@ def forwarded_response(result: CommandResult, *, client_id: str, command: str, n
     )
     if result.success and result.output:
         data["output"] = result.output
+    if result.result is not None:
+        data["result"] = dict(result.result)
     return {
         "headers": {"content-type": "application/json"},
         "status": status,

@@ -1,4 +1,5 @@
-"""The worker's locks: per-user locks that leave their table when unused, and taking a free lock or token at once.
+"""The worker's locks and byte budgets: per-user locks that leave their table when unused, taking a free lock or
+token at once, and the in-flight byte budget a call's share is taken from (runtime/limits.py).
 
 trio's own `acquire` yields to the scheduler even when the lock is free: a scheduling round trip per call on the
 request path (a user's lock, the worker's limiter, the session's send lock), which the awaits that follow make up
@@ -65,3 +66,35 @@ async def acquire(resource: trio.Lock | trio.CapacityLimiter) -> None:
         resource.acquire_nowait()
     except trio.WouldBlock:
         await resource.acquire()
+
+
+class InFlightBudget:
+    """The bytes the calls in flight may hold: a share is taken whole or not at all, and comes back when its
+    last holder (the job answering, the execution it started) lets go."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+
+    def try_take(self, amount: int) -> Share | None:
+        if self.used + amount > self.limit:
+            return None
+        self.used += amount
+        self.peak = max(self.peak, self.used)
+        return Share(self, amount)
+
+
+class Share:
+    def __init__(self, budget: InFlightBudget, amount: int) -> None:
+        self._budget = budget
+        self.amount = amount
+        self._holders = 1
+
+    def hold(self) -> None:
+        self._holders += 1
+
+    def release(self) -> None:
+        self._holders -= 1
+        if self._holders == 0:
+            self._budget.used -= self.amount

@@ -8,6 +8,7 @@ docs/security.md writes down and the unit's MemoryMax= is sized from (systemd/p0
     frames the WebSocket library queued            (MESSAGE_QUEUE_SIZE + 2) * STRING_BYTES_PER_CHAR * MAX_FRAME
     the one frame the reader is parsing            STRING_BYTES_PER_CHAR * MAX_FRAME + 2 * MAX_FRAME_HELD
     calls taken in and not yet answered            IN_FLIGHT_BUDGET (frames as parsed + their result allowances)
+    agent-access calls taken in, not yet answered  ACCESS_IN_FLIGHT_BUDGET (the same, on a budget of their own)
     bookkeeping per call (tasks, events, closures) MAX_JOBS * JOB_OVERHEAD
     the one answer being encoded and written       REPLY_ENCODING
     the host tools running at once                 HOST_THREADS * CHILD_PROCESS
@@ -72,16 +73,54 @@ FDS_PER_THREAD = 24
 BASE_FDS = 32
 MAX_FDS = BASE_FDS + HOST_THREADS * FDS_PER_THREAD
 
+# Agent access (issue 17, docs/ai-agents.md): ssh_* calls run on a lane of their own (runtime/worker.py), so a P0
+# grant or revoke never waits behind one: they take neither a user's lock nor the worker's shared limiter, but
+# ACCESS_PARALLEL tokens for all accounts, ACCESS_PER_ACCOUNT per account with at most ACCESS_QUEUE_PER_ACCOUNT
+# waiting behind those (one more is answered 503 busy), and their bytes come from ACCESS_IN_FLIGHT_BUDGET.
+ACCESS_COMMAND_PREFIX = "ssh_"
+ACCESS_PARALLEL = 8
+ACCESS_PER_ACCOUNT = 2
+ACCESS_QUEUE_PER_ACCOUNT = 4
+# An exec answer carries stdout and stderr, each up to ACCESS_STREAM_BYTES (agent_access/access_model.py
+# MAX_STREAM_BYTES; tests/test_access_lane.py holds them equal) as base64: 4 ASCII characters per 3 bytes, one byte
+# each in a Python string. Each is held twice (the worker's reply as read from its pipe, then parsed). A read's
+# 512 KiB and a tree's entries fit in the same allowance; the rest of the answer is a short text.
+ACCESS_STREAM_BYTES = MIB
+ACCESS_STREAM_CHARS = 4 * ((ACCESS_STREAM_BYTES + 2) // 3)
+ACCESS_ANSWER_CHARS = 2 * ACCESS_STREAM_CHARS + SMALL_ANSWER_CHARS
+ACCESS_ANSWER_BYTES = 2 * 2 * ACCESS_STREAM_CHARS + STRING_BYTES_PER_CHAR * SMALL_ANSWER_CHARS
+# Room for ACCESS_PARALLEL exec answers with their frames: more in flight at once is answered 503 busy. Its one
+# answer being encoded (ASCII: the JSON text, its UTF-8 and the frame, 3 x 2.7 MiB) fits in REPLY_ENCODING.
+ACCESS_IN_FLIGHT_BUDGET = 48 * MIB
+
 LIBRARY_QUEUE_BYTES = (MESSAGE_QUEUE_SIZE + 2) * STRING_BYTES_PER_CHAR * MAX_FRAME_BYTES
 READER_BYTES = STRING_BYTES_PER_CHAR * MAX_FRAME_BYTES + 2 * MAX_FRAME_HELD
 JOBS_BYTES = MAX_JOBS * JOB_OVERHEAD
 CHILDREN_BYTES = HOST_THREADS * CHILD_PROCESS
 # What the agent's own process can hold because of the backend (its RSS above idle), and with the host tools it
 # runs, what its cgroup can (MemoryMax= counts both).
-PROCESS_WORST_CASE_BYTES = LIBRARY_QUEUE_BYTES + READER_BYTES + IN_FLIGHT_BUDGET + JOBS_BYTES + REPLY_ENCODING
+PROCESS_WORST_CASE_BYTES = (
+    LIBRARY_QUEUE_BYTES + READER_BYTES + IN_FLIGHT_BUDGET + ACCESS_IN_FLIGHT_BUDGET + JOBS_BYTES + REPLY_ENCODING
+)
 WORST_CASE_BYTES = PROCESS_WORST_CASE_BYTES + CHILDREN_BYTES
 
 
 def answer_chars_allowed(command: str) -> int:
     """How many characters the answer to `command` may carry (output-bearing read-only commands get the cap)."""
+    if is_access_command(command):
+        return ACCESS_ANSWER_CHARS
     return OUTPUT_ANSWER_CHARS if command in OUTPUT_COMMANDS else SMALL_ANSWER_CHARS
+
+
+def answer_bytes_allowed(command: str) -> int:
+    """What the answer to `command` is reserved in its budget: its characters at 4 bytes each, but an agent-access
+    answer's streams are base64 (ASCII, one byte per character) and counted as such (ACCESS_ANSWER_BYTES)."""
+    if is_access_command(command):
+        return ACCESS_ANSWER_BYTES
+    return STRING_BYTES_PER_CHAR * answer_chars_allowed(command)
+
+
+def is_access_command(command: str) -> bool:
+    """An agent-access command (issue 17): routed to its own lane, whatever follows the prefix (an unknown ssh_*
+    name is that lane's to refuse), so none of them ever reaches P0's pipeline or waits in its queue."""
+    return command.startswith(ACCESS_COMMAND_PREFIX)

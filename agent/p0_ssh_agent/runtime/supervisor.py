@@ -25,6 +25,7 @@ from p0_ssh_agent.errors import AgentError, ConfigError
 from p0_ssh_agent.host.audit_trail import AuditTrail
 from p0_ssh_agent.identity.signing_key import load_private_key
 from p0_ssh_agent.runtime import limits, status_text
+from p0_ssh_agent.runtime.access_lane import access_pipeline_for
 from p0_ssh_agent.runtime.backend_dial import proxy_for
 from p0_ssh_agent.runtime.backoff import RetrySettings
 from p0_ssh_agent.runtime.health import Health
@@ -47,6 +48,8 @@ CLOSE_SECONDS = 1.5
 TEST_HOOKS_ENV = "P0_SSH_AGENT_TEST_HOOKS"
 
 PipelineFactory = Callable[[AgentConfig, Path, AuditTrail], Pipeline]
+# Agent access's pipeline (issue 17): None while agentAccess is off; loads its own policy and trust file.
+AccessFactory = Callable[[AgentConfig, Path, AuditTrail], Pipeline | None]
 
 
 @dataclass
@@ -118,12 +121,15 @@ class Supervisor:
         pipeline_factory: PipelineFactory,
         notifier: Notifier,
         env: Mapping[str, str],
+        access_factory: AccessFactory = access_pipeline_for,
     ) -> Supervisor:
-        """The daemon's one audit trail and its first pipeline (the local policy loads here: a broken one raises
-        PolicyError, exit 78, before READY=1), then the supervisor around them."""
+        """The daemon's one audit trail and its first pipelines (the local policy loads here, and with agentAccess
+        on the agent-access policy and trust file: a broken one raises, exit 78, before READY=1), then the
+        supervisor around them."""
         # The one audit trail of the daemon: every request, expiry, offline revoke and drift is recorded in it.
         audit_trail = AuditTrail.from_config(prepared.config, env)
         pipeline = pipeline_factory(prepared.config, prepared.state_dir, audit_trail)
+        access_pipeline = access_factory(prepared.config, prepared.state_dir, audit_trail)
         return cls(
             prepared,
             pipeline=pipeline,
@@ -132,6 +138,8 @@ class Supervisor:
             pipeline_factory=pipeline_factory,
             notifier=notifier,
             env=env,
+            access_pipeline=access_pipeline,
+            access_factory=access_factory,
         )
 
     def __init__(
@@ -144,10 +152,13 @@ class Supervisor:
         pipeline_factory: PipelineFactory,
         notifier: Notifier,
         env: Mapping[str, str],
+        access_pipeline: Pipeline | None = None,
+        access_factory: AccessFactory = access_pipeline_for,
     ) -> None:
         self.prepared = prepared
         self._reload_config = reload_config
         self._pipeline_factory = pipeline_factory
+        self._access_factory = access_factory
         self._notifier = notifier
         self._env = env
         self._status = ""
@@ -157,7 +168,7 @@ class Supervisor:
             call_timeout=float(prepared.config.heartbeat_timeout_seconds),
         )
         self.audit_trail = audit_trail
-        self.worker = Worker(pipeline)
+        self.worker = Worker(pipeline, access_pipeline=access_pipeline)
         # Expiry sweep, offline revoke, reconciliation: they read the current configuration at each round.
         self.guard = GuardTasks(lambda: (self.prepared.config, self.prepared.state_dir), audit_trail=self.audit_trail)
         self.health = Health(
@@ -231,6 +242,7 @@ class Supervisor:
                     client_id=self.prepared.tunnel.client_id,
                     state_dir=str(self.prepared.state_dir),
                     dry_run=self.prepared.config.dry_run,
+                    agent_access=self.worker.access_pipeline is not None,
                 )
                 await nursery.start(self.guard.run)  # runs with or without the backend
                 await nursery.start(self.tunnel.run)
@@ -255,6 +267,9 @@ class Supervisor:
         try:
             new = prepare(self._reload_config(), self._env)
             pipeline = self._pipeline_factory(new.config, new.state_dir, self.audit_trail)
+            # The kill switch applies here: off drops the lane's pipeline (its calls answer 403 from now on); on
+            # loads the agent-access policy and trust file again, and a bad one fails the whole reload.
+            access_pipeline = self._access_factory(new.config, new.state_dir, self.audit_trail)
         except AgentError as exc:
             log.error("reload_failed", error=str(exc))
             self.health.reload_failed(str(exc))
@@ -264,6 +279,9 @@ class Supervisor:
         old = self.prepared
         self.prepared = new
         self.worker.set_pipeline(pipeline)
+        if (self.worker.access_pipeline is None) != (access_pipeline is None):
+            log.info("agent_access_switched", agent_access=access_pipeline is not None)
+        self.worker.set_access_pipeline(access_pipeline)
         self.audit_trail.reconfigure(new.config)
         self.session_settings.heartbeat_interval = float(new.config.heartbeat_interval_seconds)
         self.session_settings.call_timeout = float(new.config.heartbeat_timeout_seconds)

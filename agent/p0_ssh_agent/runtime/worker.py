@@ -9,6 +9,8 @@ Guarantees (issue 3, upstream-protocol.md §12 item 17):
   from one byte budget, and gives it back when its answer is sent and its execution has ended; answers are cut
   to their allowance.
 - Requests for different users run in parallel; requests for the same target user run one at a time.
+- Agent-access calls (`ssh_*`, issue 17) run on a lane of their own (runtime/access_lane.py): no user lock, not the
+  shared limiter, their own byte budget, so a P0 grant or revoke never waits behind an AI operation.
 - A second delivery of the same (command, requestId, action, user) while the first is still running waits for
   the first and gets its result, so backend retries after a timeout never apply a change twice concurrently; if
   its body differs from the first's (runtime/jobs.py payload_digests: another key under the same request id), it
@@ -36,9 +38,9 @@ import trio
 
 from p0_ssh_agent.adapters.logging import get_logger, log_request_line
 from p0_ssh_agent.protocol.forwarded import CommandResult, ForwardedRequest
-from p0_ssh_agent.protocol.jsonrpc import STRING_BYTES_PER_CHAR
 from p0_ssh_agent.runtime import limits
-from p0_ssh_agent.runtime.job_locks import Borrowed, LockLease, UserLock
+from p0_ssh_agent.runtime.access_lane import AccessLane, access_busy_result, access_off_result
+from p0_ssh_agent.runtime.job_locks import Borrowed, InFlightBudget, LockLease, Share, UserLock
 from p0_ssh_agent.runtime.jobs import JobKey, Payload, differing_fields, job_key, payload_digests
 
 log = get_logger(__name__)
@@ -75,38 +77,6 @@ class _Answering:
     started: float  # time.monotonic() when the job started, for the log line and the metrics
     deadline: float
     seconds: float
-
-
-class InFlightBudget:
-    """The bytes the calls in flight may hold: a share is taken whole or not at all, and comes back when its
-    last holder (the job answering, the execution it started) lets go."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self.peak = 0
-
-    def try_take(self, amount: int) -> Share | None:
-        if self.used + amount > self.limit:
-            return None
-        self.used += amount
-        self.peak = max(self.peak, self.used)
-        return Share(self, amount)
-
-
-class Share:
-    def __init__(self, budget: InFlightBudget, amount: int) -> None:
-        self._budget = budget
-        self.amount = amount
-        self._holders = 1
-
-    def hold(self) -> None:
-        self._holders += 1
-
-    def release(self) -> None:
-        self._holders -= 1
-        if self._holders == 0:
-            self._budget.used -= self.amount
 
 
 TRUNCATED = "...[truncated: the answer was larger than the agent keeps for one request]"
@@ -176,10 +146,17 @@ class Worker:
         max_pending: int = limits.MAX_JOBS,
         max_parallel: int = 64,
         budget_bytes: int = limits.IN_FLIGHT_BUDGET,
+        access_pipeline: Pipeline | None = None,
+        access_lane: AccessLane | None = None,
+        access_budget_bytes: int = limits.ACCESS_IN_FLIGHT_BUDGET,
     ) -> None:
         self._pipeline = pipeline
         self._max_pending = max_pending
         self.budget = InFlightBudget(budget_bytes)
+        # Agent access: None while `agentAccess` is off (its calls are answered 403 without running anything).
+        self._access_pipeline = access_pipeline
+        self.access_lane = access_lane or AccessLane()
+        self.access_budget = InFlightBudget(access_budget_bytes)
         self._limiter = trio.CapacityLimiter(max_parallel)
         self._pending = 0
         self._inflight: dict[tuple[str, str, str, str], _InFlight] = {}
@@ -208,6 +185,15 @@ class Worker:
     def set_pipeline(self, pipeline: Pipeline) -> None:
         """Swap the pipeline (SIGHUP reload); jobs already running keep the one they started with."""
         self._pipeline = pipeline
+
+    @property
+    def access_pipeline(self) -> Pipeline | None:
+        return self._access_pipeline
+
+    def set_access_pipeline(self, pipeline: Pipeline | None) -> None:
+        """Swap the agent-access pipeline (SIGHUP reload; None: the kill switch is off). Calls already running
+        finish on the one they started with; calls still waiting in the lane take the new one (or the 403)."""
+        self._access_pipeline = pipeline
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -261,8 +247,8 @@ class Worker:
         else:
             refusal, outcome = busy_result(), "busy"
             if self._pending < self._max_pending:
-                allowance = STRING_BYTES_PER_CHAR * limits.answer_chars_allowed(key.command)
-                share = self.budget.try_take(held_bytes + allowance)
+                budget = self.access_budget if limits.is_access_command(key.command) else self.budget
+                share = budget.try_take(held_bytes + limits.answer_bytes_allowed(key.command))
         if share is None:
             await reply(refusal)
             _log_line(key, outcome, 0.0)
@@ -346,8 +332,11 @@ class Worker:
 
     async def _execute(self, request: ForwardedRequest, key: JobKey, inflight: _InFlight) -> None:
         try:
-            async with self._user_lock(key.lock_name), Borrowed(self._limiter):
-                result = await self._pipeline.execute(request, key)
+            if limits.is_access_command(key.command):
+                result = await self._execute_access(request, key)
+            else:
+                async with self._user_lock(key.lock_name), Borrowed(self._limiter):
+                    result = await self._pipeline.execute(request, key)
             inflight.result = fit_answer(result, limits.answer_chars_allowed(key.command))
         except Exception as exc:  # one broken request must never take the worker down
             log.exception("request_crashed", request_id=key.request_id, command=key.command)
@@ -357,6 +346,20 @@ class Worker:
             if dedupe and self._inflight.get(dedupe) is inflight:
                 del self._inflight[dedupe]
             inflight.done.set()
+
+    async def _execute_access(self, request: ForwardedRequest, key: JobKey) -> CommandResult:
+        """An `ssh_*` call on its lane: the account is the body's `username` as the job key read it (a hostile
+        value only picks a lane entry; the pipeline validates it)."""
+        if self._access_pipeline is None:
+            return access_off_result()
+        turn = self.access_lane.admit(key.user)
+        if turn is None:
+            return access_busy_result(key.user)
+        async with turn:
+            pipeline = self._access_pipeline  # the one in force once the turn comes (a reload may have switched it)
+            if pipeline is None:
+                return access_off_result()
+            return await pipeline.execute(request, key)
 
     def _user_lock(self, user: str | None) -> contextlib.AbstractAsyncContextManager[object]:
         return LockLease(self._user_locks, user) if user is not None else contextlib.nullcontext()
