@@ -87,7 +87,10 @@ def policy_text(user: str, prefix: Path) -> str:
 def set_up(workdir: Path) -> tuple[AccessHost, dict[str, object]]:
     tag = uuid.uuid4().hex[:8]
     user = f"bench-ai-{tag}"
-    subprocess.run([USERADD, "--create-home", "--shell", "/bin/sh", user], check=True, capture_output=True)
+    # '*', not useradd's locked '!': the test sshd runs without PAM, where a locked account cannot log in.
+    subprocess.run(
+        [USERADD, "--create-home", "--shell", "/bin/sh", "--password", "*", user], check=True, capture_output=True
+    )
     root = Path("/var/lib") / f"p0-bench-access-{tag}"  # the sandbox's overlay: gone with the sandbox
     prefix = root / "app"
     prefix.mkdir(parents=True)

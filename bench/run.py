@@ -94,6 +94,9 @@ async def run_scenarios(names: list[str], profile: str, workdir: Path, state_roo
         for target in results[-1].targets:
             note = f" ({target.note})" if target.note else ""
             print(f"  {target.verdict}  {target.text}: {target.measured:,.2f} {target.unit}{note}", flush=True)
+        if not results[-1].targets:  # a scenario without targets (access): its figures, so a run shows them
+            for series in results[-1].series.values():
+                print(f"  {series.name}: p50 {series.p50.median * 1000:,.1f} ms", flush=True)
         print(f"bench: {name} took {time.monotonic() - started:.0f} s", flush=True)
     return results
 
