@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import pwd
 import struct
 import sys
 import zlib
@@ -21,7 +22,7 @@ import trio
 # bench/ is a top-level package of the repository, not of the installed distribution.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import calls, footprint, grants, hops, ledger_store, reconnect, run, scale
+from bench import agent_access, calls, footprint, grants, hops, ledger_store, reconnect, run, scale
 from bench.fleet import measure_fleet, simulate
 from bench.plot import Line, Panel, render
 from bench.report import SECTIONS
@@ -167,6 +168,17 @@ async def test_grants_and_scale_tiny(sandbox: object, tmp_path: Path) -> None:
     assert await trio.to_thread.run_sync(bench_leftovers) == (sudoers, [])
 
 
+@pytest.mark.sandbox
+async def test_agent_access_tiny(sandbox: object, tmp_path: Path) -> None:
+    """bench/agent_access.py for real, once: the agent's reads and exec and the bare ssh both ran and checked
+    their bytes (the scenario raises when a read comes back different), and the account it made is gone."""
+    measurement = await agent_access.measure_access(tmp_path, agent_access.AccessSizes(rounds=1))
+    assert set(measurement.series) == {"agent/read", "agent/exec", "ssh/read", "ssh/true"}
+    assert all(series.samples == 1 for series in measurement.series.values())
+    assert measurement.figures["agent/read ratio"] > 0
+    assert not [entry.pw_name for entry in pwd.getpwall() if entry.pw_name.startswith("bench-ai-")]
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="the ledger's files are root-owned: needs root")
 def test_ledger_tiny(tmp_path: Path) -> None:
     measurement = ledger_store.measure_ledger(tmp_path, ledger_store.TINY)
@@ -180,7 +192,7 @@ def test_run_writes_the_report(tmp_path: Path) -> None:
     out = tmp_path / "bench.md"
     assert run.main(["--quick", "--only", "fleet", "--out", str(out)]) == 0
     text = out.read_text()
-    assert "## Targets (issue 7)" in text and "PASS" in text and "MISS" in text
+    assert "## Targets (issues 7, 16)" in text and "PASS" in text and "MISS" in text
     assert "| cores |" in text and "## 5. Fleet reconnect" in text
     assert run.main(["--only", "nonsense", "--no-write"]) == 64
 
@@ -201,6 +213,17 @@ def test_report_renders_every_section() -> None:
     assert "| no-command call | 10 | 2.00 | 4.00 | 333 | 1.00 | 2.00 | 667 | 2.00x | 2.00x |" in text
     assert "| dry-run grant | 100 |" in text
     assert "Not run: grants." in text and "- one finding" in text
+
+
+def test_the_access_section_compares_the_agent_with_a_bare_ssh() -> None:
+    measurement = Measurement("access")
+    for key, seconds in (("agent/read", 0.2), ("ssh/read", 0.4), ("agent/exec", 0.1), ("ssh/true", 0.3)):
+        measurement.new_series(key, key).add_sequential([seconds, seconds])
+    measurement.figures.update({"agent/read ratio": 0.5, "agent/exec ratio": 1 / 3})
+    text = render_markdown({"cpu": "x"}, [measurement], profile="quick", command="x", skipped=[], findings=[])
+    assert "## 8. Agent access next to a bare ssh" in text
+    assert "takes 0.50x a bare `ssh cat`" in text and "takes 0.33x `ssh true`" in text
+    assert "| agent/exec | 100 | 100 |" in text
 
 
 @pytest.mark.sandbox
