@@ -4,9 +4,9 @@ through run_confined), the mode choice and the systemd-run command line."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -152,6 +152,6 @@ def test_an_exec_unit_outlives_its_command_timeout() -> None:
 def test_auto_is_namespace_for_anyone_but_root() -> None:
     """as_root answers "is the caller root?" for doctor: what the root daemon would pick, whoever asks."""
     assert choose_mode("auto", as_root=False) == "namespace"
-    systemd_here = SYSTEMD_RUNTIME_DIR.is_dir() and os.path.isfile(SYSTEMD_RUN)
+    systemd_here = SYSTEMD_RUNTIME_DIR.is_dir() and Path(SYSTEMD_RUN).is_file()
     assert choose_mode("auto", as_root=True) == ("systemd" if systemd_here else "namespace")
     assert choose_mode("systemd", as_root=False) == "systemd"  # an explicit mode is taken as it is
