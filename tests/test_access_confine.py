@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,7 @@ from p0_ssh_agent.agent_access.access_model import TargetAccount, WorkerJob
 from p0_ssh_agent.agent_access.confine import (
     MAX_REPLY_BYTES,
     SYSTEMD_RUN,
+    SYSTEMD_RUNTIME_DIR,
     WorkerLimits,
     choose_mode,
     parse_reply,
@@ -145,3 +147,11 @@ def test_an_exec_unit_outlives_its_command_timeout() -> None:
     assert unit_seconds(exec_job, WorkerLimits()) == 103
     read_job = WorkerJob(op="ssh_file_read", prefix="/srv/app", paths=("/srv/app/a",))
     assert unit_seconds(read_job, WorkerLimits(seconds=7)) == 7
+
+
+def test_auto_is_namespace_for_anyone_but_root() -> None:
+    """as_root answers "is the caller root?" for doctor: what the root daemon would pick, whoever asks."""
+    assert choose_mode("auto", as_root=False) == "namespace"
+    systemd_here = SYSTEMD_RUNTIME_DIR.is_dir() and Path(SYSTEMD_RUN).is_file()
+    assert choose_mode("auto", as_root=True) == ("systemd" if systemd_here else "namespace")
+    assert choose_mode("systemd", as_root=False) == "systemd"  # an explicit mode is taken as it is

@@ -26,6 +26,7 @@ from p0_ssh_agent.agent_access.access_policy import (
     compile_access_policy,
     judged_paths,
     load_access_policy,
+    policy_shape,
 )
 from p0_ssh_agent.core.local_policy import NO_PERMIT, Facts, PolicyError, compile_policy, split_statements
 from p0_ssh_agent.host.policy_file import MAX_POLICY_BYTES, load_policy
@@ -189,6 +190,22 @@ def test_the_built_in_default_permits_nothing_and_denies_everything() -> None:
                     context=context(command, cosigner=cosigner),
                 )  # fmt: skip
                 assert (decision.allowed, decision.policies) == (False, (NO_PERMIT,))
+
+
+def test_the_shape_says_what_the_permits_name() -> None:
+    """What doctor and `policy check` report: how many permits and forbids, and the actions some permit names."""
+    shape = policy_shape(compile_access_policy(FRAGMENT, "fragment"))
+    assert (shape.permits, shape.forbids) == (1, 1)
+    assert shape.permitted == ("/ssh/file/read", "/ssh/dir/list", "/ssh/dir/tree")  # AccessCommand's order
+    assert policy_shape(load_access_policy(Path("/nonexistent/agent-access.cedar"))).permits == 0
+    everything = policy_shape(compile_access_policy("permit (principal, action, resource);", "all"))
+    assert everything.permitted == tuple(command.action for command in AccessCommand)
+    one = compile_access_policy('permit (principal, action in Action::"/ssh/exec", resource);', "in")
+    assert policy_shape(one).permitted == ("/ssh/exec",)
+    forbid_only = policy_shape(compile_access_policy("forbid (principal, action, resource);", "forbid"))
+    assert (forbid_only.permits, forbid_only.forbids, forbid_only.permitted) == (0, 1, ())
+    upload = policy_shape(load_starters("ssh-sftp-upload.cedar"))
+    assert "/ssh/exec" not in upload.permitted and "/ssh/file/write" in upload.permitted
 
 
 def test_the_package_installs_the_default_as_its_own_config_file() -> None:

@@ -201,3 +201,19 @@ def test_concurrent_claims_of_one_jti_grant_exactly_one(tmp_path: Path) -> None:
         thread.join()
     assert sorted(results) == [False] * 7 + [True]
     assert len(lines(cache_path(tmp_path))) == 1
+
+
+def test_a_read_only_cache_reads_the_claims_and_writes_nothing(tmp_path: Path) -> None:
+    """What doctor and `command --dry-run` open beside the daemon: its claims are seen, none is made, and a torn
+    last line is left for the daemon to repair (a rewrite here could drop an append the daemon is making)."""
+    path = cache_path(tmp_path)
+    assert ReplayCache(path).claim(JTI, NOW + 180, NOW)
+    with path.open("a") as handle:
+        handle.write("0123abcd")
+    before = path.read_bytes()
+    reader = ReplayCache(path, read_only=True)
+    assert reader.error == "" and reader.live_entries(NOW) == 1
+    assert not reader.claim("jti-never-used-here-01", NOW + 180, NOW)
+    assert path.read_bytes() == before
+    assert not ReplayCache(tmp_path / "absent" / "cache", read_only=True).claim(JTI, NOW + 180, NOW)
+    assert not (tmp_path / "absent").exists()

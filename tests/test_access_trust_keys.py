@@ -18,6 +18,7 @@ from p0_ssh_agent.agent_access.trust_keys import (
     DEFAULT_TRUST_KEYS_PATH,
     MAX_TRUST_FILE_BYTES,
     TrustKeysError,
+    entry_lines,
     load_trust_keys,
 )
 from p0_ssh_agent.errors import ConfigError
@@ -202,3 +203,23 @@ def test_did_key_is_multibase_base58btc_of_the_ed25519_multicodec() -> None:
     private = Ed25519PrivateKey.generate()
     assert did_key_ed25519(private) == did_key_ed25519(private.public_key())
     assert did_key_ed25519(private).startswith("did:key:z6Mk")
+
+
+def test_an_entry_at_fault_is_named_by_its_line(tmp_path: Path) -> None:
+    """As policy.cedar's errors name theirs: file:line of the entry, and line:column of a syntax error."""
+    good = json.dumps(entry(issuer_id("EdDSA"), "EdDSA", "issuer"))
+    approver = json.dumps(entry("alice", "ES256"))
+    bad = json.dumps({**entry("bob", "ES256"), "alg": "HS256"})
+    text = f'{{\n  "issuers": [\n    {good}\n  ],\n  "approvers": [\n    {approver},\n    {bad}\n  ]\n}}\n'
+    path = write(tmp_path, text)
+    error = refused(path, "approvers[1]: alg must be one of")
+    assert str(error).startswith(f"{path}:7: approvers[1]:"), str(error)
+    path.write_text('{\n  "issuers": [\n    {"id": }\n  ]\n}\n')
+    error = refused(path, "the trust file is not valid JSON")
+    assert str(error) == f"{path}:3:12: the trust file is not valid JSON (Expecting value)"
+
+
+def test_entry_lines_reads_only_the_two_lists() -> None:
+    text = '{"other": {"issuers": [1]},\n "issuers": [\n {"a": "]"},\n\n {}], "approvers": []}'
+    assert entry_lines(text) == {"issuers[0]": 3, "issuers[1]": 5}
+    assert entry_lines("{") == {} and entry_lines("{}") == {}

@@ -18,6 +18,7 @@ from p0_ssh_agent.runtime.publisher import Publisher, replace_file
 
 FAMILIES = {
     "p0_ssh_agent_requests": "counter",
+    "p0_ssh_agent_access_requests": "counter",
     "p0_ssh_agent_policy_denials": "counter",
     "p0_ssh_agent_expiries": "counter",
     "p0_ssh_agent_drift_found": "counter",
@@ -27,6 +28,7 @@ FAMILIES = {
     "p0_ssh_agent_grants_in_force": "gauge",
     "p0_ssh_agent_managed_users": "gauge",
     "p0_ssh_agent_reload_failed": "gauge",
+    "p0_ssh_agent_agent_access": "gauge",
     "p0_ssh_agent_request_duration_seconds": "histogram",
 }
 
@@ -64,7 +66,7 @@ def test_counters_gauges_and_the_histogram_carry_what_happened() -> None:
     }
     reconnects = {labels["reason"]: value for _, labels, value in families["p0_ssh_agent_reconnects"][1]}
     assert reconnects == {"heartbeat": 1.0, "unauthorized": 2.0}
-    single = {name: families[name][1][0][2] for name in FAMILIES if FAMILIES[name] != "histogram"}
+    single = {name: families[name][1][0][2] for name in FAMILIES if FAMILIES[name] != "histogram" and families[name][1]}
     assert single["p0_ssh_agent_policy_denials"] == 1.0 and single["p0_ssh_agent_expiries"] == 2.0
     assert single["p0_ssh_agent_drift_found"] == 1.0 and single["p0_ssh_agent_drift_repaired"] == 1.0
     assert single["p0_ssh_agent_connected"] == 1.0 and single["p0_ssh_agent_grants_in_force"] == 7.0

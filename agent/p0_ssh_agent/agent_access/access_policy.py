@@ -142,6 +142,36 @@ class AccessPolicy:
         return Decision(True, tuple(allowed_by), f"allowed by {', '.join(allowed_by)}")
 
 
+@dataclass(frozen=True)
+class PolicyShape:
+    """What a policy's statements say on their face (policy_shape): for doctor, and `policy check`."""
+
+    permits: int
+    forbids: int
+    permitted: tuple[str, ...]  # the actions some permit names, in AccessCommand order (every one for `action`)
+
+
+def policy_shape(policy: AccessPolicy) -> PolicyShape:
+    """The permits and forbids of `policy` and the actions its permits name, from Cedar's own JSON form of the text.
+    Static: a permit whose `when` can never hold still counts; no permit at all means every request is denied."""
+    every = tuple(command.action for command in AccessCommand)
+    statements = json.loads(cedarpy.policies_to_json_str(policy.compiled.text))["staticPolicies"].values()
+    named: set[str] = set()
+    permits = forbids = 0
+    for statement in statements:
+        if statement.get("effect") != "permit":
+            forbids += 1
+            continue
+        permits += 1
+        scope = statement.get("action", {})
+        entities = scope.get("entities") or ([scope["entity"]] if "entity" in scope else None)
+        if scope.get("op") == "All" or entities is None:  # `action`, or a scope this reading does not know
+            named.update(every)
+        else:  # == or in: this schema has no action groups, so `in` names exactly its entities
+            named.update(str(entity.get("id", "")) for entity in entities)
+    return PolicyShape(permits, forbids, tuple(action for action in every if action in named))
+
+
 def access_context(operation: Operation, *, cosigner: bool, hostname: str) -> dict[str, object]:
     """The context one operation is judged with; `cosigner` is what cosign.py verified, never a request member."""
     return {

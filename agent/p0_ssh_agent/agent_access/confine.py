@@ -118,14 +118,16 @@ class WorkerLimits:
     seconds: int = 30  # file operations; an exec unit gets its command's timeout plus EXEC_MARGIN if longer
 
 
-def choose_mode(setting: str) -> str:
+def choose_mode(setting: str, *, as_root: bool | None = None) -> str:
     """agentAccessConfinement -> the mode: "auto" is systemd when systemd is PID 1, systemd-run exists and we are
-    root, else namespace; "systemd" and "namespace" are taken as they are."""
+    root, else namespace; "systemd" and "namespace" are taken as they are. `as_root` answers "are we root?" for
+    a caller that is not the daemon (doctor run unprivileged asks what the root daemon would pick)."""
     if setting in MODES:
         return setting
     if setting != "auto":
         raise ValueError(f"confinement must be auto, systemd or namespace, not {setting[:40]!r}")
-    systemd = SYSTEMD_RUNTIME_DIR.is_dir() and Path(SYSTEMD_RUN).is_file() and os.geteuid() == 0
+    root = os.geteuid() == 0 if as_root is None else as_root
+    systemd = SYSTEMD_RUNTIME_DIR.is_dir() and Path(SYSTEMD_RUN).is_file() and root
     return "systemd" if systemd else "namespace"
 
 

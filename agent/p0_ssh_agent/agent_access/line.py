@@ -265,12 +265,20 @@ def own_places(config: AgentConfig, state_dir: Path) -> tuple[tuple[str, ...], t
     )
 
 
-def build_access_pipeline(config: AgentConfig, state_dir: Path, audit_trail: AuditTrail) -> AccessPipeline:
+def build_access_pipeline(
+    config: AgentConfig, state_dir: Path, audit_trail: AuditTrail, *, by_hand: bool = False
+) -> AccessPipeline:
     """The pipeline for `agentAccess: true`: its policy and trust file loaded and checked now. Raises AgentError
-    (PolicyError, ConfigError): exit 78 at start-up, a failed reload (the old pipeline stays) on SIGHUP."""
+    (PolicyError, ConfigError): exit 78 at start-up, a failed reload (the old pipeline stays) on SIGHUP.
+
+    by_hand: `p0-ssh-agent command --dry-run`, beside a daemon that may be running: a dry run whatever dryRun
+    says, the replay cache only read (replay_cache.py: read_only), and the confinement the root daemon would pick."""
+    if by_hand:
+        config = replace(config, dry_run=True)
     policy = load_access_policy(config.agent_access_policy_file)
     trust = load_trust_keys(config.agent_access_keys_file)
-    mode = choose_mode(config.agent_access_confinement)
+    # By hand: the mode the root daemon would pick, whoever runs the dry run.
+    mode = choose_mode(config.agent_access_confinement, as_root=True if by_hand else None)
     directories, files = own_places(config, state_dir)
     settings = AccessSettings(
         config=config,
@@ -278,7 +286,7 @@ def build_access_pipeline(config: AgentConfig, state_dir: Path, audit_trail: Aud
         hostname=config.hostname or kernel_hostname(),
         trust=trust,
         policy=policy,
-        replay=ReplayCache(state_dir / REPLAY_FILE),
+        replay=ReplayCache(state_dir / REPLAY_FILE, read_only=by_hand),
         audit_trail=audit_trail,
         mode=mode,
         own_directories=directories,

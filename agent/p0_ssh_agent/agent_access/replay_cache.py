@@ -12,6 +12,10 @@ holds a line that is not an entry makes every claim False, with the reason in `e
 file to start over: a cosignature lives minutes, so forgetting them costs at most that window). A cache holding
 MAX_LIVE_ENTRIES live entries refuses further claims until some expire. A last line without its newline is a claim
 torn by a crash before it was granted, so it is dropped (the file is rewritten without it).
+
+read_only=True (doctor, and `command --dry-run` run by hand beside the daemon) only reads: the file is never
+rewritten nor appended to, and every claim is False. Another process writing the daemon's file would race its
+appends, and its claims would not be in the daemon's memory, so a cosignature could be used twice.
 """
 
 from __future__ import annotations
@@ -42,8 +46,9 @@ def _key(jti: str) -> str:
 class ReplayCache:
     """The claimed jtis at `path` (module docstring). Thread-safe: claim holds a lock around check and record."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = Path(path)
+        self.read_only = read_only
         self.error = ""  # non-empty: the cache is unusable and every claim is False
         self._lock = threading.Lock()
         self._entries: dict[str, int] = {}
@@ -60,7 +65,7 @@ class ReplayCache:
             return False
         key = _key(jti)
         with self._lock:
-            if self.error:
+            if self.error or self.read_only:
                 return False
             known = self._entries.get(key)
             if known is not None and known > now:
@@ -120,7 +125,7 @@ class ReplayCache:
             self._entries[key] = max(expires, self._entries.get(key, 0))
         self._file_lines = len(lines)
         self._plan_compaction()
-        if torn:
+        if torn and not self.read_only:
             try:
                 self._rewrite()
             except OSError as exc:

@@ -19,6 +19,8 @@ nothing verifies, so every request is refused.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -57,22 +59,26 @@ def load_trust_keys(path: Path = DEFAULT_TRUST_KEYS_PATH) -> TrustKeys:
     if data is None:
         return TrustKeys()
     try:
-        document = parse_json_object(data.decode("utf-8"), "the trust file")
+        text = data.decode("utf-8")
+        document = parse_json_object(text, "the trust file")
     except UnicodeDecodeError as exc:
         raise TrustKeysError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except JwsMalformed as exc:
-        raise TrustKeysError(f"{path}: {exc}") from None
-    return trust_keys_of(document, str(path))
+        position, reason = _syntax_error(text)
+        raise TrustKeysError(f"{path}{position}: {exc}{reason}") from None
+    return trust_keys_of(document, str(path), lines=entry_lines(text))
 
 
-def trust_keys_of(document: dict[str, object], shown: str) -> TrustKeys:
-    """The keys of a parsed trust file (`shown` names it in messages); TrustKeysError."""
+def trust_keys_of(document: dict[str, object], shown: str, *, lines: Mapping[str, int] | None = None) -> TrustKeys:
+    """The keys of a parsed trust file (`shown` names it in messages, with the line of the entry at fault when
+    `lines` has it: entry_lines); TrustKeysError."""
+    lines = lines or {}
     if unknown := sorted(set(document) - {"issuers", "approvers"}):
         raise TrustKeysError(f"{shown}: unknown member(s) {', '.join(unknown)}: only issuers and approvers")
-    issuers = _entries(document.get("issuers", []), "issuers", shown)
-    approvers = _entries(document.get("approvers", []), "approvers", shown)
+    issuers = _entries(document.get("issuers", []), "issuers", shown, lines)
+    approvers = _entries(document.get("approvers", []), "approvers", shown, lines)
     for index, approver in enumerate(approvers.values()):
-        where = f"{shown}: approvers[{index}]"
+        where = _where(shown, f"approvers[{index}]", lines)
         if approver.key_id in issuers:
             raise TrustKeysError(f"{where}: id {approver.key_id!r} is also an issuer; an approver must be another key")
         for issuer in issuers.values():
@@ -83,16 +89,68 @@ def trust_keys_of(document: dict[str, object], shown: str) -> TrustKeys:
     return TrustKeys(issuers=issuers, approvers=approvers)
 
 
-def _entries(value: object, kind: str, shown: str) -> dict[str, TrustedKey]:
+def _entries(value: object, kind: str, shown: str, lines: Mapping[str, int]) -> dict[str, TrustedKey]:
     if not isinstance(value, list):
         raise TrustKeysError(f"{shown}: {kind} must be a list")
     keys: dict[str, TrustedKey] = {}
     for index, entry in enumerate(value):
-        key = _entry(entry, kind, f"{shown}: {kind}[{index}]")
+        where = _where(shown, f"{kind}[{index}]", lines)
+        key = _entry(entry, kind, where)
         if key.key_id in keys:
-            raise TrustKeysError(f"{shown}: {kind}[{index}]: id {key.key_id!r} is listed twice")
+            raise TrustKeysError(f"{where}: id {key.key_id!r} is listed twice")
         keys[key.key_id] = key
     return keys
+
+
+def _where(shown: str, entry: str, lines: Mapping[str, int]) -> str:
+    """ "<file>:<line>: issuers[2]", or without the line when it is not known."""
+    line = lines.get(entry)
+    return f"{shown}:{line}: {entry}" if line else f"{shown}: {entry}"
+
+
+def entry_lines(text: str) -> dict[str, int]:
+    """The line each entry of the top-level issuers and approvers lists starts on ({"issuers[0]": 3, ...}), so
+    an error names it as policy.cedar's errors name theirs. Best effort on text that parse_json_object accepted:
+    anything unexpected gives what was found so far."""
+    decoder = json.JSONDecoder()
+    lines: dict[str, int] = {}
+
+    def skip(at: int) -> int:
+        while at < len(text) and text[at] in " \t\r\n":
+            at += 1
+        return at
+
+    try:
+        at = skip(0) + 1  # past the top-level "{"
+        while (at := skip(at)) < len(text) and text[at] == '"':
+            name, at = decoder.raw_decode(text, at)
+            at = skip(skip(at) + 1)  # past the ":"
+            if name in ("issuers", "approvers") and text.startswith("[", at):
+                index, at = 0, skip(at + 1)
+                while at < len(text) and text[at] != "]":
+                    lines[f"{name}[{index}]"] = text.count("\n", 0, at) + 1
+                    _, at = decoder.raw_decode(text, at)
+                    at, index = skip(at), index + 1
+                    at = skip(at + 1) if text.startswith(",", at) else at
+                at += 1
+            else:
+                _, at = decoder.raw_decode(text, at)
+            at = skip(at)
+            at = at + 1 if text.startswith(",", at) else at
+    except (ValueError, RecursionError):
+        pass
+    return lines
+
+
+def _syntax_error(text: str) -> tuple[str, str]:
+    """(":<line>:<col>", " (<what json says>)") of a JSON syntax error in `text`, or ("", "") for another error."""
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as exc:
+        return f":{exc.lineno}:{exc.colno}", f" ({exc.msg})"
+    except (ValueError, RecursionError):
+        return "", ""
+    return "", ""
 
 
 def _entry(entry: object, kind: str, where: str) -> TrustedKey:

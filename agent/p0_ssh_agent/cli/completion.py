@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass, field
 
 from p0_ssh_agent.core.requests import Action, Command
+from p0_ssh_agent.runtime.metrics import ACCESS_COMMANDS
 
 # Metavars that name a path: complete files or directories for them.
 FILE_METAVARS = frozenset({"PATH", "FILE", "REQUEST.json"})
@@ -22,7 +23,7 @@ DIR_METAVARS = frozenset({"DIR"})
 # Values the parser does not restrict (argparse choices would make a typo's error worse) but that have a fixed
 # set of useful answers.
 VALUE_WORDS: dict[str, tuple[str, ...]] = {
-    "--command": tuple(command.value for command in Command),
+    "--command": (*(command.value for command in Command), *sorted(ACCESS_COMMANDS)),  # ssh_*: --dry-run only
     "--action": tuple(action.value for action in Action),
 }
 

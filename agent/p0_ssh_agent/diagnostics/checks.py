@@ -3,8 +3,9 @@
 `status` asks "is the agent set up?"; doctor asks "will a grant work?": sshd's effective settings, sudo's
 includes and visudo, SELinux labels, the name service (diagnostics/host_checks.py), the proxy, TLS and clock skew
 against the backend (diagnostics/network_checks.py), drift between the ledger and the host
-(provisioning/reconcile.py, in report mode), and grants on the host that no ledger knows about
-(diagnostics/orphan_checks.py). Read-only throughout: no file, lock, ledger entry or log record is written.
+(provisioning/reconcile.py, in report mode), grants on the host that no ledger knows about
+(diagnostics/orphan_checks.py), and agent access (diagnostics/access_checks.py: one line when it is off). Read-only
+throughout: no file, lock, ledger entry or log record is written.
 
 Exit status: 0 when no finding fails (warnings and skips allowed), 1 when one does; a configuration that cannot
 be loaded is exit 78 before any check runs (cli/doctor.py).
@@ -19,6 +20,7 @@ from pathlib import Path
 import trio
 
 from p0_ssh_agent.config import AgentConfig
+from p0_ssh_agent.diagnostics.access_checks import check_agent_access
 from p0_ssh_agent.diagnostics.config_checks import check_config, check_revoke_mode
 from p0_ssh_agent.diagnostics.findings import Finding
 from p0_ssh_agent.diagnostics.host_checks import (
@@ -85,6 +87,7 @@ def collect(
         check_ledger(config, state_dir),
         check_orphans(config, state_dir),
         *check_key_store(config, state_dir),
+        *check_agent_access(config, state_dir),  # one ok line when off; agent_access is imported only when on
     ]
     if offline:
         return found + offline_findings()

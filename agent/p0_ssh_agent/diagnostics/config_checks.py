@@ -37,3 +37,22 @@ def check_revoke_mode(config: AgentConfig) -> Finding:
         f"userRevokeMode {mode}: a created account whose last grant is revoked or expires is locked and its "
         "sessions ended" + ("; provisionUser revoke deletes it" if mode == "delete" else ""),
     )
+
+
+def check_access_switch(config: AgentConfig, in_force: bool | None) -> Finding:
+    """Agent access (issue 17) on or off, as the configuration says and, when the running agent published it
+    (status.json's agent_access; None when unknown), as the agent has it in force: they differ after an edit not
+    yet reloaded, or a reload that failed. Says nothing of the feature's files: doctor checks those."""
+    if config.agent_access:
+        users = ", ".join(config.agent_access_users) or "no account, so every request is refused"
+        detail = f"on (agentAccess: true) for {users}: ssh_* requests are served"
+    else:
+        detail = "off (agentAccess: false): every ssh_* request is answered 403"
+    if in_force is not None and in_force != config.agent_access:
+        return Finding(
+            "agent access",
+            "warn",
+            f"{detail} by the configuration, but the running agent has it {'on' if in_force else 'off'}",
+            "systemctl reload p0-ssh-agent (if the reload fails, the `reload` check says why)",
+        )
+    return Finding("agent access", "ok", detail)

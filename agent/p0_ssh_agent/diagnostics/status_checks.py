@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from p0_ssh_agent.config import AgentConfig, load_config
-from p0_ssh_agent.diagnostics.config_checks import check_config, check_revoke_mode
+from p0_ssh_agent.diagnostics.config_checks import check_access_switch, check_config, check_revoke_mode
 from p0_ssh_agent.diagnostics.findings import Finding
 from p0_ssh_agent.diagnostics.key_store_checks import check_key_store_mode
 from p0_ssh_agent.diagnostics.live_checks import UNIT, agent_checks, overall_exit
@@ -112,6 +112,8 @@ def collect(
         checks.append(Check("dry-run", "warn", "dryRun is on: requests are planned, nothing changes on the host"))
     checks.append(check_revoke_mode(config))
     checks.append(check_key_store_mode(config))
+    in_force = (live.document or {}).get("agent_access") if live.running else None
+    checks.append(check_access_switch(config, in_force if isinstance(in_force, bool) else None))
 
     uid = os.geteuid()
     if config.source is not None:

@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING
 from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.errors import AgentError
 from p0_ssh_agent.runtime import status_text
+from p0_ssh_agent.runtime.limits import is_access_command
 from p0_ssh_agent.runtime.livestate import LiveState, file_digest, stamp
-from p0_ssh_agent.runtime.metrics import Metrics
+from p0_ssh_agent.runtime.metrics import Metrics, access_result
 
 if TYPE_CHECKING:
     from p0_ssh_agent.config import AgentConfig
@@ -123,7 +124,9 @@ class Health:
         live.config_file = str(config.source) if config.source else None
         live.config_digest = file_digest(config.source)
         live.reload_failed, live.reload_error = False, None
+        live.agent_access = config.agent_access  # what the supervisor built the lane's pipeline from
         self.metrics.set_gauge("reload_failed", 0)
+        self.metrics.set_gauge("agent_access", 1 if config.agent_access else 0)
         self._changed()
 
     def reloaded(self, config: AgentConfig, state_dir: Path, *, url: str, client_id: str, pipeline: object) -> None:
@@ -140,6 +143,10 @@ class Health:
     def request_done(self, key: JobKey, outcome: str, seconds: float, result: CommandResult | None) -> None:
         decision = "deny" if result is not None and result.policy_denied else "allow"
         self.metrics.request_done(key.command, outcome, decision, seconds)
+        if is_access_command(key.command):  # also counted by what the answer was (docs/metrics.md)
+            success = result is not None and result.success
+            kind = result.result.get("kind") if result is not None and isinstance(result.result, dict) else None
+            self.metrics.access_done(key.command, access_result(outcome, success, kind))
 
     def audit_event(self, event: AuditEvent) -> None:
         """From the audit trail, possibly in a worker thread: counters only (they have their own lock)."""

@@ -105,6 +105,7 @@ class LiveState:
     reload_failed: bool = False
     reload_error: str | None = None
     last_reload_at: datetime | None = None
+    agent_access: bool = False  # agentAccess in the configuration in force (ssh_* requests served, or 403)
 
     def connection_ended(self, reason: str, http_status: int | None, now: datetime) -> str:
         """Record a connection (or attempt) that ended; returns the reconnect reason label."""
@@ -143,6 +144,7 @@ class LiveState:
             "reload_failed": self.reload_failed,
             "reload_error": self.reload_error,
             "last_reload_at": stamp(self.last_reload_at),
+            "agent_access": self.agent_access,
         }
 
 

@@ -5,8 +5,12 @@ prometheus_client would do this, but it costs the daemon about 1.5 MiB of reside
 small and stable, and tests/test_metrics.py checks our output with prometheus_client's own parser.
 
 Label values are bounded: a command name the agent does not know counts as "other", so a backend sending random
-command names cannot grow the label set (and the file) without limit. Counters are bumped from the event loop and
-from the worker threads that run host changes (audit events), hence the lock.
+command names cannot grow the label set (and the file) without limit. The agent-access commands (`ssh_*`) are
+known names too (ACCESS_COMMANDS, held equal to agent_access/access_model.py's by tests/test_metrics.py: this
+module must not import agent_access, which loads only when the feature is on), and their answers are also counted
+by what they were (access_requests_total's `result`: "ok", a refusal kind from the fixed ACCESS_RESULTS, or the
+worker's own outcome), so a hostile `result.kind` cannot add a label value either. Counters are bumped from the
+event loop and from the worker threads that run host changes (audit events), hence the lock.
 """
 
 from __future__ import annotations
@@ -19,7 +23,48 @@ from dataclasses import dataclass
 from p0_ssh_agent.core.requests import Command
 
 PREFIX = "p0_ssh_agent"
-KNOWN_COMMANDS = frozenset(command.value for command in Command)
+ACCESS_COMMANDS = frozenset(
+    {
+        "ssh_file_read",
+        "ssh_file_write",
+        "ssh_file_create",
+        "ssh_file_delete",
+        "ssh_file_move",
+        "ssh_file_copy",
+        "ssh_dir_list",
+        "ssh_dir_tree",
+        "ssh_dir_create",
+        "ssh_dir_delete",
+        "ssh_dir_delete_recursive",
+        "ssh_exec",
+    }
+)
+KNOWN_COMMANDS = frozenset(command.value for command in Command) | ACCESS_COMMANDS
+# What an agent-access answer was: "ok", agent_access's RefusalKind values (answers.py puts one in result.kind),
+# and the worker's outcomes that carry no kind (runtime/worker.py: no answer in time, the worker full or stopping,
+# a delivery that reused a request id with another body).
+ACCESS_RESULTS = frozenset(
+    {
+        "ok",
+        "invalid_request",
+        "disabled",
+        "account_not_allowed",
+        "capability_rejected",
+        "outside_capability",
+        "step_up_required",
+        "denied_by_policy",
+        "not_found",
+        "already_exists",
+        "conflict",
+        "refused_file",
+        "too_large",
+        "busy",
+        "failed",
+        "timeout",
+        "stopping",
+    }
+)
+_WORKER_OUTCOMES = frozenset({"timeout", "busy", "stopping", "conflict"})
 # Request durations run from a listUsers (milliseconds) to a slow useradd behind a cold NSS (tens of seconds).
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 # Audit events counted (host/audit_trail.py Event values) and the metric each one feeds.
@@ -29,8 +74,19 @@ AUDIT_COUNTERS = {
     "drift": "drift_found_total",
     "repaired": "drift_repaired_total",
 }
+# The counter families in the order the exposition lists them.
+COUNTERS = (
+    "requests_total",
+    "access_requests_total",
+    "policy_denials_total",
+    "expiries_total",
+    "drift_found_total",
+    "drift_repaired_total",
+    "reconnects_total",
+)
 HELP = {
     "requests_total": "Requests from the backend answered, by command, outcome and policy decision.",
+    "access_requests_total": "Agent-access (ssh_*) requests answered, by command and result (ok or why not).",
     "request_duration_seconds": "Time from a request's arrival to its answer.",
     "policy_denials_total": "Changes the local policy refused.",
     "expiries_total": "Grants the agent revoked because they outlived maxGrantSeconds.",
@@ -41,6 +97,7 @@ HELP = {
     "grants_in_force": "Key and sudo grants in the ledger.",
     "managed_users": "Local users the ledger says the agent manages.",
     "reload_failed": "1 when the last configuration reload failed (the agent runs on the previous one).",
+    "agent_access": "1 when agent access (agentAccess) is on in the configuration in force, else 0.",
 }
 
 
@@ -48,6 +105,17 @@ def command_label(command: str) -> str:
     if not command or command == "-":
         return "none"
     return command if command in KNOWN_COMMANDS else "other"
+
+
+def access_result(outcome: str, success: bool, kind: object) -> str:
+    """access_requests_total's `result` for one answer: the worker's outcome when it answered for the pipeline
+    (timeout, busy, stopping, conflict), else "ok" or the answer's result.kind, if it is one of ACCESS_RESULTS,
+    else "failed". A repeated delivery counts as what the first one was answered."""
+    if outcome in _WORKER_OUTCOMES:
+        return outcome
+    if success:
+        return "ok"
+    return kind if isinstance(kind, str) and kind in ACCESS_RESULTS else "failed"
 
 
 @dataclass
@@ -61,11 +129,18 @@ class Metrics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counters: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-        self._gauges: dict[str, float] = {"connected": 0, "grants_in_force": 0, "managed_users": 0, "reload_failed": 0}
+        self._gauges: dict[str, float] = {
+            "connected": 0,
+            "grants_in_force": 0,
+            "managed_users": 0,
+            "reload_failed": 0,
+            "agent_access": 0,
+        }
         self._duration = _Histogram([0] * len(DURATION_BUCKETS))
         for name in ("policy_denials_total", "expiries_total", "drift_found_total", "drift_repaired_total"):
             self._counters[name] = {(): 0}  # present from the start: a rate() over a missing series is empty
         self._counters["requests_total"] = {}
+        self._counters["access_requests_total"] = {}
         self._counters["reconnects_total"] = {}
 
     def _add(self, name: str, labels: dict[str, str], amount: float = 1) -> None:
@@ -83,6 +158,15 @@ class Metrics:
                     self._duration.counts[index] += 1
             self._duration.total += seconds
             self._duration.observations += 1
+
+    def access_done(self, command: str, result: str) -> None:
+        """One agent-access answer, by access_result's `result` (bounded here too: anything else is "failed")."""
+        label = command_label(command)
+        if label not in ACCESS_COMMANDS:  # an unknown ssh_* name: "other" in requests_total, and here
+            label = "other"
+        self._add(
+            "access_requests_total", {"command": label, "result": result if result in ACCESS_RESULTS else "failed"}
+        )
 
     def reconnect(self, reason: str) -> None:
         self._add("reconnects_total", {"reason": reason})
@@ -112,10 +196,8 @@ class Metrics:
         """The whole exposition, one metric family after another, ending with a newline."""
         with self._lock:
             lines: list[str] = []
-            for name in ("requests_total", "policy_denials_total", "expiries_total", "drift_found_total"):
+            for name in COUNTERS:
                 lines += _family(name, "counter", self._counters[name].items())
-            lines += _family("drift_repaired_total", "counter", self._counters["drift_repaired_total"].items())
-            lines += _family("reconnects_total", "counter", self._counters["reconnects_total"].items())
             for name, value in self._gauges.items():
                 lines += _family(name, "gauge", [((), value)])
             lines += self._histogram_lines()
