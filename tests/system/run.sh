@@ -282,7 +282,7 @@ else
 fi
 # Resource ceilings (issue 11 item 7): what systemd loaded, then what the running agent really gets from its cgroup
 # and its rlimits (a unit value the kernel never sees would bound nothing).
-expect_eq "MemoryMax TasksMax LimitNOFILE as the unit sets them" "402653184 256 2048" \
+expect_eq "MemoryMax TasksMax LimitNOFILE as the unit sets them" "469762048 256 2048" \
     "$(show MemoryMax) $(show TasksMax) $(show LimitNOFILE)"
 # The cgroup limits, read where the running agent's cgroup is: unified (v2), or per controller (v1). On a host
 # with the legacy hierarchy the container may have no controller of its own to apply them with: that is reported
@@ -290,10 +290,10 @@ expect_eq "MemoryMax TasksMax LimitNOFILE as the unit sets them" "402653184 256 
 agent_cgroups=$(C cat "/proc/$(show MainPID)/cgroup" 2>&1)
 if C test -f /sys/fs/cgroup/cgroup.controllers; then
     v2_path=$(sed -n 's/^0:://p' <<<"$agent_cgroups")
-    expect_eq "in force: the agent's cgroup memory.max and pids.max" "402653184 256" \
+    expect_eq "in force: the agent's cgroup memory.max and pids.max" "469762048 256" \
         "$(C cat "/sys/fs/cgroup$v2_path/memory.max" "/sys/fs/cgroup$v2_path/pids.max" 2>&1 | tr '\n' ' ' | sed 's/ $//')"
 else
-    for pair in memory:memory.limit_in_bytes:402653184 pids:pids.max:256; do
+    for pair in memory:memory.limit_in_bytes:469762048 pids:pids.max:256; do
         IFS=: read -r controller file expected <<<"$pair"
         path=$(sed -n "s/^[0-9]*:$controller:\(.*\)/\1/p" <<<"$agent_cgroups")
         if [[ $path == */$unit ]] && C test -f "/sys/fs/cgroup/$controller$path/$file"; then
