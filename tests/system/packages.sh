@@ -38,7 +38,8 @@ check_deb() {
     listing_lacks "deb: no pip, setuptools or dev tools in the runtime" "$listing" \
         'site-packages/(pip|setuptools|_distutils_hack|pytest|_pytest|mypy|ruff|hypothesis)(/|-)'
     listing_lacks "deb: nothing group- or world-writable" "$listing" '^[-d]....w|^[-d].......w'
-    expect_eq "deb: conffiles" "/etc/default/p0-ssh-agent /etc/p0-ssh-agent/policy.cedar" \
+    expect_eq "deb: conffiles" \
+        "/etc/default/p0-ssh-agent /etc/p0-ssh-agent/agent-access.cedar /etc/p0-ssh-agent/policy.cedar" \
         "$(dpkg-deb -I "$deb" conffiles 2>/dev/null | sort | tr '\n' ' ' | sed 's/ $//')"
     listing_has "deb: the local policy, 0644 root" "$listing" '^-rw-r--r-- root/root .* \./etc/p0-ssh-agent/policy\.cedar$'
     listing_has "deb: starter policies in the docs" "$listing" ' \./usr/share/doc/p0-ssh-agent/policies/no-sudo\.cedar$'

@@ -12,11 +12,12 @@
 # 5. boots it with systemd-nspawn (--register=no --keep-unit --private-network --volatile=overlay) and, inside:
 #    the repository as an apt source with Signed-By:, apt-get update without a warning, `apt-get install
 #    p0-ssh-agent`, keygen, the dev backend under systemd-run, a config pointing at it, enable --now, READY and
-#    STATUS, grants over the backend and an ssh login as the new user, the audit trail found with journalctl
-#    field filters, fork chains that a revoke still ends, reload, a watchdog restart of a hung agent, the journal,
-#    an upgrade to the next version from the repository with the grants kept, stop, remove (the live grants
-#    named), purge (the ledger kept while they live), reinstall, revoke-all and a purge that leaves nothing; on
-#    bookworm then the upgrade from the 0.1.0 release (tests/system/upgrade-0.1.0.sh).
+#    STATUS, agent access (tests/system/agent-access.sh: ssh_file_create and cosigned ssh_exec run as an account in
+#    a transient unit outside the agent's own), grants over the backend and an ssh login as the new user, the audit
+#    trail found with journalctl field filters, fork chains that a revoke still ends, reload, a watchdog restart of
+#    a hung agent, the journal, an upgrade to the next version from the repository with the grants kept, stop,
+#    remove (the live grants named), purge (the ledger kept while they live), reinstall, revoke-all and a purge
+#    that leaves nothing; on bookworm then the upgrade from the 0.1.0 release (tests/system/upgrade-0.1.0.sh).
 #
 # Everything runs inside `unshare --mount --pid --fork`, so the container and every process it started die with
 # this script, whatever happens to it; nothing is written to the host's /etc, /home or /run.
@@ -54,6 +55,8 @@ source "$here/repo.sh"
 source "$here/dnf.sh"
 # shellcheck source=tests/system/upgrade-0.1.0.sh
 source "$here/upgrade-0.1.0.sh"
+# shellcheck source=tests/system/agent-access.sh
+source "$here/agent-access.sh"
 
 cd "$root" || exit 1
 # Nothing this test runs may write the machine's /root: Debian's rpm keeps its database in $HOME/.rpmdb (every
@@ -279,7 +282,7 @@ else
 fi
 # Resource ceilings (issue 11 item 7): what systemd loaded, then what the running agent really gets from its cgroup
 # and its rlimits (a unit value the kernel never sees would bound nothing).
-expect_eq "MemoryMax TasksMax LimitNOFILE as the unit sets them" "402653184 256 2048" \
+expect_eq "MemoryMax TasksMax LimitNOFILE as the unit sets them" "469762048 256 2048" \
     "$(show MemoryMax) $(show TasksMax) $(show LimitNOFILE)"
 # The cgroup limits, read where the running agent's cgroup is: unified (v2), or per controller (v1). On a host
 # with the legacy hierarchy the container may have no controller of its own to apply them with: that is reported
@@ -287,10 +290,10 @@ expect_eq "MemoryMax TasksMax LimitNOFILE as the unit sets them" "402653184 256 
 agent_cgroups=$(C cat "/proc/$(show MainPID)/cgroup" 2>&1)
 if C test -f /sys/fs/cgroup/cgroup.controllers; then
     v2_path=$(sed -n 's/^0:://p' <<<"$agent_cgroups")
-    expect_eq "in force: the agent's cgroup memory.max and pids.max" "402653184 256" \
+    expect_eq "in force: the agent's cgroup memory.max and pids.max" "469762048 256" \
         "$(C cat "/sys/fs/cgroup$v2_path/memory.max" "/sys/fs/cgroup$v2_path/pids.max" 2>&1 | tr '\n' ' ' | sed 's/ $//')"
 else
-    for pair in memory:memory.limit_in_bytes:402653184 pids:pids.max:256; do
+    for pair in memory:memory.limit_in_bytes:469762048 pids:pids.max:256; do
         IFS=: read -r controller file expected <<<"$pair"
         path=$(sed -n "s/^[0-9]*:$controller:\(.*\)/\1/p" <<<"$agent_cgroups")
         if [[ $path == */$unit ]] && C test -f "/sys/fs/cgroup/$controller$path/$file"; then
@@ -326,6 +329,9 @@ status_checks() {
     if wait_until 60 status_is 0; then ok "status after the backend is back: exit 0"; else bad "status after the backend is back: exit 0" "exit $(status_rc): $(show StatusText)"; fi
 }
 status_checks
+
+# --- agent access: an operation as the account, in a transient unit outside the agent's own (issue 17 item 4) ----
+agent_access_checks
 
 # --- the unit's sandbox against the agent's tools ----------------------------------------------------------------
 # The agent's own grants below are the real proof; this probe also runs while the agent cannot apply changes yet,
