@@ -62,7 +62,7 @@ def test_a_huge_reply_is_a_failure_without_being_parsed() -> None:
 
 
 def test_an_unknown_error_kind_becomes_failed_and_the_message_is_bounded_and_printable() -> None:
-    kinds = ("denied_by_policy", "step_up_required", 7, None)
+    kinds = ("denied_by_policy", "step_up_required", 7, None, ["not_found"], {"kind": "not_found"})  # lists: unhashable
     for kind in kinds:
         reply = parse_reply(json.dumps({"ok": False, "error_kind": kind, "message": "m"}).encode())
         assert (reply.ok, reply.error_kind) == (False, "failed"), kind

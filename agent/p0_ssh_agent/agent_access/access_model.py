@@ -171,6 +171,22 @@ class RefusalKind(StrEnum):
     FAILED = "failed"  # 500: the worker failed, timed out starting, or replied garbage
 
 
+# The kinds a worker may report (file_ops.py's, dir_ops.py's and exec_op.py's errors; INVALID: what it found wrong
+# with the job, a prefix it refuses, say). Any other kind a reply names is garbage from a hostile or broken worker:
+# confine.parse_reply and answers.py treat it as FAILED.
+WORKER_ERROR_KINDS = frozenset(
+    {
+        RefusalKind.INVALID,
+        RefusalKind.NOT_FOUND,
+        RefusalKind.EXISTS,
+        RefusalKind.CONFLICT,
+        RefusalKind.REFUSED_FILE,
+        RefusalKind.TOO_LARGE,
+        RefusalKind.FAILED,
+    }
+)
+
+
 @dataclass(frozen=True)
 class Refusal:
     kind: RefusalKind

@@ -15,7 +15,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-from p0_ssh_agent.agent_access.access_model import AccessCommand, Operation, Refusal, RefusalKind, WorkerReply
+from p0_ssh_agent.agent_access.access_model import (
+    WORKER_ERROR_KINDS,
+    AccessCommand,
+    Operation,
+    Refusal,
+    RefusalKind,
+    WorkerReply,
+)
 from p0_ssh_agent.core import messages
 from p0_ssh_agent.protocol.forwarded import CommandResult
 
@@ -35,19 +42,6 @@ STATUS: Final[dict[RefusalKind, int]] = {
     RefusalKind.BUSY: 503,
     RefusalKind.FAILED: 500,
 }
-# The worker may report only these (file_ops.py's and exec_op.py's errors); any other kind it names is garbage
-# from a hostile or broken worker, answered as a failure.
-WORKER_KINDS: Final = frozenset(
-    {
-        RefusalKind.INVALID,  # what the worker found wrong with the job (a prefix it refuses, say)
-        RefusalKind.NOT_FOUND,
-        RefusalKind.EXISTS,
-        RefusalKind.CONFLICT,
-        RefusalKind.REFUSED_FILE,
-        RefusalKind.TOO_LARGE,
-        RefusalKind.FAILED,
-    }
-)
 _PREFIXES: Final[dict[RefusalKind, str]] = {
     RefusalKind.INVALID: "invalid",
     RefusalKind.NOT_FOUND: "not found",
@@ -80,7 +74,7 @@ def worker_refusal(reply: WorkerReply) -> Refusal:
         kind = RefusalKind(reply.error_kind)
     except ValueError:
         kind = RefusalKind.FAILED
-    if kind not in WORKER_KINDS:
+    if kind not in WORKER_ERROR_KINDS:
         kind = RefusalKind.FAILED
     text = printable(reply.message) or "the worker gave no reason"
     return Refusal(kind, f"{_PREFIXES[kind]}: {text}")

@@ -72,6 +72,7 @@ from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.agent_access.access_model import (
     MAX_EXEC_SECONDS,
     MAX_STREAM_BYTES,
+    WORKER_ERROR_KINDS,
     AccessCommand,
     RefusalKind,
     TargetAccount,
@@ -96,18 +97,6 @@ MAX_MESSAGE_CHARS = 512
 # runtime/worker.py must answer; the worker's own timeout answers it at 110 s.
 DEADLINE_GRACE = 4  # seconds past the worker's own limit before the agent kills it
 EXEC_MARGIN = 3  # seconds a unit running exec gets beyond the command's timeout, to report it
-WORKER_ERROR_KINDS = frozenset(
-    kind.value
-    for kind in (
-        RefusalKind.NOT_FOUND,
-        RefusalKind.EXISTS,
-        RefusalKind.CONFLICT,
-        RefusalKind.REFUSED_FILE,
-        RefusalKind.TOO_LARGE,
-        RefusalKind.FAILED,
-        RefusalKind.INVALID,
-    )
-)
 MODES = ("systemd", "namespace")
 
 
@@ -213,7 +202,7 @@ def parse_reply(raw: bytes) -> WorkerReply:
     kind, message = value.get("error_kind"), value.get("message")
     if not isinstance(message, str):
         message = "the worker gave no message"
-    if kind not in WORKER_ERROR_KINDS:
+    if not isinstance(kind, str) or kind not in WORKER_ERROR_KINDS:  # a list or object is unhashable: check first
         return _failed(f"the worker failed: {_printable(message)}" if isinstance(kind, str) else _printable(message))
     return WorkerReply(ok=False, error_kind=str(kind), message=_printable(message))
 

@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
+from p0_ssh_agent.protocol.jsonrpc import nesting_depth
+
 # The algorithm of each key is configured (trust_keys.py); a token's `alg` must equal it (no algorithm confusion).
 SUPPORTED_ALGORITHMS = ("EdDSA", "ES256", "ES384")
 # ECDSA: the curve, the hash and the byte length of r and of s.
@@ -91,31 +93,9 @@ def _refuse_constant(name: str) -> object:
     raise JwsMalformed(f"JSON constant {name} is not allowed")
 
 
-def _nesting_depth(text: str) -> int:
-    """The deepest nesting of arrays and objects, counted outside strings, without recursing."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "]}":
-            depth -= 1
-    return deepest
-
-
 def parse_json_object(text: str, what: str) -> dict[str, object]:
     """One JSON object: no duplicate member, no NaN/Infinity, nesting at most MAX_JSON_DEPTH; else JwsMalformed."""
-    if _nesting_depth(text) > MAX_JSON_DEPTH:
+    if nesting_depth(text) > MAX_JSON_DEPTH:
         raise JwsMalformed(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
     try:
         value = json.loads(text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant)

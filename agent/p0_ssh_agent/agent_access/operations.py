@@ -34,7 +34,7 @@ from p0_ssh_agent.agent_access.access_model import (
 )
 from p0_ssh_agent.agent_access.scoped_paths import PathRefused, components
 from p0_ssh_agent.core import messages
-from p0_ssh_agent.core.requests import REQUEST_ID_RE, USER_NAME_RE, is_user_name
+from p0_ssh_agent.core.requests import REQUEST_ID_RE, USER_NAME_RE, is_user_name, json_type
 
 MAX_HOST_CHARS = 253
 MAX_UCAN_BYTES = 16 * 1024
@@ -176,21 +176,9 @@ def _operation(command: AccessCommand, values: Mapping[str, object]) -> Operatio
 # --- each member's rule: (member, hostile value) -> the value, or OperationInvalid -------------------------------
 
 
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list | tuple) else "object" if isinstance(value, Mapping) else "value"
-
-
 def _string(name: str, value: object) -> str:
     if not isinstance(value, str):
-        raise OperationInvalid(f"{name}: must be a string (got {_json_type(value)})")
+        raise OperationInvalid(f"{name}: must be a string (got {json_type(value)})")
     return value
 
 
@@ -231,7 +219,7 @@ def _compact_token(limit: int) -> Callable[[str, object], str]:
 
 def _path(name: str, value: object) -> str:
     if not isinstance(value, str):
-        raise OperationInvalid(f"{name}: must be a string (got {_json_type(value)})")
+        raise OperationInvalid(f"{name}: must be a string (got {json_type(value)})")
     try:
         components(value, name)
     except PathRefused as exc:
@@ -254,14 +242,14 @@ def _data(name: str, value: object) -> bytes:
 
 def _boolean(name: str, value: object) -> bool:
     if not isinstance(value, bool):
-        raise OperationInvalid(f"{name}: must be true or false (got {_json_type(value)})")
+        raise OperationInvalid(f"{name}: must be true or false (got {json_type(value)})")
     return value
 
 
 def _integer(low: int, high: int) -> Callable[[str, object], int]:
     def rule(name: str, value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise OperationInvalid(f"{name}: must be an integer (got {_json_type(value)})")
+            raise OperationInvalid(f"{name}: must be an integer (got {json_type(value)})")
         if not low <= value <= high:
             raise OperationInvalid(f"{name}: must be between {low} and {high}")
         return value
@@ -271,13 +259,13 @@ def _integer(low: int, high: int) -> Callable[[str, object], int]:
 
 def _argv(name: str, value: object) -> tuple[str, ...]:
     if not isinstance(value, list):
-        raise OperationInvalid(f"{name}: must be an array of strings (got {_json_type(value)})")
+        raise OperationInvalid(f"{name}: must be an array of strings (got {json_type(value)})")
     if not 1 <= len(value) <= MAX_EXEC_ARGS:
         raise OperationInvalid(f"{name}: must hold 1 to {MAX_EXEC_ARGS} strings")
     total = 0
     for index, arg in enumerate(value):
         if not isinstance(arg, str):
-            raise OperationInvalid(f"{name}[{index}]: must be a string (got {_json_type(arg)})")
+            raise OperationInvalid(f"{name}[{index}]: must be a string (got {json_type(arg)})")
         if "\x00" in arg:
             raise OperationInvalid(f"{name}[{index}]: contains a NUL byte")
         try:

@@ -186,7 +186,10 @@ def is_user_name(value: str) -> bool:
     return _USER_NAME.fullmatch(value) is not None
 
 
-def _json_type(value: object) -> str:
+def json_type(value: object) -> str:
+    """The JSON name of a parsed value's type, for "must be a string (got number)" messages (agent_access too)."""
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return "boolean"
     if isinstance(value, int | float):
@@ -224,12 +227,12 @@ class _Members:
         if member in _BOOLEAN_MEMBERS:
             if not isinstance(value, bool):
                 raise RequestInvalid(
-                    member, messages.unmarshal_failed(f"{member} must be a JSON boolean (got {_json_type(value)})")
+                    member, messages.unmarshal_failed(f"{member} must be a JSON boolean (got {json_type(value)})")
                 )
             self._booleans[member] = value
         elif not isinstance(value, str):
             raise RequestInvalid(
-                member, messages.unmarshal_failed(f"{member} must be a JSON string (got {_json_type(value)})")
+                member, messages.unmarshal_failed(f"{member} must be a JSON string (got {json_type(value)})")
             )
         else:
             self._strings[member] = value

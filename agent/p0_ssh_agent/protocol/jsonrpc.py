@@ -107,6 +107,12 @@ def _nesting_depth(text: str) -> int:
     """Deepest bracket nesting outside strings; checked before json.loads so deep input cannot recurse."""
     if text.count("[") + text.count("{") <= MAX_NESTING:
         return 0  # cannot be too deep: skip the character-by-character scan for ordinary frames
+    return nesting_depth(text)
+
+
+def nesting_depth(text: str) -> int:
+    """The deepest nesting of arrays and objects in JSON text, counted outside strings, without recursing (also
+    agent_access/jws_compact.py's check before it parses a token's parts)."""
     depth = deepest = 0
     in_string = escaped = False
     for char in text:
