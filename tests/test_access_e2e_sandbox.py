@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import itertools
 import json
 import os
 import shutil
@@ -29,29 +28,28 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from p0_ssh_agent.agent_access.access_model import MAX_WRITE_BYTES, Grant
-from p0_ssh_agent.agent_access.minting import (
-    did_key_ed25519,
-    generate_key,
-    mint_cosignature,
-    mint_ucan,
-    trust_file_json,
+from access_support import (
+    APPROVER,
+    STARTER_NAMES,
+    access_config,
+    access_files,
+    b64,
+    body,
+    call,
+    cosigned,
+    entries,
+    refused,
+    result_of,
+    starter_text,
+    ucan_for,
 )
-from p0_ssh_agent.agent_access.operations import parse_operation
+from p0_ssh_agent.agent_access.access_model import MAX_WRITE_BYTES
 from provisioning_support import Daemon, make_keys, running_daemon
 from sandbox.fixtures import Sandbox, unique_user_name
 
 pytestmark = pytest.mark.sandbox
 
-HOST = "ops-01.example.com"  # the starter policies' host; the agent's `hostname`
-AUDIENCE = f"did:web:{HOST}"
-STARTERS = Path(__file__).resolve().parents[1] / "docs" / "policies" / "agent-access"
-ISSUER_KEY = Ed25519PrivateKey.generate()
-ISSUER = did_key_ed25519(ISSUER_KEY)
-APPROVER_KEY = generate_key("ES256")
-APPROVER = "oncall-approver"
 STRANGER_KEY = Ed25519PrivateKey.generate()
-REQUEST_IDS = itertools.count(1)
 
 
 @dataclass
@@ -87,107 +85,26 @@ def host(sandbox: Sandbox, tmp_path: Path) -> Iterator[AccessHost]:
             parent.chmod(0o755)
         if owner is not None:
             shutil.chown(prefix, owner, owner)
-    text = "\n".join(path.read_text() for path in sorted(STARTERS.glob("*.cedar")))
-    for old, new in (
-        ("/var/www/app", str(www)),
-        ("/srv/app", str(srv)),
-        ("/var/log/myapp", str(logs)),
-        ('"deploy"', f'"{users["deploy"]}"'),
-        ('"recovery"', f'"{users["recovery"]}"'),
-        ('"log-reader"', f'"{users["logs"]}"'),
-    ):
-        text = text.replace(old, new)
-    policy, trust = tmp_path / "agent-access.cedar", tmp_path / "agent-access-keys.json"
-    policy.write_text(text)
-    trust.write_text(trust_file_json([(ISSUER, "EdDSA", ISSUER_KEY)], [(APPROVER, "ES256", APPROVER_KEY)]))
-    for path in (policy, trust):
-        path.chmod(0o644)
+    text = starter_text(
+        STARTER_NAMES,
+        (
+            ("/var/www/app", str(www)),
+            ("/srv/app", str(srv)),
+            ("/var/log/myapp", str(logs)),
+            ('"deploy"', f'"{users["deploy"]}"'),
+            ('"recovery"', f'"{users["recovery"]}"'),
+            ('"log-reader"', f'"{users["logs"]}"'),
+        ),
+    )
+    policy, trust = access_files(tmp_path, text)
     audit = tmp_path / "audit.jsonl"
-    extra: dict[str, object] = {
-        "hostname": HOST,
-        "agentAccess": True,
-        "agentAccessUsers": [users["deploy"], users["recovery"], users["logs"]],
-        "agentAccessPolicyFile": str(policy),
-        "agentAccessKeysFile": str(trust),
-        "agentAccessConfinement": "namespace",
-        "auditFile": str(audit),
-    }
+    listed = [users["deploy"], users["recovery"], users["logs"]]
+    extra: dict[str, object] = access_config(listed, policy, trust, audit)
     yield AccessHost(tmp_path, make_keys(tmp_path), users, www, srv, logs, audit, extra)
     shutil.rmtree(root, ignore_errors=True)
     shutil.rmtree(logs, ignore_errors=True)
     for name in users.values():
         sandbox.userdel(name)
-
-
-def ucan_for(
-    user: str,
-    prefix: Path | str,
-    abilities: tuple[str, ...] = ("ssh/*",),
-    *,
-    key: Ed25519PrivateKey = ISSUER_KEY,
-    audience: str = AUDIENCE,
-    host: str = HOST,
-    now: int | None = None,
-) -> str:
-    grants = [Grant(ability, host, user, str(prefix)) for ability in abilities]
-    return mint_ucan(
-        key,
-        algorithm="EdDSA",
-        issuer=ISSUER,
-        audience=audience,
-        grants=grants,
-        now=now if now is not None else int(time.time()),
-    )
-
-
-def body(command: str, user: str, token: str, **members: object) -> dict[str, object]:
-    return {"command": command, "requestId": f"req-{next(REQUEST_IDS):05d}", "username": user, "ucan": token, **members}
-
-
-def cosigned(request: dict[str, object]) -> dict[str, object]:
-    """The request with an approver's cosignature of it (of the Operation the agent will parse from it)."""
-    operation = parse_operation(str(request["command"]), request)
-    signature = mint_cosignature(
-        APPROVER_KEY,
-        algorithm="ES256",
-        key_id=APPROVER,
-        op=operation,
-        audience=AUDIENCE,
-        ucan_token=str(request["ucan"]),
-        now=int(time.time()),
-    )
-    return {**request, "cosignature": signature}
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def call(daemon: Daemon, request: dict[str, object], status: int = 200) -> dict[str, object]:
-    """Post one request; its answer's data, after checking the HTTP status it came with."""
-    got, answer = daemon.post(request)
-    assert got == status, (got, answer)
-    return answer
-
-
-def result_of(answer: dict[str, object]) -> dict[str, object]:
-    result = answer.get("result")
-    assert isinstance(result, dict), answer
-    return result
-
-
-def entries(result: dict[str, object]) -> list[dict[str, object]]:
-    found = result.get("entries")
-    assert isinstance(found, list) and all(isinstance(entry, dict) for entry in found), result
-    return found
-
-
-def refused(daemon: Daemon, request: dict[str, object], status: int, kind: str, words: str) -> str:
-    answer = call(daemon, request, status)
-    assert answer["success"] is False and result_of(answer)["kind"] == kind, answer
-    error = str(answer["error"])
-    assert words in error, error
-    return error
 
 
 def audit_entries(host: AccessHost) -> list[dict[str, object]]:
