@@ -9,15 +9,34 @@ from __future__ import annotations
 import base64
 import os
 import pwd
+import shutil
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import trio
 
+import p0_ssh_agent
+from p0_ssh_agent.agent_access import confine
 from p0_ssh_agent.agent_access.access_model import MAX_STREAM_BYTES, TargetAccount, WorkerJob, WorkerReply
 from p0_ssh_agent.agent_access.confine import WorkerLimits, choose_mode, run_worker
 from p0_ssh_agent.host.sessions import user_processes
+
+
+def worker_visible_to_the_unit() -> None:
+    """The unit's PrivateTmp=yes hides a checkout under /tmp (a clean clone in /tmp, say) from the worker, which
+    would then fail to start (status 203). The package's interpreter never lives there; for a checkout that does,
+    the container's own python3.11 runs the worker from a copy of the agent in its dist-packages (the container is
+    volatile: the copy goes with it). The worker imports only the standard library and agent_access's modules."""
+    package = Path(p0_ssh_agent.__file__).resolve().parent
+    if not any(package.is_relative_to(tmp) for tmp in (Path("/tmp"), Path("/var/tmp"))):
+        return
+    target = Path("/usr/local/lib/python3.11/dist-packages/p0_ssh_agent")
+    shutil.copytree(package, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+    confine.WORKER_INTERPRETER = "/usr/bin/python3.11"
+    print(f"note: the checkout is under /tmp ({package}); the worker runs from {target}", flush=True)
+
 
 BOMB = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
 LIMITS = WorkerLimits(tasks=16, memory_bytes=256 * 1024 * 1024, seconds=20)
@@ -135,4 +154,5 @@ async def main(name: str, prefix: str, outside: str) -> None:
 
 
 if __name__ == "__main__":
+    worker_visible_to_the_unit()
     trio.run(main, sys.argv[1], sys.argv[2], sys.argv[3])

@@ -97,6 +97,10 @@ MAX_MESSAGE_CHARS = 512
 # runtime/worker.py must answer; the worker's own timeout answers it at 110 s.
 DEADLINE_GRACE = 4  # seconds past the worker's own limit before the agent kills it
 EXEC_MARGIN = 3  # seconds a unit running exec gets beyond the command's timeout, to report it
+# The worker runs the agent's own interpreter (the package's, under /usr/lib/p0-ssh-agent). A module constant so
+# that the system test can point it at one the transient unit can see: a checkout under /tmp is hidden from a unit
+# with PrivateTmp=yes (tests/system/access_worker_probe.py).
+WORKER_INTERPRETER = sys.executable
 MODES = ("systemd", "namespace")
 
 
@@ -131,7 +135,7 @@ def worker_argv(
 ) -> list[str]:
     """The argv that starts the worker for `account` in `mode` (module docstring). `prefix` must have passed
     scoped_paths.clean_prefix (nothing in it that systemd would split, unquote or expand)."""
-    worker = [sys.executable, "-I", "-m", WORKER_MODULE, "--home", account.home, "--user", account.name]
+    worker = [WORKER_INTERPRETER, "-I", "-m", WORKER_MODULE, "--home", account.home, "--user", account.name]
     worker += ["--tasks", str(limits.tasks), "--memory", str(limits.memory_bytes)]  # rlimits, in both modes
     if mode == "namespace":
         groups = ",".join(str(gid) for gid in sorted(set(os.getgrouplist(account.name, account.gid))))
