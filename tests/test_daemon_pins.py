@@ -115,10 +115,17 @@ async def test_a_mismatch_is_refused_logged_shown_and_retried_on_the_period(
         attempts_before = agent.output().count("tunnel_pin_mismatch")
         await trio.sleep(3.0)  # three reconnect periods
         attempts = agent.output().count("tunnel_pin_mismatch") - attempts_before
-        status = await trio.run_process(
-            [str(AGENT), "status", "--config", str(config), "--json"],
-            capture_stdout=True, capture_stderr=True, check=False, env=BASE_ENV,
-        )  # fmt: skip
+        # status shows the live state: between two attempts (one a second) it may catch "connecting", which does
+        # not carry the last error, so ask again until it shows a refused attempt (bounded by GUARD).
+        with trio.fail_after(GUARD):
+            while True:
+                status = await trio.run_process(
+                    [str(AGENT), "status", "--config", str(config), "--json"],
+                    capture_stdout=True, capture_stderr=True, check=False, env=BASE_ENV,
+                )  # fmt: skip
+                if MISMATCH in status.stdout.decode():
+                    break
+                await trio.sleep(0.1)
         nursery.cancel_scope.cancel()
     assert agent.running, agent.output()  # a refused key is not a reason to exit
     assert backend.handshakes == []  # no upgrade request reached the server: no token either
