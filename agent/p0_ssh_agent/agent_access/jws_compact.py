@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
-from p0_ssh_agent.protocol.jsonrpc import nesting_depth
+from p0_ssh_agent.protocol.jsonrpc import DuplicateKeyError, nesting_depth, no_duplicate_keys
 
 # The algorithm of each key is configured (trust_keys.py); a token's `alg` must equal it (no algorithm confusion).
 SUPPORTED_ALGORITHMS = ("EdDSA", "ES256", "ES384")
@@ -80,15 +80,6 @@ def b64url_decode_strict(text: str, what: str) -> bytes:
     return data
 
 
-def _refuse_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    result: dict[str, object] = {}
-    for key, value in pairs:
-        if key in result:
-            raise JwsMalformed(f"duplicate JSON member {key[:64]!r}")
-        result[key] = value
-    return result
-
-
 def _refuse_constant(name: str) -> object:
     raise JwsMalformed(f"JSON constant {name} is not allowed")
 
@@ -98,7 +89,9 @@ def parse_json_object(text: str, what: str) -> dict[str, object]:
     if nesting_depth(text) > MAX_JSON_DEPTH:
         raise JwsMalformed(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
     try:
-        value = json.loads(text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant)
+        value = json.loads(text, object_pairs_hook=no_duplicate_keys, parse_constant=_refuse_constant)
+    except DuplicateKeyError as exc:
+        raise JwsMalformed(f"{what}: duplicate JSON member {exc.key[:64]!r}") from None
     except JwsMalformed as exc:
         raise JwsMalformed(f"{what}: {exc}") from None
     except (ValueError, RecursionError):  # JSONDecodeError, an integer of too many digits

@@ -77,16 +77,21 @@ class Invalid:
 Incoming = Request | Notification | Response | Invalid
 
 
-class _DuplicateKeyError(ValueError):
-    pass
+class DuplicateKeyError(ValueError):
+    """A JSON object named one member twice (no_duplicate_keys); `key` is that member."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key = key
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads' object_pairs_hook that refuses a repeated member (also agent_access/jws_compact.py's)."""
     # Two values for one key would let a proxy and the agent read different requests from the same bytes.
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise _DuplicateKeyError(f"duplicate key {key!r}")
+            raise DuplicateKeyError(key)
         result[key] = value
     return result
 
@@ -160,7 +165,7 @@ def loads_strict(text: str) -> object:
     if _nesting_depth(text) > MAX_NESTING:
         raise ValueError(f"nesting deeper than {MAX_NESTING}")
     return json.loads(
-        text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant, parse_float=_finite_float
+        text, object_pairs_hook=no_duplicate_keys, parse_constant=_reject_constant, parse_float=_finite_float
     )
 
 
