@@ -11,19 +11,24 @@ chain by luck. A real host runs 100-300 processes (this build machine: about 130
 chain's newest PID nearly every time. So the tests first fill the namespace with BYSTANDERS idle root processes:
 the process table of an ordinary host. They are never the target and must survive.
 
-After a revoke that answers success, no process of the UID may be left. "Left" is judged by repeated scans of
-/proc (any UID slot), because one scan can miss a chain between two generations.
+After a revoke that answers success, no process of the chains may be left. That is proved by a pipe every
+generation inherits reading end of file (a scan of /proc cannot prove it: in this table a chain's generation is
+missed by nearly every scan, measured at 9 of 10 twenty-scan rounds seeing fewer PIDs than there are chains), and
+checked besides by repeated scans of /proc for any process of the UID (any UID slot), such as one the chains
+started with the pipe closed.
 """
 
 from __future__ import annotations
 
 import os
 import pwd
+import select
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -101,7 +106,40 @@ def kill_everything_of(uid: int) -> None:
     raise AssertionError(f"teardown could not end the processes of UID {uid}")
 
 
-StartChains = Callable[[str], int]
+def read_report(report: int, *, patience: float = 60.0) -> int:
+    """How many chains reported that they run: the bytes on their pipe until end of file (every chain closes its
+    end once it has written). A readiness guard, not a timing assertion: a chain that never reports ends the wait
+    after `patience` seconds with the count so far."""
+    count = 0
+    deadline = time.monotonic() + patience
+    while (left := deadline - time.monotonic()) > 0:
+        readable, _, _ = select.select([report], [], [], left)
+        if not readable:
+            break
+        chunk = os.read(report, 64)
+        if not chunk:
+            break
+        count += len(chunk)
+    return count
+
+
+class Chains(NamedTuple):
+    """Fork chains running as `uid`. `lifeline` is the read end of a pipe whose write end every generation
+    inherits (the chain program never closes it): end of file on it means no process of the chains is left, which
+    no /proc scan can prove."""
+
+    uid: int
+    lifeline: int
+
+
+def every_chain_ended(chains: Chains, *, patience: float = 10.0) -> bool:
+    """True once the lifeline reads end of file. The patience covers a SIGKILLed process still in its exit path
+    (it closes its descriptors there); it is a bound on a wait, not a timing assertion."""
+    readable, _, _ = select.select([chains.lifeline], [], [], patience)
+    return bool(readable) and os.read(chains.lifeline, 1) == b""
+
+
+StartChains = Callable[[str], Chains]
 
 
 @pytest.fixture
@@ -116,23 +154,35 @@ def bystanders(sandbox: Sandbox) -> Iterator[list[subprocess.Popen[bytes]]]:
 
 @pytest.fixture
 def start_chains(sandbox: Sandbox, bystanders: list[subprocess.Popen[bytes]]) -> Iterator[StartChains]:
-    """start_chains(user) -> uid: the fork chains run as the user; everything of that UID is killed at teardown."""
+    """start_chains(user) -> Chains: the fork chains run as the user; everything of that UID is killed at
+    teardown."""
     uids: list[int] = []
+    lifelines: list[int] = []
 
-    def start(user: str) -> int:
+    def start(user: str) -> Chains:
         entry = pwd.getpwnam(user)
         uids.append(entry.pw_uid)
+        lifeline, held_by_chains = os.pipe()
+        lifelines.append(lifeline)
         argv = chain_argv(entry.pw_uid, entry.pw_gid, nproc=USER_NPROC, lifetime=CHAIN_LIFETIME)
-        first = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=CHILD_ENV)
-        first.wait(timeout=60)
-        deadline = time.monotonic() + 30  # readiness: the chains are running (not a timing assertion)
-        while len(seen_alive(entry.pw_uid)) < CHAINS:
-            assert time.monotonic() < deadline, "the fork chains never came up"
-        return entry.pw_uid
+        try:
+            first = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=CHILD_ENV, pass_fds=(held_by_chains,)
+            )
+        finally:
+            os.close(held_by_chains)
+        assert first.wait(timeout=60) == 0, "the fork chains' first process failed"
+        assert first.stdout is not None
+        with first.stdout:
+            started = read_report(first.stdout.fileno())
+        assert started == CHAINS, f"{started} of {CHAINS} fork chains reported that they run"
+        return Chains(entry.pw_uid, lifeline)
 
     yield start
     for uid in uids:
         kill_everything_of(uid)
+    for lifeline in lifelines:
+        os.close(lifeline)
     assert all(process.poll() is None for process in bystanders), "a revoke ended processes of another user"
 
 
@@ -174,24 +224,26 @@ def new_user(cli: AgentCli, request_id: str) -> str:
 def test_session_revoke_outruns_a_fork_chain(make_cli: Callable[[str], AgentCli], start_chains: StartChains) -> None:
     cli = make_cli("lock")
     name = new_user(cli, "req-F1")
-    uid = start_chains(name)
+    chains = start_chains(name)
 
     ended = cli.command("provisionSession", name, action="revoke", request_id="req-F1")
 
     assert ended.success, ended
-    assert seen_alive(uid) == []
+    assert every_chain_ended(chains)
+    assert seen_alive(chains.uid) == []
 
 
 def test_user_revoke_lock_outruns_a_fork_chain(make_cli: Callable[[str], AgentCli], start_chains: StartChains) -> None:
     cli = make_cli("lock")
     name = new_user(cli, "req-F2")
-    uid = start_chains(name)
+    chains = start_chains(name)
 
     revoked = cli.command("provisionUser", name, action="revoke", request_id="req-F2")
 
     assert revoked.success, revoked
     assert revoked.message.startswith(f"User {name} locked and expired")
-    assert seen_alive(uid) == []
+    assert every_chain_ended(chains)
+    assert seen_alive(chains.uid) == []
 
 
 def test_user_revoke_delete_outruns_a_fork_chain(
@@ -199,7 +251,7 @@ def test_user_revoke_delete_outruns_a_fork_chain(
 ) -> None:
     cli = make_cli("delete")
     name = new_user(cli, "req-F3")
-    uid = start_chains(name)
+    chains = start_chains(name)
 
     revoked = cli.command("provisionUser", name, action="revoke", request_id="req-F3")
 
@@ -207,7 +259,8 @@ def test_user_revoke_delete_outruns_a_fork_chain(
     assert revoked.message.startswith(f"User {name} deleted")
     with pytest.raises(KeyError):
         pwd.getpwnam(name)
-    assert seen_alive(uid) == []
+    assert every_chain_ended(chains)
+    assert seen_alive(chains.uid) == []
 
 
 # --- the answer when processes outlive SIGKILL ------------------------------------------------------------------
