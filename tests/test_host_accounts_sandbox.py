@@ -187,3 +187,24 @@ def test_delete_of_a_busy_user_raises_user_busy_until_its_processes_end(sandbox:
         if sleeper.poll() is None:
             sleeper.kill()
         sleeper.wait()
+
+
+def test_group_ids_is_getgrouplist_without_the_gil_and_grows_past_its_first_guess(sandbox: Sandbox) -> None:
+    """accounts.group_ids calls getgrouplist(3) through ctypes (the GIL released): it must answer what
+    os.getgrouplist answers, also for an account in more groups than its first buffer holds (80 against 64)."""
+    record = new_user()
+    extra = [f"g{record.uid}x{index}" for index in range(80)]
+    try:
+        for name in extra:
+            proc.run(["/usr/sbin/groupadd", name], check=True)
+        proc.run(["/usr/sbin/usermod", "-a", "-G", ",".join(extra), record.name], check=True)
+
+        found = accounts.group_ids(record.name, record.gid)
+
+        assert sorted(found) == sorted(os.getgrouplist(record.name, record.gid))
+        assert len(set(found)) == len(extra) + 1
+        assert accounts.group_ids("p0-no-such-account", 4242) == [4242]
+    finally:
+        delete_user(record.name)
+        for name in extra:
+            proc.run(["/usr/sbin/groupdel", name], check=False)

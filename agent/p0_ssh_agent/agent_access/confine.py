@@ -82,6 +82,7 @@ from p0_ssh_agent.agent_access.access_model import (
 from p0_ssh_agent.agent_access.scoped_paths import PathRefused, clean_prefix
 from p0_ssh_agent.agent_access.worker_main import encode_job
 from p0_ssh_agent.core.requests import is_user_name
+from p0_ssh_agent.host.accounts import group_ids
 
 log = get_logger(__name__)
 
@@ -138,7 +139,7 @@ def worker_argv(
     worker = [WORKER_INTERPRETER, "-I", "-m", WORKER_MODULE, "--home", account.home, "--user", account.name]
     worker += ["--tasks", str(limits.tasks), "--memory", str(limits.memory_bytes)]  # rlimits, in both modes
     if mode == "namespace":
-        groups = ",".join(str(gid) for gid in sorted(set(os.getgrouplist(account.name, account.gid))))
+        groups = ",".join(str(gid) for gid in sorted(set(group_ids(account.name, account.gid))))
         return [
             *worker,
             "--drop-to", f"{account.uid}:{account.gid}",

@@ -18,7 +18,7 @@ from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.agent_access.access_model import Refusal, RefusalKind, TargetAccount
 from p0_ssh_agent.core.messages import token
 from p0_ssh_agent.core.requests import RESERVED_USER_NAMES
-from p0_ssh_agent.host.accounts import NOBODY_UID, uid_min
+from p0_ssh_agent.host.accounts import NOBODY_UID, group_ids, uid_min
 from p0_ssh_agent.host.plainfile import FileTooLarge, read_at_most
 
 log = get_logger(__name__)
@@ -102,7 +102,7 @@ def refusal_for(account: TargetAccount | None, *, name: str, listed: Collection[
 def _group_names(name: str, gid: int) -> tuple[str, ...]:
     """Every group the account is in, its primary group first, by name (a GID without a name as its number)."""
     try:
-        gids = os.getgrouplist(name, gid)  # NSS's initgroups: what a login, and systemd's User=, would get
+        gids = group_ids(name, gid)  # NSS's initgroups: what a login, and systemd's User=, would get
     except OSError:
         gids = [gid]
     names: list[str] = []

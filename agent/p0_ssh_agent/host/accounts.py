@@ -29,11 +29,12 @@ atomic against another writer of /etc/passwd.
 from __future__ import annotations
 
 import contextlib
+import functools
 import grp
 import itertools
 import os
 import pwd
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +122,47 @@ def lookup_group(name: str) -> GroupRecord | None:
         return None
     primary = {user.pw_name for user in pwd.getpwall() if user.pw_gid == entry.gr_gid}
     return GroupRecord(entry.gr_name, entry.gr_gid, tuple(sorted(set(entry.gr_mem) | primary)))
+
+
+GROUP_LIST_CEILING = 65536  # NGROUPS_MAX on Linux: a larger answer is not a group list
+
+
+def group_ids(user: str, gid: int) -> list[int]:
+    """The user's groups as a login gets them (NSS initgroups, `gid` included): os.getgrouplist, but without the
+    GIL. CPython holds the GIL through getgrouplist(3), and with `systemd` in nsswitch.conf's group line that
+    call walks systemd-userdb's directories or asks its varlink service (~100 system calls): the profile of 50
+    parallel key grants found a sixth of all GIL time there, every other thread waiting. ctypes releases the GIL
+    around the foreign call; where libc has no getgrouplist, os.getgrouplist stands in."""
+    call = _libc_getgrouplist()
+    if call is None:
+        return os.getgrouplist(user, gid)
+    import ctypes  # noqa: PLC0415 - loaded by the first caller, not by the idle daemon
+
+    wanted = 64
+    while True:
+        found = (ctypes.c_uint32 * wanted)()
+        count = ctypes.c_int(wanted)
+        if call(user.encode(), gid, found, ctypes.byref(count)) >= 0:
+            return list(found[: count.value])
+        if count.value <= wanted:
+            wanted *= 2  # an implementation that does not say how many it needs
+        else:
+            wanted = count.value
+        if wanted > GROUP_LIST_CEILING:
+            raise OSError(f"getgrouplist({user!r}) asks room for {wanted} groups, over {GROUP_LIST_CEILING}")
+
+
+@functools.cache
+def _libc_getgrouplist() -> Callable[..., int] | None:
+    import ctypes  # noqa: PLC0415 - see group_ids
+
+    try:
+        call = ctypes.CDLL(None).getgrouplist
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_char_p, ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(ctypes.c_int)]
+    call.restype = ctypes.c_int
+    return call
 
 
 def _uid_taken(uid: int) -> bool:

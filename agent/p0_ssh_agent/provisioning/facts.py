@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import grp
-import os
 import socket
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -84,7 +83,8 @@ def _account_view(user: str) -> _AccountView:
     account = accounts.lookup_user(user)
     if account is None:
         return None, None, (), accounts.uid_min(), accounts.lookup_group(user)
-    return account, _group_name(account.gid), _group_names(user, account.gid), accounts.uid_min(), None
+    names = _group_names_by_id(user, account.gid)
+    return account, names.get(account.gid), tuple(sorted(set(names.values()))), accounts.uid_min(), None
 
 
 def gather(engine: Engine, request: Change, now: datetime.datetime) -> HostFacts:
@@ -157,17 +157,19 @@ def _group_name(gid: int) -> str | None:
         return None
 
 
-def _group_names(user: str, gid: int) -> tuple[str, ...]:
-    names: list[str] = []
+def _group_names_by_id(user: str, gid: int) -> dict[int, str]:
+    """The user's groups (`gid` among them) that have a name, by GID: one NSS lookup per group, the primary one's
+    included (it was looked up twice)."""
     try:
-        gids = os.getgrouplist(user, gid)
+        gids = accounts.group_ids(user, gid)
     except OSError:
         gids = [gid]
-    for number in gids:
+    names: dict[int, str] = {}
+    for number in {gid, *gids}:
         name = _group_name(number)
         if name is not None:
-            names.append(name)
-    return tuple(sorted(set(names)))
+            names[number] = name
+    return names
 
 
 # --- the ownership rule (pure) -----------------------------------------------------------------------------------
