@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client.parser import text_string_to_metric_families
 
 from access_tokens import ucan
+from p0_ssh_agent.agent_access import confine
 from p0_ssh_agent.agent_access.access_model import ACCESS_COMMANDS, RefusalKind
 from p0_ssh_agent.agent_access.line import REPLAY_FILE
 from p0_ssh_agent.agent_access.minting import did_key_ed25519, generate_key, trust_file_json
@@ -263,7 +264,7 @@ def test_doctor_on_checks_every_part(tmp_path: Path) -> None:
     )
     assert found["access trust"].level == "ok" and "1 issuer(s), 1 approver(s)" in found["access trust"].detail
     assert found["access replay cache"].level == "ok" and "none yet" in found["access replay cache"].detail
-    assert found["access confinement"].level in ("ok", "fail", "skip")
+    assert found["access confinement"].level in ("ok", "fail", "skip", "warn")  # warn: a host systemd runs
 
 
 def test_doctor_says_when_nothing_can_be_permitted_or_verified(tmp_path: Path) -> None:
@@ -299,6 +300,8 @@ def test_doctor_probes_the_confinement_it_resolves_to() -> None:
     namespace = check_confinement("namespace")
     if os.geteuid() != 0:
         assert namespace.level == "skip" and namespace.fix == "run doctor as root"
+    elif confine.SYSTEMD_RUNTIME_DIR.is_dir():  # a host systemd runs: the next test's warning
+        assert namespace.level == "warn"
     else:  # root outside the sandbox: the probe really unshares (a container may forbid it: then it fails)
         assert namespace.level in ("ok", "fail") and namespace.detail.startswith("namespace (agentAccessConfinement)")
     auto = check_confinement("auto")
@@ -306,6 +309,20 @@ def test_doctor_probes_the_confinement_it_resolves_to() -> None:
     systemd = check_confinement("systemd")
     if not Path("/run/systemd/system").is_dir():
         assert systemd.level == "fail"
+
+
+def test_doctor_warns_that_forced_namespace_mode_fails_under_the_packaged_unit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a systemd host the daemon runs in its unit, where RestrictNamespaces=yes refuses the worker's unshare;
+    doctor, outside the unit, must say so instead of probing from where it would succeed."""
+    monkeypatch.setattr(confine, "SYSTEMD_RUNTIME_DIR", tmp_path)  # a host that systemd runs
+
+    found = check_confinement("namespace")
+
+    assert found.level == "warn", found
+    assert "RestrictNamespaces=yes" in found.detail and "every operation fails" in found.detail
+    assert "agentAccessConfinement: auto" in found.fix
 
 
 def test_doctor_imports_agent_access_only_when_it_is_on(tmp_path: Path) -> None:

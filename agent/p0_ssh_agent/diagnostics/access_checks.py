@@ -210,6 +210,15 @@ def check_confinement(setting: str) -> Finding:
             fix = "set `agentAccessConfinement: auto` (namespace mode where systemd is not PID 1)"
             return Finding(name, "fail", f"{said}, but systemd is not running this host", fix)
         return Finding(name, "ok", f"{said}: a transient unit per operation through {SYSTEMD_RUN}")
+    if SYSTEMD_RUNTIME_DIR.is_dir():
+        # doctor runs outside the unit, so its probe would pass where the daemon's every operation fails.
+        return Finding(
+            name, "warn", f"{said} on a host that systemd runs: under the packaged unit (RestrictNamespaces=yes, "
+            "no CAP_SYS_ADMIN) the worker cannot unshare its PID namespace, so every operation fails; a probe from "
+            "here, outside the unit, would not show it",
+            "set `agentAccessConfinement: auto` (it picks a transient systemd unit here), then "
+            "`systemctl reload p0-ssh-agent`",
+        )  # fmt: skip
     if os.geteuid() != 0:
         return Finding(
             name, "skip", f"{said}: whether the agent (root) can unshare a PID namespace is not known as uid "
