@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import grp
 import os
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,10 +18,8 @@ from structlog.testing import capture_logs
 
 from p0_ssh_agent.agent_access.access_model import RefusalKind, TargetAccount
 from p0_ssh_agent.agent_access.eligibility import ROOT_EQUIVALENT_GROUPS, read_account, refusal_for
-from sandbox.fixtures import USERADD, USERMOD, Sandbox, unique_user_name
+from sandbox.fixtures import USERADD, USERMOD, Sandbox, new_account, unique_user_name
 
-GROUPADD = "/usr/sbin/groupadd"
-GROUPDEL = "/usr/sbin/groupdel"
 NORMAL = TargetAccount("deploy", 1001, 1001, "/home/deploy", "/bin/bash", ("deploy",), locked=False, system=False)
 
 
@@ -91,49 +88,14 @@ def test_names_nss_does_not_know_are_none() -> None:
 # --- real accounts in the sandbox ---------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def groups(sandbox: Sandbox) -> Iterator[list[str]]:
-    """Groups this test had to add (a fresh sandbox may have no docker group): deleted afterwards."""
-    added: list[str] = []
-    yield added
-    for name in added:
-        sandbox.run(GROUPDEL, name)
-
-
-@pytest.fixture
-def accounts(sandbox: Sandbox, groups: list[str]) -> Iterator[list[str]]:
-    """Names to delete afterwards (each test appends what it makes), before the groups they may be in."""
-    made: list[str] = []
-    yield made
-    for name in made:
-        sandbox.userdel(name)
-
-
-def ensure_group(sandbox: Sandbox, name: str, added: list[str]) -> None:
-    try:
-        grp.getgrnam(name)
-    except KeyError:
-        sandbox.run(GROUPADD, name)
-        added.append(name)
-
-
-def new_account(sandbox: Sandbox, made: list[str], *extra: str, key_login: bool = True) -> str:
-    name = unique_user_name()
-    sandbox.run(USERADD, "-m", *extra, name)
-    made.append(name)
-    if key_login:
-        sandbox.run(USERMOD, "-p", "*", name)
-    return name
-
-
 def judged(name: str, listed: tuple[str, ...] | None = None) -> tuple[str | None, str]:
     refusal = refusal_for(read_account(name), name=name, listed=(name,) if listed is None else listed)
     return (None, "") if refusal is None else (refusal.kind.value, refusal.message)
 
 
 @pytest.mark.sandbox
-def test_a_normal_account_is_allowed_and_read_whole(sandbox: Sandbox, accounts: list[str]) -> None:
-    name = new_account(sandbox, accounts, "-s", "/bin/bash")
+def test_a_normal_account_is_allowed_and_read_whole(sandbox: Sandbox, made_accounts: list[str]) -> None:
+    name = new_account(sandbox, made_accounts, "-s", "/bin/bash")
     account = read_account(name)
     assert account is not None
     assert (account.name, account.shell, account.home, account.locked, account.system) == (
@@ -142,13 +104,13 @@ def test_a_normal_account_is_allowed_and_read_whole(sandbox: Sandbox, accounts: 
     assert account.uid >= 1000 and account.groups[0] == grp.getgrgid(account.gid).gr_name
     assert judged(name) == (None, "")
     # A key-only account keeps useradd's "!" password field: that is not a lock.
-    key_only = new_account(sandbox, accounts, "-s", "/bin/bash", key_login=False)
+    key_only = new_account(sandbox, made_accounts, "-s", "/bin/bash", key_login=False)
     assert judged(key_only) == (None, "")
 
 
 @pytest.mark.sandbox
-def test_an_account_not_listed_is_disabled(sandbox: Sandbox, accounts: list[str]) -> None:
-    name = new_account(sandbox, accounts)
+def test_an_account_not_listed_is_disabled(sandbox: Sandbox, made_accounts: list[str]) -> None:
+    name = new_account(sandbox, made_accounts)
     assert judged(name, listed=("someone-else",))[0] == RefusalKind.DISABLED
     assert judged(name, listed=())[0] == RefusalKind.DISABLED
 
@@ -162,10 +124,10 @@ def test_root_is_refused(sandbox: Sandbox) -> None:
 
 
 @pytest.mark.sandbox
-def test_a_system_account_is_refused(sandbox: Sandbox, accounts: list[str]) -> None:
+def test_a_system_account_is_refused(sandbox: Sandbox, made_accounts: list[str]) -> None:
     name = unique_user_name()
     sandbox.run(USERADD, "--system", "-s", "/bin/bash", name)
-    accounts.append(name)
+    made_accounts.append(name)
     account = read_account(name)
     assert account is not None and account.system and account.uid < 1000
     refused, message = judged(name)
@@ -175,8 +137,8 @@ def test_a_system_account_is_refused(sandbox: Sandbox, accounts: list[str]) -> N
 
 
 @pytest.mark.sandbox
-def test_an_expired_account_is_refused(sandbox: Sandbox, accounts: list[str]) -> None:
-    name = new_account(sandbox, accounts, "-s", "/bin/bash")
+def test_an_expired_account_is_refused(sandbox: Sandbox, made_accounts: list[str]) -> None:
+    name = new_account(sandbox, made_accounts, "-s", "/bin/bash")
     assert judged(name) == (None, "")
     sandbox.run(USERMOD, "--expiredate", "1", name)
     refused, message = judged(name)
@@ -187,8 +149,8 @@ def test_an_expired_account_is_refused(sandbox: Sandbox, accounts: list[str]) ->
 
 @pytest.mark.sandbox
 @pytest.mark.parametrize("shell", ["/usr/sbin/nologin", "/bin/false"])
-def test_a_shell_that_refuses_logins_is_refused(sandbox: Sandbox, accounts: list[str], shell: str) -> None:
-    name = new_account(sandbox, accounts, "-s", shell)
+def test_a_shell_that_refuses_logins_is_refused(sandbox: Sandbox, made_accounts: list[str], shell: str) -> None:
+    name = new_account(sandbox, made_accounts, "-s", shell)
     account = read_account(name)
     assert account is not None and account.locked and account.shell == shell
     assert judged(name)[0] == RefusalKind.ACCOUNT
@@ -197,11 +159,11 @@ def test_a_shell_that_refuses_logins_is_refused(sandbox: Sandbox, accounts: list
 @pytest.mark.sandbox
 @pytest.mark.parametrize("group", ["sudo", "docker"])
 def test_members_of_root_equivalent_groups_are_refused(
-    sandbox: Sandbox, accounts: list[str], groups: list[str], group: str
+    sandbox: Sandbox, made_accounts: list[str], added_groups: list[str], group: str
 ) -> None:
-    ensure_group(sandbox, group, groups)
-    supplementary = new_account(sandbox, accounts, "-s", "/bin/bash", "-G", group)
-    primary = new_account(sandbox, accounts, "-s", "/bin/bash", "-N", "-g", group)  # only its primary group
+    sandbox.ensure_group(group, added_groups)
+    supplementary = new_account(sandbox, made_accounts, "-s", "/bin/bash", "-G", group)
+    primary = new_account(sandbox, made_accounts, "-s", "/bin/bash", "-N", "-g", group)  # only its primary group
     for name in (supplementary, primary):
         account = read_account(name)
         assert account is not None and group in account.groups, name

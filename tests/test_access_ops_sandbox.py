@@ -7,11 +7,10 @@ without running it or using up the cosignature. The refusals without an account 
 
 from __future__ import annotations
 
-import grp
 import hashlib
 import json
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,47 +26,13 @@ from p0_ssh_agent.config import AgentConfig
 from p0_ssh_agent.diagnostics.access_checks import check_access_accounts, check_confinement
 from p0_ssh_agent.diagnostics.checks import collect
 from p0_ssh_agent.diagnostics.findings import Finding
-from sandbox.fixtures import USERADD, USERMOD, Sandbox, unique_user_name
+from sandbox.fixtures import USERADD, USERMOD, Sandbox, new_account, unique_user_name
 
-GROUPADD = "/usr/sbin/groupadd"
-GROUPDEL = "/usr/sbin/groupdel"
 POLICY = (
     'permit (principal, action in [Action::"/ssh/file/read", Action::"/ssh/exec"], resource)\n'
     f'  when {{ resource.host == "{HOST}" }};\n'
     'forbid (principal, action == Action::"/ssh/exec", resource) when { !context.cosigner };\n'
 )
-
-
-@pytest.fixture
-def groups(sandbox: Sandbox) -> Iterator[list[str]]:
-    added: list[str] = []
-    yield added
-    for name in added:
-        sandbox.run(GROUPDEL, name)
-
-
-@pytest.fixture
-def accounts(sandbox: Sandbox, groups: list[str]) -> Iterator[list[str]]:
-    made: list[str] = []
-    yield made
-    for name in made:
-        sandbox.userdel(name)
-
-
-def new_account(sandbox: Sandbox, made: list[str], *extra: str) -> str:
-    name = unique_user_name()
-    sandbox.run(USERADD, "-m", "-s", "/bin/bash", *extra, name)
-    sandbox.run(USERMOD, "-p", "*", name)
-    made.append(name)
-    return name
-
-
-def ensure_group(sandbox: Sandbox, name: str, added: list[str]) -> None:
-    try:
-        grp.getgrnam(name)
-    except KeyError:
-        sandbox.run(GROUPADD, name)
-        added.append(name)
 
 
 def verdicts(*names: str) -> dict[str, Finding]:
@@ -76,19 +41,19 @@ def verdicts(*names: str) -> dict[str, Finding]:
 
 @pytest.mark.sandbox
 def test_doctor_judges_each_listed_account_and_says_the_fix(
-    sandbox: Sandbox, accounts: list[str], groups: list[str]
+    sandbox: Sandbox, made_accounts: list[str], added_groups: list[str]
 ) -> None:
-    ensure_group(sandbox, "docker", groups)
-    normal = new_account(sandbox, accounts)
-    in_sudo = new_account(sandbox, accounts, "-G", "sudo")
-    primary_docker = new_account(sandbox, accounts, "-g", "docker")
-    nologin = new_account(sandbox, accounts)
+    sandbox.ensure_group("docker", added_groups)
+    normal = new_account(sandbox, made_accounts)
+    in_sudo = new_account(sandbox, made_accounts, "-G", "sudo")
+    primary_docker = new_account(sandbox, made_accounts, "-g", "docker")
+    nologin = new_account(sandbox, made_accounts)
     sandbox.run(USERMOD, "-s", "/usr/sbin/nologin", nologin)
-    expired = new_account(sandbox, accounts)
+    expired = new_account(sandbox, made_accounts)
     sandbox.run(USERMOD, "--expiredate", "1", expired)
     system = unique_user_name()
     sandbox.run(USERADD, "--system", "-s", "/bin/bash", system)
-    accounts.append(system)
+    made_accounts.append(system)
     found = verdicts(normal, in_sudo, primary_docker, nologin, expired, system, "root", "p0t-missing")
     assert found[normal].level == "ok" and found[normal].detail.startswith("UID ")
     assert found[in_sudo].level == "warn" and "root-equivalent group: sudo" in found[in_sudo].detail
@@ -121,8 +86,10 @@ def digest(*roots: Path) -> dict[str, str]:
 
 
 @pytest.mark.sandbox
-def test_doctor_with_agent_access_on_changes_nothing(sandbox: Sandbox, accounts: list[str], tmp_path: Path) -> None:
-    name = new_account(sandbox, accounts)
+def test_doctor_with_agent_access_on_changes_nothing(
+    sandbox: Sandbox, made_accounts: list[str], tmp_path: Path
+) -> None:
+    name = new_account(sandbox, made_accounts)
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
     (state / REPLAY_FILE).write_text("0123abcd")  # a torn claim: the daemon repairs it, doctor must not
@@ -179,9 +146,9 @@ def dry_run(
 
 @pytest.mark.sandbox
 def test_an_allowed_request_is_described_and_nothing_runs(
-    sandbox: Sandbox, accounts: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    sandbox: Sandbox, made_accounts: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    name = new_account(sandbox, accounts)
+    name = new_account(sandbox, made_accounts)
     prefix = f"/srv/{name}"
     config = setup_host(tmp_path, name)
     now = int(time.time())

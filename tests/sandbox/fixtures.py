@@ -16,6 +16,7 @@ Loaded by tests/conftest.py as a plugin (pytest_plugins), so every test module s
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import secrets
@@ -33,6 +34,8 @@ SANDBOX_ENV = "P0_TEST_SANDBOX"
 SSHD = "/usr/sbin/sshd"
 SSH = "/usr/bin/ssh"
 SSH_KEYGEN = "/usr/bin/ssh-keygen"
+GROUPADD = "/usr/sbin/groupadd"
+GROUPDEL = "/usr/sbin/groupdel"
 USERADD = "/usr/sbin/useradd"
 USERDEL = "/usr/sbin/userdel"
 USERMOD = "/usr/sbin/usermod"
@@ -94,13 +97,22 @@ class Sandbox:
     def run(self, *argv: str | os.PathLike[str], check: bool = True) -> subprocess.CompletedProcess[str]:
         return run(argv, check=check)
 
-    def useradd(self, name: str, *, key_login: bool = True, shell: str = "/bin/bash") -> pwd.struct_passwd:
-        """useradd -m. With key_login the shadow password field becomes '*', as the agent sets it: useradd leaves
-        '!' (locked), and with UsePAM no sshd refuses key logins to a locked account (test-harness.md §3)."""
-        run([USERADD, "-m", "-s", shell, name])
+    def useradd(self, name: str, *extra: str, key_login: bool = True, shell: str = "/bin/bash") -> pwd.struct_passwd:
+        """useradd -m, with `extra` options after the shell's (a later -s wins). With key_login the shadow password
+        field becomes '*', as the agent sets it: useradd leaves '!' (locked), and with UsePAM no sshd refuses key
+        logins to a locked account (test-harness.md §3)."""
+        run([USERADD, "-m", "-s", shell, *extra, name])
         if key_login:
             run([USERMOD, "-p", "*", name])
         return pwd.getpwnam(name)
+
+    def ensure_group(self, name: str, added: list[str]) -> None:
+        """groupadd `name` unless it exists (a fresh sandbox may have no docker group), noting it in `added`."""
+        try:
+            grp.getgrnam(name)
+        except KeyError:
+            run([GROUPADD, name])
+            added.append(name)
 
     def userdel(self, name: str) -> None:
         # Exit 8 is "user currently logged in": sshd's session process for an ssh that just returned can outlive
@@ -292,6 +304,32 @@ def sshd(sandbox_session: Sandbox) -> Iterator[Sshd]:
     except subprocess.TimeoutExpired:
         server.process.kill()
         server.process.wait()
+
+
+@pytest.fixture
+def added_groups(sandbox: Sandbox) -> Iterator[list[str]]:
+    """Groups the test had to add (Sandbox.ensure_group): deleted afterwards, after made_accounts' accounts."""
+    added: list[str] = []
+    yield added
+    for name in added:
+        run([GROUPDEL, name])
+
+
+@pytest.fixture
+def made_accounts(sandbox: Sandbox, added_groups: list[str]) -> Iterator[list[str]]:
+    """Names to delete afterwards (new_account appends what it makes), before the groups they may be in."""
+    made: list[str] = []
+    yield made
+    for name in made:
+        sandbox.userdel(name)
+
+
+def new_account(sandbox: Sandbox, made: list[str], *extra: str, key_login: bool = True) -> str:
+    """A fresh account (useradd -m -s /bin/bash, then `extra`), noted in `made` for made_accounts to delete."""
+    name = unique_user_name()
+    made.append(name)
+    sandbox.useradd(name, *extra, key_login=key_login)
+    return name
 
 
 @pytest.fixture
