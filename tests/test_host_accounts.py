@@ -24,6 +24,7 @@ from p0_ssh_agent.host.accounts import (
     UserMissing,
     UserRecord,
     allocate_uid,
+    group_ids,
     lookup_user,
     manage_refusal,
     uid_min,
@@ -185,3 +186,14 @@ def test_lock_unlock_delete_refuse_system_accounts_and_missing_users() -> None:
 def test_create_user_refuses_names_no_new_account_may_have(name: str, tmp_path: Path) -> None:
     with pytest.raises(AccountRefused, match=f"{name}"):
         planned_create_user(name, uid=FREE_BASE, home_root=str(tmp_path))
+
+
+def test_group_ids_answers_what_os_getgrouplist_answers() -> None:
+    """The ctypes getgrouplist (host.accounts.group_ids) against the standard library's, on this machine's
+    accounts (read only); a name with a NUL is refused as os.getgrouplist refuses it, not cut short by C."""
+    for entry in pwd.getpwall()[:50]:
+        assert sorted(group_ids(entry.pw_name, entry.pw_gid)) == sorted(os.getgrouplist(entry.pw_name, entry.pw_gid)), (
+            entry.pw_name
+        )
+    with pytest.raises(ValueError, match="null"):
+        group_ids("root\x00x", 0)
