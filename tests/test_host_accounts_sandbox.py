@@ -20,7 +20,7 @@ from p0_ssh_agent.host import accounts, proc
 from p0_ssh_agent.host.account_changes import create_user, delete_user, lock_user, unlock_user
 from p0_ssh_agent.host.accounts import JIT_UID_HIGH, JIT_UID_LOW, AccountConflict, UserBusy, allocate_uid, lookup_user
 from p0_ssh_agent.host.sessions import terminate_user_sessions
-from sandbox.fixtures import Sandbox, Sshd, unique_user_name
+from sandbox.fixtures import GROUPADD, GROUPDEL, USERMOD, Sandbox, Sshd, unique_user_name
 
 pytestmark = pytest.mark.sandbox
 SETPRIV = "/usr/bin/setpriv"
@@ -196,8 +196,8 @@ def test_group_ids_is_getgrouplist_without_the_gil_and_grows_past_its_first_gues
     extra = [f"g{record.uid}x{index}" for index in range(80)]
     try:
         for name in extra:
-            proc.run(["/usr/sbin/groupadd", name], check=True)
-        proc.run(["/usr/sbin/usermod", "-a", "-G", ",".join(extra), record.name], check=True)
+            proc.run([GROUPADD, name], check=True)
+        proc.run([USERMOD, "-a", "-G", ",".join(extra), record.name], check=True)
 
         found = accounts.group_ids(record.name, record.gid)
 
@@ -207,4 +207,4 @@ def test_group_ids_is_getgrouplist_without_the_gil_and_grows_past_its_first_gues
     finally:
         delete_user(record.name)
         for name in extra:
-            proc.run(["/usr/sbin/groupdel", name], check=False)
+            proc.run([GROUPDEL, name], check=False)

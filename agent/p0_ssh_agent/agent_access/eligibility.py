@@ -8,7 +8,6 @@ a root-equivalent group. The worker runs as the account with NoNewPrivileges=yes
 
 from __future__ import annotations
 
-import grp
 import os
 import pwd
 import time
@@ -18,7 +17,7 @@ from p0_ssh_agent.adapters.logging import get_logger
 from p0_ssh_agent.agent_access.access_model import Refusal, RefusalKind, TargetAccount
 from p0_ssh_agent.core.messages import token
 from p0_ssh_agent.core.requests import RESERVED_USER_NAMES
-from p0_ssh_agent.host.accounts import NOBODY_UID, group_ids, uid_min
+from p0_ssh_agent.host.accounts import NOBODY_UID, group_names_by_id, uid_min
 from p0_ssh_agent.host.plainfile import FileTooLarge, read_at_most
 
 log = get_logger(__name__)
@@ -100,19 +99,13 @@ def refusal_for(account: TargetAccount | None, *, name: str, listed: Collection[
 
 
 def _group_names(name: str, gid: int) -> tuple[str, ...]:
-    """Every group the account is in, its primary group first, by name (a GID without a name as its number)."""
-    try:
-        gids = group_ids(name, gid)  # NSS's initgroups: what a login, and systemd's User=, would get
-    except OSError:
-        gids = [gid]
+    """Every group the account is in (NSS's initgroups: what a login, and systemd's User=, would get), its primary
+    group first, by name (a GID without a name as its number)."""
     names: list[str] = []
-    for each in [gid, *gids]:
-        try:
-            group_name = grp.getgrgid(each).gr_name
-        except KeyError:
-            group_name = str(each)
-        if group_name not in names:
-            names.append(group_name)
+    for number, group_name in group_names_by_id(name, gid).items():
+        shown = group_name if group_name is not None else str(number)
+        if shown not in names:
+            names.append(shown)
     return tuple(names)
 
 

@@ -154,6 +154,23 @@ def group_ids(user: str, gid: int) -> list[int]:
             raise OSError(f"getgrouplist({user!r}) asks room for {wanted} groups, over {GROUP_LIST_CEILING}")
 
 
+def group_names_by_id(user: str, gid: int) -> dict[int, str | None]:
+    """The user's groups by GID, the primary `gid` first, then in group_ids' order, each with its NSS name (None:
+    a GID without one). An account whose group list cannot be read (OSError) is judged on its primary group."""
+    try:
+        gids = group_ids(user, gid)
+    except OSError:
+        gids = [gid]
+    names: dict[int, str | None] = {}
+    for number in (gid, *gids):
+        if number not in names:
+            try:
+                names[number] = grp.getgrgid(number).gr_name
+            except KeyError:
+                names[number] = None
+    return names
+
+
 @functools.cache
 def _libc_getgrouplist() -> Callable[..., int] | None:
     import ctypes  # noqa: PLC0415 - see group_ids

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import grp
 import socket
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -83,8 +82,9 @@ def _account_view(user: str) -> _AccountView:
     account = accounts.lookup_user(user)
     if account is None:
         return None, None, (), accounts.uid_min(), accounts.lookup_group(user)
-    names = _group_names_by_id(user, account.gid)
-    return account, names.get(account.gid), tuple(sorted(set(names.values()))), accounts.uid_min(), None
+    by_id = accounts.group_names_by_id(user, account.gid)  # the primary group is always a key
+    groups = tuple(sorted({name for name in by_id.values() if name is not None}))
+    return account, by_id[account.gid], groups, accounts.uid_min(), None
 
 
 def gather(engine: Engine, request: Change, now: datetime.datetime) -> HostFacts:
@@ -148,28 +148,6 @@ def _read_ledger(engine: Engine, name: str, *, whole: bool) -> Ledger:
         if engine.store.lock_dir is None:
             return Ledger()
         raise
-
-
-def _group_name(gid: int) -> str | None:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return None
-
-
-def _group_names_by_id(user: str, gid: int) -> dict[int, str]:
-    """The user's groups (`gid` among them) that have a name, by GID: one NSS lookup per group, the primary one's
-    included (it was looked up twice)."""
-    try:
-        gids = accounts.group_ids(user, gid)
-    except OSError:
-        gids = [gid]
-    names: dict[int, str] = {}
-    for number in {gid, *gids}:
-        name = _group_name(number)
-        if name is not None:
-            names[number] = name
-    return names
 
 
 # --- the ownership rule (pure) -----------------------------------------------------------------------------------
