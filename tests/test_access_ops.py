@@ -325,6 +325,20 @@ def test_doctor_warns_that_forced_namespace_mode_fails_under_the_packaged_unit(
     assert "agentAccessConfinement: auto" in found.fix
 
 
+def test_doctor_on_auto_without_systemd_run_on_a_systemd_host_names_the_missing_tool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """auto falls back to namespace mode when systemd-run is missing: the same warning, but setting auto again
+    would change nothing, so the fix is the tool."""
+    monkeypatch.setattr(confine, "SYSTEMD_RUNTIME_DIR", tmp_path)
+    monkeypatch.setattr(confine, "SYSTEMD_RUN", str(tmp_path / "no-systemd-run"))
+
+    found = check_confinement("auto")
+
+    assert found.level == "warn" and found.detail.startswith("auto resolves to namespace"), found
+    assert found.fix.startswith("install systemd-run")
+
+
 def test_doctor_imports_agent_access_only_when_it_is_on(tmp_path: Path) -> None:
     code = (
         "import sys; from pathlib import Path; from p0_ssh_agent.config import AgentConfig;"

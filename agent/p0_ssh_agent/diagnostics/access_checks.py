@@ -216,7 +216,9 @@ def check_confinement(setting: str) -> Finding:
             name, "warn", f"{said} on a host that systemd runs: under the packaged unit (RestrictNamespaces=yes, "
             "no CAP_SYS_ADMIN) the worker cannot unshare its PID namespace, so every operation fails; a probe from "
             "here, outside the unit, would not show it",
-            "set `agentAccessConfinement: auto` (it picks a transient systemd unit here), then "
+            "install systemd-run (the systemd package): auto then picks a transient systemd unit here"
+            if setting == "auto"
+            else "set `agentAccessConfinement: auto` (it picks a transient systemd unit here), then "
             "`systemctl reload p0-ssh-agent`",
         )  # fmt: skip
     if os.geteuid() != 0:
